@@ -1,0 +1,6 @@
+"""pecrs: PECRS (Ravaut et al., EACL 2024), parameter-efficient conversational recommendation.
+
+One frozen causal LM with LoRA adapters encodes items, retrieves and re-ranks them, and writes
+the recommender's response. Start with `pecrs.Recommender` (library use) or the `pecrs` command.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""The item catalog as the model sees it: tokenised item texts, their LM token states and
+their vectors (Eq. 1).
+
+Two ways to get item token states (issue: measure both, pick the default):
+- "cached": states come once from the frozen base LM (LoRA off) and are kept in memory, so a
+  training step only pools and projects them (cheap);
+- "adapted": states come from the LoRA-adapted LM, recomputed for the items a step needs
+  (the paper's setting; no gradient reaches the LM either way, §3.3).
+"""
+from __future__ import annotations
+
+import torch
+
+from .data import Item
+
+
+class ItemStore:
+    def __init__(self, items: list[Item], tokenizer, fields, max_tokens: int = 128):
+        self.items = list(items)
+        self.ids = [it.id for it in self.items]
+        self.index = {item_id: i for i, item_id in enumerate(self.ids)}
+        texts = [it.text(tuple(fields)) for it in self.items]
+        enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens,
+                        padding="longest", return_tensors="pt")
+        self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
+        self.states: torch.Tensor | None = None   # [N, L, d] when cached
+        self.mode = "adapted"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @torch.no_grad()
+    def cache_base_states(self, model, batch_size: int = 64, dtype=torch.float16):
+        """Compute the frozen-base token states of every item once ("cached" mode)."""
+        states = model.item_token_states(self.input_ids, self.attention_mask, adapted=False,
+                                         batch_size=batch_size)
+        self.states = states.to(dtype)
+        self.mode = "cached"
+        return self
+
+    def token_states(self, model, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = indices.cpu()
+        mask = self.attention_mask[idx]
+        if self.mode == "cached":
+            return self.states[idx.to(self.states.device)], mask
+        return model.item_token_states(self.input_ids[idx], mask, adapted=True), mask
+
+    def vectors(self, model, indices: torch.Tensor) -> torch.Tensor:
+        """Item vectors v (Eq. 1) for catalog indices, with gradient into the item encoder."""
+        states, mask = self.token_states(model, indices)
+        return model.item_vectors(states, mask)
+
+    @torch.no_grad()
+    def all_vectors(self, model, batch_size: int = 256) -> torch.Tensor:
+        """Every item's vector, for inference: computed once per catalog and checkpoint."""
+        out = []
+        for start in range(0, len(self), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(self)))
+            out.append(self.vectors(model, idx))
+        return torch.cat(out)
+
+
+def sample_negatives(n_items: int, positives: torch.Tensor, m: int, rows: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """M catalog indices that are none of the batch's positives (§3.6), drawn without replacement.
+    rows=None: one shared set [M]; rows=B: an independent set per row [B, M] (ablation)."""
+    weights = torch.ones(n_items)
+    weights[positives.cpu()] = 0
+    m = min(m, int(weights.sum()))
+    if rows is None:
+        return torch.multinomial(weights, m, replacement=False, generator=generator)
+    return torch.multinomial(weights.expand(rows, n_items), m, replacement=False, generator=generator)
+
+
+def batch_item_vectors(model, store: ItemStore, *index_tensors: torch.Tensor):
+    """Vectors for every item the batch touches, computed once: (vectors [U, d], row [N])
+    where row maps a catalog index to its row in vectors."""
+    flat = torch.cat([t.flatten().cpu() for t in index_tensors])
+    needed = torch.unique(flat[flat >= 0])
+    row = torch.full((len(store),), -1, dtype=torch.long)
+    row[needed] = torch.arange(len(needed))
+    return store.vectors(model, needed), row.to(model.device)

@@ -1,0 +1,138 @@
+"""Evaluation (§4.1): recommendation and conversation metrics of a model on one split.
+
+    recommend  every sample: retrieve top M_inference by recall score, re-rank, keep the top 50
+    recall     R@1/10/50 and Unique over samples with a target; the same on the de-duplicated
+               samples (target not mentioned earlier) and for the naive "earlier items" baseline
+    generate   one response per recommender turn, with the top-1 item injected (§3.6); ROUGE,
+               F1 of [ITEM] presence, Dist@2/3/4
+    perplexity teacher-forced NLL of the reference responses, ground-truth item injected (Eq. 6)
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .catalog import ItemStore, batch_item_vectors
+from .data import ITEM, Sample
+from .decoding import generate as decode
+from .tokens import DialogueEncoder, collate
+
+TOP_K_KEPT = 50
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+@torch.no_grad()
+def rank_samples(model, store: ItemStore, encoded, catalog_vectors, m_inference: int, batch_size: int,
+                 rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False, index=None) -> np.ndarray:
+    """Catalog indices [n, keep] best first for every encoded sample."""
+    tok = model.tokenizer
+    out = []
+    for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="rank", disable=not progress):
+        batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
+        top, _ = model.recommend(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors,
+                                 m_inference=m_inference, rerank=rerank, index=index)
+        out.append(top[:, :keep].cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, keep), dtype=np.int64)
+
+
+@torch.no_grad()
+def response_nll(model, store: ItemStore, encoded, batch_size: int) -> tuple[float, int]:
+    """Summed NLL and token count of the reference responses (perplexity)."""
+    tok = model.tokenizer
+    total, count = 0.0, 0
+    for sl in _batches(len(encoded), batch_size):
+        batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
+        vectors, row = batch_item_vectors(model, store, batch.target, batch.context_items, batch.gen_items)
+        empty = torch.zeros(len(batch.target), 0, dtype=torch.long, device=model.device)
+        losses = model.training_losses(batch, vectors, row, empty, empty, score_items=False)
+        total += float(losses["gen_nll_sum"])
+        count += int(losses["gen_tokens"])
+    return total, count
+
+
+def render_response(tokenizer, ids: list[int], title: str) -> str:
+    """Decoded text with [ITEM] shown as the recommended item's title."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    for special in (tokenizer.eos_token, tokenizer.pad_token):
+        if special:
+            text = text.replace(special, "")
+    return text.replace(ITEM, title).strip()
+
+
+@torch.no_grad()
+def generate_responses(model, store: ItemStore, encoded, recommended: np.ndarray, catalog_vectors,
+                       batch_size: int, strategy: str = "top_k", max_new_tokens: int = 64, seed: int = 0,
+                       progress: bool = False) -> list[str]:
+    """Generated texts for each encoded sample, the [ITEM] token kept as is."""
+    tok = model.tokenizer
+    texts = []
+    for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="generate", disable=not progress):
+        batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
+        rec = torch.as_tensor(recommended[sl], device=model.device)
+        embeds, attn = model.generation_inputs(batch.context_ids, batch.context_items, batch.context_len,
+                                               catalog_vectors, rec, encoded[sl][0].prompt_ids)
+        ids = decode(model.causal_lm, embeds, attn, strategy, max_new_tokens=max_new_tokens,
+                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, seed=seed + sl.start)
+        texts += [render_response(tok, row, ITEM) for row in ids]
+    return texts
+
+
+def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample], *,
+             m_inference: int = 700, batch_size: int = 8, generate: bool = True, strategy: str = "top_k",
+             max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None) -> dict:
+    """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`."""
+    model.eval()
+    started = time.perf_counter()
+    encoded = encoder.encode_all(samples)
+    catalog_vectors = store.all_vectors(model)
+    ranked = rank_samples(model, store, encoded, catalog_vectors, m_inference, batch_size,
+                          progress=progress, index=index)
+    rec_rows = np.array([s.target is not None for s in samples], dtype=bool)
+    targets = np.array([e.target for e in encoded])[rec_rows]
+    seen = np.array([s.target_seen_before for s in samples])[rec_rows]
+    last_mention = [metrics.items_by_last_mention(s.context) for s, r in zip(samples, rec_rows) if r]
+    naive = metrics.naive_baseline_ranking([s.earlier_items for s, r in zip(samples, rec_rows) if r],
+                                           last_mention_order=last_mention, item_index=store.index)
+    result = {}
+    nll, count = response_nll(model, store, encoded, batch_size)
+    gen_args = {}
+    if generate:
+        # One response per recommender turn: the first sample of each turn (repeated=False).
+        turn_rows = [i for i, s in enumerate(samples) if not s.repeated]
+        turn_encoded = [encoded[i] for i in turn_rows]
+        top1 = ranked[turn_rows, 0]
+        # ROUGE and Dist compare text; [ITEM] stands in both for "some item", as in the references.
+        clean = generate_responses(model, store, turn_encoded, top1, catalog_vectors, batch_size, strategy,
+                                   max_new_tokens, seed, progress)
+        refs = [samples[i].response.text for i in turn_rows]
+        gen_args = dict(predictions=clean, references=refs,
+                        pred_has_item=np.array([ITEM in t for t in clean]),
+                        ref_has_item=np.array([ITEM in r for r in refs]))
+        result["examples"] = [
+            {"dialogue_id": samples[i].dialogue_id, "turn_index": samples[i].turn_index,
+             "reference": samples[i].response.text, "generated": t,
+             "recommended": store.items[int(top1[j])].display()}
+            for j, (i, t) in enumerate(zip(turn_rows[:20], clean[:20]))]
+    summary = metrics.summarize(ranked=ranked[rec_rows], targets=targets, seen_before=seen, naive_ranked=naive,
+                                total_nll=nll, total_tokens=count, n_samples=len(samples), **gen_args)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return {**summary, **result}
+
+
+def recall_only(model, store, encoder, samples, m_inference=700, batch_size=8) -> dict:
+    """R@1/10/50 and their mean (the dev-selection score of §4.1), no generation."""
+    model.eval()
+    encoded = encoder.encode_all([s for s in samples if s.target is not None])
+    vectors = store.all_vectors(model)
+    ranked = rank_samples(model, store, encoded, vectors, m_inference, batch_size)
+    out = metrics.recall_at_k(ranked, np.array([e.target for e in encoded]))
+    out["recall_mean"] = float(np.mean([out["recall@1"], out["recall@10"], out["recall@50"]]))
+    return out

@@ -1,0 +1,355 @@
+"""The PECRS model (§3): one LoRA-adapted causal LM that encodes items, retrieves, re-ranks
+and generates.
+
+Reading order: the item encoder (Eq. 1), the scoring heads f and g, then `training_losses`,
+which lays one batch out as a single sequence per row,
+
+    [ context ... [REC] | candidates v_1..v_C | (v_p [REC_END]) "Recommender:" response ]
+
+and runs the LM once with a block attention mask: the context is causal, every candidate sees
+the context and itself only (Eq. 5), and the generation segment sees the context and itself
+(Eq. 6–7). The recall query is the state at [REC] (Eq. 3). Sharing the context between the
+three losses is what keeps a PECRS step close to the cost of a plain LM step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache
+from .config import ModelConfig
+from .tokens import NO_ITEM, Batch
+
+
+
+def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sqrt(2 (1 - cos(a, b))) along the last dim, broadcasting (§3.3)."""
+    cos = F.cosine_similarity(a, b, dim=-1)
+    return torch.sqrt((2 * (1 - cos)).clamp_min(1e-12))
+
+
+def two_layer_mlp(d_in: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), nn.Linear(d_in, d_out))
+
+
+class ItemHead(nn.Module):
+    """h_item of Eq. 1: a residual MLP then a projection, from pooled LM states to v_j."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Linear(d // 2, d))
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.out(x + self.mlp(x))
+
+
+class ItemEncoder(nn.Module):
+    """Eq. 1: v_j = h_item(w^T I_j), with w a learned weight per token position."""
+
+    def __init__(self, d: int, max_tokens: int, pooling: bool = True, head: bool = True):
+        super().__init__()
+        self.pooling = pooling
+        self.pool_weights = nn.Parameter(torch.ones(max_tokens))  # ones: starts as mean pooling
+        self.head = ItemHead(d) if head else nn.Identity()
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """states [N, L, d] (LM token states of item texts), mask [N, L] -> item vectors [N, d]."""
+        states = states.to(self.pool_weights.dtype)
+        if self.pooling:
+            w = self.pool_weights[: states.shape[1]] * mask
+            pooled = torch.einsum("nl,nld->nd", w, states) / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        else:  # Table 5 "w/o item pooling": the state of the last item token
+            last = mask.long().sum(-1).clamp_min(1) - 1
+            pooled = states[torch.arange(states.shape[0], device=states.device), last]
+        return self.head(pooled)
+
+
+class PECRS(nn.Module):
+    def __init__(self, lm, tokenizer, config: ModelConfig):
+        super().__init__()
+        self.lm = lm              # a peft model around a Hugging Face causal LM
+        self.tokenizer = tokenizer
+        self.config = config
+        d = self.causal_lm.config.hidden_size
+        self.hidden_size = d
+        self.item_encoder = ItemEncoder(d, config.item_max_tokens, config.item_pooling, config.item_head)
+        self.f = two_layer_mlp(d, d)   # projection head shared by recall query and rerank (§3.3)
+        self.g = two_layer_mlp(d, 1)   # rerank score
+        self.rec_end_id = tokenizer.convert_tokens_to_ids("[REC_END]")
+
+    # ----- plumbing around the Hugging Face model -------------------------------------------
+    @property
+    def causal_lm(self):
+        return self.lm.get_base_model()
+
+    @property
+    def decoder(self):
+        causal = self.causal_lm
+        return getattr(causal, causal.base_model_prefix)
+
+    @property
+    def device(self) -> torch.device:
+        return self.f[0].weight.device
+
+    def embed(self, ids: torch.Tensor, items: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, with item slots (items >= 0) replaced by rows of item_vectors."""
+        tokens = self.lm.get_input_embeddings()(ids)
+        slots = (items >= 0).unsqueeze(-1)
+        if item_vectors.shape[0] == 0:
+            return tokens
+        vectors = item_vectors[items.clamp_min(0)].to(tokens.dtype)
+        return torch.where(slots, vectors, tokens)
+
+    def run_decoder(self, inputs_embeds, allowed: torch.Tensor, position_ids, cache=None, use_cache=False):
+        """Run the LM body with a boolean [B, Q, K] attention pattern (True = may attend)."""
+        mask = additive_attention_mask(allowed, inputs_embeds.dtype)
+        kwargs = {cache_kwarg_name(self.decoder): cache} if cache is not None else {}
+        return self.decoder(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
+                            use_cache=use_cache, **kwargs)
+
+    # ----- items ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def item_token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          adapted: bool, batch_size: int = 64) -> torch.Tensor:
+        """LM last-layer states of tokenised item texts. No gradient reaches the LM here (§3.3)."""
+        outs = []
+        for start in range(0, input_ids.shape[0], batch_size):
+            ids = input_ids[start:start + batch_size].to(self.device)
+            mask = attention_mask[start:start + batch_size].to(self.device)
+            if adapted:
+                h = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            else:
+                with self.lm.disable_adapter():
+                    h = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            outs.append(h)
+        return torch.cat(outs) if outs else torch.zeros(0, input_ids.shape[1], self.hidden_size)
+
+    def item_vectors(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.item_encoder(states.to(self.device), mask.to(self.device))
+
+    # ----- scores ---------------------------------------------------------------------------
+    def recall_scores(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Eq. 3 logits: -angular(f(d_t), v) / temperature. queries [B, d] (already f-projected),
+        keys [B, C, d] or [N, d] (scored against every query)."""
+        if keys.dim() == 2:
+            q = F.normalize(queries, dim=-1)
+            k = F.normalize(keys, dim=-1)
+            cos = q @ k.T
+            dist = torch.sqrt((2 * (1 - cos)).clamp_min(1e-12))
+        else:
+            dist = angular_distance(queries.unsqueeze(1), keys)
+        return -dist / self.config.recall_temperature
+
+    def rerank_scores(self, candidate_states: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 scores r = g(f(LM states of the candidates))."""
+        return self.g(self.f(candidate_states)).squeeze(-1)
+
+    # ----- training -------------------------------------------------------------------------
+    def training_losses(self, batch: Batch, vectors: torch.Tensor, vector_row: torch.Tensor,
+                        recall_negatives: torch.Tensor, rerank_negatives: torch.Tensor,
+                        generator: torch.Generator | None = None, score_items: bool = True
+                        ) -> dict[str, torch.Tensor]:
+        """The three losses of Eq. 8 for one batch, in one LM forward pass.
+
+        vectors [U, d]: item vectors of every item this batch touches; vector_row [N_catalog]
+        maps a catalog index to its row in `vectors`. recall_/rerank_negatives [B, M]: catalog
+        indices (the same rows everywhere when negatives are shared, §3.6). score_items=False
+        skips recall and rerank (perplexity evaluation).
+        """
+        B, Lc = batch.context_ids.shape
+        Lg = batch.gen_ids.shape[1]
+        dev = batch.context_ids.device
+        has_target = batch.has_target
+        rows = torch.arange(B, device=dev)
+        ctx_len, gen_len = batch.context_len, batch.gen_len
+
+        # Item slots in the context and the v_p slot of the generation segment.
+        ctx_items = torch.where(batch.context_items >= 0, vector_row[batch.context_items.clamp_min(0)], NO_ITEM)
+        gen_items = torch.where(batch.gen_items >= 0, vector_row[batch.gen_items.clamp_min(0)], NO_ITEM)
+        ctx_emb = self.embed(batch.context_ids, ctx_items, vectors)
+        gen_emb = self.embed(batch.gen_ids, gen_items, vectors)
+
+        # Candidates: the positive at a random place among the rerank negatives (§3.3).
+        use_candidates = score_items and bool(has_target.any())
+        if use_candidates:
+            M = rerank_negatives.shape[1]
+            C = M + 1
+            place = torch.randint(0, C, (B,), device=dev, generator=generator)
+            cand = torch.empty(B, C, dtype=torch.long, device=dev)
+            slot = torch.arange(C, device=dev).unsqueeze(0)
+            is_pos = slot == place.unsqueeze(1)
+            neg_slot = (slot - (slot > place.unsqueeze(1)).long()).clamp(max=M - 1)
+            cand = torch.where(is_pos, batch.target.clamp_min(0).unsqueeze(1),
+                               rerank_negatives.gather(1, neg_slot.clamp_min(0)))
+            cand_emb = vectors[vector_row[cand]].to(ctx_emb.dtype)
+        else:
+            C = 0
+            cand_emb = ctx_emb.new_zeros(B, 0, ctx_emb.shape[-1])
+
+        # Position ids: context 0..; every candidate the position right after [REC]; the generation
+        # segment continues after [REC] (with a target) or replaces [REC] (without one, Eq. 7).
+        ar_c, ar_g = torch.arange(Lc, device=dev), torch.arange(Lg, device=dev)
+        ctx_pos = ar_c.expand(B, Lc)
+        cand_pos = ctx_len.unsqueeze(1).expand(B, C)
+        gen_start = torch.where(has_target, ctx_len, ctx_len - 1)
+        gen_pos = gen_start.unsqueeze(1) + ar_g
+        if C:
+            cand_emb = cancel_absolute_positions(self.causal_lm, cand_emb, cand_pos, torch.ones_like(cand_pos, dtype=torch.bool))
+        embeds = torch.cat([ctx_emb, cand_emb, gen_emb], 1)
+        positions = torch.cat([ctx_pos, cand_pos, gen_pos], 1)
+
+        # Block attention pattern [B, T, T].
+        T = Lc + C + Lg
+        seg = torch.cat([torch.zeros(Lc), torch.ones(C), torch.full((Lg,), 2)]).to(dev)
+        idx = torch.cat([ar_c, torch.arange(C, device=dev), ar_g])
+        valid = torch.cat([ar_c < ctx_len.unsqueeze(1),
+                           torch.ones(B, C, dtype=torch.bool, device=dev),
+                           ar_g < gen_len.unsqueeze(1)], 1)                     # [B, T]
+        q_seg, k_seg = seg.view(1, T, 1), seg.view(1, 1, T)
+        q_idx, k_idx = idx.view(1, T, 1), idx.view(1, 1, T)
+        same_pos = q_idx == k_idx
+        causal = k_idx <= q_idx
+        # The generation segment of a row without a target does not see that row's [REC].
+        rec_hidden = (~has_target).view(B, 1, 1) & (k_seg == 0) & (k_idx == (ctx_len - 1).view(B, 1, 1))
+        allowed = (((q_seg == 0) & (k_seg == 0) & causal)
+                   | ((q_seg == 1) & ((k_seg == 0) | ((k_seg == 1) & same_pos)))
+                   | ((q_seg == 2) & (((k_seg == 0) & ~rec_hidden) | ((k_seg == 2) & causal))))
+        allowed = allowed & valid.unsqueeze(1)
+        allowed = allowed | torch.eye(T, dtype=torch.bool, device=dev)  # padded queries see themselves
+        h = self.run_decoder(embeds, allowed, positions).last_hidden_state
+
+        losses = {}
+        n = B  # Eq. 4–5 average over all data points; rows without a target add 0 (§3.3)
+        if use_candidates:
+            query = self.f(h[rows, ctx_len - 1])
+            keys_idx = torch.cat([batch.target.clamp_min(0).unsqueeze(1), recall_negatives], 1)
+            recall_logits = self.recall_scores(query, vectors[vector_row[keys_idx]].to(query.dtype))
+            recall_ce = F.cross_entropy(recall_logits.float(), torch.zeros(B, dtype=torch.long, device=dev),
+                                        reduction="none")
+            losses["recall"] = (recall_ce * has_target).sum() / n
+            rerank_logits = self.rerank_scores(h[:, Lc:Lc + C])
+            rerank_ce = F.cross_entropy(rerank_logits.float(), place, reduction="none")
+            losses["rerank"] = (rerank_ce * has_target).sum() / n
+        else:
+            zero = h.sum() * 0
+            losses["recall"] = losses["rerank"] = zero
+
+        # Generation: the LM head on the generation segment only (Eq. 7, mean per response).
+        logits = self.causal_lm.get_output_embeddings()(h[:, Lc + C:])
+        token_nll = F.cross_entropy(logits.float().transpose(1, 2), batch.gen_labels, reduction="none",
+                                    ignore_index=-100)
+        counted = (batch.gen_labels != -100)
+        losses["gen"] = (token_nll.sum(1) / counted.sum(1).clamp_min(1)).mean()
+        losses["gen_nll_sum"] = token_nll.sum().detach()
+        losses["gen_tokens"] = counted.sum().detach()
+        return losses
+
+    forward = training_losses  # so DDP (accelerate) sees the training computation
+
+    # ----- inference (§3.6) -----------------------------------------------------------------
+    def context_pass(self, context_ids, context_items, context_len, item_vectors):
+        """Run the contexts once: returns (f-projected recall queries [B, d], KV cache)."""
+        B, Lc = context_ids.shape
+        dev = context_ids.device
+        emb = self.embed(context_ids, context_items, item_vectors)
+        ar = torch.arange(Lc, device=dev)
+        valid = ar.unsqueeze(0) < context_len.unsqueeze(1)
+        allowed = (ar.view(1, 1, Lc) <= ar.view(1, Lc, 1)) & valid.unsqueeze(1)
+        allowed = allowed | torch.eye(Lc, dtype=torch.bool, device=dev)
+        out = self.run_decoder(emb, allowed, ar.expand(B, Lc), use_cache=True)
+        h_rec = out.last_hidden_state[torch.arange(B, device=dev), context_len - 1]
+        return self.f(h_rec), _output_cache(out)
+
+    def rerank_with_cache(self, cache, context_len: torch.Tensor, Lc: int, candidate_vectors: torch.Tensor,
+                          chunk_size: int = 512) -> torch.Tensor:
+        """Eq. 5 scores of candidate_vectors [B, M, d] against cached contexts, `chunk_size`
+        candidates at a time. Each candidate sees its row's context and itself only, all at one
+        position, so M is not bounded by the LM's context window (the paper's limitation)."""
+        B, M, _ = candidate_vectors.shape
+        dev = candidate_vectors.device
+        key_valid = torch.arange(Lc, device=dev).unsqueeze(0) < context_len.unsqueeze(1)  # [B, Lc]
+        scores = []
+        for start in range(0, M, chunk_size):
+            chunk = candidate_vectors[:, start:start + chunk_size]
+            K = chunk.shape[1]
+            pos = context_len.unsqueeze(1).expand(B, K)
+            emb = cancel_absolute_positions(self.causal_lm, chunk.to(self.f[0].weight.dtype), pos,
+                                            torch.ones_like(pos, dtype=torch.bool))
+            allowed = torch.cat([key_valid.unsqueeze(1).expand(B, K, Lc),
+                                 torch.eye(K, dtype=torch.bool, device=dev).expand(B, K, K)], 2)
+            h = self.run_decoder(emb, allowed, pos, cache=cache, use_cache=True).last_hidden_state
+            crop_cache(cache, Lc)
+            scores.append(self.rerank_scores(h))
+        return torch.cat(scores, 1)
+
+    @torch.no_grad()
+    def recommend(self, context_ids, context_items, context_len, catalog_vectors: torch.Tensor,
+                  m_inference: int = 700, rerank: bool = True, chunk_size: int = 512,
+                  index=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank the catalog for each context: retrieve the top m_inference by the recall score,
+        then re-rank them. Returns (catalog indices [B, M] best first, their scores [B, M]).
+        `index` (pecrs.retrieval) replaces the exact search over catalog_vectors when given."""
+        queries, cache = self.context_pass(context_ids, context_items, context_len, catalog_vectors)
+        M = min(m_inference, catalog_vectors.shape[0])
+        if index is not None:
+            recall_scores, top = index.search(queries, M)
+        else:
+            recall_scores, top = self.recall_scores(queries, catalog_vectors).topk(M, dim=1)
+        if not rerank:
+            return top, recall_scores
+        scores = self.rerank_with_cache(cache, context_len, context_ids.shape[1], catalog_vectors[top], chunk_size)
+        order = scores.argsort(dim=1, descending=True)
+        return top.gather(1, order), scores.gather(1, order)
+
+    def generation_inputs(self, context_ids, context_items, context_len, item_vectors, recommended,
+                          prompt_ids: list[int]):
+        """Left-padded inputs_embeds for generation: context, [REC] v [REC_END], "Recommender:"."""
+        B = context_ids.shape[0]
+        dev = context_ids.device
+        head = torch.tensor([0, self.rec_end_id] + list(prompt_ids), device=dev)
+        head_items = torch.full_like(head, NO_ITEM)
+        rows_ids, rows_items, lengths = [], [], []
+        for i in range(B):  # B rows, not tokens
+            n = int(context_len[i])
+            items_i = head_items.clone()
+            items_i[0] = recommended[i]
+            rows_ids.append(torch.cat([context_ids[i, :n], head]))
+            rows_items.append(torch.cat([context_items[i, :n], items_i]))
+            lengths.append(n + len(head))
+        L = max(lengths)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((B, L), pad, dtype=torch.long, device=dev)
+        items = torch.full((B, L), NO_ITEM, dtype=torch.long, device=dev)
+        attn = torch.zeros(B, L, dtype=torch.long, device=dev)
+        for i in range(B):
+            ids[i, L - lengths[i]:] = rows_ids[i]
+            items[i, L - lengths[i]:] = rows_items[i]
+            attn[i, L - lengths[i]:] = 1
+        return self.embed(ids, items, item_vectors), attn
+
+    @torch.no_grad()
+    def generate(self, context_ids, context_items, context_len, item_vectors, recommended,
+                 prompt_ids: list[int], max_new_tokens: int = 64, **decoding) -> list[list[int]]:
+        """Generate responses with the recommended item injected (§3.6). Returns new token ids."""
+        embeds, attn = self.generation_inputs(context_ids, context_items, context_len, item_vectors,
+                                              recommended, prompt_ids)
+        tok = self.tokenizer
+        out = self.causal_lm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **decoding)
+        result = []
+        for row in out.tolist():
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            result.append([t for t in row if t != tok.pad_token_id])
+        return result
+
+
+def _output_cache(output):
+    """The KV cache of a model output (its attribute name changed across transformers versions)."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    raise RuntimeError("the backbone returned no KV cache")

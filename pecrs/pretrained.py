@@ -1,0 +1,118 @@
+"""Build a PECRS model, save it, load it back (the `save_pretrained` / `from_pretrained` pair).
+
+A checkpoint folder holds only what trains, plus what is needed to rebuild the rest:
+
+    pecrs_config.json        the run config (backbone name, LoRA and head settings, data, ...)
+    adapter/                 LoRA weights and special-token embeddings, in peft's format
+    heads.safetensors        item encoder (pooling weights w, h_item), f and g
+    tokenizer/               the tokenizer with the four special tokens
+
+The frozen backbone is not copied: it is rebuilt from `model.backbone` (a known name or a
+local folder) and checked against the shapes recorded here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbone import add_special_tokens, apply_lora, load_backbone
+from .config import RunConfig
+from .model import PECRS
+
+CONFIG_FILE, HEADS_FILE, ADAPTER_DIR = "pecrs_config.json", "heads.safetensors", "adapter"
+
+
+def build_model(config: RunConfig, seed: int | None = None) -> PECRS:
+    """A fresh PECRS model: backbone, special tokens, LoRA, freshly initialised heads."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    m = config.model
+    lm, tokenizer = load_backbone(m.backbone)
+    special_ids = add_special_tokens(lm, tokenizer)
+    lm = apply_lora(lm, list(special_ids.values()), r=m.lora_r, alpha=m.lora_alpha,
+                    dropout=m.lora_dropout, target_modules=m.lora_target_modules)
+    return PECRS(lm, tokenizer, m)
+
+
+def head_state(model: PECRS) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+            if not k.startswith("lm.")}
+
+
+def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extra: dict | None = None,
+                    extra_files: dict[str, object] | None = None) -> Path:
+    """Write the checkpoint atomically: into a temporary sibling folder, then renamed over.
+    extra_files: name -> object saved with torch.save in the same folder (trainer state)."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.lm.save_pretrained(tmp / ADAPTER_DIR)
+    save_file(head_state(model), tmp / HEADS_FILE)
+    model.tokenizer.save_pretrained(tmp / "tokenizer")
+    causal = model.causal_lm.config
+    meta = {"config": config.to_dict(), "hidden_size": model.hidden_size,
+            "vocab_size": len(model.tokenizer), "model_type": causal.model_type, **(extra or {})}
+    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    for name, obj in (extra_files or {}).items():
+        torch.save(obj, tmp / name)
+    _replace_dir(tmp, directory)
+    return directory
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a pecrs checkpoint: {CONFIG_FILE} is missing")
+    return json.loads(path.read_text())
+
+
+def load_pretrained(directory: str | Path, backbone: str | None = None) -> tuple[PECRS, RunConfig]:
+    """Rebuild the model of a checkpoint folder. `backbone` overrides where the base LM comes
+    from (e.g. another local copy of the same model); its shapes must match the checkpoint."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    config = RunConfig.from_dict(meta["config"])
+    if backbone:
+        config.model.backbone = backbone
+    model = build_model(config)
+    if model.causal_lm.config.model_type != meta["model_type"] or model.hidden_size != meta["hidden_size"] \
+            or len(model.tokenizer) != meta["vocab_size"]:
+        raise ValueError(
+            f"{directory}: checkpoint was trained on a {meta['model_type']} backbone (hidden size "
+            f"{meta['hidden_size']}, vocabulary {meta['vocab_size']}) but '{config.model.backbone}' is a "
+            f"{model.causal_lm.config.model_type} (hidden size {model.hidden_size}, vocabulary "
+            f"{len(model.tokenizer)})")
+    load_weights(model, directory)
+    return model, config
+
+
+def load_weights(model: PECRS, directory: str | Path) -> None:
+    """Put a checkpoint's adapter and head weights into an already built model."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    directory = Path(directory)
+    result = set_peft_model_state_dict(model.lm, load_peft_weights(str(directory / ADAPTER_DIR)))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights do not fit this model: {unexpected[:5]}")
+    heads = load_file(directory / HEADS_FILE)
+    missing, unexpected = model.load_state_dict(heads, strict=False)
+    missing = [k for k in missing if not k.startswith("lm.")]
+    if missing or unexpected:
+        raise ValueError(f"{directory / HEADS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -1,0 +1,155 @@
+"""From samples to token ids: how a dialogue is laid out for the language model (§3.2, §3.4).
+
+A context turn is rendered as "Seeker: text\n" or "Recommender: text\n". Items mentioned in a
+turn become *item slots*: positions whose input embedding is the item's vector v_j (Eq. 1)
+instead of a token embedding. As in the authors' code, a seeker turn is followed by
+[SEP] v.. [SEP], and a recommender turn is preceded by [REC] v.. [REC_END], which is exactly the
+layout the model generates at that turn (Eq. 6: context, [REC], v_p, [REC_END], response).
+
+Every sample becomes:
+    context  = last `context_max_tokens` tokens of the rendered turns, then [REC]  (Eq. 2)
+    prompt   = "Recommender:"                            (no loss; tells the LM who speaks)
+    response = " " + text, first `response_max_tokens` tokens, then EOS   (loss, Eq. 7)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data import REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn
+
+NO_ITEM = -1  # item-slot value of an ordinary token
+
+
+@dataclass
+class EncodedSample:
+    context_ids: list[int]     # ends with [REC]
+    context_items: list[int]   # catalog index at item slots, NO_ITEM elsewhere
+    prompt_ids: list[int]
+    response_ids: list[int]    # ends with EOS
+    target: int                # catalog index of the recommended item, NO_ITEM if none
+
+
+class DialogueEncoder:
+    """Turns `Sample`s into `EncodedSample`s for one tokenizer and one catalog."""
+
+    def __init__(self, tokenizer, item_index: dict[str, int], context_max_tokens: int = 256,
+                 response_max_tokens: int = 64):
+        self.tokenizer = tokenizer
+        self.item_index = item_index
+        self.context_max_tokens = context_max_tokens
+        self.response_max_tokens = response_max_tokens
+        ids = tokenizer.convert_tokens_to_ids
+        self.sep, self.rec, self.rec_end = ids(SEP), ids(REC), ids(REC_END)
+        self.eos = tokenizer.eos_token_id
+        self.role_ids = {SEEKER: self._ids("Seeker:"), RECOMMENDER: self._ids("Recommender:")}
+        self.newline = self._ids("\n")
+        self._text_cache: dict[str, list[int]] = {}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _text_ids(self, texts: list[str]) -> list[list[int]]:
+        """Tokenise many texts in one call (fast tokenizers batch in Rust), memoised."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            batch = self.tokenizer([" " + t for t in missing], add_special_tokens=False)["input_ids"]
+            self._text_cache.update(zip(missing, batch))
+        return [self._text_cache[t] for t in texts]
+
+    def _item(self, item_id: str) -> int:
+        try:
+            return self.item_index[item_id]
+        except KeyError:
+            raise KeyError(f"item id '{item_id}' is not in the catalog") from None
+
+    def turn_tokens(self, turn: Turn, text_ids: list[int]) -> tuple[list[int], list[int]]:
+        """One context turn as (token ids, item slots), per the layout in the module docstring."""
+        body = self.role_ids[turn.role] + text_ids + self.newline
+        slots = [self._item(i) for i in turn.items]
+        if not slots:
+            return body, [NO_ITEM] * len(body)
+        if turn.role == SEEKER:
+            ids = body + [self.sep] + [0] * len(slots) + [self.sep]
+            items = [NO_ITEM] * (len(body) + 1) + slots + [NO_ITEM]
+        else:
+            ids = [self.rec] + [0] * len(slots) + [self.rec_end] + body
+            items = [NO_ITEM] + slots + [NO_ITEM] * (len(body) + 1)
+        return ids, items
+
+    def encode_context(self, turns: tuple[Turn, ...] | list[Turn]) -> tuple[list[int], list[int]]:
+        """Context ids and item slots: the last `context_max_tokens` tokens, then [REC]."""
+        ids: list[int] = []
+        items: list[int] = []
+        for turn, text_ids in zip(turns, self._text_ids([t.text for t in turns])):
+            turn_ids, turn_items = self.turn_tokens(turn, text_ids)
+            ids += turn_ids
+            items += turn_items
+        keep = self.context_max_tokens
+        return ids[-keep:] + [self.rec], items[-keep:] + [NO_ITEM]
+
+    def encode(self, sample: Sample) -> EncodedSample:
+        context_ids, context_items = self.encode_context(sample.context)
+        response = self._text_ids([sample.response.text])[0][: self.response_max_tokens]
+        target = NO_ITEM if sample.target is None else self._item(sample.target)
+        return EncodedSample(context_ids, context_items, self.role_ids[RECOMMENDER],
+                             response + [self.eos], target)
+
+    def encode_all(self, samples: list[Sample]) -> list[EncodedSample]:
+        # Tokenise every distinct text once up front; encode() then only assembles lists.
+        self._text_ids([t.text for s in samples for t in (*s.context, s.response)])
+        return [self.encode(s) for s in samples]
+
+
+@dataclass
+class Batch:
+    """Padded tensors for one training or evaluation batch (B rows)."""
+    context_ids: torch.Tensor     # [B, Lc] right-padded; row i ends with [REC] at context_len[i]-1
+    context_items: torch.Tensor   # [B, Lc] catalog index at item slots, NO_ITEM elsewhere
+    context_len: torch.Tensor     # [B]
+    gen_ids: torch.Tensor         # [B, Lg] generation segment: (v_p, [REC_END])? prompt response
+    gen_items: torch.Tensor       # [B, Lg] the v_p slot of rows with a target
+    gen_len: torch.Tensor         # [B]
+    gen_labels: torch.Tensor      # [B, Lg] next-token targets at each position, -100 where no loss
+    target: torch.Tensor          # [B] catalog index or NO_ITEM
+
+    @property
+    def has_target(self) -> torch.Tensor:
+        return self.target >= 0
+
+    def to(self, device) -> "Batch":
+        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int) -> Batch:
+    """Pad a list of encoded samples into a `Batch` (a loop over the B rows, not over tokens)."""
+    B = len(encoded)
+    Lc = max(len(e.context_ids) for e in encoded)
+    gens, gen_items, labels = [], [], []
+    for e in encoded:
+        head_ids, head_items = ([0, rec_end_id], [e.target, NO_ITEM]) if e.target >= 0 else ([], [])
+        ids = head_ids + e.prompt_ids + e.response_ids
+        gens.append(ids)
+        gen_items.append(head_items + [NO_ITEM] * (len(ids) - len(head_items)))
+        # Position j predicts token j+1; only response tokens are predicted (Eq. 7).
+        first_response = len(ids) - len(e.response_ids)
+        labels.append([-100] * (first_response - 1) + e.response_ids + [-100])
+    Lg = max(len(g) for g in gens)
+
+    def pad(rows, width, value):
+        out = torch.full((B, width), value, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out
+
+    return Batch(
+        context_ids=pad([e.context_ids for e in encoded], Lc, pad_id),
+        context_items=pad([e.context_items for e in encoded], Lc, NO_ITEM),
+        context_len=torch.tensor([len(e.context_ids) for e in encoded]),
+        gen_ids=pad(gens, Lg, pad_id),
+        gen_items=pad(gen_items, Lg, NO_ITEM),
+        gen_len=torch.tensor([len(g) for g in gens]),
+        gen_labels=pad(labels, Lg, -100),
+        target=torch.tensor([e.target for e in encoded]),
+    )

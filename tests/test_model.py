@@ -1,0 +1,196 @@
+"""Correctness of the PECRS model on tiny random GPT-2 and Llama backbones."""
+import math
+
+import pytest
+import torch
+
+from pecrs.catalog import ItemStore, batch_item_vectors, sample_negatives
+from pecrs.config import RunConfig
+from pecrs.data import Dialogue, Item, Turn
+from pecrs.model import angular_distance
+from pecrs.pretrained import build_model, load_pretrained, save_pretrained
+from pecrs.samples import make_samples
+from pecrs.tokens import DialogueEncoder, collate
+
+BACKBONES = ["tiny-gpt2", "tiny-llama"]
+
+
+def tiny_config(backbone: str) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.backbone = backbone
+    cfg.model.item_max_tokens = 16
+    cfg.model.lora_dropout = 0.0
+    return cfg
+
+
+def toy_catalog(n=12):
+    genres = ["Action", "Comedy", "Drama", "Horror"]
+    return [Item(id=str(i), title=f"Movie {i}", year=2000 + i, genres=(genres[i % 4],),
+                 plot=f"plot number {i}") for i in range(n)]
+
+
+def toy_dialogues(n_items=12, n=24):
+    out = []
+    for d in range(n):
+        k = d % n_items
+        out.append(Dialogue(id=f"d{d}", turns=(
+            Turn("recommender", "Hi, what do you like?"),
+            Turn("seeker", f"I want something like [ITEM] please", (str((k + 1) % n_items),)),
+            Turn("recommender", f"Try [ITEM] then", (str(k),)),
+            Turn("seeker", "thanks"),
+            Turn("recommender", "Enjoy!"),
+        )))
+    return out
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def setup(request):
+    cfg = tiny_config(request.param)
+    model = build_model(cfg, seed=0)
+    # Random heads and a random LoRA so no score is trivially constant.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model.eval()
+    store = ItemStore(toy_catalog(), model.tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
+    store.cache_base_states(model)
+    encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
+    samples = make_samples(toy_dialogues())
+    return cfg, model, store, encoder, samples
+
+
+def _batch(model, encoder, samples):
+    return collate(encoder.encode_all(samples), model.tokenizer.pad_token_id, model.rec_end_id)
+
+
+def test_angular_distance_hand_values():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-1.0, 0.0], [1.0, 1.0]])
+    expected = torch.tensor([0.0, math.sqrt(2), 2.0, math.sqrt(2 - math.sqrt(2))])
+    assert torch.allclose(angular_distance(a, b), expected, atol=1e-5)
+
+
+def test_negatives_never_a_batch_positive():
+    g = torch.Generator().manual_seed(0)
+    positives = torch.tensor([3, 7, 7, 11])
+    for _ in range(50):
+        shared = sample_negatives(20, positives, 15, generator=g)
+        per_row = sample_negatives(20, positives, 10, rows=4, generator=g)
+        assert not set(shared.tolist()) & {3, 7, 11}
+        assert len(set(shared.tolist())) == 15
+        assert not set(per_row.flatten().tolist()) & {3, 7, 11}
+
+
+def _rerank(model, store, batch, candidates):
+    vectors = store.all_vectors(model)
+    _, cache = model.context_pass(batch.context_ids, batch.context_items, batch.context_len, vectors)
+    return model.rerank_with_cache(cache, batch.context_len, batch.context_ids.shape[1], vectors[candidates],
+                                   chunk_size=3)
+
+
+@torch.no_grad()
+def test_rerank_candidates_independent_and_permutation_equivariant(setup):
+    cfg, model, store, encoder, samples = setup
+    batch = _batch(model, encoder, samples[:2])
+    cands = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0]])
+    base = _rerank(model, store, batch, cands)
+    changed = cands.clone()
+    changed[:, 2] = 9
+    other = _rerank(model, store, batch, changed)
+    keep = [0, 1, 3, 4, 5, 6]
+    assert torch.allclose(base[:, keep], other[:, keep], atol=1e-5)
+    assert not torch.allclose(base[:, 2], other[:, 2], atol=1e-5)
+    perm = torch.tensor([4, 0, 6, 2, 1, 5, 3])
+    permuted = _rerank(model, store, batch, cands[:, perm])
+    assert torch.allclose(permuted, base[:, perm], atol=1e-5)
+    # Chunking does not change scores.
+    vectors = store.all_vectors(model)
+    _, cache = model.context_pass(batch.context_ids, batch.context_items, batch.context_len, vectors)
+    whole = model.rerank_with_cache(cache, batch.context_len, batch.context_ids.shape[1], vectors[cands], 100)
+    assert torch.allclose(whole, base, atol=1e-5)
+
+
+@torch.no_grad()
+def test_training_pass_matches_inference_and_isolates_segments(setup):
+    """The one-pass training layout scores candidates as inference does, and the generation
+    segment never sees the candidates."""
+    cfg, model, store, encoder, samples = setup
+    rows = [s for s in samples if s.target is not None][:2] + [s for s in samples if s.target is None][:1]
+    batch = _batch(model, encoder, rows)
+    negs = torch.tensor([[1, 2, 5, 8]] * 3)
+    vectors, row = batch_item_vectors(model, store, batch.target, negs, batch.context_items, batch.gen_items)
+    g = torch.Generator().manual_seed(0)
+    losses = model.training_losses(batch, vectors, row, negs, negs, generator=g)
+    # Same loss without candidates for generation: candidates are invisible to it.
+    no_cands = model.training_losses(batch, vectors, row, negs[:, :0], negs[:, :0], score_items=False)
+    assert torch.allclose(losses["gen"], no_cands["gen"], atol=1e-5)
+    # Rerank loss from the training pass equals the one recomputed from inference scores.
+    g = torch.Generator().manual_seed(0)
+    place = torch.randint(0, 5, (3,), generator=g)
+    cands = []
+    for i in range(3):
+        c = negs[i].tolist()
+        c.insert(int(place[i]), int(batch.target[i].clamp_min(0)))
+        cands.append(c)
+    scores = _rerank(model, store, batch, torch.tensor(cands))
+    ce = torch.nn.functional.cross_entropy(scores, place, reduction="none")
+    expected = (ce * batch.has_target).sum() / 3
+    assert torch.allclose(losses["rerank"], expected, atol=1e-4)
+
+
+@torch.no_grad()
+def test_generation_without_target_ignores_rec_token(setup):
+    cfg, model, store, encoder, samples = setup
+    no_target = [s for s in samples if s.target is None][:1]
+    batch = _batch(model, encoder, no_target)
+    vectors, row = batch_item_vectors(model, store, batch.context_items)
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    loss = model.training_losses(batch, vectors, row, empty, empty, score_items=False)["gen"]
+    # Plain causal LM on context-without-[REC] + generation segment.
+    n = int(batch.context_len[0])
+    ids = torch.cat([batch.context_ids[0, : n - 1], batch.gen_ids[0, : int(batch.gen_len[0])]]).unsqueeze(0)
+    items = torch.cat([batch.context_items[0, : n - 1], batch.gen_items[0, : int(batch.gen_len[0])]]).unsqueeze(0)
+    items = torch.where(items >= 0, row[items.clamp_min(0)], items)
+    emb = model.embed(ids, items, vectors)
+    logits = model.causal_lm(inputs_embeds=emb).logits[0, n - 1:]
+    labels = batch.gen_labels[0, : int(batch.gen_len[0])]
+    expected = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+    assert torch.allclose(loss, expected, atol=1e-4)
+
+
+def test_save_load_reproduces_scores(setup, tmp_path):
+    cfg, model, store, encoder, samples = setup
+    batch = _batch(model, encoder, samples[:3])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    vectors = store.all_vectors(model)
+    top, scores = model.recommend(batch.context_ids, batch.context_items, batch.context_len, vectors, m_inference=8)
+    save_pretrained(model, cfg, tmp_path / "ckpt")
+    loaded, _ = load_pretrained(tmp_path / "ckpt")
+    loaded.eval()
+    store2 = ItemStore(toy_catalog(), loaded.tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
+    store2.cache_base_states(loaded)
+    vectors2 = store2.all_vectors(loaded)
+    top2, scores2 = loaded.recommend(batch.context_ids, batch.context_items, batch.context_len, vectors2, m_inference=8)
+    assert torch.equal(top, top2)
+    assert torch.allclose(scores, scores2, atol=1e-6)
+
+
+def test_load_rejects_other_backbone(setup, tmp_path):
+    cfg, model, *_ = setup
+    save_pretrained(model, cfg, tmp_path / "ckpt")
+    other = "tiny-llama" if cfg.model.backbone == "tiny-gpt2" else "tiny-gpt2"
+    with pytest.raises(ValueError, match="backbone"):
+        load_pretrained(tmp_path / "ckpt", backbone=other)
+
+
+def test_only_adapters_heads_and_special_tokens_train(setup):
+    cfg, model, *_ = setup
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(("lora_" in n) or ("trainable_tokens" in n) or not n.startswith("lm.") for n in names)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert frozen > 0
