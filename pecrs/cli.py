@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .data import DataError
 
@@ -41,9 +42,90 @@ def add_data_parser(subparsers) -> None:
     stats.set_defaults(func=_data_stats)
 
 
+# ---- pecrs train / evaluate ------------------------------------------------------------------
+
+def _train(args) -> int:
+    from .config import RunConfig
+    from .train import train
+
+    config = RunConfig.load(args.config, args.overrides)
+    output = args.output_dir or f"runs/{Path(args.config).stem}"
+    state = train(config, output, progress=not args.quiet)
+    print(json.dumps({"output_dir": output, **{k: state[k] for k in ("epoch", "global_step", "best", "best_epoch")}}))
+    return 0
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train PECRS from a config",
+                              description="Train PECRS (one stage, §3.6). Rerun to resume from RUN/last.")
+    p.add_argument("config", help="YAML config, e.g. configs/inspired.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=2")
+    p.add_argument("--output-dir", help="run folder (default runs/<config name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+
+def checkpoint_dir(path: str) -> Path:
+    """A run folder means its best/ checkpoint; a checkpoint folder is used as is."""
+    path = Path(path)
+    if (path / "best" / "pecrs_config.json").is_file():
+        return path / "best"
+    if (path / "pecrs_config.json").is_file():
+        return path
+    raise FileNotFoundError(f"{path} is neither a run folder with best/ nor a pecrs checkpoint")
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+    from .pretrained import load_pretrained
+    from .train import prepare
+
+    ckpt = checkpoint_dir(args.run_dir)
+    model, config = load_pretrained(ckpt, backbone=args.backbone)
+    if args.item_fields:
+        config.model.item_fields = args.item_fields.split(",")
+    setup = prepare(config, model=model, dataset=args.dataset)
+    if args.split not in setup.samples:
+        raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
+    samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]
+    result = evaluate(setup.model, setup.store, setup.encoder, samples,
+                      m_inference=args.m_inference or config.train.m_inference,
+                      batch_size=args.batch_size or config.train.eval_batch_size,
+                      generate=not args.no_generate, strategy=args.decoding, seed=config.train.seed,
+                      progress=not args.json)
+    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": args.decoding, **result}
+    out = Path(args.output) if args.output else ckpt.parent / f"eval_{args.split}.json"
+    out.write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
+    else:
+        for key, value in result.items():
+            if key != "examples":
+                print(f"{key:>24}: {value}")
+    return 0
+
+
+def add_evaluate_parser(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="evaluate a trained run",
+                              description="Recommendation and conversation metrics (§4.1) on one split.")
+    p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--decoding", default="top_k", help="decoding strategy (pecrs.decoding.PRESETS)")
+    p.add_argument("--m-inference", type=int, help="candidates retrieved then re-ranked")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-samples", type=int, help="evaluate the first N samples only")
+    p.add_argument("--no-generate", action="store_true", help="recommendation metrics and perplexity only")
+    p.add_argument("--dataset", help="dataset folder (default: the one the run trained on)")
+    p.add_argument("--item-fields", help="comma-separated item fields, e.g. title,genres (Table 6)")
+    p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
+    p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
+    p.set_defaults(func=_evaluate)
+
+
 # ---- the parser ------------------------------------------------------------------------------
 
-SUBCOMMANDS = [add_data_parser]
+SUBCOMMANDS = [add_data_parser, add_train_parser, add_evaluate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except DataError as e:
+    except (DataError, FileNotFoundError, ValueError) as e:
         print(f"pecrs: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

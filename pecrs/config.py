@@ -62,6 +62,7 @@ class TrainConfig:
     decoding: str = "top_k"                 # see pecrs.decoding
     eval_batch_size: int = 8
     checkpoint_every: int = 200             # batches between mid-epoch checkpoints (0: epoch ends only)
+    max_train_minutes: float | None = None  # stop (resumably) once training has run this long
 
 
 @dataclass

@@ -123,6 +123,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
 
     log_path = out / "metrics.jsonl"
     steps_done = 0
+    deadline = time.perf_counter() + 60 * t.max_train_minutes if t.max_train_minutes else None
     for epoch in range(state["epoch"], t.epochs):
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(step_seed(t.seed, epoch, -1)))
         batches = [order[i:i + t.batch_size * world] for i in range(0, len(order), t.batch_size * world)]
@@ -154,8 +155,14 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}")
             state["batch"] = b + 1
             steps_done += 1
-            if stop_after_steps is not None and steps_done >= stop_after_steps:
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            if out_of_time or (stop_after_steps is not None and steps_done >= stop_after_steps):
                 _save_last(core, config, optimizer, scheduler, state, last, accelerator)
+                state["stopped_early"] = True
+                if out_of_time and accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps({"stopped": "max_train_minutes", "epoch": epoch + 1, "batch": b + 1,
+                                            "seconds": round(time.perf_counter() - started, 2)}) + "\n")
                 return state
             if t.checkpoint_every and accelerator.sync_gradients and state["batch"] % t.checkpoint_every == 0:
                 _save_last(core, config, optimizer, scheduler, state, last, accelerator)

@@ -15,3 +15,11 @@ def shared_datasets() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"datasets not found at {SHARED}")
     return SHARED
+
+
+def pytest_configure(config):
+    # Tiny models are dominated by per-op overhead, where a second intra-op thread only adds
+    # synchronisation (30x slower when another process holds the other core).
+    import torch
+
+    torch.set_num_threads(1)

