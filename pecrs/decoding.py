@@ -235,8 +235,11 @@ def _seeded(seed: int | None, device: torch.device):
     if seed is None:
         yield
         return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else None):
+    if device.type == "cpu":
+        fork = torch.random.fork_rng(devices=[])
+    else:  # also save and restore the accelerator's RNG (torch.manual_seed seeds every device)
+        fork = torch.random.fork_rng(devices=[device], device_type=device.type)
+    with fork:
         torch.manual_seed(seed)
         yield
 
