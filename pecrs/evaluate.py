@@ -18,7 +18,6 @@ from tqdm import tqdm
 from . import metrics
 from .catalog import ItemStore, batch_item_vectors
 from .data import ITEM, Sample
-from .decoding import generate as decode
 from .tokens import DialogueEncoder, collate
 
 TOP_K_KEPT = 50
@@ -77,10 +76,8 @@ def generate_responses(model, store: ItemStore, encoded, recommended: np.ndarray
     for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="generate", disable=not progress):
         batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
         rec = torch.as_tensor(recommended[sl], device=model.device)
-        embeds, attn = model.generation_inputs(batch.context_ids, batch.context_items, batch.context_len,
-                                               catalog_vectors, rec, encoded[sl][0].prompt_ids)
-        ids = decode(model.causal_lm, embeds, attn, strategy, max_new_tokens=max_new_tokens,
-                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, seed=seed + sl.start)
+        ids = model.generate(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors, rec,
+                             encoded[sl][0].prompt_ids, strategy, max_new_tokens, seed=seed + sl.start)
         texts += [render_response(tok, row, ITEM) for row in ids]
     return texts
 

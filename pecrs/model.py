@@ -112,19 +112,34 @@ class PECRS(nn.Module):
     # ----- items ----------------------------------------------------------------------------
     @torch.no_grad()
     def item_token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          adapted: bool, batch_size: int = 64) -> torch.Tensor:
-        """LM last-layer states of tokenised item texts. No gradient reaches the LM here (§3.3)."""
-        outs = []
-        for start in range(0, input_ids.shape[0], batch_size):
-            ids = input_ids[start:start + batch_size].to(self.device)
-            mask = attention_mask[start:start + batch_size].to(self.device)
+                          adapted: bool, batch_size: int = 64, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """LM last-layer states of tokenised item texts. No gradient reaches the LM here (§3.3).
+
+        Performance (docs/performance.md): item texts are padded to the catalog's longest (128
+        tokens) but average ~75, so with right padding the items run shortest first and each
+        batch is cut to its own longest item (~1.7x less LM work). Causal attention makes the
+        real tokens' states independent of trailing pads; positions past a batch's longest item
+        come back as zeros, which pooling ignores like any padding (mask weight 0). `dtype` converts batch by batch (the cached mode
+        keeps float16), so the float32 states of a whole catalog never exist at once."""
+        N, L = input_ids.shape
+        lengths = attention_mask.sum(1)
+        right_padded = bool(torch.equal(attention_mask.bool(), torch.arange(L, device=lengths.device) < lengths.unsqueeze(1)))
+        order = torch.argsort(lengths, stable=True) if right_padded else torch.arange(N, device=lengths.device)
+        out = None
+        for start in range(0, N, batch_size):
+            rows = order[start:start + batch_size]
+            width = max(int(lengths[rows].max()), 1) if right_padded else L
+            ids = input_ids[rows, :width].to(self.device)
+            mask = attention_mask[rows, :width].to(self.device)
             if adapted:
                 h = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
             else:
                 with self.lm.disable_adapter():
                     h = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            outs.append(h)
-        return torch.cat(outs) if outs else torch.zeros(0, input_ids.shape[1], self.hidden_size)
+            if out is None:
+                out = h.new_zeros(N, L, h.shape[-1], dtype=dtype or h.dtype)
+            out[rows.to(h.device), :width] = h.to(out.dtype)
+        return out if out is not None else torch.zeros(0, L, self.hidden_size, dtype=dtype or torch.float32)
 
     def item_vectors(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.item_encoder(states.to(self.device), mask.to(self.device))
@@ -331,20 +346,16 @@ class PECRS(nn.Module):
 
     @torch.no_grad()
     def generate(self, context_ids, context_items, context_len, item_vectors, recommended,
-                 prompt_ids: list[int], max_new_tokens: int = 64, **decoding) -> list[list[int]]:
+                 prompt_ids: list[int], strategy="top_k", max_new_tokens: int = 64,
+                 seed: int | None = None) -> list[list[int]]:
         """Generate responses with the recommended item injected (§3.6). Returns new token ids."""
+        from .decoding import generate
+
         embeds, attn = self.generation_inputs(context_ids, context_items, context_len, item_vectors,
                                               recommended, prompt_ids)
-        tok = self.tokenizer
-        out = self.causal_lm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **decoding)
-        result = []
-        for row in out.tolist():
-            if tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id)]
-            result.append([t for t in row if t != tok.pad_token_id])
-        return result
-
+        return generate(self.causal_lm, embeds, attn, strategy, max_new_tokens=max_new_tokens,
+                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                        seed=seed)
 
 def _output_cache(output):
     """The KV cache of a model output (its attribute name changed across transformers versions)."""

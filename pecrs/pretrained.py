@@ -52,7 +52,9 @@ def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extr
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.lm.save_pretrained(tmp / ADAPTER_DIR)
+    # Only the special-token deltas: the resized base rows are rebuilt deterministically, and
+    # saving whole embedding matrices would put ~230 MB of frozen weights in every checkpoint.
+    model.lm.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
     save_file(head_state(model), tmp / HEADS_FILE)
     model.tokenizer.save_pretrained(tmp / "tokenizer")
     causal = model.causal_lm.config

@@ -149,8 +149,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                     state["global_step"] += 1
                 optimizer.zero_grad()
             for k in ("recall", "rerank", "gen"):
-                sums[k] += float(losses[k])
-            sums["loss"] += float(loss)
+                sums[k] += float(losses[k].detach())
+            sums["loss"] += float(loss.detach())
             sums["n"] += 1
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}")
             state["batch"] = b + 1
