@@ -4,3 +4,12 @@ One frozen causal LM with LoRA adapters encodes items, retrieves and re-ranks th
 the recommender's response. Start with `pecrs.Recommender` (library use) or the `pecrs` command.
 """
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy, so `import pecrs` (and `pecrs --help`) does not import torch and transformers.
+    if name in ("Recommender", "Recommendation", "Response"):
+        from . import recommender
+
+        return getattr(recommender, name)
+    raise AttributeError(f"module 'pecrs' has no attribute {name!r}")

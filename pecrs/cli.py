@@ -123,9 +123,153 @@ def add_evaluate_parser(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
 
+# ---- pecrs experiment ... ----------------------------------------------------------------------
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _experiment(args) -> int:
+    from .experiments import run_experiment
+
+    parts = [p for chunk in (args.parts or []) for p in chunk.split(",") if p.strip()] or None
+    result = run_experiment(
+        args.name, config=args.config, output_dir=args.output_dir, overrides=args.overrides, parts=parts,
+        redial_config=args.redial_config, accept_partial=args.accept_partial, merge_files=args.merge or (),
+        list_only=args.list, options={"m_train": args.m_train, "m_inference": args.m_inference,
+                                      "models": args.models.split(",") if args.models else None},
+        progress=not args.quiet, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    # (the command recorded in result.json is rebuilt from these arguments)
+    folder = Path(args.output_dir) / result["experiment"]
+    if args.json:
+        print(json.dumps({"folder": str(folder), "summary": result["summary"], "errors": result["errors"],
+                          "parts": {k: v["status"] for k, v in result["parts"].items()}}))
+    else:
+        width = max(len(k) for k in result["parts"])
+        for name, entry in result["parts"].items():
+            reason = f"  ({entry['reason']})" if entry.get("reason") else ""
+            print(f"{name:>{width}}: {entry['status']}{reason}")
+        print(f"\n{folder / 'table.md'}:\n")
+        print((folder / "table.md").read_text())
+    return 1 if result["errors"] else 0
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets `section.key=value` overrides follow the options (`pecrs experiment NAME --config C x.y=1`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixing", False):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def add_experiment_parser(subparsers) -> None:
+    from .experiments import NAMES
+
+    p = subparsers.add_parser(
+        "experiment", help="rerun a table or figure of the paper",
+        description="Rerun one of the paper's tables/figures in resumable parts (one training run or one "
+                    "evaluation each); parts whose result exists are skipped. Writes DIR/NAME/result.json, "
+                    "DIR/NAME/table.md and, for figures, a PNG. See docs/results.md.")
+    p.__class__ = _IntermixedParser
+    p.add_argument("name", choices=NAMES, metavar="NAME", help="one of: " + ", ".join(NAMES))
+    p.add_argument("overrides", nargs="*",
+                   help="section.key=value for every dataset, or inspired:section.key=value / redial:... for one")
+    p.add_argument("--config", default="configs/inspired.yaml", help="YAML config (default configs/inspired.yaml)")
+    p.add_argument("--redial-config", help="ReDial-subset config of main/table9_10 (default configs/redial.yaml "
+                                           "beside an inspired.yaml, else --config with the dataset swapped)")
+    p.add_argument("--output-dir", default="runs/experiments", help="where DIR/NAME/ and DIR/runs/ go")
+    p.add_argument("--parts", action="append", help="comma-separated part names or glob patterns (default all)")
+    p.add_argument("--list", action="store_true", help="run nothing; list parts and rewrite result.json/table.md")
+    p.add_argument("--accept-partial", action="store_true",
+                   help="evaluate models whose training stopped at max_train_minutes (marked as such)")
+    p.add_argument("--merge", action="append", help="a result.json measured elsewhere: restore its parts here")
+    p.add_argument("--m-train", type=_int_list, help="fig3: M_train values, e.g. 50,100,150,200")
+    p.add_argument("--m-inference", type=_int_list, help="fig3: M_inference values, e.g. 100,300,700")
+    p.add_argument("--models", help="table7: comma-separated backbones (default smollm2-135m-instruct,gemma-3-270m)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_experiment)
+
+
+# ---- pecrs chat / serve ------------------------------------------------------------------------
+
+def _load_recommender(args):
+    import torch
+
+    from .recommender import Recommender
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rec = Recommender.from_pretrained(args.run_dir, catalog=args.catalog, device=args.device,
+                                      m_inference=args.m_inference, decoding=args.decoding,
+                                      strict_catalog=False)
+    print(rec.report.summary(), file=sys.stderr)
+    for message in rec.report.errors:
+        print(f"  skipped: {message}", file=sys.stderr)
+    if rec.report.n_errors > len(rec.report.errors):
+        print(f"  ... and {rec.report.n_errors - len(rec.report.errors)} more", file=sys.stderr)
+    return rec
+
+
+def _add_recommender_args(p) -> None:
+    p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
+    p.add_argument("--catalog", help="items.jsonl to recommend from (default: the run's catalog); "
+                                     "bad lines are skipped and reported")
+    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default top_k)")
+    p.add_argument("--m-inference", type=int, help="candidates retrieved then re-ranked")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def _chat(args) -> int:
+    from .chat import chat
+
+    return chat(_load_recommender(args), k_items=args.k_items, seed=args.seed)
+
+
+def add_chat_parser(subparsers) -> None:
+    p = subparsers.add_parser("chat", help="talk to a trained model in the terminal",
+                              description="You are the seeker, the model the recommender. Commands: "
+                                          "/top N, /reset, /quit. Reads stdin line by line.")
+    _add_recommender_args(p)
+    p.add_argument("--k-items", type=int, default=1, help="items injected per reply (default 1, as in the paper)")
+    p.add_argument("--seed", type=int, help="make sampled replies reproducible")
+    p.set_defaults(func=_chat)
+
+
+def _serve(args) -> int:
+    from .serve import serve
+
+    rec = _load_recommender(args)
+    print(f"serving on http://{args.host}:{args.port}/ (API: /recommend, /respond, /items/ID, /health)",
+          file=sys.stderr)
+    serve(rec, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="HTTP API and chat page for a trained model",
+                              description="FastAPI server: POST /recommend, POST /respond, GET /items/ID, "
+                                          "GET /health, and a chat page at /.")
+    _add_recommender_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=_serve)
+
+
 # ---- the parser ------------------------------------------------------------------------------
 
-SUBCOMMANDS = [add_data_parser, add_train_parser, add_evaluate_parser]
+SUBCOMMANDS = [add_data_parser, add_train_parser, add_evaluate_parser, add_experiment_parser,
+               add_chat_parser, add_serve_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

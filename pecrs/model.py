@@ -354,8 +354,17 @@ class PECRS(nn.Module):
         embeds, attn = self.generation_inputs(context_ids, context_items, context_len, item_vectors,
                                               recommended, prompt_ids)
         return generate(self.causal_lm, embeds, attn, strategy, max_new_tokens=max_new_tokens,
-                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                        seed=seed)
+                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.end_of_turn_ids, seed=seed)
+
+    @property
+    def end_of_turn_ids(self) -> list[int]:
+        """EOS ends a response (it is trained to); a newline also does, because in the context every
+        turn ends with one, so a newline means the model is starting the next speaker's turn."""
+        ids = [self.tokenizer.eos_token_id]
+        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        if len(newline) == 1 and newline[0] not in ids:
+            ids.append(newline[0])
+        return ids
 
 def _output_cache(output):
     """The KV cache of a model output (its attribute name changed across transformers versions)."""

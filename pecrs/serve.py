@@ -1,0 +1,138 @@
+"""`pecrs serve RUN_DIR`: a small HTTP API (FastAPI) around a `Recommender`, plus a chat page at /.
+
+    POST /recommend   {"turns": [{"role": "seeker", "text": "..."}], "k": 10}
+                      -> {"items": [{"id", "title", "year", "genres", "score", "rank"}, ...]}
+    POST /respond     {"turns": [...], "decoding"?: "top_k", "k_items"?: 1, "seed"?: 0}
+                      -> {"response", "raw_response", "items", "recommended", "turn"}
+    GET  /items/{id}  the catalog entry (404 if unknown)
+    GET  /health      {"status": "ok", "items": N, ...}
+    GET  /            pecrs/web/index.html, a chat page
+
+A turn is {"role": "seeker" | "recommender", "text": str, "items"?: [ids]}; "items" lists the
+catalog ids of the text's [ITEM] placeholders. /respond returns the model's turn as "turn" (raw text
+with [ITEM]s and their ids), which a client appends to "turns" so that the model reads its earlier
+recommendations as item vectors, as in training. "response" is the same text with titles filled in.
+
+Limits (422 with the offending field when exceeded, like any malformed body or unknown field):
+at most 50 turns, 2,000 characters per text, 1 <= k <= 100, 1 <= k_items <= 10, a known decoding
+name. Input that is well-formed but unusable (an unknown item id, a [ITEM] count that does not match
+"items") gets 400. Model calls are serialised by the Recommender's lock; the process survives bad
+input and internal errors (500 with a message).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .data import DataError, Item
+from .decoding import ALIASES, PRESETS
+
+log = logging.getLogger(__name__)
+
+MAX_TURNS, MAX_TEXT_CHARS, MAX_K, MAX_K_ITEMS = 50, 2000, 100, 10
+MAX_BODY_BYTES = 1 << 20
+DECODINGS = sorted(ALIASES) + sorted(PRESETS)
+WEB_PAGE = Path(__file__).parent / "web" / "index.html"
+
+
+class TurnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["seeker", "recommender"]
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    items: list[str] = Field(default_factory=list, max_length=MAX_TEXT_CHARS // 6)
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
+class RespondRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
+    decoding: str | None = None
+    k_items: int = Field(1, ge=1, le=MAX_K_ITEMS)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+    @field_validator("decoding")
+    @classmethod
+    def _known_decoding(cls, value):
+        if value is not None and value not in DECODINGS:
+            raise ValueError(f"unknown decoding {value!r}; valid names: {', '.join(DECODINGS)}")
+        return value
+
+
+def item_json(item: Item, full: bool = False) -> dict:
+    if full:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(item).items()}
+    return {"id": item.id, "title": item.title, "year": item.year, "genres": list(item.genres)}
+
+
+def create_app(recommender) -> FastAPI:
+    """The API for one loaded `Recommender` (its lock serialises model calls)."""
+    app = FastAPI(title="PECRS", description="Conversational recommendation with one LoRA-adapted LM",
+                  version="0.1.0")
+    app.state.recommender = recommender
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(DataError)
+    async def bad_input(request: Request, exc: DataError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("error while serving %s", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(WEB_PAGE, media_type="text/html")
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "items": len(recommender), "checkpoint": str(recommender.checkpoint),
+                "decoding": recommender.decoding if isinstance(recommender.decoding, str) else "custom",
+                "decodings": DECODINGS, "m_inference": recommender.m_inference,
+                "index": type(recommender.index).__name__, "device": str(recommender.model.device)}
+
+    @app.get("/items/{item_id}")
+    def get_item(item_id: str):
+        item = recommender.items.get(item_id)
+        if item is None:
+            raise HTTPException(status_code=404, detail=f"unknown item id '{item_id}'")
+        return item_json(item, full=True)
+
+    @app.post("/recommend")
+    def recommend(body: RecommendRequest):
+        recs = recommender.recommend([t.model_dump() for t in body.turns], k=body.k)
+        return {"items": [{**item_json(r.item), "score": r.score, "rank": r.rank} for r in recs]}
+
+    @app.post("/respond")
+    def respond(body: RespondRequest):
+        r = recommender.respond([t.model_dump() for t in body.turns], decoding=body.decoding,
+                                k_items=body.k_items, seed=body.seed)
+        return {"response": r.text, "raw_response": r.raw_text,
+                "items": [item_json(it) for it in dict.fromkeys(r.items)],
+                "recommended": [item_json(it) for it in r.recommended],
+                "turn": {"role": "recommender", "text": r.raw_text, "items": [it.id for it in r.items]}}
+
+    return app
+
+
+def serve(recommender, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(recommender), host=host, port=port, log_level=log_level)

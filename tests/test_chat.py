@@ -1,0 +1,77 @@
+"""The terminal chat (pecrs.chat, `pecrs chat`) driven by piped input."""
+import io
+
+import pytest
+
+from pecrs.chat import chat, describe
+from pecrs.cli import main
+from pecrs.recommender import Recommender
+from test_recommender import make_tiny_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("chat"))
+
+
+@pytest.fixture(scope="module")
+def rec(run):
+    run_dir, items = run
+    return Recommender.from_pretrained(run_dir, catalog=items, device="cpu", cache_dir=False)
+
+
+def _chat(rec, text, **kwargs) -> list[str]:
+    out = io.StringIO()
+    assert chat(rec, io.StringIO(text), out, **kwargs) == 0
+    return out.getvalue().splitlines()
+
+
+def test_conversation_top_reset_quit(rec):
+    lines = _chat(rec, "I want a horror movie\n/top 3\n\n/reset\n/top\nthanks\n/quit\nnot read\n",
+                  decoding="greedy")
+    assert lines[0].startswith("PECRS chat: 12 items")
+    assert lines[-1] == "bye"
+    replies = [i for i, line in enumerate(lines) if line.startswith("recommender> ")]
+    assert len(replies) == 2                      # "not read" after /quit is never answered
+    # Each reply shows the item(s) it names, or the top pick it did not name.
+    assert lines[replies[0] + 1].startswith(("  * ", "  (top pick"))
+    # /top 3 ranks the conversation so far, exactly as the library does.
+    expected = rec.recommend([{"role": "seeker", "text": "I want a horror movie"},
+                              rec.respond([{"role": "seeker", "text": "I want a horror movie"}],
+                                          decoding="greedy").turn], k=3)
+    top = [line for line in lines if line[:4].strip().rstrip(".").isdigit()]
+    assert top == [f"{r.rank:>3}. {describe(r.item)}  (score {r.score:.3f})" for r in expected]
+    assert "(new conversation)" in lines
+    assert "(say something first: recommendations follow the conversation)" in lines
+
+
+def test_end_of_input_and_bad_lines(rec):
+    lines = _chat(rec, "/top 0\n/top x\n/dance\nI like [ITEM]\n/help\nhello", seed=0)
+    assert "/top takes a positive number, got '0'" in lines
+    assert "/top takes a positive number, got 'x'" in lines
+    assert any(line.startswith("unknown command /dance") for line in lines)
+    assert any(line.startswith("(not sent:") and "[ITEM]" in line for line in lines)
+    assert any(line.startswith("/reset") for line in lines)                 # /help lists the commands
+    assert sum(line.startswith("recommender> ") for line in lines) == 1   # "hello" without a newline
+    assert lines[-1] == "bye"
+
+
+def test_describe():
+    from pecrs.data import Item
+
+    assert describe(Item("1", "Alien", 1979, genres=("Horror", "Sci-Fi"))) == "Alien (1979), Horror, Sci-Fi"
+    assert describe(Item("2", "Untitled")) == "Untitled"
+
+
+def test_cli_chat_reads_stdin(run, monkeypatch, capsys, tmp_path):
+    run_dir, _ = run
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path))
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi there\n/top 2\n"))
+    assert main(["chat", str(run_dir), "--decoding", "greedy", "--k-items", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "catalog" in err and "12 items" in err           # the run's dataset catalog
+    assert out.count("recommender> ") == 1 and "  1. Movie " in out and out.rstrip().endswith("bye")
+    assert list((tmp_path / "catalogs").glob("*.pt"))       # vectors cached for the next start
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["chat", str(run_dir)]) == 0
+    assert "loaded from cache" in capsys.readouterr().err

@@ -1,0 +1,267 @@
+"""The library API (pecrs.recommender) and the retrieval indexes (pecrs.retrieval), on a tiny
+random checkpoint and a toy catalog. `make_tiny_run` is shared with test_serve/test_chat/test_web."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pecrs.catalog import ItemStore
+from pecrs.config import RunConfig
+from pecrs.data import DataError, Dialogue, Item, Turn
+from pecrs.pretrained import build_model, save_pretrained
+from pecrs.recommender import (CATALOG_FILE, Recommender, _clip, encode_catalog,
+                               read_items_lenient, write_items)
+from pecrs.retrieval import ExactIndex, FaissIndex, build_index
+
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+
+
+def toy_items(n=12):
+    return [Item(id=str(i), title=f"Movie {i}", year=2000 + i, genres=(GENRES[i % 4],),
+                 actors=(f"Actor {i}",), plot=f"plot number {i}") for i in range(n)]
+
+
+def make_tiny_run(root: Path) -> tuple[Path, Path]:
+    """A run folder root/run with best/ (random tiny-llama PECRS) whose dataset root/data holds a
+    toy items.jsonl. Returns (run folder, items.jsonl)."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    write_items(toy_items(), data / "items.jsonl")
+    cfg = RunConfig()
+    cfg.model.backbone = "tiny-llama"
+    cfg.model.lora_dropout = 0.0
+    cfg.model.item_max_tokens = 16
+    cfg.model.context_max_tokens = 64
+    cfg.model.response_max_tokens = 8
+    cfg.train.dataset = str(data)
+    cfg.train.m_inference = 8
+    model = build_model(cfg, seed=0)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a non-zero adapter, so that LoRA on and off differ
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    save_pretrained(model, cfg, root / "run" / "best")
+    return root / "run", data / "items.jsonl"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("recommender"))
+
+
+@pytest.fixture(scope="module")
+def rec(run, tmp_path_factory):
+    run_dir, items = run
+    return Recommender.from_pretrained(run_dir, catalog=items, device="cpu",
+                                       cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+TURNS = [{"role": "seeker", "text": "Hi! I want a funny movie."},
+         {"role": "recommender", "text": "Did you see [ITEM]?", "items": ["3"]},
+         {"role": "seeker", "text": "Yes, something like that please"}]
+
+
+def test_recommend_ranks_the_catalog(rec):
+    recs = rec.recommend(TURNS, k=5)
+    assert [r.rank for r in recs] == [1, 2, 3, 4, 5]
+    scores = [r.score for r in recs]
+    assert scores == sorted(scores, reverse=True)
+    assert len({r.item.id for r in recs}) == 5
+    assert all(rec.items[r.item.id] == r.item for r in recs)
+    # k past m_inference (8) widens the candidate list instead of truncating; k past N gives N.
+    assert len(rec.recommend(TURNS, k=10)) == 10
+    assert len(rec.recommend(TURNS, k=50)) == 12
+
+
+def test_dialogue_forms_agree(rec):
+    turns = [Turn(t["role"], t["text"], tuple(t.get("items", ()))) for t in TURNS]
+    expected = [(r.item.id, r.score) for r in rec.recommend(TURNS, k=4)]
+    for form in (turns, tuple(turns), Dialogue("d", tuple(turns))):
+        got = [(r.item.id, r.score) for r in rec.recommend(form, k=4)]
+        assert [g[0] for g in got] == [e[0] for e in expected]
+        assert got == pytest.approx(expected)
+
+
+def test_respond_is_reproducible_and_fills_items(rec):
+    a = rec.respond(TURNS, seed=3)
+    b = rec.respond(TURNS, seed=3)
+    assert a == b
+    assert "[ITEM]" not in a.text and a.raw_text.count("[ITEM]") == len(a.items)
+    assert a.recommended[0] == rec.recommend(TURNS, k=1)[0].item
+    assert a.turn.role == "recommender" and len(a.turn.items) == len(a.items)
+    greedy = rec.respond(TURNS, decoding="greedy")
+    assert greedy == rec.respond(TURNS, decoding="greedy")
+
+
+def test_generation_layout_matches_model_for_one_item(rec):
+    """k_items=1 feeds the LM exactly what PECRS.generation_inputs (the evaluation path) builds."""
+    turns = rec.turns(TURNS)
+    ids, slots, length = rec._context(turns)
+    top, _ = rec._rank((ids, slots, length), 1)
+    mine, attn = rec._generation_inputs((ids, slots, length), top)
+    theirs, attn2 = rec.model.generation_inputs(ids, slots, length, rec.vectors, torch.tensor(top),
+                                                rec.encoder.role_ids["recommender"])
+    assert torch.equal(attn, attn2) and torch.allclose(mine, theirs)
+    # k items: k slots between [REC] and [REC_END], holding the top k re-ranked vectors in order.
+    top3, _ = rec._rank((ids, slots, length), 3)
+    three, _ = rec._generation_inputs((ids, slots, length), top3)
+    assert three.shape[1] == mine.shape[1] + 2
+    n = int(length[0])
+    assert torch.allclose(three[0, n:n + 3], rec.vectors[top3])
+
+
+def test_several_items_per_turn(rec):
+    items = [rec.items["1"], rec.items["2"]]
+    r = Recommender._fill("Try [ITEM] or [ITEM], and [ITEM] again.", items)
+    assert r.text == "Try Movie 1 (2001) or Movie 2 (2002), and Movie 2 (2002) again."
+    assert r.items == [items[0], items[1], items[1]]
+    assert r.turn.items == ("1", "2", "2")
+    one = Recommender._fill("[ITEM] and [ITEM]", items[:1])
+    assert one.text == "Movie 1 (2001) and Movie 1 (2001)"  # k=1: as evaluate.render_response
+    resp = rec.respond(TURNS, k_items=3, seed=0)
+    assert [it.id for it in resp.recommended] == [r.item.id for r in rec.recommend(TURNS, k=3)]
+    assert set(resp.items) <= set(resp.recommended)
+    # The response turn goes back into the dialogue.
+    rec.respond([*TURNS, resp.turn, {"role": "seeker", "text": "thanks"}], seed=0)
+
+
+@pytest.mark.parametrize("dialogue, message", [
+    ([], "empty dialogue"),
+    ("hello", "list of turns"),
+    ([{"role": "bot", "text": "hi"}], "unknown role 'bot'"),
+    ([{"role": "seeker"}], "turns[0].text"),
+    ([{"role": "seeker", "text": "hi", "mood": "happy"}], "unknown key"),
+    ([{"role": "seeker", "text": 3}], "expected a string"),
+    ([{"role": "seeker", "text": "I like [ITEM]"}], "1 [ITEM] placeholder(s) but 0 item id(s)"),
+    ([{"role": "seeker", "text": "I like [ITEM]", "items": ["nope"]}], "item id 'nope' is not in the catalog"),
+    ([{"role": "seeker", "text": "hi [REC]"}], "reserved token [REC]"),
+    ([Turn("seeker", "ok"), 5], "turns[1]"),
+])
+def test_bad_dialogues_are_clear_errors(rec, dialogue, message):
+    with pytest.raises(DataError, match=None) as e:
+        rec.recommend(dialogue)
+    assert message in str(e.value)
+
+
+def test_bad_arguments(rec):
+    with pytest.raises(ValueError, match="k must be"):
+        rec.recommend(TURNS, k=0)
+    with pytest.raises(ValueError, match="unknown decoding strategy"):
+        rec.respond(TURNS, decoding="telepathy")
+    with pytest.raises(ValueError, match="k_items"):
+        rec.respond(TURNS, k_items=0)
+
+
+def test_overlong_text_is_cut_to_the_budget(rec):
+    assert rec.max_text_chars == 16 * 64
+    huge = "blah " * 100_000 + "and I love [ITEM]"
+    recs = rec.recommend([{"role": "seeker", "text": huge, "items": ["4"]}], k=3)
+    assert len(recs) == 3
+    same = rec.recommend([{"role": "seeker", "text": huge[-rec.max_text_chars:], "items": ["4"]}], k=3)
+    assert [r.item.id for r in recs] == [r.item.id for r in same]
+    # The cut never splits a placeholder and drops the ids of the placeholders it removes.
+    assert _clip("[ITEM] abc [ITEM] xy", ["a", "b"], 12) == ("bc [ITEM] xy", ["b"])
+    assert _clip("[ITEM] abc [ITEM] xy", ["a", "b"], 7) == ("[ITEM] xy", ["b"])   # kept whole
+    assert _clip("[ITEM] abc [ITEM] xy", ["a", "b"], 3) == (" xy", [])
+    assert _clip("short", [], 10) == ("short", [])
+
+
+def test_catalog_sources_and_disk_cache(run, rec, tmp_path):
+    run_dir, items_path = run
+    cache = tmp_path / "cache"
+    first = Recommender.from_pretrained(run_dir, cache_dir=cache)          # the run's dataset catalog
+    assert first.report.source.endswith("items.jsonl") and not first.report.vectors_from_cache
+    assert Path(first.report.cache_path).is_file()
+    second = Recommender.from_pretrained(run_dir / "best", catalog=items_path, cache_dir=cache)
+    assert second.report.vectors_from_cache and "loaded from cache" in second.report.summary()
+    assert torch.equal(first.vectors, second.vectors)
+    assert torch.allclose(first.vectors, rec.vectors)
+    # Another catalog (or other contents) is another key.
+    fewer = Recommender.from_pretrained(run_dir, catalog=toy_items(8), cache_dir=cache)
+    assert not fewer.report.vectors_from_cache and len(fewer) == 8
+    assert torch.allclose(fewer.vectors, first.vectors[:8], atol=1e-5)
+    assert len(list(cache.glob("*.pt"))) == 2
+    no_cache = Recommender.from_pretrained(run_dir, catalog={i.id: i for i in toy_items(3)}, cache_dir=False)
+    assert no_cache.report.cache_path is None and len(no_cache) == 3
+
+
+def test_vectors_match_the_training_item_store(rec):
+    m = rec.config.model
+    store = ItemStore(rec.item_list, rec.model.tokenizer, m.item_fields, m.item_max_tokens).cache_base_states(rec.model)
+    assert torch.allclose(store.all_vectors(rec.model), rec.vectors, atol=1e-5)
+    adapted = encode_catalog(rec.model, rec.item_list, m.item_fields, m.item_max_tokens, "adapted", batch_size=5)
+    store.mode = "adapted"
+    assert torch.allclose(store.all_vectors(rec.model), adapted, atol=1e-5)
+
+
+def test_save_pretrained_round_trip(rec, tmp_path):
+    rec.m_inference, saved_decoding = 10, rec.decoding
+    rec.decoding = "greedy"
+    try:
+        out = rec.save_pretrained(tmp_path / "saved")
+    finally:
+        rec.m_inference, rec.decoding = 8, saved_decoding
+    assert (out / CATALOG_FILE).is_file() and (out / "pecrs_config.json").is_file()
+    back = Recommender.from_pretrained(out, cache_dir=False)   # catalog from the saved copy
+    assert back.items == rec.items and back.m_inference == 10 and back.decoding == "greedy"
+    assert torch.allclose(back.vectors, rec.vectors, atol=1e-6)
+    back.m_inference = rec.m_inference
+    assert [r.item.id for r in back.recommend(TURNS, k=5)] == [r.item.id for r in rec.recommend(TURNS, k=5)]
+    assert back.respond(TURNS) == rec.respond(TURNS, decoding="greedy")
+
+
+def test_faiss_index_in_the_recommender(run):
+    run_dir, items = run
+    exact = Recommender.from_pretrained(run_dir, catalog=items, cache_dir=False)
+    approx = Recommender.from_pretrained(run_dir, catalog=items, cache_dir=False, index="faiss")
+    assert isinstance(approx.index, FaissIndex) and isinstance(exact.index, ExactIndex)
+    # With 12 items every item is re-scored exactly, so the rankings agree.
+    assert [r.item.id for r in approx.recommend(TURNS, k=6)] == [r.item.id for r in exact.recommend(TURNS, k=6)]
+
+
+def test_lenient_catalog_reading(tmp_path):
+    path = tmp_path / "items.jsonl"
+    good = [{"id": "a", "title": "A", "year": 2001}, {"id": 7, "title": "Seven", "genres": ["Drama"]}]
+    bad = ['{"id": "b"', '{"id": "c"}', '{"id": "d", "title": "D", "year": "1999"}', '[1, 2]',
+           json.dumps({"id": "a", "title": "dup"}), json.dumps({"title": "no id"})]
+    path.write_text("\n".join([json.dumps(good[0]), *bad, "", json.dumps(good[1])]) + "\n")
+    items, errors, n_bad = read_items_lenient(path, max_errors=3)
+    assert list(items) == ["a", "7"] and items["7"].genres == ("Drama",)
+    assert n_bad == 6 and len(errors) == 3
+    assert "malformed JSON" in errors[0] and ":2" in errors[0] and "field 'title'" in errors[1]
+    path.write_text('{"id": "x"}\n')
+    with pytest.raises(DataError, match="no valid items"):
+        read_items_lenient(path)
+
+
+# ---- retrieval -------------------------------------------------------------------------------
+
+def test_exact_index_ranks_as_the_model_does(rec):
+    queries = torch.randn(3, rec.vectors.shape[1], generator=torch.Generator().manual_seed(0))
+    scores, idx = build_index(rec.vectors, "exact", temperature=0.1).search(queries, 5)
+    full = rec.model.recall_scores(queries, rec.vectors)
+    ref_scores, ref_idx = full.topk(5, dim=1)
+    assert torch.equal(idx, ref_idx) and torch.allclose(scores, ref_scores, atol=1e-4)
+
+
+def test_faiss_index_recall_and_api():
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.randn(5000, 32, generator=g)
+    queries = torch.randn(8, 32, generator=g)
+    exact, approx = ExactIndex(vectors, 0.1), FaissIndex(vectors, 0.1, k_factor=8)
+    (s1, i1), (s2, i2) = exact.search(queries, 50), approx.search(queries, 50)
+    assert i2.shape == (8, 50) and i2.dtype == torch.long and s2.dtype == torch.float32
+    recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(i1, i2)) / i1.numel()
+    assert recall >= 0.95
+    assert torch.all(s2[:, :-1] >= s2[:, 1:] - 1e-6)                       # best first
+    # Scores of returned items are exact recall scores.
+    exact_of_found = exact.search(queries, 5000)[0]
+    assert torch.allclose(s2[:, 0], exact_of_found[:, 0], atol=1e-4) or recall < 1
+    assert isinstance(build_index(vectors, "auto", threshold=10_000), ExactIndex)
+    assert isinstance(build_index(vectors, "auto", threshold=1000), FaissIndex)
+    with pytest.raises(ValueError, match="unknown index kind"):
+        build_index(vectors, "hnsw")
+    # Asking for more than the catalog holds gives the whole catalog, no -1 padding.
+    assert approx.search(queries[:1], 6000)[1].min() >= 0

@@ -1,0 +1,174 @@
+"""The HTTP API (pecrs.serve) through FastAPI's TestClient: good requests, every kind of bad one,
+and concurrent requests."""
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pecrs.recommender import Recommender  # noqa: E402
+from pecrs.serve import MAX_TEXT_CHARS, MAX_TURNS, create_app  # noqa: E402
+from test_recommender import make_tiny_run  # noqa: E402
+
+SEEKER = {"role": "seeker", "text": "I'd like a comedy for tonight"}
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    run_dir, items = make_tiny_run(tmp_path_factory.mktemp("serve"))
+    return Recommender.from_pretrained(run_dir, catalog=items, device="cpu", cache_dir=False)
+
+
+@pytest.fixture(scope="module")
+def client(rec):
+    with TestClient(create_app(rec)) as c:
+        yield c
+
+
+def test_health_and_page(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["items"] == 12 and "top_k" in h["decodings"]
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/respond" in page.text
+
+
+def test_recommend(client, rec):
+    r = client.post("/recommend", json={"turns": [SEEKER], "k": 3})
+    assert r.status_code == 200
+    items = r.json()["items"]
+    assert [i["rank"] for i in items] == [1, 2, 3]
+    assert set(items[0]) == {"id", "title", "year", "genres", "score", "rank"}
+    expected = rec.recommend([SEEKER], k=3)
+    assert [i["id"] for i in items] == [e.item.id for e in expected]
+    assert [i["score"] for i in items] == pytest.approx([e.score for e in expected])
+    assert len(client.post("/recommend", json={"turns": [SEEKER]}).json()["items"]) == 10  # default k
+
+
+def test_respond_and_continue(client, rec):
+    body = {"turns": [SEEKER], "seed": 5, "k_items": 2, "decoding": "greedy"}
+    r = client.post("/respond", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    expected = rec.respond([SEEKER], decoding="greedy", k_items=2, seed=5)
+    assert data["response"] == expected.text and data["raw_response"] == expected.raw_text
+    assert [i["id"] for i in data["recommended"]] == [it.id for it in expected.recommended]
+    assert data["turn"] == {"role": "recommender", "text": expected.raw_text,
+                            "items": [it.id for it in expected.items]}
+    # The returned turn is a valid turn of the next request.
+    more = {"turns": [SEEKER, data["turn"], {"role": "seeker", "text": "Thanks!"}], "seed": 1}
+    assert client.post("/respond", json=more).status_code == 200
+
+
+def test_items(client):
+    item = client.get("/items/3").json()
+    assert item["title"] == "Movie 3" and item["year"] == 2003 and item["genres"] == ["Horror"]
+    assert item["plot"] == "plot number 3" and item["actors"] == ["Actor 3"]
+    r = client.get("/items/does-not-exist")
+    assert r.status_code == 404 and "unknown item id 'does-not-exist'" in r.json()["detail"]
+
+
+def _locs(response):
+    return [tuple(e["loc"]) for e in response.json()["detail"]]
+
+
+@pytest.mark.parametrize("path, body, loc", [
+    ("/recommend", {"turns": [SEEKER], "k": 3, "user": "x"}, ("body", "user")),             # unknown field
+    ("/recommend", {"turns": [{**SEEKER, "mood": "happy"}]}, ("body", "turns", 0, "mood")),
+    ("/recommend", {"turns": [SEEKER] * (MAX_TURNS + 1)}, ("body", "turns")),                # too many turns
+    ("/recommend", {"turns": []}, ("body", "turns")),                                        # no turns
+    ("/recommend", {}, ("body", "turns")),
+    ("/recommend", {"turns": [{"role": "bot", "text": "hi"}]}, ("body", "turns", 0, "role")),
+    ("/recommend", {"turns": [{"role": "seeker", "text": "x" * (MAX_TEXT_CHARS + 1)}]},
+     ("body", "turns", 0, "text")),
+    ("/recommend", {"turns": [{"role": "seeker", "text": ""}]}, ("body", "turns", 0, "text")),
+    ("/recommend", {"turns": [SEEKER], "k": 0}, ("body", "k")),                               # k range
+    ("/recommend", {"turns": [SEEKER], "k": 101}, ("body", "k")),
+    ("/recommend", {"turns": [SEEKER], "k": "many"}, ("body", "k")),
+    ("/respond", {"turns": [SEEKER], "decoding": "telepathy"}, ("body", "decoding")),
+    ("/respond", {"turns": [SEEKER], "k_items": 11}, ("body", "k_items")),
+    ("/respond", {"turns": [SEEKER], "seed": -1}, ("body", "seed")),
+])
+def test_invalid_requests_are_422(client, path, body, loc):
+    r = client.post(path, json=body)
+    assert r.status_code == 422
+    assert loc in _locs(r)
+
+
+@pytest.mark.parametrize("turn, message", [
+    ({"role": "seeker", "text": "like [ITEM]", "items": ["404"]}, "item id '404' is not in the catalog"),
+    ({"role": "seeker", "text": "like [ITEM]"}, "1 [ITEM] placeholder(s) but 0 item id(s)"),
+    ({"role": "seeker", "text": "hi [SEP] there"}, "reserved token [SEP]"),
+])
+def test_unusable_turns_are_400(client, turn, message):
+    r = client.post("/recommend", json={"turns": [turn]})
+    assert r.status_code == 400 and message in r.json()["detail"]
+
+
+def test_malformed_bodies(client):
+    r = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/recommend", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.get("/health").status_code == 200      # still up
+
+
+def test_concurrent_requests_are_safe(client, rec):
+    expected = [r.item.id for r in rec.recommend([SEEKER], k=4)]
+    reply = rec.respond([SEEKER], seed=9).text
+
+    def call(i):
+        if i % 2:
+            return client.post("/respond", json={"turns": [SEEKER], "seed": 9}).json()["response"]
+        return [x["id"] for x in client.post("/recommend", json={"turns": [SEEKER], "k": 4}).json()["items"]]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(12)))
+    assert all(r == (reply if i % 2 else expected) for i, r in enumerate(results))
+
+
+def test_internal_errors_keep_the_server_up(rec):
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(rec, name)
+
+        def __len__(self):
+            return len(rec)
+
+        def recommend(self, *a, **k):
+            raise RuntimeError("boom")
+
+    with TestClient(create_app(Broken()), raise_server_exceptions=False) as c:
+        r = c.post("/recommend", json={"turns": [SEEKER]})
+        assert r.status_code == 500 and "boom" in r.json()["detail"]
+        assert c.get("/health").status_code == 200
+
+
+def test_cli_serve_other_catalog_reports_bad_lines(tmp_path, monkeypatch, capsys):
+    """`pecrs serve RUN --catalog FILE`: bad lines are counted and shown, the rest is served."""
+    import json
+
+    import pecrs.serve
+    from pecrs.cli import main
+
+    run_dir, _ = make_tiny_run(tmp_path / "run")
+    lines = [json.dumps({"id": f"n{i}", "title": f"New {i}", "genres": ["Drama"]}) for i in range(5)]
+    lines[1:1] = ['{"id": "broken"', json.dumps({"id": "n9", "year": 1999}), json.dumps({"id": "n0", "title": "dup"})]
+    catalog = tmp_path / "new.jsonl"
+    catalog.write_text("\n".join(lines) + "\n")
+    served = {}
+    monkeypatch.setattr(pecrs.serve, "serve", lambda rec, **kw: served.update(rec=rec, **kw))
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path / "cache"))
+    assert main(["serve", str(run_dir), "--catalog", str(catalog), "--port", "8123", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "5 items; skipped 3 bad line(s)" in err and "malformed JSON" in err and "duplicate item id 'n0'" in err
+    assert served["port"] == 8123 and served["host"] == "127.0.0.1"
+    with TestClient(create_app(served["rec"])) as c:
+        assert c.get("/items/n3").json()["title"] == "New 3"
+        assert c.get("/items/n9").status_code == 404
+        assert {i["id"] for i in c.post("/recommend", json={"turns": [SEEKER]}).json()["items"]} == \
+            {f"n{i}" for i in range(5)}
+    catalog.write_text("not json\n")
+    assert main(["serve", str(run_dir), "--catalog", str(catalog)]) == 2    # nothing usable: an error
+    assert "no valid items" in capsys.readouterr().err
