@@ -106,34 +106,38 @@ def _order_splits(names) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # The project's own JSON Lines format
 
+def parse_item(obj: dict, where: dict) -> Item:
+    """One catalog entry {"id", "title", "year"?, "actors"?, "directors"?, "genres"?, "plot"?};
+    `where` ({"path", "line"}) goes into the DataError of a bad field. Extra keys are ignored."""
+    if "id" not in obj:
+        raise DataError("missing required field", field="id", **where)
+    item_id = _as_id(obj["id"], where, "id")
+    title = obj.get("title")
+    if not isinstance(title, str) or not title.strip():
+        msg = "missing required field" if "title" not in obj else "expected a non-empty string"
+        raise DataError(msg, field="title", **where)
+    year = obj.get("year")
+    if year is not None and (not isinstance(year, int) or isinstance(year, bool)):
+        raise DataError(f"expected an integer or null, got {year!r}", field="year", **where)
+    plot = obj.get("plot") or ""
+    if not isinstance(plot, str):
+        raise DataError(f"expected a string, got {plot!r}", field="plot", **where)
+    return Item(id=item_id, title=title, year=year,
+                actors=_str_list(obj.get("actors"), where, "actors"),
+                directors=_str_list(obj.get("directors"), where, "directors"),
+                genres=_str_list(obj.get("genres"), where, "genres"), plot=plot)
+
+
 def load_items(path) -> dict[str, Item]:
-    """Read an items.jsonl catalog: {"id", "title", "year"?, "actors"?, "directors"?, "genres"?,
-    "plot"?} per line. Extra keys are ignored; ids must be unique."""
+    """Read an items.jsonl catalog, one `parse_item` entry per line; ids must be unique."""
     path = Path(path)
     items: dict[str, Item] = {}
     for n, obj in _read_jsonl(path):
         where = {"path": str(path), "line": n}
-        if "id" not in obj:
-            raise DataError("missing required field", field="id", **where)
-        item_id = _as_id(obj["id"], where, "id")
-        if item_id in items:
-            raise DataError(f"duplicate item id '{item_id}'", field="id", **where)
-        title = obj.get("title")
-        if not isinstance(title, str) or not title.strip():
-            msg = "missing required field" if "title" not in obj else "expected a non-empty string"
-            raise DataError(msg, field="title", **where)
-        year = obj.get("year")
-        if year is not None and (not isinstance(year, int) or isinstance(year, bool)):
-            raise DataError(f"expected an integer or null, got {year!r}", field="year", **where)
-        plot = obj.get("plot") or ""
-        if not isinstance(plot, str):
-            raise DataError(f"expected a string, got {plot!r}", field="plot", **where)
-        items[item_id] = Item(
-            id=item_id, title=title, year=year,
-            actors=_str_list(obj.get("actors"), where, "actors"),
-            directors=_str_list(obj.get("directors"), where, "directors"),
-            genres=_str_list(obj.get("genres"), where, "genres"),
-            plot=plot)
+        item = parse_item(obj, where)
+        if item.id in items:
+            raise DataError(f"duplicate item id '{item.id}'", field="id", **where)
+        items[item.id] = item
     if not items:
         raise DataError("catalog is empty", path=str(path))
     return items

@@ -46,7 +46,7 @@ import torch
 
 from .catalog import ItemStore
 from .data import ITEM, REC, REC_END, RECOMMENDER, ROLES, SEP, DataError, Dialogue, Item, Turn
-from .loaders import _as_id, _str_list   # the strict catalog loader's field checks
+from .loaders import parse_item
 from .tokens import NO_ITEM, DialogueEncoder
 
 log = logging.getLogger(__name__)
@@ -135,22 +135,7 @@ def _parse_item_line(line: str, where: dict) -> Item:
         raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", **where) from None
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
-    if "id" not in obj:
-        raise DataError("missing required field", field="id", **where)
-    item_id = _as_id(obj["id"], where, "id")
-    title = obj.get("title")
-    if not isinstance(title, str) or not title.strip():
-        msg = "missing required field" if "title" not in obj else "expected a non-empty string"
-        raise DataError(msg, field="title", **where)
-    year = obj.get("year")
-    if year is not None and (not isinstance(year, int) or isinstance(year, bool)):
-        raise DataError(f"expected an integer or null, got {year!r}", field="year", **where)
-    plot = obj.get("plot") or ""
-    if not isinstance(plot, str):
-        raise DataError(f"expected a string, got {plot!r}", field="plot", **where)
-    return Item(id=item_id, title=title, year=year, actors=_str_list(obj.get("actors"), where, "actors"),
-                directors=_str_list(obj.get("directors"), where, "directors"),
-                genres=_str_list(obj.get("genres"), where, "genres"), plot=plot)
+    return parse_item(obj, where)
 
 
 def write_items(items, path) -> None:
