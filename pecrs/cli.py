@@ -84,7 +84,10 @@ def _evaluate(args) -> int:
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     if args.item_fields:
         config.model.item_fields = args.item_fields.split(",")
-    setup = prepare(config, model=model, dataset=args.dataset)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    setup = prepare(config, model=model, dataset=args.dataset, device=device)
     if args.split not in setup.samples:
         raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
     samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]
@@ -119,6 +122,7 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--dataset", help="dataset folder (default: the one the run trained on)")
     p.add_argument("--item-fields", help="comma-separated item fields, e.g. title,genres (Table 6)")
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
     p.set_defaults(func=_evaluate)
 

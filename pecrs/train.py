@@ -47,9 +47,14 @@ class Setup:
     samples: dict[str, list[Sample]]
 
 
-def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None = None) -> Setup:
+def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None = None,
+            device: str | torch.device | None = None) -> Setup:
+    """Data, catalog and model of a run. `device`: where the model goes *before* the catalog's
+    item states are computed (encoding a catalog on a CPU when a GPU is there wastes minutes)."""
     m, t = config.model, config.train
     model = model if model is not None else build_model(config, seed=t.seed)
+    if device is not None:
+        model.to(device)
     bundle = load_dataset(dataset or t.dataset)
     store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens)
     if m.item_encoding == "cached":
@@ -97,7 +102,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=t.grad_accum)
 
-    setup = prepare(config)
+    setup = prepare(config, device=accelerator.device)
     model, store, encoder = setup.model, setup.store, setup.encoder
     train_samples = setup.samples[t.train_split]
     if not train_samples:

@@ -1,0 +1,71 @@
+"""What the evaluation parts measure, on a `pecrs.train.Setup` (model, catalog, samples).
+
+`full_evaluation` is `pecrs.evaluate.evaluate` with the run's settings (all of §4.1: recall,
+dedup recall, naive baseline, ROUGE, F-1, PPL, Dist). `rankings` ranks the catalog for every
+sample with a target and keeps per-sample results (Figure 4, Tables 9–10); `recommendation`
+scores such a ranking exactly as `evaluate` does (same `metrics.summarize` inputs).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import metrics
+from ..config import RunConfig
+from ..evaluate import evaluate, rank_samples
+
+
+def test_samples(setup, config: RunConfig):
+    split = config.train.test_split
+    if split not in setup.samples:
+        raise ValueError(f"split '{split}' not found in {config.train.dataset}; have {sorted(setup.samples)}")
+    return setup.samples[split]
+
+
+def full_evaluation(setup, config: RunConfig, strategy: str | None = None, generate: bool = True) -> dict:
+    t = config.train
+    result = evaluate(setup.model, setup.store, setup.encoder, test_samples(setup, config),
+                      m_inference=t.m_inference, batch_size=t.eval_batch_size, generate=generate,
+                      strategy=strategy or t.decoding, max_new_tokens=config.model.response_max_tokens,
+                      seed=t.seed)
+    result["examples"] = result.get("examples", [])[:5]
+    result["split"] = t.test_split
+    result["decoding"] = strategy or t.decoding
+    result["m_inference"] = t.m_inference
+    return result
+
+
+def rankings(setup, config: RunConfig, m_inference: int | None = None, vectors=None):
+    """(samples with a target, ranked [n, <=50] catalog indices, targets [n], seconds)."""
+    started = time.perf_counter()
+    samples = [s for s in test_samples(setup, config) if s.target is not None]
+    setup.model.eval()
+    encoded = setup.encoder.encode_all(samples)
+    if vectors is None:
+        vectors = setup.store.all_vectors(setup.model)
+    ranked = rank_samples(setup.model, setup.store, encoded, vectors, m_inference or config.train.m_inference,
+                          config.train.eval_batch_size)
+    targets = np.array([e.target for e in encoded], dtype=np.int64)
+    return samples, ranked, targets, time.perf_counter() - started
+
+
+def recommendation(setup, samples, ranked, targets) -> dict:
+    """Recall@1/10/50, Unique, dedup recall and the naive baseline, as in `evaluate`."""
+    seen = np.array([s.target_seen_before for s in samples], dtype=bool)
+    naive = metrics.naive_baseline_ranking([s.earlier_items for s in samples],
+                                           last_mention_order=[metrics.items_by_last_mention(s.context)
+                                                               for s in samples],
+                                           item_index=setup.store.index)
+    out = metrics.summarize(ranked=ranked, targets=targets, seen_before=seen, naive_ranked=naive,
+                            n_samples=len(samples))
+    keep = ("recall@", "dedup_recall@", "naive_", "unique", "n_samples", "n_rec_samples", "n_dedup_samples")
+    return {k: v for k, v in out.items() if k.startswith(keep)}
+
+
+def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each target in its row, -1 when it is not in the kept list."""
+    if ranked.size == 0:
+        return np.full(len(targets), -1, dtype=np.int64)
+    match = ranked == targets[:, None]
+    return np.where(match.any(axis=1), match.argmax(axis=1), -1)

