@@ -43,6 +43,7 @@ from typing import Iterable, NamedTuple
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from pecrs.data import SPECIAL_TOKENS
 
@@ -480,7 +481,58 @@ def apply_lora(
         bias="none",
         trainable_token_indices=ids,
     )
-    return get_peft_model(model, config)
+    return use_row_trainable_tokens(get_peft_model(model, config))
+
+
+# Performance (docs/performance.md): peft's TrainableTokensLayer rebuilds the *whole* matrix on
+# every forward (`W = base.weight.index_copy(0, ids, delta)`: ~113 MB for SmolLM2, once for the
+# input embedding and once for the tied LM head), then back-propagates into that dense copy (a
+# full [V, d] weight gradient for the head). On CPU that was ~170 ms per embedding call and
+# ~165 ms per decoding step. The subclass below computes the same values from the frozen matrix
+# plus the four delta rows only: same parameters, names, state dict and peft checkpoint format;
+# merge/unmerge, disabled adapters and several active adapters still take peft's own path.
+
+
+@lru_cache(maxsize=1)
+def _row_trainable_tokens_class():
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    class RowTrainableTokensLayer(TrainableTokensLayer):
+        """TrainableTokensLayer whose forward touches only the trainable rows (no matrix copy)."""
+
+        def forward_adapters(self, x, active_adapters, *args, **kwargs):
+            base = self.base_layer
+            if (self.disable_adapters or self.merged or len(active_adapters) != 1 or args or kwargs
+                    or not isinstance(base, (nn.Embedding, nn.Linear))):
+                return super().forward_adapters(x, active_adapters, *args, **kwargs)
+            name = active_adapters[0]
+            delta = self.trainable_tokens_delta[name]
+            indices = torch.as_tensor(self.token_indices[name], device=delta.device)
+            if isinstance(base, nn.Embedding):
+                # Same as peft: F.embedding with the special rows replaced by delta (then embed_scale).
+                out = F.embedding(x, base.weight, base.padding_idx, base.max_norm, base.norm_type,
+                                  base.scale_grad_by_freq, base.sparse)
+                hit = x.unsqueeze(-1) == indices.to(x.device)          # [..., n_special]
+                rows = F.embedding(hit.long().argmax(-1), delta.to(out.dtype))
+                out = torch.where(hit.any(-1, keepdim=True), rows, out)
+                scale = self._get_embed_scale()
+                return out if scale is None else out * scale.to(out.dtype)
+            # Tied LM head (peft uses no bias here either): frozen logits, then the special columns.
+            out = F.linear(x, base.weight)
+            return out.index_copy_(-1, indices.to(out.device), F.linear(x, delta.to(x.dtype)).to(out.dtype))
+
+    return RowTrainableTokensLayer
+
+
+def use_row_trainable_tokens(model):
+    """Switch every peft TrainableTokensLayer in `model` to the row-only forward above (in place)."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    cls = _row_trainable_tokens_class()
+    for module in model.modules():
+        if type(module) is TrainableTokensLayer:
+            module.__class__ = cls
+    return model
 
 
 def _is_conv1d_model(model, targets: list[str]) -> bool:

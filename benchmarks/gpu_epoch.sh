@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU training-speed benchmark (benchmarks/gpu_epoch.py) with the packaging of tools/gpu/inspired.sh:
+#   .gguf/   the SmolLM2 GGUF in two parts (python tools/split_gguf.py split), one part per call
+#   .whl/    wheels the GPU image lacks (gguf, rouge-score, nltk, defusedxml)
+#   .devdata/inspired/   items.jsonl + train/dev/test.jsonl (../shared does not travel)
+# Usage: bash benchmarks/gpu_epoch.sh [gpu_epoch.py options]; env OUT (results), DATA.
+# Default: batch 2 (the paper's) timed over 200 steps, then one full epoch (capped at 150 s and
+# extrapolated), one dev evaluation, and timings at batch 8 and 32 for comparison (200 steps each).
+set -euo pipefail
+OUT=${OUT:-/tmp/pecrs-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
+export PECRS_CACHE=${PECRS_CACHE:-/tmp/pecrs-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export OUT
+DATA=${DATA:-.devdata/inspired}
+(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo cpu) | tee "$OUT/device.txt"
+if [ "$#" -eq 0 ]; then
+  set -- --full-epoch --max-epoch-seconds 150 --batch-sizes 2 8 32
+fi
+python3 benchmarks/gpu_epoch.py --data "$DATA" "$@" 2>&1 | grep -v Warning | tee "$OUT/gpu_epoch.log"
