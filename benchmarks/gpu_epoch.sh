@@ -7,16 +7,7 @@
 # Default: batch 2 (the paper's) timed over 200 steps, then one full epoch (capped at 150 s and
 # extrapolated), one dev evaluation, and timings at batch 8 and 32 for comparison (200 steps each).
 set -euo pipefail
-OUT=${OUT:-/tmp/pecrs-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
-export PECRS_CACHE=${PECRS_CACHE:-/tmp/pecrs-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export OUT
+source tools/gpu/env.sh
 DATA=${DATA:-.devdata/inspired}
 (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo cpu) | tee "$OUT/device.txt"
 if [ "$#" -eq 0 ]; then

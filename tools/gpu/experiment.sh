@@ -34,16 +34,7 @@ fi
 NAME=${1:?usage: bash tools/gpu/experiment.sh NAME [PARTS] [args...]}
 PARTS=${2:-all}
 shift $(( $# >= 2 ? 2 : 1 ))
-OUT=${OUT:-/tmp/pecrs-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
-export PECRS_CACHE=${PECRS_CACHE:-/tmp/pecrs-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export MPLBACKEND=Agg
+source tools/gpu/env.sh
 CONFIG=${CONFIG:-configs/inspired.yaml}
 DATA=${DATA:-.devdata/inspired}
 DATA_REDIAL=${DATA_REDIAL:-.devdata/redial}

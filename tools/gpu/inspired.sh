@@ -6,15 +6,7 @@
 #   .devdata/inspired/   items.jsonl + train/dev/test.jsonl (../shared does not travel)
 # Usage: bash tools/gpu/inspired.sh [train overrides...]; env MINUTES (training budget), OUT.
 set -euo pipefail
-OUT=${OUT:-/tmp/pecrs-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
-export PECRS_CACHE=${PECRS_CACHE:-/tmp/pecrs-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source tools/gpu/env.sh
 RUN=${RUN:-/tmp/pecrs-run}
 DATA=${DATA:-.devdata/inspired}
 (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo cpu) | tee "$OUT/device.txt"

@@ -1,0 +1,15 @@
+# Sourced by the GPU scripts (tools/gpu/*.sh, benchmarks/gpu_epoch.sh): the environment of a run on
+# the GPU machine, where only the repo and the carried, git-ignored folders arrive:
+#   .gguf/   the SmolLM2 GGUF in two parts (python tools/split_gguf.py split), one part per call
+#   .whl/    wheels the GPU image lacks (gguf, rouge-score, nltk, defusedxml)
+#   .devdata/<dataset>/   the dataset files (../shared does not travel)
+OUT=${OUT:-/tmp/pecrs-out}
+mkdir -p "$OUT"
+export OUT PYTHONPATH=$PWD
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
+export PECRS_CACHE=${PECRS_CACHE:-/tmp/pecrs-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export MPLBACKEND=Agg
