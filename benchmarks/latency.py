@@ -152,13 +152,16 @@ def _agreement(model, reference, batches, vectors, m_inference, chunk):
 
 
 def _breakdown(model, batches, vectors, m_inference, chunk):
-    """Median seconds of each stage of recommend(): context pass, exact search, re-rank."""
+    """Median seconds of each stage of recommend(): context pass, exact search, re-rank; and the
+    re-rank once more through the stock masked attention (pecrs.attention.use_stock_attention),
+    interleaved request by request so that both see the same machine load."""
     import statistics
     import time
 
     import torch
+    from pecrs.attention import use_candidate_attention, use_stock_attention
 
-    parts = {"context_pass": [], "search": [], "rerank": []}
+    parts = {"context_pass": [], "search": [], "rerank": [], "rerank_stock_attention": []}
     with torch.inference_mode():
         for b in batches:
             t0 = time.perf_counter()
@@ -168,10 +171,17 @@ def _breakdown(model, batches, vectors, m_inference, chunk):
             t2 = time.perf_counter()
             model.rerank_with_cache(cache, b.context_len, b.context_ids.shape[1], vectors[top], chunk)
             t3 = time.perf_counter()
+            use_stock_attention(model.causal_lm)
+            model.rerank_with_cache(cache, b.context_len, b.context_ids.shape[1], vectors[top], chunk)
+            t4 = time.perf_counter()
+            use_candidate_attention(model.causal_lm)
             parts["context_pass"].append(t1 - t0)
             parts["search"].append(t2 - t1)
             parts["rerank"].append(t3 - t2)
-    return {k: round(statistics.median(v), 4) for k, v in parts.items()}
+            parts["rerank_stock_attention"].append(t4 - t3)
+    out = {k: round(statistics.median(v), 4) for k, v in parts.items()}
+    out["rerank_speedup_from_candidate_attention"] = round(out["rerank_stock_attention"] / out["rerank"], 3)
+    return out
 
 
 if __name__ == "__main__":

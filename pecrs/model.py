@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import SELF_ONLY_KWARG, use_candidate_attention
 from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache
 from .config import ModelConfig
 from .tokens import NO_ITEM, Batch
@@ -78,6 +79,7 @@ class PECRS(nn.Module):
         self.f = two_layer_mlp(d, d)   # projection head shared by recall query and rerank (§3.3)
         self.g = two_layer_mlp(d, 1)   # rerank score
         self.rec_end_id = tokenizer.convert_tokens_to_ids("[REC_END]")
+        use_candidate_attention(self.causal_lm)  # re-ranking skips the candidate x candidate block
 
     # ----- plumbing around the Hugging Face model -------------------------------------------
     @property
@@ -102,12 +104,14 @@ class PECRS(nn.Module):
         vectors = item_vectors[items.clamp_min(0)].to(tokens.dtype)
         return torch.where(slots, vectors, tokens)
 
-    def run_decoder(self, inputs_embeds, allowed: torch.Tensor, position_ids, cache=None, use_cache=False):
-        """Run the LM body with a boolean [B, Q, K] attention pattern (True = may attend)."""
+    def run_decoder(self, inputs_embeds, allowed: torch.Tensor, position_ids, cache=None, use_cache=False,
+                    **attention_kwargs):
+        """Run the LM body with a boolean [B, Q, K] attention pattern (True = may attend).
+        `attention_kwargs` reach the attention function (pecrs.attention)."""
         mask = additive_attention_mask(allowed, inputs_embeds.dtype)
         kwargs = {cache_kwarg_name(self.decoder): cache} if cache is not None else {}
         return self.decoder(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
-                            use_cache=use_cache, **kwargs)
+                            use_cache=use_cache, **kwargs, **attention_kwargs)
 
     # ----- items ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -278,7 +282,7 @@ class PECRS(nn.Module):
         return self.f(h_rec), _output_cache(out)
 
     def rerank_with_cache(self, cache, context_len: torch.Tensor, Lc: int, candidate_vectors: torch.Tensor,
-                          chunk_size: int = 512) -> torch.Tensor:
+                          chunk_size: int = 1024) -> torch.Tensor:
         """Eq. 5 scores of candidate_vectors [B, M, d] against cached contexts, `chunk_size`
         candidates at a time. Each candidate sees its row's context and itself only, all at one
         position, so M is not bounded by the LM's context window (the paper's limitation)."""
@@ -294,14 +298,15 @@ class PECRS(nn.Module):
                                             torch.ones_like(pos, dtype=torch.bool))
             allowed = torch.cat([key_valid.unsqueeze(1).expand(B, K, Lc),
                                  torch.eye(K, dtype=torch.bool, device=dev).expand(B, K, K)], 2)
-            h = self.run_decoder(emb, allowed, pos, cache=cache, use_cache=True).last_hidden_state
+            h = self.run_decoder(emb, allowed, pos, cache=cache, use_cache=True,
+                                 **{SELF_ONLY_KWARG: K}).last_hidden_state
             crop_cache(cache, Lc)
             scores.append(self.rerank_scores(h))
         return torch.cat(scores, 1)
 
     @torch.no_grad()
     def recommend(self, context_ids, context_items, context_len, catalog_vectors: torch.Tensor,
-                  m_inference: int = 700, rerank: bool = True, chunk_size: int = 512,
+                  m_inference: int = 700, rerank: bool = True, chunk_size: int = 1024,
                   index=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank the catalog for each context: retrieve the top m_inference by the recall score,
         then re-rank them. Returns (catalog indices [B, M] best first, their scores [B, M]).

@@ -194,3 +194,26 @@ def test_only_adapters_heads_and_special_tokens_train(setup):
     assert names and all(("lora_" in n) or ("trainable_tokens" in n) or not n.startswith("lm.") for n in names)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert frozen > 0
+
+
+@torch.no_grad()
+def test_candidate_attention_equals_stock_masked_attention(setup):
+    """pecrs.attention's two-part softmax (context keys + own key) gives the stock attention's
+    result under the block mask, for GPT-2 and for grouped-query Llama."""
+    from pecrs.attention import use_candidate_attention, use_stock_attention
+
+    cfg, model, store, encoder, samples = setup
+    config = model.causal_lm.config
+    assert config._attn_implementation == "pecrs_candidates_sdpa"
+    batch = _batch(model, encoder, samples[:3])   # rows of different context lengths
+    cands = torch.randint(0, len(store), (3, 9), generator=torch.Generator().manual_seed(0))
+    fast = _rerank(model, store, batch, cands)
+    use_stock_attention(model.causal_lm)
+    try:
+        assert config._attn_implementation == "sdpa"
+        stock = _rerank(model, store, batch, cands)
+    finally:
+        use_candidate_attention(model.causal_lm)
+    assert config._attn_implementation == "pecrs_candidates_sdpa"
+    assert torch.allclose(fast, stock, atol=1e-5)
+    assert not torch.allclose(fast[:, 0], fast[:, 1])

@@ -1,0 +1,105 @@
+"""Re-ranking attention without the candidate-by-candidate block (§3.3, inference).
+
+When K candidates are scored against a cached context of Lc tokens, each candidate may attend to
+the context and to itself, never to another candidate. Through the stock attention that is a
+[K, Lc + K] score matrix per head in which the [K, K] block is masked except its diagonal: for
+M_inference = 700 and a 200-token context, three quarters of the attention work is thrown away
+(profile in docs/performance.md). Here the same softmax is computed from its two live parts:
+
+    s_ctx  = q · k_ctx / sqrt(d) + mask           [K, Lc]   (the context, as the caller masked it)
+    s_self = q · k_self / sqrt(d)                 [K, 1]    (the candidate's own key)
+    p      = softmax([s_ctx, s_self])
+    out    = p_ctx · v_ctx + p_self · v_self
+
+which is the stock result exactly (up to float rounding), at O(K·Lc) instead of O(K·(Lc + K)).
+
+How it is wired: `use_candidate_attention(model)` registers one attention function with
+transformers' AttentionInterface and points the model at it. Calls that pass the keyword
+`self_only_queries=K` (only `PECRS.rerank_with_cache` does) take the path above for their last K
+queries, which must be the whole query block; every other call (training, the context pass,
+generation) goes unchanged to the implementation the model had (sdpa or eager). Backbones whose
+layers do not forward keyword arguments to the attention function simply keep the stock path,
+still correct because the caller's 4D mask already encodes the pattern.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+SELF_ONLY_KWARG = "self_only_queries"
+_PREFIX = "pecrs_candidates_"
+
+
+def candidate_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention-function signature: query [B, Hq, K, D], key/value [B, Hkv, L, D];
+    returns ([B, K, Hq, D], None)."""
+    K = kwargs.pop(SELF_ONLY_KWARG, None)
+    if not K:
+        return _fallback(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    B, Hq, Q, D = query.shape
+    Hkv, L = key.shape[1], key.shape[2]
+    if Q != K or L < K:
+        raise ValueError(f"{SELF_ONLY_KWARG}={K} expects the query block to be the last {K} keys (got {Q} queries, {L} keys)")
+    Lc = L - K
+    group = Hq // Hkv                       # grouped-query attention: `group` query heads share a key head
+    scale = scaling if scaling is not None else D ** -0.5
+    q = query.reshape(B, Hkv, group * K, D)  # heads of one group stacked, so context keys are not repeated
+    s_ctx = torch.matmul(q, key[:, :, :Lc].transpose(-1, -2)).view(B, Hq, K, Lc) * scale
+    if attention_mask is not None:
+        s_ctx = s_ctx + attention_mask[:, :, :, :Lc]
+    k_self = key[:, :, Lc:].repeat_interleave(group, dim=1)          # [B, Hq, K, D]
+    v_self = value[:, :, Lc:].repeat_interleave(group, dim=1)
+    s_self = (query * k_self).sum(-1, keepdim=True) * scale          # [B, Hq, K, 1]
+    p = torch.softmax(torch.cat([s_ctx, s_self], -1).float(), dim=-1).to(value.dtype)
+    p_ctx = p[..., :Lc].reshape(B, Hkv, group * K, Lc)
+    out = torch.matmul(p_ctx, value[:, :, :Lc]).view(B, Hq, K, D) + p[..., Lc:] * v_self
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _fallback(module):
+    name = module.config._attn_implementation.removeprefix(_PREFIX)
+    return ALL_ATTENTION_FUNCTIONS.get_interface(name, _eager(module))
+
+
+def _eager(module):
+    import importlib
+
+    return getattr(importlib.import_module(type(module).__module__), "eager_attention_forward")
+
+
+def use_candidate_attention(model) -> bool:
+    """Point `model` (a transformers PreTrainedModel) at `candidate_attention`, keeping its current
+    implementation as the fallback. Returns False, changing nothing, for implementations that take
+    no arbitrary mask (flash attention) or when already done."""
+    current = model.config._attn_implementation or "eager"
+    if current.startswith(_PREFIX):
+        return False
+    if current not in ("eager", "sdpa"):
+        return False
+    name = _PREFIX + current
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(name, candidate_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
+    for config in _configs(model):
+        config._attn_implementation = name
+    return True
+
+
+def _configs(model):
+    """The model's config and any sub-configs carrying their own attention setting."""
+    seen = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and all(config is not c for c in seen):
+            seen.append(config)
+    return seen
+
+
+def use_stock_attention(model) -> None:
+    """Undo `use_candidate_attention` (for before/after measurements): back to the implementation
+    the model had; the keyword is then ignored and the 4D mask alone shapes the attention."""
+    for config in _configs(model):
+        name = config._attn_implementation or ""
+        if name.startswith(_PREFIX):
+            config._attn_implementation = name.removeprefix(_PREFIX)
