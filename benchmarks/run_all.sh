@@ -16,10 +16,13 @@ run() {  # result name, script, args...
     || { echo "$name failed, see $RESULTS/$name.log"; return 1; }
 }
 status=0
+run matmul_peak matmul_peak "$@" || status=1
 run train_step train_step "$@" || status=1
 run train_step_tiny_llama train_step --backbone tiny-llama "$@" || status=1
-run train_throughput train_throughput "$@" || status=1
+run train_throughput train_throughput --plain "$@" || status=1
+run train_throughput_max_length train_throughput --synthetic --plain "$@" || status=1
 run latency latency "$@" || status=1
+run latency_int8 latency --int8 "$@" || status=1
 run catalog_encoding catalog_encoding "$@" || status=1
 run item_encoding item_encoding "$@" || status=1
 run generation generation "$@" || status=1
