@@ -35,7 +35,8 @@ def candidate_attention(module, query, key, value, attention_mask, scaling=None,
     """transformers attention-function signature: query [B, Hq, K, D], key/value [B, Hkv, L, D];
     returns ([B, K, Hq, D], None)."""
     K = kwargs.pop(SELF_ONLY_KWARG, None)
-    if not K:
+    # Dropout (training) and logit soft-capping (Gemma-2) are the stock kernel's business.
+    if not K or dropout or kwargs.get("softcap") is not None:
         return _fallback(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     B, Hq, Q, D = query.shape
     Hkv, L = key.shape[1], key.shape[2]
