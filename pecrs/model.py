@@ -268,8 +268,9 @@ class PECRS(nn.Module):
     forward = training_losses  # so DDP (accelerate) sees the training computation
 
     # ----- inference (§3.6) -----------------------------------------------------------------
-    def context_pass(self, context_ids, context_items, context_len, item_vectors):
-        """Run the contexts once: returns (f-projected recall queries [B, d], KV cache)."""
+    def context_pass(self, context_ids, context_items, context_len, item_vectors, keep_cache: bool = True):
+        """Run the contexts once: returns (f-projected recall queries [B, d], KV cache or None when
+        `keep_cache` is False, i.e. nothing will be re-ranked against it)."""
         B, Lc = context_ids.shape
         dev = context_ids.device
         emb = self.embed(context_ids, context_items, item_vectors)
@@ -277,9 +278,9 @@ class PECRS(nn.Module):
         valid = ar.unsqueeze(0) < context_len.unsqueeze(1)
         allowed = (ar.view(1, 1, Lc) <= ar.view(1, Lc, 1)) & valid.unsqueeze(1)
         allowed = allowed | torch.eye(Lc, dtype=torch.bool, device=dev)
-        out = self.run_decoder(emb, allowed, ar.expand(B, Lc), use_cache=True)
+        out = self.run_decoder(emb, allowed, ar.expand(B, Lc), use_cache=keep_cache)
         h_rec = out.last_hidden_state[torch.arange(B, device=dev), context_len - 1]
-        return self.f(h_rec), _output_cache(out)
+        return self.f(h_rec), _output_cache(out) if keep_cache else None
 
     def rerank_with_cache(self, cache, context_len: torch.Tensor, Lc: int, candidate_vectors: torch.Tensor,
                           chunk_size: int = 1024) -> torch.Tensor:
@@ -311,7 +312,7 @@ class PECRS(nn.Module):
         """Rank the catalog for each context: retrieve the top m_inference by the recall score,
         then re-rank them. Returns (catalog indices [B, M] best first, their scores [B, M]).
         `index` (pecrs.retrieval) replaces the exact search over catalog_vectors when given."""
-        queries, cache = self.context_pass(context_ids, context_items, context_len, catalog_vectors)
+        queries, cache = self.context_pass(context_ids, context_items, context_len, catalog_vectors, keep_cache=rerank)
         M = min(m_inference, catalog_vectors.shape[0])
         if index is not None:
             recall_scores, top = index.search(queries, M)
