@@ -198,6 +198,9 @@ def test_table7_zero_shot_tiny_and_missing_model(run, root):
     assert statuses(result) == {"zs-tiny-llama": "ran", "zs-no-such-lm": "not run"}
     ours = result["summary"]["tiny-llama"]["ours"]
     assert in_unit(ours["recall@1"]) and ours["recall@1"] == ours["recall@50"] and ours["n_turns"] >= 1
+    assert 0 <= ours["dedup_hits"] <= ours["hits"] and ours["n_dedup_samples"] <= ours["n_rec_samples"]
+    assert ours["dedup_recall@1"] is None or in_unit(ours["dedup_recall@1"])
+    assert len(ours["hit_samples"]) == ours["hits"]
     md = table(root, "table7")
     assert "no-such-lm, zero-shot (ours) — not run" in md and "Llama-2-7B-chat (paper)" in md
     if (root / "main" / "result.json").is_file():
