@@ -23,6 +23,9 @@ still correct because the caller's 4D mask already encodes the pattern.
 """
 from __future__ import annotations
 
+import importlib
+from functools import lru_cache
+
 import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -59,14 +62,15 @@ def candidate_attention(module, query, key, value, attention_mask, scaling=None,
 
 
 def _fallback(module):
-    name = module.config._attn_implementation.removeprefix(_PREFIX)
-    return ALL_ATTENTION_FUNCTIONS.get_interface(name, _eager(module))
+    return _stock_attention(type(module), module.config._attn_implementation.removeprefix(_PREFIX))
 
 
-def _eager(module):
-    import importlib
-
-    return getattr(importlib.import_module(type(module).__module__), "eager_attention_forward")
+@lru_cache(maxsize=None)
+def _stock_attention(module_type, name: str):
+    """The implementation the model had: a registered one (sdpa), or the model file's eager."""
+    if name == "eager":
+        return getattr(importlib.import_module(module_type.__module__), "eager_attention_forward")
+    return ALL_ATTENTION_FUNCTIONS[name]
 
 
 def use_candidate_attention(model) -> bool:
