@@ -217,3 +217,28 @@ def test_candidate_attention_equals_stock_masked_attention(setup):
     assert config._attn_implementation == "pecrs_candidates_sdpa"
     assert torch.allclose(fast, stock, atol=1e-5)
     assert not torch.allclose(fast[:, 0], fast[:, 1])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@torch.no_grad()
+def test_candidate_attention_falls_back_to_eager_models_own_kernel(backbone):
+    from pecrs.attention import use_stock_attention
+    from pecrs.backbone import add_special_tokens, apply_lora, load_backbone
+    from pecrs.model import PECRS
+
+    lm, tokenizer = load_backbone(backbone, attn_implementation="eager")
+    lm = apply_lora(lm, list(add_special_tokens(lm, tokenizer).values()))
+    model = PECRS(lm, tokenizer, tiny_config(backbone).model).eval()
+    assert model.causal_lm.config._attn_implementation == "pecrs_candidates_eager"
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 200, (2, 20), generator=g)
+    items, lengths = torch.full((2, 20), -1), torch.tensor([20, 12])
+    vectors = torch.randn(50, model.hidden_size, generator=g)
+    candidates = vectors[torch.randint(50, (2, 30), generator=g)]
+    scores = []
+    for _ in range(2):
+        _, cache = model.context_pass(ids, items, lengths, vectors)
+        scores.append(model.rerank_with_cache(cache, lengths, 20, candidates))
+        use_stock_attention(model.causal_lm)
+    assert model.causal_lm.config._attn_implementation == "eager"
+    assert torch.allclose(scores[0], scores[1], atol=1e-5)
