@@ -39,7 +39,8 @@ def legacy_item_token_states(model):
                 with model.lm.disable_adapter():
                     h = model.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
             outs.append(h)
-        return torch.cat(outs)
+        out = torch.cat(outs)  # the whole catalog in float32, converted only at the end
+        return out if dtype is None else out.to(dtype)
 
     model.item_token_states = item_token_states
 

@@ -13,4 +13,4 @@ DATA=${DATA:-.devdata/inspired}
 if [ "$#" -eq 0 ]; then
   set -- --full-epoch --max-epoch-seconds 150 --batch-sizes 2 8 32
 fi
-python3 benchmarks/gpu_epoch.py --data "$DATA" "$@" 2>&1 | grep -v Warning | tee "$OUT/gpu_epoch.log"
+python3 benchmarks/gpu_epoch.py --data "$DATA" "$@" 2>&1 | { grep --line-buffered -v Warning || true; } | tee "$OUT/gpu_epoch.log"

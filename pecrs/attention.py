@@ -76,12 +76,13 @@ def _stock_attention(module_type, name: str):
 def use_candidate_attention(model) -> bool:
     """Point `model` (a transformers PreTrainedModel) at `candidate_attention`, keeping its current
     implementation as the fallback. Returns False, changing nothing, for implementations that take
-    no arbitrary mask (flash attention) or when already done."""
+    no arbitrary mask (flash attention), for GPT-2 with `reorder_and_upcast_attn`, or when already
+    done. Code that compares `config._attn_implementation` with "sdpa"/"eager" sees the new name."""
     current = model.config._attn_implementation or "eager"
-    if current.startswith(_PREFIX):
+    if current.startswith(_PREFIX) or current not in ("eager", "sdpa"):
         return False
-    if current not in ("eager", "sdpa"):
-        return False
+    if getattr(model.config, "reorder_and_upcast_attn", False):
+        return False  # GPT-2's upcast path is chosen by the name "eager": keep that name
     name = _PREFIX + current
     if name not in ALL_ATTENTION_FUNCTIONS:
         ALL_ATTENTION_FUNCTIONS.register(name, candidate_attention)

@@ -35,7 +35,7 @@ class ItemStore:
         # dtype per batch: the float32 states of the whole catalog are never held (ReDial: ~2 GB).
         states = model.item_token_states(self.input_ids, self.attention_mask, adapted=False,
                                          batch_size=batch_size, dtype=dtype)
-        self.states = states.to(dtype)
+        self.states = states
         self.mode = "cached"
         return self
 

@@ -31,7 +31,7 @@ def test_latency_reports_percentiles_and_the_attention_comparison(shared_dataset
     assert result["settings"]["m_inference"] == 700
 
 
-def test_train_step_prints_the_ratio(tmp_path):
+def test_train_step_prints_the_ratio(shared_datasets, tmp_path):
     result = run_benchmark("train_step", "--backbone", "tiny-llama", "--quick", "--repeats", "2",
                            "--m-train", "8", "--context", "32", "--response", "8", tmp_path=tmp_path)
     steps = result["seconds_per_step"]

@@ -24,7 +24,6 @@ TABLE3 = {
 }
 
 # Table 5: ablations on ReDial with PECRS-small: time/batch (s), R@50 (%), Unique, RG-1, Dist@2.
-TABLE5_DATASET = "redial"
 TABLE5 = {
     "full": (6.1, 40.5, 463, 36.28, 0.745),
     "no_recall": (6.1, 19.3, 21, 37.67, 0.678),
@@ -38,11 +37,9 @@ TABLE5 = {
 }
 
 # Table 6: R@50 (%) on INSPIRED with PECRS-small, one metadata field removed at inference.
-TABLE6_DATASET = "inspired"
 TABLE6 = {"none": 33.3, "title": 29.8, "actors": 26.9, "directors": 32.5, "genres": 30.5, "plot": 20.7}
 
 # Table 7: zero-shot LLMs vs PECRS-small on INSPIRED test: R@1, R@10, R@50 (%), Unique, RG-1, RG-2.
-TABLE7_DATASET = "inspired"
 TABLE7 = {
     "PECRS-small": (5.4, 16.1, 33.3, 34, 29.72, 8.26),
     "Llama-2-7B-chat": (9.3, 9.3, 9.3, 26, 19.88, 2.88),
@@ -50,7 +47,6 @@ TABLE7 = {
 }
 
 # Table 8: decoding strategies, PECRS-small on ReDial: RG-1, RG-2, Dist@2, Dist@3, Dist@4.
-TABLE8_DATASET = "redial"
 TABLE8 = {
     "greedy": ("Greedy decoding", 38.54, 16.25, 0.208, 0.311, 0.390),
     "beam": ("Beam search", 38.23, 16.83, 0.235, 0.353, 0.444),
@@ -96,5 +92,3 @@ GENRE_SUMMARY = {"redial": {"table": "Table 9", "wrong_genre_rate": 41.20, "rand
 
 # Figures 3 (R@50 over M_train x M_inference, ReDial) and 4 (R@50 by turns before the response,
 # ReDial): the paper gives them as plots only; no number can be read off the text.
-FIG3_DATASET = "redial"
-FIG4_DATASET = "redial"

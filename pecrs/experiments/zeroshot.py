@@ -192,10 +192,10 @@ def plan_table7(ctx: Context):
 
 def pecrs_from_main(ctx: Context) -> dict | None:
     """Our trained PECRS on the same data, if the `main` experiment measured it in the same folder."""
-    from .core import Context as C, records
+    from .core import records
     from .tables import plan_main
 
-    main_ctx = C(name="main", root=ctx.root, configs={ctx.primary: ctx.configs[ctx.primary]},
+    main_ctx = Context(name="main", root=ctx.root, configs={ctx.primary: ctx.configs[ctx.primary]},
                  accept_partial=ctx.accept_partial)
     return records(main_ctx, plan_main(main_ctx)).get(f"{ctx.primary}-test")
 

@@ -47,7 +47,7 @@ args=(experiment "$NAME" --config "$CONFIG" --output-dir "$EXP_DIR" --quiet
 [ "$PARTS" = "all" ] || args+=(--parts "$PARTS")
 [ -z "${ACCEPT_PARTIAL:-}" ] || args+=(--accept-partial)
 status=0
-python3 -m pecrs.cli "${args[@]}" "$@" 2>&1 | grep -v Warning | tee "$OUT/experiment.log" || status=$?
+python3 -m pecrs.cli "${args[@]}" "$@" 2>&1 | { grep --line-buffered -v Warning || true; } | tee "$OUT/experiment.log" || status=$?
 # result files of the experiment (an alias such as table2 writes under main/)
 folder=$(python3 -c "import sys; from pecrs.experiments import ALIASES; n=sys.argv[1]; print(ALIASES.get(n, n))" "$NAME")
 if [ -d "$EXP_DIR/$folder" ]; then
