@@ -211,19 +211,14 @@ def inspired_encoded(model, store, cfg, split: str = "train", with_target: bool 
     return encoder.encode_all(samples)
 
 
-def loss_of(losses: dict, cfg) -> torch.Tensor:
-    t = cfg.train
-    return t.alpha * losses["recall"] + t.beta * losses["rerank"] + t.gamma * losses["gen"]
-
-
 def pecrs_step(model, store, batch, cfg, optimizer, seed: int = 0) -> float:
     """One PECRS training step as pecrs.train.train runs it: negatives, item vectors, the single
     masked forward, backward, AdamW step."""
-    from pecrs.train import training_step_losses
+    from pecrs.train import total_loss, training_step_losses
 
     torch.manual_seed(seed)
     losses = training_step_losses(model, store, batch, cfg, torch.Generator().manual_seed(seed))
-    loss = loss_of(losses, cfg)
+    loss = total_loss(losses, cfg)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -84,12 +84,12 @@ def main(argv=None):
 
     def step(rows, seed):
         batch = collate([encoded[i] for i in rows], model.tokenizer.pad_token_id, model.rec_end_id).to(device)
-        from pecrs.train import training_step_losses
+        from pecrs.train import total_loss, training_step_losses
 
         torch.manual_seed(seed)
         with autocast():
             losses = training_step_losses(model, store, batch, cfg, torch.Generator().manual_seed(seed))
-            loss = C.loss_of(losses, cfg)
+            loss = total_loss(losses, cfg)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from pecrs.evaluate import rank_samples
 from pecrs.pretrained import build_model
 from pecrs.samples import make_samples
 from pecrs.tokens import DialogueEncoder, collate
-from pecrs.train import training_step_losses
+from pecrs.train import total_loss, training_step_losses
 for bb in ["tiny-llama", "tiny-gpt2"]:
   for mode in ["cached", "adapted"]:
     cfg = RunConfig(); cfg.model.backbone, cfg.model.item_max_tokens, cfg.train.m_train = bb, 16, 8
@@ -27,7 +27,7 @@ for bb in ["tiny-llama", "tiny-gpt2"]:
         idx = torch.randint(len(train), (8,), generator=g)
         b = collate([train[i] for i in idx], model.tokenizer.pad_token_id, model.rec_end_id)
         l = training_step_losses(model, store, b, cfg, g)
-        loss = 0.15*l["recall"]+0.85*l["rerank"]+l["gen"]; opt.zero_grad(); loss.backward(); opt.step()
+        loss = total_loss(l, cfg); opt.zero_grad(); loss.backward(); opt.step()
     secs = time.perf_counter() - t
     model.eval(); tg = np.array([e.target for e in test])
     r = rank_samples(model, store, test, store.all_vectors(model), 16, 16)

@@ -67,6 +67,11 @@ _GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a68
 _GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
+def default_device(requested: str | torch.device | None = None) -> torch.device:
+    """`requested`, else the GPU when there is one, else the CPU."""
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 class BackboneNotAvailable(FileNotFoundError):
     """The requested backbone's weights are not on this machine (nothing is ever downloaded)."""
 

@@ -84,10 +84,9 @@ def _evaluate(args) -> int:
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     if args.item_fields:
         config.model.item_fields = args.item_fields.split(",")
-    import torch
+    from .backbone import default_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    setup = prepare(config, model=model, dataset=args.dataset, device=device)
+    setup = prepare(config, model=model, dataset=args.dataset, device=default_device(args.device))
     if args.split not in setup.samples:
         raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
     samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]

@@ -28,18 +28,36 @@ def _batches(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-@torch.no_grad()
 def rank_samples(model, store: ItemStore, encoded, catalog_vectors, m_inference: int, batch_size: int,
                  rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False, index=None) -> np.ndarray:
     """Catalog indices [n, keep] best first for every encoded sample."""
+    return rank_samples_at(model, store, encoded, catalog_vectors, [m_inference], batch_size, rerank, keep,
+                           progress, index)[m_inference]
+
+
+@torch.no_grad()
+def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values, batch_size: int,
+                    rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False,
+                    index=None) -> dict[int, np.ndarray]:
+    """{M_inference: catalog indices [n, keep] best first} for several M_inference from one pass.
+
+    A candidate's re-rank score depends only on the context and that candidate (§3.5: candidates
+    attend to the context, not to each other), so re-ranking the largest M once and keeping, for
+    each M, its first M recall candidates sorted by their scores is what separate passes give.
+    """
     tok = model.tokenizer
-    out = []
+    m_values = sorted({int(m) for m in m_values})
+    out = {m: [] for m in m_values}
     for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="rank", disable=not progress):
         batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
-        top, _ = model.recommend(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors,
-                                 m_inference=m_inference, rerank=rerank, index=index)
-        out.append(top[:, :keep].cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, keep), dtype=np.int64)
+        top, scores = model.recommend(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors,
+                                      m_inference=m_values[-1], rerank=rerank, index=index, sort=False)
+        for m in m_values:
+            candidates = top[:, :m]
+            if rerank:  # recall order -> re-rank order among the first m candidates
+                candidates = candidates.gather(1, scores[:, :m].argsort(dim=1, descending=True))
+            out[m].append(candidates[:, :keep].cpu())
+    return {m: torch.cat(rows).numpy() if rows else np.zeros((0, keep), dtype=np.int64) for m, rows in out.items()}
 
 
 @torch.no_grad()
@@ -82,6 +100,15 @@ def generate_responses(model, store: ItemStore, encoded, recommended: np.ndarray
     return texts
 
 
+def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
+    """The naive baseline's ranking [n, <=50] for `samples`: the items already mentioned in the
+    dialogue, most recently mentioned first (it needs no model)."""
+    return metrics.naive_baseline_ranking([s.earlier_items for s in samples],
+                                          last_mention_order=[metrics.items_by_last_mention(s.context)
+                                                              for s in samples],
+                                          item_index=item_index)
+
+
 def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample], *,
              m_inference: int = 700, batch_size: int = 8, generate: bool = True, strategy: str = "top_k",
              max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None) -> dict:
@@ -95,9 +122,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     rec_rows = np.array([s.target is not None for s in samples], dtype=bool)
     targets = np.array([e.target for e in encoded])[rec_rows]
     seen = np.array([s.target_seen_before for s in samples])[rec_rows]
-    last_mention = [metrics.items_by_last_mention(s.context) for s, r in zip(samples, rec_rows) if r]
-    naive = metrics.naive_baseline_ranking([s.earlier_items for s, r in zip(samples, rec_rows) if r],
-                                           last_mention_order=last_mention, item_index=store.index)
+    naive = naive_ranking([s for s, r in zip(samples, rec_rows) if r], store.index)
     result = {}
     nll, count = response_nll(model, store, encoded, batch_size)
     gen_args = {}

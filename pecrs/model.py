@@ -308,10 +308,11 @@ class PECRS(nn.Module):
     @torch.no_grad()
     def recommend(self, context_ids, context_items, context_len, catalog_vectors: torch.Tensor,
                   m_inference: int = 700, rerank: bool = True, chunk_size: int = 1024,
-                  index=None) -> tuple[torch.Tensor, torch.Tensor]:
+                  index=None, sort: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank the catalog for each context: retrieve the top m_inference by the recall score,
         then re-rank them. Returns (catalog indices [B, M] best first, their scores [B, M]).
-        `index` (pecrs.retrieval) replaces the exact search over catalog_vectors when given."""
+        `index` (pecrs.retrieval) replaces the exact search over catalog_vectors when given.
+        sort=False keeps the candidates in recall order, each with its re-rank score."""
         queries, cache = self.context_pass(context_ids, context_items, context_len, catalog_vectors, keep_cache=rerank)
         M = min(m_inference, catalog_vectors.shape[0])
         if index is not None:
@@ -321,6 +322,8 @@ class PECRS(nn.Module):
         if not rerank:
             return top, recall_scores
         scores = self.rerank_with_cache(cache, context_len, context_ids.shape[1], catalog_vectors[top], chunk_size)
+        if not sort:
+            return top, scores
         order = scores.argsort(dim=1, descending=True)
         return top.gather(1, order), scores.gather(1, order)
 

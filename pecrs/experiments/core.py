@@ -367,12 +367,6 @@ _MODEL_CACHE: dict = {}
 _SETUP_CACHE: dict = {}
 
 
-def device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def checkpoint(ctx: Context, train_config: RunConfig) -> tuple[Path, dict]:
     """The checkpoint an evaluation uses and what is known about its training."""
     folder = run_dir(ctx, train_config)
@@ -399,6 +393,7 @@ def eval_setup(ckpt: Path, config: RunConfig):
     """`pecrs.train.Setup` for evaluating `ckpt` with `config` (item fields, dataset, eval slice),
     the model on the GPU when there is one. The model and the last two setups stay cached in the
     process, so consecutive parts on the same checkpoint load it once."""
+    from ..backbone import default_device
     from ..pretrained import load_pretrained
     from ..train import prepare
 
@@ -409,7 +404,7 @@ def eval_setup(ckpt: Path, config: RunConfig):
         _SETUP_CACHE.clear()
         _free_memory()
         model, _ = load_pretrained(ckpt, backbone=config.model.backbone)
-        _MODEL_CACHE[mkey] = model.to(device()).eval()
+        _MODEL_CACHE[mkey] = model.to(default_device()).eval()
     model = _MODEL_CACHE[mkey]
     skey = (mkey, json.dumps(config.to_dict(), sort_keys=True))
     if skey not in _SETUP_CACHE:

@@ -13,7 +13,9 @@ import numpy as np
 
 from .. import metrics
 from ..config import RunConfig
-from ..evaluate import evaluate, rank_samples
+from ..evaluate import evaluate, naive_ranking, rank_samples_at
+from ..loaders import load_dataset
+from ..samples import make_samples
 
 
 def test_samples(setup, config: RunConfig):
@@ -38,14 +40,20 @@ def full_evaluation(setup, config: RunConfig, strategy: str | None = None, gener
 
 def rankings(setup, config: RunConfig, m_inference: int | None = None, vectors=None):
     """(samples with a target, ranked [n, <=50] catalog indices, targets [n], seconds)."""
+    m = m_inference or config.train.m_inference
+    samples, ranked, targets, seconds = rankings_at(setup, config, [m], vectors)
+    return samples, ranked[m], targets, seconds
+
+
+def rankings_at(setup, config: RunConfig, m_values, vectors=None):
+    """`rankings` for several M_inference from one re-rank pass: ranked is {M: [n, <=50]}."""
     started = time.perf_counter()
     samples = [s for s in test_samples(setup, config) if s.target is not None]
     setup.model.eval()
     encoded = setup.encoder.encode_all(samples)
     if vectors is None:
         vectors = setup.store.all_vectors(setup.model)
-    ranked = rank_samples(setup.model, setup.store, encoded, vectors, m_inference or config.train.m_inference,
-                          config.train.eval_batch_size)
+    ranked = rank_samples_at(setup.model, setup.store, encoded, vectors, m_values, config.train.eval_batch_size)
     targets = np.array([e.target for e in encoded], dtype=np.int64)
     return samples, ranked, targets, time.perf_counter() - started
 
@@ -53,14 +61,35 @@ def rankings(setup, config: RunConfig, m_inference: int | None = None, vectors=N
 def recommendation(setup, samples, ranked, targets) -> dict:
     """Recall@1/10/50, Unique, dedup recall and the naive baseline, as in `evaluate`."""
     seen = np.array([s.target_seen_before for s in samples], dtype=bool)
-    naive = metrics.naive_baseline_ranking([s.earlier_items for s in samples],
-                                           last_mention_order=[metrics.items_by_last_mention(s.context)
-                                                               for s in samples],
-                                           item_index=setup.store.index)
-    out = metrics.summarize(ranked=ranked, targets=targets, seen_before=seen, naive_ranked=naive,
-                            n_samples=len(samples))
-    keep = ("recall@", "dedup_recall@", "naive_", "unique", "n_samples", "n_rec_samples", "n_dedup_samples")
-    return {k: v for k, v in out.items() if k.startswith(keep)}
+    naive = naive_ranking(samples, setup.store.index)
+    out = metrics.summarize(ranked=ranked, targets=targets, seen_before=seen, naive_ranked=naive)
+    # `samples` holds only samples with a target, so n_rec_samples (not evaluate's n_samples) counts them.
+    return {k: v for k, v in out.items() if k.startswith(_RECOMMENDATION_KEYS)}
+
+
+_RECOMMENDATION_KEYS = ("recall@", "dedup_recall@", "naive_", "unique", "n_rec_samples", "n_dedup_samples")
+
+
+def naive_baseline(config: RunConfig) -> dict:
+    """Table 2's naive row on the test split, without any model: recommend the items already
+    mentioned in the dialogue, most recent first. Same samples and scoring as `evaluate`."""
+    started = time.perf_counter()
+    bundle = load_dataset(config.train.dataset)
+    split = config.train.test_split
+    if split not in bundle.splits:
+        raise ValueError(f"split '{split}' not found in {config.train.dataset}; have {sorted(bundle.splits)}")
+    samples = make_samples(bundle.splits[split])
+    if config.train.max_eval_samples:  # the slice `prepare` evaluates
+        samples = samples[: config.train.max_eval_samples]
+    n_all = len(samples)
+    samples = [s for s in samples if s.target is not None]
+    index = {item_id: i for i, item_id in enumerate(bundle.items)}
+    ranked = naive_ranking(samples, index)
+    targets = np.array([index[s.target] for s in samples], dtype=np.int64)
+    seen = np.array([s.target_seen_before for s in samples], dtype=bool)
+    out = metrics.summarize(ranked=ranked, targets=targets, seen_before=seen)
+    out = {k: v for k, v in out.items() if k.startswith(_RECOMMENDATION_KEYS) and not k.startswith("naive_")}
+    return {**out, "n_samples": n_all, "split": split, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
