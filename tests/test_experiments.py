@@ -264,3 +264,18 @@ def test_table7_smollm2_zero_shot(run, tmp_path):
     assert ours["chat_template"] is True and in_unit(ours["recall@1"]) and 0 <= ours["rouge1"] <= 100
     example = result["parts"]["zs-smollm2-135m-instruct"]["record"]["result"]["examples"][0]
     assert example["generated"].strip()
+
+
+def test_zero_shot_prompt_keeps_the_latest_turns_within_budget():
+    from pecrs.backbone import load_backbone
+    from pecrs.experiments.zeroshot import build_prompt, line_token_counts
+
+    _, tok = load_backbone("tiny-llama")
+    lines = [f"{'Seeker' if i % 2 else 'Recommender'}: turn number {i} " + "word " * (3 + i) for i in range(8)]
+    counts = line_token_counts(tok, lines)
+    overhead = len(tok(build_prompt(tok, [], 10_000)[0], add_special_tokens=False)["input_ids"])
+    budget = overhead + sum(counts[-3:]) + counts[-4] // 2          # room for 3 whole lines, not 4
+    text, _, kept = build_prompt(tok, lines, budget)
+    assert kept == 3 and lines[-3] in text and lines[-4] not in text
+    assert build_prompt(tok, lines, budget, counts) == (text, _, kept)    # precomputed counts: same prompt
+    assert build_prompt(tok, lines, 1)[2] == 1                              # always at least the last turn

@@ -54,8 +54,10 @@ def turn_line(turn, items) -> str:
     return f"{'Recommender' if turn.role == RECOMMENDER else 'Seeker'}: {fill(turn.text, turn.items, items)}"
 
 
-def build_prompt(tokenizer, lines: list[str], budget: int) -> tuple[str, bool, int]:
-    """(prompt text, whether the chat template was used, number of context turns kept)."""
+def build_prompt(tokenizer, lines: list[str], budget: int,
+                 line_tokens: list[int] | None = None) -> tuple[str, bool, int]:
+    """(prompt text, whether the chat template was used, number of context turns kept).
+    line_tokens: each line's token count plus one (its newline), when the caller has them."""
     templated = bool(getattr(tokenizer, "chat_template", None))
 
     def render(dialogue: str) -> str:
@@ -71,7 +73,7 @@ def build_prompt(tokenizer, lines: list[str], budget: int) -> tuple[str, bool, i
                                                  tokenize=False, add_generation_prompt=True)
 
     overhead = len(tokenizer(render(""), add_special_tokens=not templated)["input_ids"])
-    lengths = [len(x) + 1 for x in tokenizer(lines, add_special_tokens=False)["input_ids"]] if lines else []
+    lengths = line_tokens if line_tokens is not None else line_token_counts(tokenizer, lines)
     kept, total = 0, overhead
     for n in reversed(lengths):
         if total + n > budget and kept:
@@ -79,6 +81,10 @@ def build_prompt(tokenizer, lines: list[str], budget: int) -> tuple[str, bool, i
         total += n
         kept += 1
     return render("\n".join(lines[len(lines) - kept:])), templated, kept
+
+
+def line_token_counts(tokenizer, lines: list[str]) -> list[int]:
+    return [len(x) + 1 for x in tokenizer(lines, add_special_tokens=False)["input_ids"]] if lines else []
 
 
 def clean_response(text: str) -> str:
@@ -115,8 +121,12 @@ def zero_shot(model_name: str, config: RunConfig, progress: bool = False) -> dic
     max_new = config.model.response_max_tokens
     budget = min(PROMPT_MAX_TOKENS, getattr(lm.config, "max_position_embeddings", PROMPT_MAX_TOKENS) - max_new - 8)
     prompts, templated, kept = [], False, []
+    line_tokens: dict[str, int] = {}  # each turn's line is tokenized once, not once per later turn
     for group in groups:
-        text, templated, k = build_prompt(tok, [turn_line(x, bundle.items) for x in group[0].context], budget)
+        lines = [turn_line(x, bundle.items) for x in group[0].context]
+        new = [line for line in dict.fromkeys(lines) if line not in line_tokens]
+        line_tokens.update(zip(new, line_token_counts(tok, new)))
+        text, templated, k = build_prompt(tok, lines, budget, [line_tokens[line] for line in lines])
         prompts.append(text)
         kept.append(k)
 
