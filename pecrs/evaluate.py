@@ -43,10 +43,17 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
 
     A candidate's re-rank score depends only on the context and that candidate (§3.5: candidates
     attend to the context, not to each other), so re-ranking the largest M once and keeping, for
-    each M, its first M recall candidates sorted by their scores is what separate passes give.
+    each M, its first M recall candidates sorted by their scores is what separate passes give
+    (up to floating-point rounding between chunk shapes, and the order of exactly tied scores).
+    Exact search only: an approximate `index` re-scores a candidate pool that grows with M, so its
+    first M of a search at the largest M are not what a search at M returns.
     """
     tok = model.tokenizer
     m_values = sorted({int(m) for m in m_values})
+    if not m_values:
+        raise ValueError("m_values is empty")
+    if index is not None and len(m_values) > 1:
+        raise ValueError("rank_samples_at with an approximate index takes one M_inference at a time")
     out = {m: [] for m in m_values}
     for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="rank", disable=not progress):
         batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)

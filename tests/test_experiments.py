@@ -127,6 +127,9 @@ def test_main_tables_2_and_3_then_rerun_skips(run, root):
     again = run("table2")                        # an alias of main: nothing left to run
     assert set(statuses(again).values()) == {"done earlier"} and len(stamps) == 6
     assert {p: p.stat().st_mtime_ns for p in (root / "main" / "parts").glob("*.json")} == stamps
+    # the naive parts depend on the data only: other training settings reuse them
+    other = statuses(run("main", "train.lr=0.5", parts=["*-naive"]))
+    assert other["inspired-naive"] == other["redial-naive"] == "done earlier"
 
 
 def test_table5_ablations(run, root):
@@ -278,4 +281,5 @@ def test_zero_shot_prompt_keeps_the_latest_turns_within_budget():
     text, _, kept = build_prompt(tok, lines, budget)
     assert kept == 3 and lines[-3] in text and lines[-4] not in text
     assert build_prompt(tok, lines, budget, counts) == (text, _, kept)    # precomputed counts: same prompt
+    assert build_prompt(tok, lines, budget, [1] * len(lines))[2] == len(lines)  # ...and they are what it uses
     assert build_prompt(tok, lines, 1)[2] == 1                              # always at least the last turn

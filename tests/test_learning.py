@@ -74,11 +74,16 @@ def test_one_rerank_pass_serves_every_m_inference(backbone):
     encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
     test = encoder.encode_all(make_samples(dialogues(1, 12)))
     vectors = store.all_vectors(model)
-    together = rank_samples_at(model, store, test, vectors, [3, 8, 16], 5, keep=6)
-    for m in (3, 8, 16):
-        alone = rank_samples(model, store, test, vectors, m, 5, keep=6)
-        assert together[m].shape == alone.shape == (len(test), min(m, 6))
-        np.testing.assert_array_equal(together[m], alone)
+    grid = [3, 8, 16, 40]                       # 40 > the 16-item catalog: clamped like a single pass
+    for rerank in (True, False):
+        together = rank_samples_at(model, store, test, vectors, grid, 5, rerank=rerank, keep=6)
+        for m in grid:
+            alone = rank_samples(model, store, test, vectors, m, 5, rerank=rerank, keep=6)
+            assert together[m].shape == alone.shape == (len(test), min(m, 6))
+            np.testing.assert_array_equal(together[m], alone)
+    together = rank_samples_at(model, store, test, vectors, grid, 5, keep=6)
+    with pytest.raises(ValueError, match="one M_inference"):
+        rank_samples_at(model, store, test, vectors, grid, 5, index=object())
     # ...and the model's own sorted ranking, one batch
     batch = collate(test, model.tokenizer.pad_token_id, model.rec_end_id)
     with torch.no_grad():

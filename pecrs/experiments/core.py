@@ -1,6 +1,7 @@
 """The machinery every paper experiment shares: resumable parts, provenance, result files.
 
-An experiment is a list of *parts*. A part is one training run or one evaluation, small enough
+An experiment is a list of *parts*. A part is one training run or one evaluation (of a trained
+model, or of a model-free baseline), small enough
 for one GPU call of under 10 minutes (a training part stops at `train.max_train_minutes` and
 resumes on the next call). Each finished part writes
 
@@ -70,7 +71,7 @@ class NotAvailable(Exception):
 @dataclass
 class Part:
     name: str
-    kind: str                          # "train" or "eval"
+    kind: str                          # "train", "eval", or "baseline" (no model)
     run: Callable[[], dict]            # returns the part's result (JSON-ready)
     spec: dict                         # the part's own settings (hashed into its key)
     dataset: str | None = None         # "inspired", "redial", ...
@@ -560,7 +561,7 @@ def provenance_lines(recs: dict[str, dict]) -> list[str]:
     groups: dict[tuple, list] = {}
     for name, rec in recs.items():
         prov = rec.get("provenance") or {}
-        bb = (prov.get("backbone") or {}).get("name", "?")
+        bb = (prov.get("backbone") or {}).get("name", "?") if rec.get("kind") != "baseline" else None
         k = (hardware_summary(prov.get("hardware")), bb)
         groups.setdefault(k, []).append((prov.get("date", "?"), name, prov.get("git")))
     lines = []
@@ -568,7 +569,7 @@ def provenance_lines(recs: dict[str, dict]) -> list[str]:
         dates = sorted(d for d, _, _ in items)
         gits = sorted({g for _, _, g in items if g})
         span = dates[0][:10] if dates[0][:10] == dates[-1][:10] else f"{dates[0][:10]} to {dates[-1][:10]}"
-        lines.append(f"- {hw}; backbone `{bb}`; {span}; git {', '.join(gits) or '?'}; parts: "
+        lines.append(f"- {hw}; {f'backbone `{bb}`' if bb else 'no model'}; {span}; git {', '.join(gits) or '?'}; parts: "
                      + ", ".join(n for _, n, _ in items))
     return lines or ["- nothing measured yet"]
 

@@ -83,7 +83,7 @@ def naive_baseline(config: RunConfig) -> dict:
         samples = samples[: config.train.max_eval_samples]
     n_all = len(samples)
     samples = [s for s in samples if s.target is not None]
-    index = {item_id: i for i, item_id in enumerate(bundle.items)}
+    index = {item.id: i for i, item in enumerate(bundle.items.values())}  # ItemStore's order
     ranked = naive_ranking(samples, index)
     targets = np.array([index[s.target] for s in samples], dtype=np.int64)
     seen = np.array([s.target_seen_before for s in samples], dtype=bool)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..decoding import PRESETS
 from . import paper
-from .core import (Context, Part, Report, copy_config, dataset_label, eval_part, fmt, md_table,
-                   paper as pcell, training_part)
+from .core import (Context, Part, Report, copy_config, dataset_fingerprint, dataset_label, eval_part, fmt,
+                   md_table, paper as pcell, training_part)
 from .measures import full_evaluation, naive_baseline, rankings, recommendation
 
 KS = (1, 10, 50)
@@ -38,9 +38,12 @@ def plan_main(ctx: Context):
     parts = []
     for key, cfg in ctx.configs.items():
         label = dataset_label(cfg)
+        # Keyed by what decides its numbers only (no model, no training settings), so any run of
+        # `main` on the same data reuses it.
+        spec = {"baseline": "naive", "data": dataset_fingerprint(cfg.train.dataset), "split": cfg.train.test_split,
+                "max_eval_samples": cfg.train.max_eval_samples}
         parts.append(Part(name=f"{key}-naive", kind="baseline", run=lambda cfg=cfg: naive_baseline(cfg),
-                          spec={"baseline": "naive"}, dataset=key, config=cfg,
-                          describe=f"naive baseline on {label} {cfg.train.test_split} (no model)"))
+                          spec=spec, dataset=key, describe=f"naive baseline on {label} {cfg.train.test_split} (no model)"))
         parts.append(training_part(ctx, f"{key}-train", cfg, describe=f"train PECRS on {label}"))
         parts.append(eval_part(ctx, f"{key}-test", cfg, lambda setup, cfg=cfg: full_evaluation(setup, cfg),
                                spec={"eval": "test", "generate": True},
@@ -63,12 +66,12 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
                             + [pcell(p["unique"], "int")] + ["—"] * 4)
         naive = recs.get(f"{key}-naive")
         summary[key]["naive"] = naive["result"] if naive else None
-        for row_label, row_rec in ((NAIVE_LABEL, naive), (ours_label(cfg, rec), rec)):
-            got, ok = (row_rec or {}).get("result", {}), row_rec is not None
-            rec_rows.append([label, row_label] + [fmt(got.get(f"recall@{k}"), "pct", ok) for k in KS]
-                            + [fmt(got.get("unique"), "int", ok)]
-                            + [fmt(got.get(f"dedup_recall@{k}"), "pct", ok) for k in KS]
-                            + [fmt(got.get("n_rec_samples"), "int", ok)])
+        for row_label, row_rec, dedup in ((NAIVE_LABEL, naive, False), (ours_label(cfg, rec), rec, True)):
+            got, row_ok = (row_rec or {}).get("result", {}), row_rec is not None
+            rec_rows.append([label, row_label] + [fmt(got.get(f"recall@{k}"), "pct", row_ok) for k in KS]
+                            + [fmt(got.get("unique"), "int", row_ok)]
+                            + [fmt(got.get(f"dedup_recall@{k}"), "pct", row_ok) if dedup else "—" for k in KS]
+                            + [fmt(got.get("n_rec_samples"), "int", row_ok)])
         conv_keys = ("rouge1", "rouge2", "f1_item", "ppl", "dist2", "dist3", "dist4")
         kinds = ("num", "num", "num", "num", "num3", "num3", "num3")
         for model, p in paper.TABLE3.get(key, {}).items():
@@ -82,7 +85,7 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
                     "samples"], rec_rows), "",
           "Recall in % of the test samples that have a target item. *dedup*: only samples whose target was not "
           "mentioned earlier in the dialogue. *Naive baseline*: no model, it recommends the items already mentioned "
-          "in the dialogue, most recently mentioned first, so its dedup recall is 0 by construction (the paper "
+          "in the dialogue, most recently mentioned first, so its dedup recall is 0 by construction (—) (the paper "
           "reports neither). Paper rows use GPT-2 small/medium backbones; the paper's ReDial model was "
           "trained on the full ReDial train split (10,006 dialogues), ours on ReDial-subset (the 1,813 train "
           "dialogues available here), tested on the complete official test set.", "",
