@@ -283,3 +283,11 @@ def test_zero_shot_prompt_keeps_the_latest_turns_within_budget():
     assert build_prompt(tok, lines, budget, counts) == (text, _, kept)    # precomputed counts: same prompt
     assert build_prompt(tok, lines, budget, [1] * len(lines))[2] == len(lines)  # ...and they are what it uses
     assert build_prompt(tok, lines, 1)[2] == 1                              # always at least the last turn
+
+
+def test_partly_trained_label_says_how_far_training_got():
+    from pecrs.experiments.tables import training_progress
+
+    assert training_progress({"epoch": 0, "batch": 812, "epochs": 20}) == "812 batches into epoch 1/20"
+    assert training_progress({"epoch": 3, "batch": 0, "epochs": 20}) == "3/20 epochs"
+    assert training_progress({"epoch": 2, "epochs": 20}) == "2/20 epochs"     # best/: saved at an epoch end
