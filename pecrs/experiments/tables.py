@@ -16,8 +16,14 @@ def ours_label(config, rec: dict | None = None) -> str:
     label = f"PECRS, ours ({config.model.backbone})"
     ck = ((rec or {}).get("result") or {}).get("checkpoint") or {}
     if ck and not ck.get("finished", True):
-        label += f" [partly trained: epoch {ck.get('epoch')}/{ck.get('epochs')}]"
+        label += f" [partly trained: {training_progress(ck)}]"
     return label
+
+
+def training_progress(ck: dict) -> str:
+    """How far a checkpoint's training got: "2/20 epochs", or "812 batches into epoch 1/20"."""
+    epoch, epochs, batch = int(ck.get("epoch") or 0), ck.get("epochs"), int(ck.get("batch") or 0)
+    return f"{batch} batches into epoch {epoch + 1}/{epochs}" if batch else f"{epoch}/{epochs} epochs"
 
 
 def training_note(recs: dict, name: str) -> str:
