@@ -227,7 +227,9 @@ def test_parts_selection_blocking_and_time_budget(run, tmp_path):
     r = run("fig4", "train.max_train_minutes=0.00001", out=tmp_path, accept_partial=True)
     assert statuses(r) == {"train": "in progress", "test": "ran"}
     assert r["parts"]["test"]["record"]["result"]["checkpoint"]["finished"] is False
-    assert "**Partly trained models**" in (tmp_path / "fig4" / "table.md").read_text()
+    md = (tmp_path / "fig4" / "table.md").read_text()
+    assert "**Partly trained models**" in md
+    assert re.search(r"`train`: in progress, \d+ batches into epoch 1/1 \(\d+ batches, [0-9.]+ s/batch\)", md), md
     # resuming finishes training; the evaluation of the partial model is then redone
     r = run("fig4", out=tmp_path)
     assert statuses(r) == {"train": "ran", "test": "ran"}

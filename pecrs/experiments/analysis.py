@@ -74,7 +74,8 @@ def report_fig3(ctx: Context, recs: dict, status: dict | None = None) -> Report:
           f"Catalog size: {catalog if catalog is not None else 'not run'} (M_inference above it ranks the whole "
           "catalog; below 50, R@50 counts only the M_inference re-ranked candidates). The paper (ReDial, PECRS-small) gives this only as a plot, so no paper number is shown. "
           "Plot: `fig3.png`.", "", "Training:", ""]
-    md += [f"- {training_note(recs, f'train-m{mt}')}" for mt in m_train]
+    md += [f"- {training_note(recs, f'train-m{mt}', ctx, copy_config(cfg, **{'train.m_train': mt}))}"
+           for mt in m_train]
     return Report(summary={"recall@50": summary, "m_train": m_train, "m_inference": m_inf},
                   markdown="\n".join(md), figures={"fig3.png": draw})
 
@@ -145,7 +146,7 @@ def report_fig4(ctx: Context, recs: dict, status: dict | None = None) -> Report:
           "Turns are the dataset's turns (consecutive utterances of one speaker merged, as in PECRS). "
           f"Overall R@50: {fmt((rec or {}).get('result', {}).get('recall@50'), 'pct', ok)}. The paper (ReDial) "
           "gives this only as a plot. Plot: `fig4.png`; per-sample ranks in the `test` part of result.json.", "",
-          "Training:", "", f"- {training_note(recs, 'train')}"]
+          "Training:", "", f"- {training_note(recs, 'train', ctx, cfg)}"]
     return Report(summary={"bins": bins if ok else None}, markdown="\n".join(md), figures={"fig4.png": draw})
 
 
@@ -205,5 +206,5 @@ def report_table9_10(ctx: Context, recs: dict, status: dict | None = None) -> Re
                    ["Wrong top-1 / samples", f"{g.get('n_wrong')}/{g.get('n_samples')}" if ok else "not run", "—"]]),
                "", "*absent*: a genre of the paper's table that no item here has as its first tag. Items % is over "
                "our catalog, which differs from the paper's (see data README).", "",
-               f"Training: {training_note(recs, f'{key}-train')}", ""]
+               f"Training: {training_note(recs, f'{key}-train', ctx, cfg)}", ""]
     return Report(summary=summary, markdown="\n".join(md))

@@ -313,6 +313,18 @@ def ensure_trained(ctx: Context, config: RunConfig, folder: Path) -> dict:
     return info
 
 
+def training_in_progress(ctx: Context, config: RunConfig) -> dict | None:
+    """What a run folder's mid-training checkpoint says (epoch, batch, time per batch), when the
+    run has one and has not finished; else None."""
+    folder = run_dir(ctx, config)
+    meta = read_json(folder / "last" / "pecrs_config.json")
+    if meta is None or (folder / DONE_FILE).is_file():
+        return None
+    trainer = meta.get("trainer", {})
+    return {"run_dir": folder.name, "epoch": trainer.get("epoch"), "batch": trainer.get("batch"),
+            "epochs": config.train.epochs, **batch_timing(folder, config)}
+
+
 class InProgress(Exception):
     """A training part stopped at its time budget; rerun to resume."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..decoding import PRESETS
 from . import paper
 from .core import (Context, Part, Report, copy_config, dataset_fingerprint, dataset_label, eval_part, fmt,
-                   md_table, paper as pcell, training_part)
+                   md_table, paper as pcell, training_in_progress, training_part)
 from .measures import full_evaluation, naive_baseline, rankings, recommendation
 
 KS = (1, 10, 50)
@@ -26,11 +26,17 @@ def training_progress(ck: dict) -> str:
     return f"{batch} batches into epoch {epoch + 1}/{epochs}" if batch else f"{epoch}/{epochs} epochs"
 
 
-def training_note(recs: dict, name: str) -> str:
-    """One line on how a model was trained (epochs, best epoch, time per batch), or "not trained"."""
+def training_note(recs: dict, name: str, ctx: Context | None = None, config=None) -> str:
+    """One line on how a model was trained (epochs, best epoch, time per batch); for a run still in
+    progress (given its ctx and config), how far it got; else "not run"."""
     rec = recs.get(name)
     if rec is None:
-        return f"`{name}`: not run"
+        going = training_in_progress(ctx, config) if ctx is not None and config is not None else None
+        if going is None:
+            return f"`{name}`: not run"
+        spb = going.get("seconds_per_batch")
+        return (f"`{name}`: in progress, {training_progress(going)} ({going.get('train_batches')} batches, "
+                f"{fmt(spb, 'sec') if spb is not None else 'n/a'} s/batch), run folder `runs/{going['run_dir']}`")
     r = rec["result"]
     spb = r.get("seconds_per_batch")
     return (f"`{name}`: {r.get('epoch')}/{r.get('epochs')} epochs, best dev epoch {r.get('best_epoch')}, "
@@ -101,7 +107,7 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
           "ROUGE and F-1 (of [ITEM] presence) x100; one generated response per recommender turn, decoding "
           f"`{ctx.configs[ctx.primary].train.decoding}`. The paper gives INSPIRED conversation numbers only as "
           "RG-1/RG-2 in Table 7.", "", "Training:", ""]
-    md += [f"- {training_note(recs, f'{key}-train')}" for key in ctx.configs]
+    md += [f"- {training_note(recs, f'{key}-train', ctx, cfg)}" for key, cfg in ctx.configs.items()]
     return Report(summary=summary, markdown="\n".join(md))
 
 
@@ -157,7 +163,8 @@ def report_table5(ctx: Context, recs: dict, status: dict | None = None) -> Repor
           f"Paper: ReDial, PECRS-small (GPT-2 small), its own GPU. Ours: {dataset_label(cfg)}, batch size "
           f"{cfg.train.batch_size}, training time per batch measured on: {', '.join(hw) or 'not run'} "
           "(training loop only, dev evaluation excluded). R@K in %, RG-1 x100.", "", "Training:", ""]
-    md += [f"- {training_note(recs, f'train-{name}')}" for name, _, _ in ABLATIONS]
+    md += [f"- {training_note(recs, f'train-{name}', ctx, copy_config(cfg, **changes))}"
+           for name, _, changes in ABLATIONS]
     return Report(summary=summary, markdown="\n".join(md))
 
 
@@ -197,7 +204,7 @@ def report_table6(ctx: Context, recs: dict, status: dict | None = None) -> Repor
     md = [f"## Table 6: one item field removed at inference ({dataset_label(cfg)}, backbone `{cfg.model.backbone}`)",
           "", md_table(["Removed", "R@50 paper", "R@50", "R@1", "R@10", "Unique"], rows), "",
           "One model trained with all fields; at inference the catalog is re-encoded without the field. "
-          "Paper: INSPIRED, PECRS-small. R@K in %.", "", "Training:", "", f"- {training_note(recs, 'train')}"]
+          "Paper: INSPIRED, PECRS-small. R@K in %.", "", "Training:", "", f"- {training_note(recs, 'train', ctx, cfg)}"]
     return Report(summary=summary, markdown="\n".join(md))
 
 
@@ -232,7 +239,7 @@ def report_table8(ctx: Context, recs: dict, status: dict | None = None) -> Repor
           md_table(["Strategy", "preset", "RG-1", "paper", "RG-2", "paper", "Dist@2", "paper", "Dist@3", "paper",
                     "Dist@4", "paper"], rows), "",
           "Presets as defined in `pecrs.decoding` (beam width 4 except greedy). Paper: ReDial, PECRS-small.", "",
-          "Training:", "", f"- {training_note(recs, 'train')}"]
+          "Training:", "", f"- {training_note(recs, 'train', ctx, cfg)}"]
     return Report(summary=summary, markdown="\n".join(md))
 
 
