@@ -26,19 +26,15 @@ def gpt2_small_pecrs(cfg):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from pecrs.backbone import _ensure_pad_token, add_special_tokens, apply_lora, build_tiny_tokenizer
-    from pecrs.model import PECRS
+    from pecrs.backbone import build_tiny_tokenizer
+    from pecrs.pretrained import from_backbone
 
     tokenizer = build_tiny_tokenizer()
     eos = tokenizer.eos_token_id
     torch.manual_seed(0)
     lm = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
                                     bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
-    _ensure_pad_token(lm, tokenizer)
-    ids = add_special_tokens(lm, tokenizer)
-    m = cfg.model
-    lm = apply_lora(lm, list(ids.values()), r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout)
-    return PECRS(lm, tokenizer, m)
+    return from_backbone(lm, tokenizer, cfg)
 
 
 def main(argv=None):

@@ -110,7 +110,7 @@ def load_backbone(
             f"Unknown backbone {name_or_path!r}: expected one of {', '.join(KNOWN_BACKBONES)}, "
             "a folder holding a Hugging Face causal LM, or a .gguf file."
         )
-    _ensure_pad_token(model, tokenizer)
+    ensure_pad_token(model, tokenizer)
     return model, tokenizer
 
 
@@ -142,7 +142,7 @@ def _transformers_major() -> int:
     return int(transformers.__version__.split(".")[0])
 
 
-def _ensure_pad_token(model, tokenizer) -> None:
+def ensure_pad_token(model, tokenizer) -> None:
     """Batching needs a pad id; decoder-only LMs often ship without one, so reuse eos."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .backbone import add_special_tokens, apply_lora, load_backbone
+from .backbone import add_special_tokens, apply_lora, ensure_pad_token, load_backbone
 from .config import RunConfig
 from .model import PECRS
 
@@ -31,8 +31,16 @@ def build_model(config: RunConfig, seed: int | None = None) -> PECRS:
     """A fresh PECRS model: backbone, special tokens, LoRA, freshly initialised heads."""
     if seed is not None:
         torch.manual_seed(seed)
+    lm, tokenizer = load_backbone(config.model.backbone)
+    return from_backbone(lm, tokenizer, config)
+
+
+def from_backbone(lm, tokenizer, config: RunConfig) -> PECRS:
+    """A fresh PECRS model around a causal LM already in memory (one you built or loaded
+    yourself): pad token, the four special tokens, LoRA as `config.model` sets it, new heads.
+    Checkpoints of it rebuild the backbone from `config.model.backbone`, so name a folder there."""
     m = config.model
-    lm, tokenizer = load_backbone(m.backbone)
+    ensure_pad_token(lm, tokenizer)
     special_ids = add_special_tokens(lm, tokenizer)
     lm = apply_lora(lm, list(special_ids.values()), r=m.lora_r, alpha=m.lora_alpha,
                     dropout=m.lora_dropout, target_modules=m.lora_target_modules)

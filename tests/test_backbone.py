@@ -348,3 +348,21 @@ def test_smollm2_loads_through_the_cache():
     with torch.no_grad():
         logits = model(**batch).logits
     assert torch.isfinite(logits).all() and logits.shape[-1] == 49156
+
+
+def test_from_backbone_wraps_an_lm_built_in_memory():
+    """Any causal LM a user already holds becomes a PECRS model: pad token, special tokens, LoRA."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pecrs.config import RunConfig
+    from pecrs.pretrained import from_backbone
+
+    tok = bb.build_tiny_tokenizer()
+    tok.pad_token = None
+    lm = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=128))
+    model = from_backbone(lm, tok, RunConfig())
+    assert tok.pad_token is not None and lm.config.pad_token_id == tok.pad_token_id
+    assert all(t in tok.get_vocab() for t in SPECIAL_TOKENS)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable)
+    assert not any(n.endswith("wte.weight") or "c_attn.base_layer" in n for n in trainable)   # frozen base
