@@ -7,7 +7,8 @@ Meant for a GPU machine (not run on the CPU dev box except as a --quick smoke te
 
 What it does, with the training recipe of `pecrs train configs/inspired.yaml` (bf16 autocast on
 GPUs that have it, AdamW, M_train 150 shared negatives, cached item encoding):
-  1. builds the model, caches the catalog's frozen-base token states (timed: `catalog_cache_s`);
+  1. builds the model, then `pecrs.train.prepare`: data, and the catalog's frozen-base token states
+     (timed together: `catalog_cache_s`);
   2. for each batch size: `--warmup` steps, then `--steps` timed steps over real shuffled INSPIRED
      training batches (the time includes collation and negative sampling, as in `pecrs train`);
      reports s/step, samples/s, dialogue tokens/s (context + response tokens) and sequence tokens/s
@@ -46,9 +47,8 @@ def main(argv=None):
 
     import torch
     from pecrs.evaluate import recall_only
-    from pecrs.loaders import load_dataset
-    from pecrs.samples import make_samples
-    from pecrs.tokens import DialogueEncoder, collate
+    from pecrs.tokens import collate
+    from pecrs.train import prepare
 
     steps = args.steps or (3 if args.quick else 200)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10)
@@ -59,21 +59,15 @@ def main(argv=None):
     data = args.data or str(C.DATASETS / "inspired")
 
     t0 = time.perf_counter()
-    cfg = C.run_config(args.backbone, dataset=data)
+    cfg = C.run_config(args.backbone, dataset=data, max_train_samples=args.max_train_samples)
     model = C.build(cfg, seed=cfg.train.seed).to(device)
     build_s = time.perf_counter() - t0
-    bundle = load_dataset(data)
-    from pecrs.catalog import ItemStore
-
-    store = ItemStore(list(bundle.items.values()), model.tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
     model.eval()
-    _, cache_s = C.timed(store.cache_base_states, model, sync=sync)
-    encoder = DialogueEncoder(model.tokenizer, store.index, cfg.model.context_max_tokens, cfg.model.response_max_tokens)
-    train = make_samples(bundle.splits["train"])
-    if args.max_train_samples:
-        train = train[:args.max_train_samples]
-    encoded = encoder.encode_all(train)
-    dev = make_samples(bundle.splits.get("dev", []))
+    # `pecrs train`'s own data and catalog setup: the data, then the catalog's frozen-base states
+    setup, cache_s = C.timed(prepare, cfg, model=model, sync=sync)
+    store, encoder = setup.store, setup.encoder
+    encoded = encoder.encode_all(setup.samples["train"])
+    dev = setup.samples.get("dev", [])
     if args.quick:
         dev = dev[:16]
 
