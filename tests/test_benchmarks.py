@@ -48,3 +48,15 @@ def test_generation_reports_tokens_per_second(shared_datasets, tmp_path):
     assert set(rows) == {"greedy", "top_k_50"}
     assert all(row["tokens_per_s"] > 0 and row["tokens"] == [4] for row in rows.values())
 
+
+
+def test_gpu_epoch_runs_on_cpu_and_extrapolates(shared_datasets, tmp_path):
+    """The GPU-session benchmark must not break unseen: device minutes are too scarce to debug it there."""
+    result = run_benchmark("gpu_epoch", "--backbone", "tiny-llama", "--quick", "--max-train-samples", "40",
+                           tmp_path=tmp_path)
+    row = result["per_batch_size"]["2"]
+    assert row["s_per_step"] > 0 and row["steps_per_epoch"] == 20
+    assert row["epoch_s_extrapolated"] == pytest.approx(20 * row["s_per_step"], abs=0.06)   # rounded to 0.1 s
+    expected = result["catalog_cache_s"] + 20 * (row["epoch_s_extrapolated"] + result["dev_eval_s"])
+    assert result["run_s_extrapolated"] == pytest.approx(expected, abs=0.2)
+    assert result["settings"]["train_samples"] == 40 and result["device"] == "cpu"
