@@ -293,3 +293,22 @@ def test_partly_trained_label_says_how_far_training_got():
     assert training_progress({"epoch": 0, "batch": 812, "epochs": 20}) == "812 batches into epoch 1/20"
     assert training_progress({"epoch": 3, "batch": 0, "epochs": 20}) == "3/20 epochs"
     assert training_progress({"epoch": 2, "epochs": 20}) == "2/20 epochs"     # best/: saved at an epoch end
+
+
+def test_gpu_wrapper_script_runs_an_experiment_and_returns_its_files(mini_data, tmp_path):
+    """tools/gpu/experiment.sh, as a GPU call runs it, here on the CPU with the tiny config: its
+    bugs must surface here, not in scarce device minutes."""
+    import subprocess
+    import sys
+
+    out, env = tmp_path / "out", dict(os.environ)
+    env.update(OUT=str(out), CONFIG=str(TINY), DATA=str(mini_data / "inspired"), EXP_DIR=str(tmp_path / "exp"),
+               MINUTES="5", PECRS_CACHE=str(tmp_path / "cache"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    proc = subprocess.run(["bash", "tools/gpu/experiment.sh", "fig4", "all", *SMALL], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert {p.name for p in (out / "fig4").iterdir()} == {"result.json", "table.md", "fig4.png"}
+    result = json.loads((out / "fig4" / "result.json").read_text())
+    assert {k: v["status"] for k, v in result["parts"].items()} == {"train": "ran", "test": "ran"}
+    assert (out / "device.txt").read_text().startswith("cpu") and (out / "experiment.log").is_file()
