@@ -178,14 +178,16 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                 if out_of_time and accelerator.is_main_process:
                     with log_path.open("a") as f:
                         f.write(json.dumps({"stopped": "max_train_minutes", "epoch": epoch + 1, "batch": b + 1,
-                                            "seconds": round(time.perf_counter() - started, 2)}) + "\n")
+                                            "global_step": state["global_step"],
+                                            "seconds": round(time.perf_counter() - started, 2),
+                                            "lr": scheduler.get_last_lr()[0], **mean_losses(sums)}) + "\n")
                 return state
             if t.checkpoint_every and accelerator.sync_gradients and state["batch"] % t.checkpoint_every == 0:
                 _save_last(core, config, optimizer, scheduler, state, last, accelerator)
 
         record = {"epoch": epoch + 1, "global_step": state["global_step"],
                   "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
-        record.update({f"train_{k}": float(sums[k]) / max(sums["n"], 1) for k in ("loss", "recall", "rerank", "gen")})
+        record.update(mean_losses(sums))
         state["epoch"], state["batch"] = epoch + 1, 0
         if accelerator.is_main_process:
             if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs:
@@ -204,6 +206,11 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             accelerator.print(json.dumps(record))
         _save_last(core, config, optimizer, scheduler, state, last, accelerator)
     return state
+
+
+def mean_losses(sums: dict) -> dict:
+    """train_loss/recall/rerank/gen: the means over the batches of this stretch of training."""
+    return {f"train_{k}": float(sums[k]) / max(sums["n"], 1) for k in ("loss", "recall", "rerank", "gen")}
 
 
 def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerator) -> None:

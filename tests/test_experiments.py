@@ -226,6 +226,9 @@ def test_parts_selection_blocking_and_time_budget(run, tmp_path):
     # a training part that hits max_train_minutes stays unfinished; --accept-partial evaluates it
     r = run("fig4", "train.max_train_minutes=0.00001", out=tmp_path, accept_partial=True)
     assert statuses(r) == {"train": "in progress", "test": "ran"}
+    stop = json.loads(next((tmp_path / "runs").glob("*/metrics.jsonl")).read_text().splitlines()[-1])
+    assert stop["stopped"] == "max_train_minutes" and stop["batch"] == stop["global_step"] == 1
+    assert stop["train_loss"] > 0 and stop["train_gen"] > 0     # the losses of the stretch are logged too
     assert r["parts"]["test"]["record"]["result"]["checkpoint"]["finished"] is False
     md = (tmp_path / "fig4" / "table.md").read_text()
     assert "**Partly trained models**" in md
