@@ -231,7 +231,7 @@ def test_parts_selection_blocking_and_time_budget(run, tmp_path):
     assert stop["train_loss"] > 0 and stop["train_gen"] > 0     # the losses of the stretch are logged too
     assert r["parts"]["test"]["record"]["result"]["checkpoint"]["finished"] is False
     md = (tmp_path / "fig4" / "table.md").read_text()
-    assert "**Partly trained models**" in md
+    assert "**Partly trained models**" in md and "test (last checkpoint, 1 batches into epoch 1/1)" in md
     assert re.search(r"`train`: in progress, \d+ batches into epoch 1/1 \(\d+ batches, [0-9.]+ s/batch\)", md), md
     # resuming finishes training; the evaluation of the partial model is then redone
     r = run("fig4", out=tmp_path)
@@ -291,7 +291,7 @@ def test_zero_shot_prompt_keeps_the_latest_turns_within_budget():
 
 
 def test_partly_trained_label_says_how_far_training_got():
-    from pecrs.experiments.tables import training_progress
+    from pecrs.experiments.core import training_progress
 
     assert training_progress({"epoch": 0, "batch": 812, "epochs": 20}) == "812 batches into epoch 1/20"
     assert training_progress({"epoch": 3, "batch": 0, "epochs": 20}) == "3/20 epochs"

@@ -313,6 +313,12 @@ def ensure_trained(ctx: Context, config: RunConfig, folder: Path) -> dict:
     return info
 
 
+def training_progress(ck: dict) -> str:
+    """How far a checkpoint's training got: "2/20 epochs", or "812 batches into epoch 1/20"."""
+    epoch, epochs, batch = int(ck.get("epoch") or 0), ck.get("epochs"), int(ck.get("batch") or 0)
+    return f"{batch} batches into epoch {epoch + 1}/{epochs}" if batch else f"{epoch}/{epochs} epochs"
+
+
 def training_in_progress(ctx: Context, config: RunConfig) -> dict | None:
     """What a run folder's mid-training checkpoint says (epoch, batch, time per batch), when the
     run has one and has not finished; else None."""
@@ -672,10 +678,9 @@ def write_outputs(ctx: Context, parts: list[Part], status: dict, report: Report,
     header.append(f"Parts finished: {done}/{len(parts)} "
                   + ("(all)" if done == len(parts) else
                      "(missing: " + ", ".join(p.name for p in parts if p.name not in recs) + ")"))
-    partial = [f"{n} ({(r['result'].get('checkpoint') or {}).get('checkpoint')} checkpoint, epoch "
-               f"{(r['result'].get('checkpoint') or {}).get('epoch')}/{(r['result'].get('checkpoint') or {}).get('epochs')})"
-               for n, r in recs.items()
-               if r.get("result") and (r["result"].get("checkpoint") or {}).get("finished") is False]
+    checkpoints = {n: (r.get("result") or {}).get("checkpoint") or {} for n, r in recs.items()}
+    partial = [f"{n} ({ck.get('checkpoint')} checkpoint, {training_progress(ck)})"
+               for n, ck in checkpoints.items() if ck.get("finished") is False]
     if partial:
         header.append("")
         header.append("**Partly trained models** (training stopped at max_train_minutes; --accept-partial): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..decoding import PRESETS
 from . import paper
 from .core import (Context, Part, Report, copy_config, dataset_fingerprint, dataset_label, eval_part, fmt,
-                   md_table, paper as pcell, training_in_progress, training_part)
+                   md_table, paper as pcell, training_in_progress, training_part, training_progress)
 from .measures import full_evaluation, naive_baseline, rankings, recommendation
 
 KS = (1, 10, 50)
@@ -18,12 +18,6 @@ def ours_label(config, rec: dict | None = None) -> str:
     if ck and not ck.get("finished", True):
         label += f" [partly trained: {training_progress(ck)}]"
     return label
-
-
-def training_progress(ck: dict) -> str:
-    """How far a checkpoint's training got: "2/20 epochs", or "812 batches into epoch 1/20"."""
-    epoch, epochs, batch = int(ck.get("epoch") or 0), ck.get("epochs"), int(ck.get("batch") or 0)
-    return f"{batch} batches into epoch {epoch + 1}/{epochs}" if batch else f"{epoch}/{epochs} epochs"
 
 
 def training_note(recs: dict, name: str, ctx: Context | None = None, config=None) -> str:
