@@ -38,24 +38,27 @@ def full_evaluation(setup, config: RunConfig, strategy: str | None = None, gener
     return result
 
 
-def rankings(setup, config: RunConfig, m_inference: int | None = None, vectors=None):
-    """(samples with a target, ranked [n, <=50] catalog indices, targets [n], seconds)."""
-    m = m_inference or config.train.m_inference
-    samples, ranked, targets, seconds = rankings_at(setup, config, [m], vectors)
+def rankings(setup, config: RunConfig):
+    """(samples with a target, ranked [n, <=50] catalog indices, targets [n], seconds), at the
+    config's M_inference."""
+    m = config.train.m_inference
+    samples, ranked, targets, seconds = rankings_at(setup, config, [m])
     return samples, ranked[m], targets, seconds
 
 
-def rankings_at(setup, config: RunConfig, m_values, vectors=None):
+def rankings_at(setup, config: RunConfig, m_values):
     """`rankings` for several M_inference from one re-rank pass: ranked is {M: [n, <=50]}."""
     started = time.perf_counter()
     samples = [s for s in test_samples(setup, config) if s.target is not None]
     setup.model.eval()
     encoded = setup.encoder.encode_all(samples)
-    if vectors is None:
-        vectors = setup.store.all_vectors(setup.model)
+    vectors = setup.store.all_vectors(setup.model)
     ranked = rank_samples_at(setup.model, setup.store, encoded, vectors, m_values, config.train.eval_batch_size)
     targets = np.array([e.target for e in encoded], dtype=np.int64)
     return samples, ranked, targets, time.perf_counter() - started
+
+
+_RECOMMENDATION_KEYS = ("recall@", "dedup_recall@", "naive_", "unique", "n_rec_samples", "n_dedup_samples")
 
 
 def recommendation(setup, samples, ranked, targets) -> dict:
@@ -65,9 +68,6 @@ def recommendation(setup, samples, ranked, targets) -> dict:
     out = metrics.summarize(ranked=ranked, targets=targets, seen_before=seen, naive_ranked=naive)
     # `samples` holds only samples with a target, so n_rec_samples (not evaluate's n_samples) counts them.
     return {k: v for k, v in out.items() if k.startswith(_RECOMMENDATION_KEYS)}
-
-
-_RECOMMENDATION_KEYS = ("recall@", "dedup_recall@", "naive_", "unique", "n_rec_samples", "n_dedup_samples")
 
 
 def naive_baseline(config: RunConfig) -> dict:
