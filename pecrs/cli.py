@@ -58,6 +58,7 @@ def _train(args) -> int:
 def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train PECRS from a config",
                               description="Train PECRS (one stage, §3.6). Rerun to resume from RUN/last.")
+    p.__class__ = _IntermixedParser
     p.add_argument("config", help="YAML config, e.g. configs/inspired.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=2")
     p.add_argument("--output-dir", help="run folder (default runs/<config name>)")
@@ -161,7 +162,8 @@ def _experiment(args) -> int:
 
 
 class _IntermixedParser(argparse.ArgumentParser):
-    """Lets `section.key=value` overrides follow the options (`pecrs experiment NAME --config C x.y=1`)."""
+    """Lets `section.key=value` overrides follow the options (`pecrs train C --output-dir D x.y=1`,
+    `pecrs experiment NAME --config C x.y=1`). Every subcommand that takes overrides uses it."""
 
     def parse_known_args(self, args=None, namespace=None):
         if getattr(self, "_intermixing", False):

@@ -2,17 +2,25 @@
 
 One dataclass holds every knob of a run (model, data, optimisation). Its defaults are the
 paper's settings (§4.1); `configs/*.yaml` only list what differs.
+
+Values read from a file, an override or a checkpoint are checked against the dataclass type
+hints, ranges and fixed choices (`RunConfig.validate`) before anything is loaded; a bad one is a
+`ConfigError` naming the key, the value and what was expected.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .data import DEFAULT_ITEM_FIELDS
+from .data import DEFAULT_ITEM_FIELDS, Item
 
 
 @dataclass
@@ -73,13 +81,26 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "RunConfig":
+        """Check every value (type, range, choices); ConfigError on the first bad one. Ints
+        given for floats become floats. Returns self. Call it after setting fields by hand."""
+        for section in ("model", "train"):
+            obj = getattr(self, section)
+            hints = typing.get_type_hints(type(obj))
+            for f in dataclasses.fields(obj):
+                key = f"{section}.{f.name}"
+                setattr(obj, f.name, check_value(key, getattr(obj, f.name), hints[f.name]))
+        return self
+
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a config is a mapping with sections 'model' and 'train', got {_show(raw)}")
         unknown = set(raw) - {"model", "train"}
         if unknown:
-            raise ValueError(f"unknown config section(s): {sorted(unknown)} (expected 'model', 'train')")
-        return cls(model=_build(ModelConfig, raw.get("model", {}), "model"),
-                   train=_build(TrainConfig, raw.get("train", {}), "train"))
+            raise ConfigError(f"unknown config section(s): {sorted(unknown)} (expected 'model', 'train')")
+        return cls(model=_build(ModelConfig, raw.get("model") or {}, "model"),
+                   train=_build(TrainConfig, raw.get("train") or {}, "train")).validate()
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "RunConfig":
@@ -87,26 +108,154 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(s) or {}, dict) for s in ("model", "train")):
+            raise ConfigError(f"{path}: a config is a mapping with sections 'model' and 'train'")
         for item in overrides:
             key, sep, value = item.partition("=")
             section, dot, name = key.partition(".")
             if not sep or not dot:
-                raise ValueError(f"override '{item}' must look like section.key=value, e.g. train.epochs=2")
-            raw.setdefault(section, {})[name] = yaml.safe_load(value)
+                raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.epochs=2")
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value  # not YAML: kept as text, so the type check names it
+            if raw.get(section) is None:
+                raw[section] = {}
+            raw[section][name] = parsed
         config = cls.from_dict(raw)
         # A relative dataset path in a config file is relative to the working directory, as on
         # the command line; keep it as written so runs are portable.
         return config
 
 
+class ConfigError(ValueError):
+    """A bad config: unknown key, wrong type, out of range or not one of the allowed values."""
+
+
 def _build(kind, values: dict, section: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{section}' must be a mapping of key: value, got {_show(values)}")
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown key(s) in config section '{section}': {sorted(unknown)}; "
-                         f"known: {sorted(names)}")
+        raise ConfigError(f"unknown key(s) in config section '{section}': {sorted(unknown, key=str)}; "
+                          f"known: {sorted(names)}")
     return kind(**values)
+
+
+# ---- value checks --------------------------------------------------------------------------------
+# Types come from the dataclass hints; these tables add what a type cannot say. A bound is
+# (lowest, inclusive); None values of optional fields are not bounded.
+
+_BOUNDS: dict[str, tuple[float, bool]] = {
+    "model.lora_r": (1, True), "model.lora_alpha": (0, False), "model.lora_dropout": (0, True),
+    "model.item_max_tokens": (1, True), "model.recall_temperature": (0, False),
+    "model.context_max_tokens": (1, True), "model.response_max_tokens": (1, True),
+    "train.max_train_samples": (0, True), "train.max_eval_samples": (0, True),
+    "train.epochs": (1, True), "train.batch_size": (1, True), "train.grad_accum": (1, True),
+    "train.lr": (0, False), "train.warmup_epochs": (0, True), "train.weight_decay": (0, True),
+    "train.alpha": (0, True), "train.beta": (0, True), "train.gamma": (0, True),
+    "train.m_train": (1, True), "train.m_inference": (1, True), "train.eval_every_epochs": (1, True),
+    "train.eval_batch_size": (1, True), "train.checkpoint_every": (0, True),
+    "train.max_train_minutes": (0, False),
+}
+_BELOW_ONE = {"model.lora_dropout"}          # a probability: also < 1
+ITEM_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Item) if f.name != "id")
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.item_encoding": ("cached", "adapted"),
+    "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+}
+_NON_EMPTY = {"model.backbone", "train.dataset", "train.train_split", "model.item_fields"}
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return (text if len(text) <= 60 else text[:57] + "...") + f" ({type(value).__name__})"
+
+
+def _coerce(value, hint):
+    """(True, value) if `value` fits `hint` (int -> float and float text -> float converted),
+    else (False, None). Hints are those of the dataclasses above: a base type, list[str], X | None."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return True, None
+        for arg in typing.get_args(hint):
+            if arg is not type(None):
+                ok, out = _coerce(value, arg)
+                if ok:
+                    return ok, out
+        return False, None
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return False, None
+        out = []
+        for x in value:
+            ok, converted = _coerce(x, inner)
+            if not ok:
+                return False, None
+            out.append(converted)
+        return True, out
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        # YAML 1.1 reads 3e-5 (no dot) as a string; take it as the number it spells.
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return True, float(value)
+        return False, None
+    if hint is str:
+        return isinstance(value, str), value
+    raise TypeError(f"no check for config type {hint!r}")
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_value(key: str, value, hint):
+    """`value` checked for config key `key` ("section.name") of type `hint`; the value to store."""
+    ok, value_out = _coerce(value, hint)
+    if not ok:
+        raise ConfigError(f"config {key}: expected {_describe(hint)}, got {_show(value)}")
+    if value_out is None:
+        return None
+    if key in _BOUNDS:
+        low, inclusive = _BOUNDS[key]
+        high_ok = value_out < 1 if key in _BELOW_ONE else True
+        if math.isnan(value_out) or not (value_out >= low if inclusive else value_out > low) or not high_ok:
+            wanted = f"{'>=' if inclusive else '>'} {low}" + (" and < 1" if key in _BELOW_ONE else "")
+            raise ConfigError(f"config {key}: expected {_describe(hint)} {wanted}, got {_show(value)}")
+    if key in _NON_EMPTY and not (value_out if isinstance(value_out, list) else str(value_out).strip()):
+        raise ConfigError(f"config {key}: must not be empty, got {_show(value)}")
+    choices = _CHOICES.get(key)
+    if key == "train.decoding":
+        from .decoding import ALIASES, PRESETS  # torch-heavy: only imported here
+
+        choices = tuple(sorted(ALIASES) + sorted(PRESETS))
+    if choices is not None and value_out not in choices:
+        raise ConfigError(f"config {key}: expected one of {', '.join(choices)}, got {_show(value)}")
+    if key == "model.item_fields":
+        bad = [x for x in value_out if x not in ITEM_FIELD_NAMES]
+        if bad:
+            raise ConfigError(f"config {key}: unknown item field(s) {bad}; "
+                              f"expected names from {', '.join(ITEM_FIELD_NAMES)}")
+    return value_out
 
 
 def dumps(config: RunConfig) -> str:

@@ -1,0 +1,123 @@
+"""Config loading: overrides anywhere on the command line, and every value checked (type, range,
+choices) before any model or data is loaded, with the key, the value and what was expected."""
+from pathlib import Path
+
+import pytest
+
+import pecrs.train
+from pecrs.cli import build_parser, main
+from pecrs.config import ConfigError, RunConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = str(CONFIGS / "tiny.yaml")
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  backbone: tiny-llama\ntrain:\n  dataset: data\n  epochs: 2\n  lr: 1.0e-3\n")
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", TINY, "--output-dir", "/tmp/x", "train.epochs=1", "model.lora_r=2"],
+    ["train", "--quiet", TINY, "train.epochs=1", "--output-dir", "/tmp/x", "model.lora_r=2"],
+    ["train", TINY, "train.epochs=1", "--output-dir", "/tmp/x", "model.lora_r=2"],
+])
+def test_train_overrides_after_options(argv):
+    args = build_parser().parse_args(argv)
+    assert args.config == TINY and args.output_dir == "/tmp/x"
+    assert args.overrides == ["train.epochs=1", "model.lora_r=2"]
+
+
+def test_experiment_overrides_after_options():
+    args = build_parser().parse_args(["experiment", "table5", "--config", TINY, "train.epochs=1",
+                                      "--output-dir", "/tmp/e", "inspired:model.lora_r=2"])
+    assert args.overrides == ["train.epochs=1", "inspired:model.lora_r=2"] and args.output_dir == "/tmp/e"
+
+
+def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, tmp_path, capsys):
+    seen = {}
+
+    def fake_train(config, output, progress=True):
+        seen.update(config=config, output=output)
+        return {"epoch": 1, "global_step": 1, "best": None, "best_epoch": None}
+
+    monkeypatch.setattr(pecrs.train, "train", fake_train)
+    assert main(["train", str(config_file), "--output-dir", str(tmp_path / "run"), "train.epochs=1",
+                 "--quiet", "train.lr=3e-5"]) == 0
+    assert seen["config"].train.epochs == 1 and seen["config"].train.lr == pytest.approx(3e-5)
+    assert isinstance(seen["config"].train.lr, float)     # YAML 1.1 reads 3e-5 as text
+    assert seen["output"] == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=abc", ["train.epochs", "'abc'", "integer"]),
+    ("train.epochs=1.5", ["train.epochs", "1.5", "integer"]),
+    ("train.batch_size=0", ["train.batch_size", "0", ">= 1"]),
+    ("train.grad_accum=-2", ["train.grad_accum", "-2", ">= 1"]),
+    ("train.lr=-0.1", ["train.lr", "-0.1", "> 0"]),
+    ("train.lr=.nan", ["train.lr", "nan", "> 0"]),
+    ("train.lr=fast", ["train.lr", "'fast'", "number"]),
+    ("train.eval_every_epochs=0", ["train.eval_every_epochs", ">= 1"]),
+    ("train.m_train=0", ["train.m_train", ">= 1"]),
+    ("train.share_negatives_batch=1", ["train.share_negatives_batch", "true or false", "1 (int)"]),
+    ("train.max_train_minutes=0", ["train.max_train_minutes", "> 0"]),
+    ("train.mixed_precision=fp32", ["train.mixed_precision", "'fp32'", "auto, no, fp16, bf16"]),
+    ("train.decoding=telepathy", ["train.decoding", "'telepathy'", "top_k"]),
+    ("model.item_encoding=frozen", ["model.item_encoding", "'frozen'", "cached, adapted"]),
+    ("model.item_fields=[title,budget]", ["model.item_fields", "budget", "genres"]),
+    ("model.item_fields=title", ["model.item_fields", "'title'", "list of strings"]),
+    ("model.item_fields=[]", ["model.item_fields", "empty"]),
+    ("model.lora_dropout=1.0", ["model.lora_dropout", "< 1"]),
+    ("model.recall_temperature=0", ["model.recall_temperature", "> 0"]),
+    ("model.lora_target_modules=q_proj", ["model.lora_target_modules", "list of strings or null"]),
+    ("model.backbone=null", ["model.backbone", "string", "None"]),
+    ("train.dataset=", ["train.dataset", "None"]),
+    ("train.epochs=[1", ["train.epochs", "'[1'"]),
+])
+def test_bad_values_name_key_value_and_type(config_file, override, words):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.load(config_file, [override])
+    for word in words:
+        assert word in str(e.value), (word, str(e.value))
+
+
+def test_bad_value_in_cli_fails_before_anything_loads(monkeypatch, config_file, capsys):
+    monkeypatch.setattr(pecrs.train, "train", lambda *a, **k: pytest.fail("training started"))
+    assert main(["train", str(config_file), "--output-dir", "/tmp/never", "train.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and ">= 1" in err and "Traceback" not in err
+
+
+def test_bad_value_in_the_file_itself(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs.*'many'"):
+        RunConfig.load(path)
+    path.write_text("train: [1, 2]\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        RunConfig.load(path)
+    path.write_text("train: {epochs: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        RunConfig.load(path)
+
+
+def test_good_values_pass_and_stay_plain(config_file):
+    cfg = RunConfig.load(config_file, ["train.max_train_minutes=null", "train.warmup_epochs=1",
+                                       "train.dev_split=''", "model.lora_target_modules=[q_proj,v_proj]",
+                                       "train.decoding=nucleus_0.95", "model.item_fields=[title,year]"])
+    assert cfg.train.max_train_minutes is None and cfg.train.warmup_epochs == 1.0
+    assert isinstance(cfg.train.warmup_epochs, float)
+    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.train.dev_split == ""
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    for path in CONFIGS.glob("*.yaml"):
+        RunConfig.load(path)
+    RunConfig().validate()
+
+
+def test_validate_catches_values_set_in_code():
+    cfg = RunConfig()
+    cfg.train.batch_size = "4"
+    with pytest.raises(ConfigError, match=r"train\.batch_size.*'4' \(str\)"):
+        cfg.validate()
