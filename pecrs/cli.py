@@ -77,6 +77,8 @@ def checkpoint_dir(path: str) -> Path:
 
 
 def _evaluate(args) -> int:
+    if args.protocol == "standardized":
+        return _evaluate_standardized(args)
     from .evaluate import evaluate
     from .pretrained import load_pretrained
     from .train import prepare
@@ -124,7 +126,71 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
+    p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
+                   help="pecrs: the paper's samples of --split (default); standardized: the standardized "
+                        "ReDial collection (Kostric & Balog, SIGIR '26) of the official test file in --dataset "
+                        "(default: the run's dataset), recommendation only; see pecrs.standardized")
     p.set_defaults(func=_evaluate)
+
+
+# ---- pecrs evaluate --protocol standardized / pecrs baseline naive -----------------------------
+
+def _print_standardized(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    keys = list(result["full"])
+    print(f"{'':>24}  {'full':>10}  {'dedup':>10}")
+    for key in keys:
+        cells = [result[v][key] for v in ("full", "dedup")]
+        print(f"{key:>24}  " + "  ".join(f"{c:>10.4f}" if isinstance(c, float) else f"{c!s:>10}" for c in cells))
+
+
+def _evaluate_standardized(args) -> int:
+    from .backbone import default_device
+    from .pretrained import load_pretrained
+    from .standardized import evaluate_model, load_collection, restrict
+    from .train import prepare
+
+    ckpt = checkpoint_dir(args.run_dir)
+    model, config = load_pretrained(ckpt, backbone=args.backbone)
+    if args.item_fields:
+        config.model.item_fields = args.item_fields.split(",")
+    dataset = args.dataset or config.train.dataset
+    collection = restrict(load_collection(dataset), args.max_samples)
+    setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device))
+    result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
+                            m_inference=args.m_inference or config.train.m_inference,
+                            batch_size=args.batch_size or config.train.eval_batch_size, progress=not args.json,
+                            log=lambda msg: print(msg, file=sys.stderr))
+    out = Path(args.output) if args.output else ckpt.parent / "eval_standardized.json"
+    out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
+                               **result}, indent=2))
+    _print_standardized(result, args.json)
+    return 0
+
+
+def _baseline(args) -> int:
+    from .standardized import catalog_ids, evaluate_naive, load_collection
+
+    collection = load_collection(args.dataset_dir)
+    _print_standardized(evaluate_naive(collection, catalog_ids(args.dataset_dir)), args.json)
+    return 0
+
+
+def add_baseline_parser(subparsers) -> None:
+    p = subparsers.add_parser("baseline", help="score a baseline that needs no model")
+    sub = p.add_subparsers(dest="baseline", required=True, metavar="NAME")
+    naive = sub.add_parser(
+        "naive", help="recommend the movies mentioned earlier, most recent first",
+        description="The naive baseline of the standardized ReDial evaluation (Kostric & Balog, SIGIR '26) on "
+                    "the official test file: R@1/10/50, SR and RDL on the full and de-duplicated collections.")
+    naive.add_argument("dataset_dir", help="ReDial folder with [official/]test_data.jsonl (or that file); its "
+                                           "items.jsonl or movies_with_mentions.csv gives the missing-from-catalog count")
+    naive.add_argument("--protocol", choices=("standardized",), default="standardized",
+                       help="evaluation protocol (default and only one: standardized)")
+    naive.add_argument("--json", action="store_true", help="print one JSON object {\"full\": ..., \"dedup\": ...}")
+    naive.set_defaults(func=_baseline)
 
 
 # ---- pecrs experiment ... ----------------------------------------------------------------------
@@ -274,7 +340,7 @@ def add_serve_parser(subparsers) -> None:
 # ---- the parser ------------------------------------------------------------------------------
 
 SUBCOMMANDS = [add_data_parser, add_train_parser, add_evaluate_parser, add_experiment_parser,
-               add_chat_parser, add_serve_parser]
+               add_chat_parser, add_serve_parser, add_baseline_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
