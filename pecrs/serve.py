@@ -14,10 +14,14 @@ with [ITEM]s and their ids), which a client appends to "turns" so that the model
 recommendations as item vectors, as in training. "response" is the same text with titles filled in.
 
 Limits (422 with the offending field when exceeded, like any malformed body or unknown field):
-at most 50 turns, 2,000 characters per text, 1 <= k <= 100, 1 <= k_items <= 10, a known decoding
-name. Input that is well-formed but unusable (an unknown item id, a [ITEM] count that does not match
-"items") gets 400. Model calls are serialised by the Recommender's lock; the process survives bad
-input and internal errors (500 with a message).
+at most 50 turns, 2,000 characters per text, 333 item ids per turn, 1 <= k <= 100,
+1 <= k_items <= 10, a known decoding name. A body over 1 MiB gets 413, whether it declares its
+length or is sent chunked: reading stops at the first chunk past the limit. Input that is
+well-formed but unusable (an unknown item id, a [ITEM] count that does not match "items") gets 400.
+Error replies never echo the request: a 422 lists at most 20 errors as {"loc", "msg", "type"}
+(no "input"), and every message is cut to 300 characters. Model calls are serialised by the
+Recommender's lock; the process survives bad input and internal errors (500 with a message).
+There is no /docs or /redoc page (FastAPI's load scripts from a CDN); /openapi.json describes the API.
 """
 from __future__ import annotations
 
@@ -27,8 +31,10 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .data import DataError, Item
 from .decoding import ALIASES, PRESETS
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MAX_TURNS, MAX_TEXT_CHARS, MAX_K, MAX_K_ITEMS = 50, 2000, 100, 10
 MAX_BODY_BYTES = 1 << 20
+MAX_ITEMS_PER_TURN = MAX_TEXT_CHARS // 6      # "[ITEM]" is 6 characters
+MAX_DECODING_CHARS = 64
+MAX_ERRORS, MAX_MESSAGE_CHARS = 20, 300       # what an error reply may hold
 DECODINGS = sorted(ALIASES) + sorted(PRESETS)
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
@@ -45,7 +54,7 @@ class TurnIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["seeker", "recommender"]
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    items: list[str] = Field(default_factory=list, max_length=MAX_TEXT_CHARS // 6)
+    items: list[str] = Field(default_factory=list, max_length=MAX_ITEMS_PER_TURN)
 
 
 class RecommendRequest(BaseModel):
@@ -57,7 +66,7 @@ class RecommendRequest(BaseModel):
 class RespondRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
-    decoding: str | None = None
+    decoding: str | None = Field(None, max_length=MAX_DECODING_CHARS)
     k_items: int = Field(1, ge=1, le=MAX_K_ITEMS)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
@@ -69,6 +78,66 @@ class RespondRequest(BaseModel):
         return value
 
 
+def clip(text, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` as a string of at most `limit` characters (error replies never echo large input)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit - 30]}... ({len(text):,} characters)"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self):
+        super().__init__(status_code=413, detail=f"request body over {MAX_BODY_BYTES} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`. A declared Content-Length over
+    the limit is refused before the app runs; a chunked body is counted as the app reads it, and
+    the read that crosses the limit raises `BodyTooLarge`, so the rest is never read."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _send_too_large(scope, send)
+        received, started = 0, False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:   # normally answered by FastAPI's HTTPException handler already
+            if not started:
+                await _send_too_large(scope, send)
+
+
+async def _send_too_large(scope, send) -> None:
+    response = JSONResponse({"detail": BodyTooLarge().detail}, status_code=413,
+                            headers={"connection": "close"})
+    await response(scope, None, send)
+
+
+def _short_error(error: dict) -> dict:
+    """A pydantic error without its "input" (which may be the whole body), strings clipped."""
+    loc = [x if isinstance(x, int) else clip(x, 100) for x in error.get("loc", ())]
+    return {"loc": loc, "msg": clip(error.get("msg", "")), "type": clip(error.get("type", ""), 100)}
+
+
 def item_json(item: Item, full: bool = False) -> dict:
     if full:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(item).items()}
@@ -77,25 +146,34 @@ def item_json(item: Item, full: bool = False) -> dict:
 
 def create_app(recommender) -> FastAPI:
     """The API for one loaded `Recommender` (its lock serialises model calls)."""
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN.
     app = FastAPI(title="PECRS", description="Conversational recommendation with one LoRA-adapted LM",
-                  version="0.1.0")
+                  version="0.1.0", docs_url=None, redoc_url=None)
     app.state.recommender = recommender
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        detail = [_short_error(e) for e in errors[:MAX_ERRORS]]
+        if len(errors) > MAX_ERRORS:
+            detail.append({"loc": ["body"], "msg": f"... and {len(errors) - MAX_ERRORS} more errors",
+                           "type": "too_many_errors"})
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": clip(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DataError)
     async def bad_input(request: Request, exc: DataError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": clip(exc)}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         log.exception("error while serving %s", request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse({"detail": clip(f"internal error: {type(exc).__name__}: {exc}")}, status_code=500)
 
     @app.get("/", include_in_schema=False)
     def index():
