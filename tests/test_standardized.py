@@ -72,6 +72,10 @@ def test_instances_context_rule_and_ground_truth(collection):
     assert [len(full), sum(len(g) for _, g in full)] == [5, 8]
     assert [len(dedup), sum(len(g) for _, g in dedup)] == [3, 4]
     assert [i for i, _ in dedup] == [0, 1, 3]
+    # --max-samples N keeps whole conversations: the first instance is in A, so all of A's three.
+    part = S.restrict(collection, 1)
+    assert (len(part.instances), [c.id for c in part.conversations]) == (3, ["A"])
+    assert S.restrict(collection, 4).instances == collection.instances
 
 
 def test_naive_baseline_is_most_recent_first(collection):
@@ -185,6 +189,9 @@ def test_cli_baseline_and_errors(tmp_path, capsys):
         for key in ("recall@1", "recall@10", "recall@50", "sr", "rdl"):
             assert 0.0 <= variant[key] <= 1.0
     assert out["full"]["n_missing_from_catalog"] == 1
+    assert main(["baseline", "naive", str(folder / "official" / "test_data.jsonl")]) == 0   # a file; a table
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["full", "dedup"] and lines[3].split() == ["recall@1", "0.1250", "0.0000"]
     assert main(["baseline", "naive", str(tmp_path / "missing"), "--json"]) == 2
     assert "test_data.jsonl" in capsys.readouterr().err
 
