@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import re
 from collections import Counter
@@ -39,21 +40,74 @@ def _require_file(path: Path) -> Path:
     return path
 
 
+def _read_text(path: Path) -> str:
+    """The whole file as text (UTF-8, a leading byte-order mark dropped); bytes that are not
+    UTF-8 are a DataError naming the line and column where they start."""
+    data = _require_file(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {column} ({e.reason})",
+                        path=str(path), line=line) from None
+
+
 def _read_jsonl(path: Path):
     """Yield (line number, object) for each non-blank line; malformed JSON is a DataError."""
-    with open(_require_file(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue  # a trailing newline or blank separator line is harmless
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})",
-                                path=str(path), line=n) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"expected a JSON object, got {type(obj).__name__}",
-                                path=str(path), line=n)
-            yield n, obj
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue  # a trailing newline or blank separator line is harmless
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON: {e.msg} (column {e.colno})",
+                            path=str(path), line=n) from None
+        except RecursionError:
+            raise DataError("malformed JSON: nested too deeply", path=str(path), line=n) from None
+        except ValueError as e:  # e.g. an integer of more than 4,300 digits
+            raise DataError(f"malformed JSON: {e}", path=str(path), line=n) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}",
+                            path=str(path), line=n)
+        yield n, obj
+
+
+def _read_csv(path: Path, delimiter: str, columns) -> csv.DictReader:
+    """A DictReader over the whole file (see _read_text) that has every name in `columns`."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    try:
+        fieldnames = reader.fieldnames or []
+    except csv.Error as e:
+        raise DataError(f"malformed header: {e}", path=str(path), line=1) from None
+    for col in columns:
+        if col not in fieldnames:
+            raise DataError("missing column", path=str(path), line=1, field=col)
+    return reader
+
+
+def _csv_rows(reader: csv.DictReader, path: Path, columns):
+    """Yield (line number, row) with every name in `columns` present: a row too short to have
+    one, or a line the csv module cannot read, is a DataError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"malformed row: {e}", path=str(path), line=reader.line_num) from None
+        for col in columns:
+            if row.get(col) is None:
+                n = sum(v is not None for k, v in row.items() if k is not None)
+                raise DataError(f"row has {n} field(s), too few to reach this column",
+                                path=str(path), line=reader.line_num, field=col)
+        yield reader.line_num, row
+
+
+def _require_dialogues(dialogues: list, path: Path) -> list:
+    if not dialogues:
+        raise DataError("no dialogues in this split file", path=str(path))
+    return dialogues
 
 
 def _as_id(value, where: dict, field: str) -> str:
@@ -197,7 +251,8 @@ def load_jsonl_folder(folder) -> DatasetBundle:
     files = {p.stem: p for p in folder.glob("*.jsonl") if not p.name.startswith("items")}
     if not files:
         raise DataError("no split files (<split>.jsonl) next to items.jsonl", path=str(folder))
-    splits = {name: load_dialogues(files[name], items) for name in _order_splits(files)}
+    splits = {name: _require_dialogues(load_dialogues(files[name], items), files[name])
+              for name in _order_splits(files)}
     return DatasetBundle(name=folder.name, items=items, splits=splits, fmt="jsonl")
 
 
@@ -249,15 +304,15 @@ def _redial_split_files(folder: Path) -> dict[str, Path]:
 def _items_from_movies_csv(path: Path) -> dict[str, Item]:
     """A titles-only catalog from ReDial's movies_with_mentions.csv (movieId,movieName,...)."""
     items = {}
-    with open(_require_file(path), encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for col in ("movieId", "movieName"):
-            if col not in (reader.fieldnames or []):
-                raise DataError("missing column", path=str(path), line=1, field=col)
-        for row in reader:
-            title, year = split_title_year(row["movieName"] or "")
-            items[row["movieId"]] = Item(id=row["movieId"], title=title or row["movieName"],
-                                         year=year)
+    columns = ("movieId", "movieName")
+    for n, row in _csv_rows(_read_csv(path, ",", columns), path, columns):
+        movie_id = _as_id(row["movieId"].strip(), {"path": str(path), "line": n}, "movieId")
+        if not row["movieName"].strip():
+            raise DataError("expected a movie name", path=str(path), line=n, field="movieName")
+        title, year = split_title_year(row["movieName"])
+        items[movie_id] = Item(id=movie_id, title=title or row["movieName"], year=year)
+    if not items:
+        raise DataError("catalog is empty", path=str(path))
     return items
 
 
@@ -278,12 +333,29 @@ def _redial_dialogue(conv: dict, where: dict, items: dict[str, Item], mentions: 
     for key in ("conversationId", "initiatorWorkerId", "respondentWorkerId", "messages"):
         if key not in conv:
             raise DataError("missing required field", field=key, **where)
-    roles = {conv["initiatorWorkerId"]: SEEKER, conv["respondentWorkerId"]: RECOMMENDER}
+    conversation_id = _as_id(conv["conversationId"], where, "conversationId")
+    seeker = _as_id(conv["initiatorWorkerId"], where, "initiatorWorkerId")
+    recommender = _as_id(conv["respondentWorkerId"], where, "respondentWorkerId")
+    if seeker == recommender:
+        raise DataError(f"the respondent is the initiator ({seeker})", field="respondentWorkerId", **where)
+    roles = {seeker: SEEKER, recommender: RECOMMENDER}
     messages = conv["messages"]
-    if not isinstance(messages, list) or not messages:
+    if not isinstance(messages, list):
+        raise DataError(f"expected a list of messages, got {type(messages).__name__}",
+                        field="messages", **where)
+    if not messages:
         raise DataError("empty dialogue (no messages)", field="messages", **where)
     form = conv.get("respondentQuestions") or {}
+    if not isinstance(form, (dict, list)):
+        raise DataError(f"expected an object, got {type(form).__name__}",
+                        field="respondentQuestions", **where)
     names = conv.get("movieMentions") or {}
+    if not isinstance(names, dict):
+        raise DataError(f"expected an object, got {type(names).__name__}", field="movieMentions", **where)
+    for movie_id, name in names.items():
+        if name is not None and not isinstance(name, str):
+            raise DataError(f"expected a movie name, got {type(name).__name__}",
+                            field=f"movieMentions.{movie_id}", **where)
 
     # Rule 1: merge runs of messages from the same worker.
     merged: list[list] = []  # [role, text]
@@ -294,12 +366,13 @@ def _redial_dialogue(conv: dict, where: dict, items: dict[str, Item], mentions: 
         for key in ("senderWorkerId", "text"):
             if key not in msg:
                 raise DataError("missing required field", field=f"{f}.{key}", **where)
-        if msg["senderWorkerId"] not in roles:
+        sender = _as_id(msg["senderWorkerId"], where, f"{f}.senderWorkerId")
+        if sender not in roles:
             raise DataError(f"sender {msg['senderWorkerId']!r} is neither the initiator nor the "
                             "respondent (unknown role)", field=f"{f}.senderWorkerId", **where)
         if not isinstance(msg["text"], str):
             raise DataError("expected a string", field=f"{f}.text", **where)
-        role = roles[msg["senderWorkerId"]]
+        role = roles[sender]
         if merged and merged[-1][0] == role:
             merged[-1][1] += " " + msg["text"]
         else:
@@ -328,7 +401,7 @@ def _redial_dialogue(conv: dict, where: dict, items: dict[str, Item], mentions: 
 
         text = _AT_MENTION.sub(link, text)
         turns.append(_make_turn(role, text, ids, where, f"turn {t} (merged messages)"))
-    return Dialogue(id=str(conv["conversationId"]), turns=tuple(turns))
+    return Dialogue(id=conversation_id, turns=tuple(turns))
 
 
 def load_redial(folder, mentions: str = "pecrs") -> DatasetBundle:
@@ -353,10 +426,10 @@ def load_redial(folder, mentions: str = "pecrs") -> DatasetBundle:
     skipped: Counter = Counter()
     splits = {}
     for split, path in files.items():
-        splits[split] = [
+        splits[split] = _require_dialogues([
             _redial_dialogue(conv, {"path": str(path), "line": n}, items, mentions, pecrs_table,
                              skipped)
-            for n, conv in _read_jsonl(path)]
+            for n, conv in _read_jsonl(path)], path)
     return DatasetBundle(name=folder.name, items=items, splits=splits, fmt="redial",
                          skipped=dict(skipped))
 
@@ -395,7 +468,7 @@ def _parse_index_dict(raw: str, where: dict, field: str) -> tuple[dict[int, str]
         if not isinstance(parsed, dict):
             raise ValueError
         return {int(v): str(k) for k, v in parsed.items()}, False
-    except (ValueError, SyntaxError, TypeError):
+    except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError):
         pass
     # Tolerant parse for a missing quote, e.g. {'A (2019)': 0, 'B (1999): 1}.
     entries = _LOOSE_DICT_ENTRY.findall(raw)
@@ -441,13 +514,8 @@ def _tsv_lookup(key: str, index: dict, ambiguous: set, repaired: Counter) -> str
 def _load_tsv_split(path: Path, index: dict, ambiguous: set, skipped: Counter,
                     repaired: Counter) -> list[Dialogue]:
     rows_by_dialogue: dict[str, list[tuple[int, dict]]] = {}
-    with open(_require_file(path), encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        for col in TSV_COLUMNS:
-            if col not in (reader.fieldnames or []):
-                raise DataError("missing column", path=str(path), line=1, field=col)
-        for row in reader:
-            rows_by_dialogue.setdefault(row["dialog_id"], []).append((reader.line_num, row))
+    for line, row in _csv_rows(_read_csv(path, "\t", TSV_COLUMNS), path, TSV_COLUMNS):
+        rows_by_dialogue.setdefault(row["dialog_id"], []).append((line, row))
 
     dialogues = []
     for dialog_id, rows in rows_by_dialogue.items():
@@ -497,7 +565,7 @@ def _load_tsv_split(path: Path, index: dict, ambiguous: set, skipped: Counter,
         turns = tuple(_make_turn(role, text, ids, {"path": str(path), "line": line},
                                  "text_with_placeholder") for role, text, ids, line in merged)
         dialogues.append(Dialogue(id=dialog_id, turns=turns))
-    return dialogues
+    return _require_dialogues(dialogues, path)
 
 
 def load_inspired_tsv(folder) -> DatasetBundle:

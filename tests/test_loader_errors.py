@@ -1,0 +1,190 @@
+"""Bad dataset files the loaders once let through as tracebacks or unclear messages: each one is
+now a DataError naming the file, the line and the field, in plain words."""
+import csv
+import json
+
+import pytest
+
+from pecrs.cli import main
+from pecrs.data import DataError
+from pecrs.loaders import load_dataset, load_items
+
+ITEMS = [{"id": "10", "title": "Heat", "year": 1995}, {"id": "20", "title": "Up", "year": 2009}]
+GOOD = {"id": "d0", "turns": [{"role": "seeker", "text": "Hi"},
+                              {"role": "recommender", "text": "Try [ITEM]", "items": ["10"]}]}
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def error(folder, **kwargs) -> DataError:
+    with pytest.raises(DataError) as info:
+        load_dataset(folder, **kwargs)
+    return info.value
+
+
+def jsonl_folder(tmp_path, train_rows):
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    write_jsonl(tmp_path / "train.jsonl", train_rows)
+    return tmp_path
+
+
+def redial_folder(tmp_path, conv):
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    write_jsonl(tmp_path / "official" / "test_data.jsonl", [conv])
+    return tmp_path
+
+
+def conv(**changes):
+    c = {"conversationId": "7", "initiatorWorkerId": 1, "respondentWorkerId": 2,
+         "movieMentions": {"10": "Heat (1995)"}, "respondentQuestions": {"10": {}},
+         "messages": [{"senderWorkerId": 1, "text": "hi"}, {"senderWorkerId": 2, "text": "@10!"}]}
+    c.update(changes)
+    return c
+
+
+def test_deeply_nested_json(tmp_path):
+    path = tmp_path / "train.jsonl"
+    jsonl_folder(tmp_path, [GOOD])
+    path.write_text(json.dumps(GOOD) + "\n" + '{"id": ' + "[" * 100_000 + "\n")
+    e = error(tmp_path)
+    assert e.path == str(path) and e.line == 2 and "nested too deeply" in str(e)
+
+
+def test_huge_integer_in_json(tmp_path):
+    jsonl_folder(tmp_path, ['{"id": ' + "9" * 5000 + ', "turns": []}'])
+    e = error(tmp_path)
+    assert e.path.endswith("train.jsonl") and e.line == 1 and "malformed JSON" in str(e)
+
+
+def test_json_error_wording(tmp_path):
+    jsonl_folder(tmp_path, [GOOD, '{"id": "d1", "turns": "unterminated'])
+    message = str(error(tmp_path))
+    assert "train.jsonl:2" in message and "at at" not in message
+    assert "Unterminated string starting at" in message and "(column " in message
+
+
+@pytest.mark.parametrize("data, line, column", [
+    (b'{"id": "10", "title": "Caf\xe9"}\n', 1, 27),                 # Latin-1, not UTF-8
+    (b'{"id": "10", "title": "Heat"}\n{"id": "20", "title": "\xff"}\n', 2, 24),
+])
+def test_non_utf8_bytes_name_file_line_and_column(tmp_path, data, line, column):
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as info:
+        load_items(path)
+    e = info.value
+    assert (e.path, e.line) == (str(path), line) and f"column {column}" in str(e) and "UTF-8" in str(e)
+
+
+def test_non_utf8_in_tsv_and_csv(tmp_path):
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "dev.tsv").write_bytes("\t".join(TSV_HEADER).encode() + b"\na\tSEEKER\th\xe9\th\t{}\n")
+    e = error(tmp_path, fmt="inspired-tsv")
+    assert e.path.endswith("dev.tsv") and e.line == 2 and "UTF-8" in str(e)
+    red = tmp_path / "red"
+    write_jsonl(red / "test_data.jsonl", [conv()])
+    (red / "movies_with_mentions.csv").write_bytes(b"movieId,movieName\n10,Heat\n20,\xc3(\n")
+    e = error(red)
+    assert e.path.endswith("movies_with_mentions.csv") and e.line == 3
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ITEMS[0]).encode() + b"\n")
+    assert list(load_items(path)) == ["10"]
+
+
+@pytest.mark.parametrize("changes, field, words", [
+    ({"initiatorWorkerId": [1]}, "initiatorWorkerId", "non-empty string id"),
+    ({"respondentWorkerId": {"a": 1}}, "respondentWorkerId", "non-empty string id"),
+    ({"respondentWorkerId": 1}, "respondentWorkerId", "the respondent is the initiator"),
+    ({"conversationId": None}, "conversationId", "non-empty string id"),
+    ({"messages": "oops"}, "messages", "expected a list of messages, got str"),
+    ({"messages": {"a": 1}}, "messages", "expected a list of messages, got dict"),
+    ({"messages": []}, "messages", "empty dialogue"),
+    ({"messages": [{"senderWorkerId": [1], "text": "hi"}]}, "messages[0].senderWorkerId", "string id"),
+    ({"movieMentions": ["10"]}, "movieMentions", "expected an object"),
+    ({"movieMentions": {"10": 5}}, "movieMentions.10", "movie name"),
+    ({"respondentQuestions": "10"}, "respondentQuestions", "expected an object"),
+])
+def test_redial_wrong_types(tmp_path, changes, field, words):
+    e = error(redial_folder(tmp_path, conv(**changes)))
+    assert e.path.endswith("test_data.jsonl") and e.line == 1 and e.field == field
+    assert words in str(e)
+
+
+def test_redial_worker_ids_as_text_or_numbers(tmp_path):
+    c = conv(initiatorWorkerId="1", messages=[{"senderWorkerId": 1, "text": "hi"},
+                                              {"senderWorkerId": "2", "text": "@10!"}])
+    (d,) = load_dataset(redial_folder(tmp_path, c)).splits["test"]
+    assert [t.role for t in d.turns] == ["seeker", "recommender"] and d.turns[1].items == ("10",)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "redial", "inspired-tsv"])
+def test_empty_split_is_an_error(tmp_path, fmt):
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    if fmt == "jsonl":
+        write_jsonl(tmp_path / "test.jsonl", [GOOD])
+        empty = tmp_path / "train.jsonl"
+        empty.write_text("\n\n")
+    elif fmt == "redial":
+        empty = write_jsonl(tmp_path / "train_data.jsonl", [])
+        write_jsonl(tmp_path / "test_data.jsonl", [conv()])
+    else:
+        empty = tmp_path / "train.tsv"
+        empty.write_text("\t".join(TSV_HEADER) + "\n")
+    e = error(tmp_path, fmt=fmt)
+    assert e.path == str(empty) and "no dialogues" in str(e)
+
+
+def test_cli_empty_train_split_exits_2(tmp_path, capsys):
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "train.jsonl").write_text("")
+    assert main(["data", "stats", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.jsonl" in err and "no dialogues" in err and "Traceback" not in err
+
+
+TSV_HEADER = ["dialog_id", "speaker", "text", "text_with_placeholder", "movie_dict"]
+
+
+def tsv(tmp_path, lines):
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    with open(tmp_path / "dev.tsv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(TSV_HEADER)
+        w.writerows(lines)
+    return tmp_path
+
+
+def test_short_tsv_row(tmp_path):
+    e = error(tsv(tmp_path, [["a", "SEEKER", "hi", "hi", "{}"], ["a", "RECOMMENDER"]]), fmt="inspired-tsv")
+    assert e.path.endswith("dev.tsv") and e.line == 3 and e.field == "text"
+    assert "row has 2 field(s)" in str(e) and "None" not in str(e)
+
+
+def test_tsv_movie_dict_with_a_huge_number(tmp_path):
+    rows = [["a", "SEEKER", "Heat", "[MOVIE_TITLE_0]", "{'Heat (1995)': 1e999}"]]
+    e = error(tsv(tmp_path, rows), fmt="inspired-tsv")
+    assert e.path.endswith("dev.tsv") and e.line == 2 and e.field == "movie_dict"
+
+
+def test_tsv_field_over_the_csv_limit(tmp_path):
+    rows = [["a", "SEEKER", "x", '"' + "y" * 200_000, "{}"]]
+    (tsv(tmp_path, []) / "dev.tsv").write_text("\t".join(TSV_HEADER) + "\n" + "\t".join(rows[0]) + "\n")
+    e = error(tmp_path, fmt="inspired-tsv")
+    assert e.path.endswith("dev.tsv") and "malformed row" in str(e)
+
+
+def test_movies_csv_rows(tmp_path):
+    write_jsonl(tmp_path / "test_data.jsonl", [conv()])
+    (tmp_path / "movies_with_mentions.csv").write_text("movieId,movieName\n10,Heat (1995)\n20\n")
+    e = error(tmp_path)
+    assert e.path.endswith("movies_with_mentions.csv") and e.line == 3 and e.field == "movieName"
+    (tmp_path / "movies_with_mentions.csv").write_text("movieId,movieName\n,Heat (1995)\n")
+    e = error(tmp_path)
+    assert e.line == 2 and e.field == "movieId"
