@@ -9,6 +9,11 @@ A checkpoint folder holds only what trains, plus what is needed to rebuild the r
 
 The frozen backbone is not copied: it is rebuilt from `model.backbone` (a known name or a
 local folder) and checked against the shapes recorded here.
+
+Saving is atomic: the folder is written as NAME.tmp (pecrs_config.json last, so a NAME.tmp that
+has it is complete), then NAME is renamed to NAME.old, NAME.tmp to NAME, and NAME.old removed.
+A crash between the two renames leaves NAME.old and NAME.tmp but no NAME: `recover_checkpoint`
+puts the newest complete one back.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from .config import RunConfig
 from .model import PECRS
 
 CONFIG_FILE, HEADS_FILE, ADAPTER_DIR = "pecrs_config.json", "heads.safetensors", "adapter"
+FILES_KEY = "extra_files"   # in pecrs_config.json: the torch.save files the folder must hold
 
 
 def build_model(config: RunConfig, seed: int | None = None) -> PECRS:
@@ -55,7 +61,9 @@ def head_state(model: PECRS) -> dict[str, torch.Tensor]:
 def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extra: dict | None = None,
                     extra_files: dict[str, object] | None = None) -> Path:
     """Write the checkpoint atomically: into a temporary sibling folder, then renamed over.
-    extra_files: name -> object saved with torch.save in the same folder (trainer state)."""
+    extra_files: name -> object saved with torch.save in the same folder (trainer state); they
+    must load with torch.load(weights_only=True). pecrs_config.json is written last, listing them,
+    so that `checkpoint_complete` can tell a finished temporary folder from a half-written one."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -66,11 +74,13 @@ def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extr
     save_file(head_state(model), tmp / HEADS_FILE)
     model.tokenizer.save_pretrained(tmp / "tokenizer")
     causal = model.causal_lm.config
-    meta = {"config": config.to_dict(), "hidden_size": model.hidden_size,
-            "vocab_size": len(model.tokenizer), "model_type": causal.model_type, **(extra or {})}
-    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     for name, obj in (extra_files or {}).items():
         torch.save(obj, tmp / name)
+    meta = {"config": config.to_dict(), "hidden_size": model.hidden_size,
+            "vocab_size": len(model.tokenizer), "model_type": causal.model_type,
+            FILES_KEY: sorted(extra_files or {}), **(extra or {})}
+    (tmp / (CONFIG_FILE + ".part")).write_text(json.dumps(meta, indent=2))
+    os.replace(tmp / (CONFIG_FILE + ".part"), tmp / CONFIG_FILE)
     _replace_dir(tmp, directory)
     return directory
 
@@ -80,8 +90,45 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
+    # (a crash here leaves NAME.old and NAME.tmp, both complete: see recover_checkpoint)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_complete(directory: str | Path) -> bool:
+    """Whether `directory` holds a whole checkpoint: pecrs_config.json (written last) readable,
+    the weights and tokenizer present, and every extra file it lists."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    extra = meta.get(FILES_KEY, []) if isinstance(meta, dict) else None
+    if not isinstance(extra, list) or not all(isinstance(name, str) for name in extra):
+        return False
+    return all((directory / name).exists() for name in (HEADS_FILE, ADAPTER_DIR, "tokenizer", *extra))
+
+
+def recover_checkpoint(directory: str | Path) -> Path | None:
+    """Make `directory` (a checkpoint folder written by `save_pretrained`, e.g. RUN/last) whole
+    again after a crash, before anything decides whether to resume from it; returns it, or None
+    if there is no complete checkpoint under that name.
+
+    - `directory` exists: it is complete (only finished folders are renamed to it); kept as is.
+    - it does not, after a crash between the two renames of a save: NAME.tmp (the newer) if
+      complete, else NAME.old, is renamed to `directory`; the other leftover is removed.
+    - neither is complete: a half-written NAME.tmp is left for the next save to clear."""
+    directory = Path(directory)
+    if directory.exists():
+        return directory
+    tmp = directory.with_name(directory.name + ".tmp")
+    old = directory.with_name(directory.name + ".old")
+    for source, other in ((tmp, old), (old, tmp)):
+        if checkpoint_complete(source):
+            os.replace(source, directory)
+            shutil.rmtree(other, ignore_errors=True)
+            return directory
+    return None
 
 
 def read_meta(directory: str | Path) -> dict:

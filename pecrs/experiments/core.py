@@ -360,7 +360,8 @@ def batch_timing(folder: Path, config: RunConfig) -> dict:
         import torch
 
         try:
-            state = torch.load(state_file, map_location="cpu", weights_only=False)["state"]
+            # weights_only: a run folder from elsewhere must not execute pickled code.
+            state = torch.load(state_file, map_location="cpu", weights_only=True)["state"]
             steps = max(steps, int(state["global_step"]))
         except Exception:  # noqa: BLE001 - timing is informative only
             pass
