@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 
+# In CI (CI=true, as .ci/run sets it) nothing the suite needs may be missing: a test skipped
+# because the shared datasets or a browser are absent fails instead, so a green run means that
+# every test ran. Elsewhere such tests skip.
+IN_CI = os.environ.get("CI", "").strip().lower() == "true"
+REQUIRED_IN_CI = re.compile(r"datasets? (not found|not present)|no chromium", re.IGNORECASE)
+
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED.is_dir():
-        pytest.skip(f"datasets not found at {SHARED}")
+        (pytest.fail if IN_CI else pytest.skip)(f"datasets not found at {SHARED}")
     return SHARED
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if REQUIRED_IN_CI.search(reason):
+            report.outcome = "failed"
+            report.longrepr = f"required in CI (CI=true), but missing: {reason}"
 
 
 def pytest_configure(config):

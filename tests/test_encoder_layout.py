@@ -1,0 +1,180 @@
+"""DialogueEncoder (pecrs.tokens) on hand-made dialogues: which end of a long context is kept,
+where item slots go, where [SEP] / [REC] / [REC_END] sit, and where the response is cut.
+
+A word-level tokenizer (one token per word, per special token and per newline) makes every
+expected sequence writable by hand; one test repeats the key checks with a real BPE tokenizer."""
+import re
+
+import pytest
+
+from pecrs.data import ITEM, REC, REC_END, RECOMMENDER, SEEKER, SEP, Dialogue, Turn
+from pecrs.samples import make_samples
+from pecrs.tokens import NO_ITEM, DialogueEncoder, collate, static_widths
+
+
+class WordTokenizer:
+    """The slice of a Hugging Face tokenizer DialogueEncoder uses: words, [SPECIAL] tokens and
+    newlines are one token each; ids are handed out in first-seen order."""
+    pad_token, eos_token = "<pad>", "</s>"
+    _TOKEN = re.compile(r"\[[A-Z_]+\]|\n|[^\s\[]+|\[")
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+        for token in (self.pad_token, self.eos_token, ITEM, SEP, REC, REC_END):
+            self.convert_tokens_to_ids(token)
+        self.pad_token_id, self.eos_token_id = self.vocab[self.pad_token], self.vocab[self.eos_token]
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.vocab.setdefault(token, len(self.vocab))
+
+    def tokens(self, text: str) -> list[str]:
+        return self._TOKEN.findall(text)
+
+    def __call__(self, text, add_special_tokens=False):
+        def encode(t):
+            return [self.convert_tokens_to_ids(tok) for tok in self.tokens(t)]
+        return {"input_ids": [encode(t) for t in text] if isinstance(text, list) else encode(text)}
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        names = {i: t for t, i in self.vocab.items()}
+        return [names[int(i)] for i in ids]
+
+    def decode(self, ids, skip_special_tokens=False) -> str:
+        return " ".join(self.convert_ids_to_tokens(ids))
+
+
+CATALOG = {"heat": 7, "up": 3, "alien": 11}
+
+
+def encoder(context_max_tokens=256, response_max_tokens=64):
+    return DialogueEncoder(WordTokenizer(), CATALOG, context_max_tokens, response_max_tokens)
+
+
+def shown(enc, ids, items):
+    """Tokens as strings, an item slot as <v:catalog index>."""
+    names = enc.tokenizer.convert_ids_to_tokens(ids)
+    return [f"<v:{i}>" if i != NO_ITEM else n for n, i in zip(names, items)]
+
+
+def test_seeker_turn_items_follow_between_sep_tokens():
+    enc = encoder()
+    ids, items = enc.turn_tokens(Turn(SEEKER, "I liked [ITEM] and [ITEM]", ("heat", "up")),
+                                 enc._text_ids(["I liked [ITEM] and [ITEM]"])[0])
+    assert shown(enc, ids, items) == ["Seeker:", "I", "liked", ITEM, "and", ITEM, "\n",
+                                      SEP, "<v:7>", "<v:3>", SEP]
+
+
+def test_recommender_turn_items_come_first_between_rec_tokens():
+    enc = encoder()
+    ids, items = enc.turn_tokens(Turn(RECOMMENDER, "Try [ITEM]", ("alien",)), enc._text_ids(["Try [ITEM]"])[0])
+    assert shown(enc, ids, items) == [REC, "<v:11>", REC_END, "Recommender:", "Try", ITEM, "\n"]
+
+
+def test_turn_without_items_has_no_special_tokens():
+    enc = encoder()
+    ids, items = enc.turn_tokens(Turn(SEEKER, "hello there"), enc._text_ids(["hello there"])[0])
+    assert shown(enc, ids, items) == ["Seeker:", "hello", "there", "\n"]
+    assert items == [NO_ITEM] * 4
+
+
+DIALOGUE = Dialogue("d", (
+    Turn(RECOMMENDER, "Hi what do you like"),
+    Turn(SEEKER, "I liked [ITEM] a lot", ("heat",)),
+    Turn(RECOMMENDER, "Then [ITEM] or [ITEM] maybe", ("up", "alien")),
+    Turn(SEEKER, "thanks"),
+    Turn(RECOMMENDER, "You are welcome friend"),
+))
+FULL_CONTEXT = (["Recommender:", "Hi", "what", "do", "you", "like", "\n",
+                 "Seeker:", "I", "liked", ITEM, "a", "lot", "\n", SEP, "<v:7>", SEP,
+                 REC, "<v:3>", "<v:11>", REC_END, "Recommender:", "Then", ITEM, "or", ITEM, "maybe", "\n",
+                 "Seeker:", "thanks", "\n"])
+
+
+def test_whole_context_then_rec():
+    enc = encoder()
+    last = make_samples([DIALOGUE])[-1]
+    assert last.response.text == "You are welcome friend"
+    ids, items = enc.encode_context(last.context)
+    assert shown(enc, ids, items) == FULL_CONTEXT + [REC]
+
+
+@pytest.mark.parametrize("keep", [1, 5, 14, 16, 19, 30])
+def test_long_context_keeps_its_end(keep):
+    """The last `context_max_tokens` tokens are kept (the start is dropped), item slots cut with
+    their tokens, and [REC] is appended after the cut."""
+    enc = encoder(context_max_tokens=keep)
+    ids, items = enc.encode_context(make_samples([DIALOGUE])[-1].context)
+    assert shown(enc, ids, items) == FULL_CONTEXT[-keep:] + [REC]
+    assert len(ids) == keep + 1 and len(items) == len(ids)
+
+
+def test_encode_sample_target_prompt_and_response():
+    enc = encoder()
+    s0, s1, _ = make_samples([DIALOGUE])[:3]
+    e0, e1 = enc.encode(s0), enc.encode(s1)
+    assert (s0.target, s1.target) == ("up", "alien") and (e0.target, e1.target) == (3, 11)
+    assert e0.context_ids == e1.context_ids                 # one context per turn, k targets
+    assert enc.tokenizer.convert_ids_to_tokens(e0.prompt_ids) == ["Recommender:"]
+    assert enc.tokenizer.convert_ids_to_tokens(e0.response_ids) == ["Then", ITEM, "or", ITEM, "maybe", "</s>"]
+    last = enc.encode(make_samples([DIALOGUE])[-1])
+    assert last.target == NO_ITEM
+
+
+@pytest.mark.parametrize("limit, kept", [(1, ["You"]), (3, ["You", "are", "welcome"]),
+                                         (4, ["You", "are", "welcome", "friend"]),
+                                         (50, ["You", "are", "welcome", "friend"])])
+def test_response_keeps_its_start_then_eos(limit, kept):
+    enc = encoder(response_max_tokens=limit)
+    e = enc.encode(make_samples([DIALOGUE])[-1])
+    assert enc.tokenizer.convert_ids_to_tokens(e.response_ids) == kept + ["</s>"]
+
+
+def test_unknown_item_is_named():
+    enc = encoder()
+    with pytest.raises(KeyError, match="item id 'nope' is not in the catalog"):
+        enc.encode_context((Turn(SEEKER, "[ITEM]", ("nope",)),))
+
+
+def test_collate_layout_of_the_generation_segment():
+    """Rows with a target start their generation segment with v_p [REC_END]; labels cover the
+    response (and EOS) only, shifted by one; contexts are right-padded with the pad id."""
+    enc = encoder(context_max_tokens=6, response_max_tokens=3)
+    samples = make_samples([DIALOGUE])
+    encoded = [enc.encode(samples[0]), enc.encode(samples[-1])]
+    tok = enc.tokenizer
+    batch = collate(encoded, tok.pad_token_id, tok.vocab[REC_END])
+    gen0 = shown(enc, batch.gen_ids[0].tolist(), batch.gen_items[0].tolist())
+    assert gen0 == ["<v:3>", REC_END, "Recommender:", "Then", ITEM, "or", "</s>"]
+    labels0 = batch.gen_labels[0].tolist()
+    assert labels0[:2] == [-100, -100] and tok.convert_ids_to_tokens(labels0[2:6]) == ["Then", ITEM, "or", "</s>"]
+    assert labels0[6] == -100
+    gen1 = tok.convert_ids_to_tokens(batch.gen_ids[1, : batch.gen_len[1]].tolist())
+    assert gen1 == ["Recommender:", "You", "are", "welcome", "</s>"]
+    assert batch.gen_ids[1, batch.gen_len[1]:].tolist() == [tok.pad_token_id] * 2
+    assert batch.context_len.tolist() == [7, 7] and batch.target.tolist() == [3, NO_ITEM]
+    assert static_widths(enc) == (7, 2 + 1 + 3 + 1)
+
+
+def test_real_tokenizer_keeps_the_end():
+    """The same checks with the tiny models' BPE tokenizer and the four special tokens."""
+    from pecrs.backbone import add_special_tokens, load_backbone
+
+    lm, tokenizer = load_backbone("tiny-llama")
+    add_special_tokens(lm, tokenizer)
+    index = {"heat": 0, "up": 1, "alien": 2}
+    full = DialogueEncoder(tokenizer, index, 10_000, 64)
+    context = make_samples([DIALOGUE])[-1].context
+    ids, items = full.encode_context(context)
+    cut = DialogueEncoder(tokenizer, index, 12, 64)
+    cut_ids, cut_items = cut.encode_context(context)
+    assert cut_ids == ids[-13:-1] + [full.rec] and cut_items == items[-13:-1] + [NO_ITEM]
+    assert tokenizer.decode(cut_ids).rstrip().endswith("thanks\n[REC]")
+    # Slots: v(heat) between the [SEP]s after the seeker turn, v(up) v(alien) after [REC].
+    assert [i for i in items if i != NO_ITEM] == [0, 1, 2]
+    sep_at = [j for j, t in enumerate(ids) if t == full.sep]
+    assert len(sep_at) == 2 and items[sep_at[0] + 1] == 0 and sep_at[1] == sep_at[0] + 2
+    rec_at = ids.index(full.rec)
+    assert items[rec_at + 1: rec_at + 3] == [1, 2] and ids[rec_at + 3] == full.rec_end
+    response = DialogueEncoder(tokenizer, index, 64, 2).encode(make_samples([DIALOGUE])[-1]).response_ids
+    assert response[-1] == tokenizer.eos_token_id and len(response) == 3
+    assert response[:2] == tokenizer(" You are welcome friend", add_special_tokens=False)["input_ids"][:2]

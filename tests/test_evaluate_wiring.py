@@ -1,0 +1,164 @@
+"""evaluate() against numbers computed by hand on a tiny fixture.
+
+The model is a stub with planned outputs (a ranking per context, a reply per context, an NLL per
+context), so that every number evaluate() reports follows from the fixture by hand: which samples
+count for recall, which are dropped by dedup recall (the target_seen_before flag, not the
+repeated flag), which rows the re-rank scores reorder, which samples are generated for (one per
+recommender turn, with that sample's top-1 item injected), and which samples the perplexity covers
+(all of them)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pecrs.data import REC_END, RECOMMENDER, SEEKER, Dialogue, Item, Turn
+from pecrs.evaluate import evaluate, recall_only
+from pecrs.samples import make_samples
+from pecrs.tokens import DialogueEncoder
+from test_encoder_layout import WordTokenizer
+
+N_ITEMS = 60
+ITEMS = [Item(str(i), f"Movie {i}", 2000 + i) for i in range(N_ITEMS)]
+A, B, D, E = 0, 1, 3, 4          # the catalog indices the dialogues mention
+
+DIALOGUES = [
+    Dialogue("d0", (Turn(SEEKER, "I liked [ITEM]", (str(A),)),
+                    Turn(RECOMMENDER, "Try [ITEM] or [ITEM]", (str(B), str(E))),
+                    Turn(SEEKER, "ok"),
+                    Turn(RECOMMENDER, "Enjoy"))),
+    Dialogue("d1", (Turn(RECOMMENDER, "Hi"),
+                    Turn(SEEKER, "something like [ITEM]", (str(D),)),
+                    Turn(RECOMMENDER, "[ITEM] then", (str(D),)))),
+]
+# The samples, in order:   target  seen before  repeated
+#   s0  d0 turn 1            B        no           no
+#   s1  d0 turn 1            E        no           yes   (same context as s0)
+#   s2  d0 turn 3            -        -            no
+#   s3  d1 turn 2            D        yes          no
+
+
+def ranking(first: list[int], at: dict[int, int] | None = None) -> list[int]:
+    """A permutation of the catalog starting with `first`, with item -> 1-based rank in `at`."""
+    order = list(first) + [i for i in range(N_ITEMS) if i not in first and i not in (at or {})]
+    for item, rank in sorted((at or {}).items(), key=lambda x: x[1]):
+        order.insert(rank - 1, item)
+    return order
+
+
+# Per context (turn of the response): final ranking, generated reply, NLL per sample.
+PLAN = {
+    ("d0", 1): (ranking([B], {E: 5}), "Try [ITEM] or [ITEM]", 1.0),
+    ("d0", 3): (ranking([9]), "Enjoy [ITEM]", 3.0),
+    ("d1", 2): (ranking([7], {D: 30}), "no idea", 4.0),
+}
+
+
+class StubStore:
+    def __init__(self, items):
+        self.items, self.ids = items, [it.id for it in items]
+        self.index = {item_id: i for i, item_id in enumerate(self.ids)}
+
+    def __len__(self):
+        return len(self.items)
+
+    def vectors(self, model, indices):
+        return torch.eye(len(self))[indices]
+
+    def all_vectors(self, model):
+        return torch.eye(len(self))
+
+
+class StubModel:
+    """recommend / generate / training_losses from PLAN, looked up by the context tokens."""
+    device = torch.device("cpu")
+
+    def __init__(self, encoder, samples):
+        self.tokenizer = encoder.tokenizer
+        self.rec_end_id = self.tokenizer.convert_tokens_to_ids(REC_END)
+        self.plan = {}
+        for s in samples:
+            ids, _ = encoder.encode_context(s.context)
+            self.plan[tuple(ids)] = PLAN[(s.dialogue_id, s.turn_index)]
+        self.injected = []
+
+    def eval(self):
+        return self
+
+    def _rows(self, context_ids, context_len):
+        return [self.plan[tuple(context_ids[i, : context_len[i]].tolist())] for i in range(len(context_len))]
+
+    def recommend(self, context_ids, context_items, context_len, catalog_vectors, m_inference, rerank=True,
+                  index=None, sort=True):
+        tops, scores = [], []
+        for order, _, _ in self._rows(context_ids, context_len):
+            final = order[:m_inference]
+            recall_order = final[::-1]            # the re-rank scores must undo this
+            tops.append(recall_order)
+            scores.append([-float(final.index(i)) for i in recall_order])
+        return torch.tensor(tops), torch.tensor(scores)
+
+    def generate(self, context_ids, context_items, context_len, catalog_vectors, rec, prompt_ids, strategy,
+                 max_new_tokens, seed=0):
+        self.injected += rec.tolist()
+        return [self.tokenizer(reply)["input_ids"] + [self.tokenizer.eos_token_id]
+                for _, reply, _ in self._rows(context_ids, context_len)]
+
+    def training_losses(self, batch, vectors, row, negatives, negative_rows, score_items=False):
+        context_ids, context_len = batch.context_ids, batch.context_len
+        nll = sum(per_sample for _, _, per_sample in self._rows(context_ids, context_len))
+        return {"gen_nll_sum": torch.tensor(nll), "gen_tokens": (batch.gen_labels != -100).sum()}
+
+
+@pytest.fixture
+def setup():
+    samples = make_samples(DIALOGUES)
+    assert [(s.target, s.target_seen_before, s.repeated) for s in samples] == [
+        (str(B), False, False), (str(E), False, True), (None, False, False), (str(D), True, False)]
+    store = StubStore(ITEMS)
+    encoder = DialogueEncoder(WordTokenizer(), store.index, 256, 64)
+    return StubModel(encoder, samples), store, encoder, samples
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_evaluate_numbers_by_hand(setup, batch_size):
+    model, store, encoder, samples = setup
+    out = evaluate(model, store, encoder, samples, m_inference=N_ITEMS, batch_size=batch_size, generate=True)
+    # Recall over s0, s1, s3 (s2 has no target): B at rank 1, E at rank 5, D at rank 30.
+    assert out["n_samples"] == 4 and out["n_rec_samples"] == 3
+    assert (out["recall@1"], out["recall@10"], out["recall@50"]) == pytest.approx((1 / 3, 2 / 3, 1.0))
+    # Dedup drops s3 (D was mentioned before), not s1 (repeated but new): s0, s1.
+    assert out["n_dedup_samples"] == 2
+    assert (out["dedup_recall@1"], out["dedup_recall@10"], out["dedup_recall@50"]) == pytest.approx((0.5, 1, 1))
+    # Unique: top-1 of the samples with a target only: B, B, 7.
+    assert out["unique"] == 2
+    # Naive baseline (earlier items, latest first): s0 [A], s1 [A], s3 [D] -> only s3 hits.
+    assert (out["naive_recall@1"], out["naive_recall@50"]) == pytest.approx((1 / 3, 1 / 3))
+    assert out["naive_dedup_recall@1"] == 0
+    # Generation: one reply per recommender turn (s0, s2, s3), each with its own top-1 injected.
+    assert model.injected == [B, 9, 7] and out["n_gen_samples"] == 3
+    # ROUGE-1 F: 1, 2/3 ("enjoy item" vs "enjoy"), 0; ROUGE-2 F: 1, 0, 0 (x100, mean).
+    assert out["rouge1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
+    assert out["rouge2"] == pytest.approx(100 / 3)
+    # [ITEM] in reply vs reference: (yes, yes), (yes, no), (no, yes): F1 = 2/(2+1+1).
+    assert out["f1_item"] == pytest.approx(50.0)
+    # Dist@n: distinct n-grams of all replies / 3 replies (3+1+1 bigrams, 2 trigrams, 1 4-gram).
+    assert (out["dist2"], out["dist3"], out["dist4"]) == pytest.approx((5 / 3, 2 / 3, 1 / 3))
+    # Perplexity over all four samples: NLL 1+1+3+4, tokens (4+1)+(4+1)+(1+1)+(2+1).
+    assert out["ppl"] == pytest.approx(math.exp(9 / 15))
+    assert [e["recommended"] for e in out["examples"]] == ["Movie 1 (2001)", "Movie 9 (2009)", "Movie 7 (2007)"]
+    assert [e["generated"] for e in out["examples"]] == ["Try [ITEM] or [ITEM]", "Enjoy [ITEM]", "no idea"]
+
+
+def test_recall_only_by_hand(setup):
+    model, store, encoder, samples = setup
+    out = recall_only(model, store, encoder, samples, m_inference=N_ITEMS, batch_size=2)
+    assert (out["recall@1"], out["recall@10"], out["recall@50"]) == pytest.approx((1 / 3, 2 / 3, 1.0))
+    assert out["recall_mean"] == pytest.approx(np.mean([1 / 3, 2 / 3, 1.0]))
+
+
+def test_m_inference_limits_the_candidates(setup):
+    """With M = 20 recall candidates, D (rank 30) is never retrieved: recall@50 drops to 2/3."""
+    model, store, encoder, samples = setup
+    out = evaluate(model, store, encoder, samples, m_inference=20, batch_size=4, generate=False)
+    assert out["recall@50"] == pytest.approx(2 / 3) and out["rouge1"] is None
