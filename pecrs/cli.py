@@ -110,6 +110,27 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _item_fields(text: str) -> str:
+    """A comma-separated list of item fields, checked as the config checks model.item_fields."""
+    from .config import ConfigError, check_value
+
+    try:
+        check_value("model.item_fields", text.split(","), list[str])
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def add_evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a trained run",
                               description="Recommendation and conversation metrics (§4.1) on one split.")
@@ -117,12 +138,13 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--decoding", default="top_k", help="decoding strategy (pecrs.decoding.PRESETS)")
-    p.add_argument("--m-inference", type=int, help="candidates retrieved then re-ranked")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-samples", type=int, help="evaluate the first N samples only")
+    p.add_argument("--m-inference", type=_positive_int, help="candidates retrieved then re-ranked")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--max-samples", type=_positive_int, help="evaluate the first N samples only")
     p.add_argument("--no-generate", action="store_true", help="recommendation metrics and perplexity only")
     p.add_argument("--dataset", help="dataset folder (default: the one the run trained on)")
-    p.add_argument("--item-fields", help="comma-separated item fields, e.g. title,genres (Table 6)")
+    p.add_argument("--item-fields", type=_item_fields,
+                   help="comma-separated item fields, e.g. title,genres (Table 6)")
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")

@@ -121,3 +121,21 @@ def test_validate_catches_values_set_in_code():
     cfg.train.batch_size = "4"
     with pytest.raises(ConfigError, match=r"train\.batch_size.*'4' \(str\)"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--item-fields", "title,budget"], ["--item-fields", "budget"]),
+    (["--batch-size", "0"], ["--batch-size", "positive integer", "'0'"]),
+    (["--m-inference", "many"], ["--m-inference", "'many'"]),
+    (["--max-samples", "-3"], ["--max-samples", "'-3'"]),
+])
+def test_evaluate_options_checked_while_parsing(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["evaluate", "run", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and all(w in err for w in words), err
+
+
+def test_evaluate_options_that_parse():
+    args = build_parser().parse_args(["evaluate", "run", "--item-fields", "title,genres", "--batch-size", "4"])
+    assert args.item_fields == "title,genres" and args.batch_size == 4
