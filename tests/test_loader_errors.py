@@ -1,6 +1,5 @@
 """Bad dataset files the loaders once let through as tracebacks or unclear messages: each one is
 now a DataError naming the file, the line and the field, in plain words."""
-import csv
 import json
 
 import pytest
@@ -8,6 +7,7 @@ import pytest
 from pecrs.cli import main
 from pecrs.data import DataError
 from pecrs.loaders import load_dataset, load_items
+from test_data import tsv_folder
 
 ITEMS = [{"id": "10", "title": "Heat", "year": 1995}, {"id": "20", "title": "Up", "year": 2009}]
 GOOD = {"id": "d0", "turns": [{"role": "seeker", "text": "Hi"},
@@ -152,13 +152,8 @@ def test_cli_empty_train_split_exits_2(tmp_path, capsys):
 TSV_HEADER = ["dialog_id", "speaker", "text", "text_with_placeholder", "movie_dict"]
 
 
-def tsv(tmp_path, lines):
-    write_jsonl(tmp_path / "items.jsonl", ITEMS)
-    with open(tmp_path / "dev.tsv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(TSV_HEADER)
-        w.writerows(lines)
-    return tmp_path
+def tsv(tmp_path, rows):
+    return tsv_folder(tmp_path, rows, header=TSV_HEADER)
 
 
 def test_short_tsv_row(tmp_path):
