@@ -53,24 +53,32 @@ def _read_text(path: Path) -> str:
                         path=str(path), line=line) from None
 
 
+def parse_json_line(line: str, where: dict) -> dict:
+    """One JSON Lines line as an object; anything else (malformed or too deeply nested JSON, an
+    integer too long to convert, not an object) is a DataError at `where` ({"path", "line"})."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", **where) from None
+    except RecursionError:
+        raise DataError("malformed JSON: nested too deeply", **where) from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"malformed JSON: {e}", **where) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
+    return obj
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (split at \\n only), non-UTF-8 bytes a DataError."""
+    return _read_text(path).split("\n")
+
+
 def _read_jsonl(path: Path):
     """Yield (line number, object) for each non-blank line; malformed JSON is a DataError."""
-    for n, line in enumerate(_read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue  # a trailing newline or blank separator line is harmless
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON: {e.msg} (column {e.colno})",
-                            path=str(path), line=n) from None
-        except RecursionError:
-            raise DataError("malformed JSON: nested too deeply", path=str(path), line=n) from None
-        except ValueError as e:  # e.g. an integer of more than 4,300 digits
-            raise DataError(f"malformed JSON: {e}", path=str(path), line=n) from None
-        if not isinstance(obj, dict):
-            raise DataError(f"expected a JSON object, got {type(obj).__name__}",
-                            path=str(path), line=n)
-        yield n, obj
+    for n, line in enumerate(read_lines(path), 1):
+        if line.strip():  # a trailing newline or blank separator line is harmless
+            yield n, parse_json_line(line, {"path": str(path), "line": n})
 
 
 def _read_csv(path: Path, delimiter: str, columns) -> csv.DictReader:

@@ -183,3 +183,24 @@ def test_movies_csv_rows(tmp_path):
     (tmp_path / "movies_with_mentions.csv").write_text("movieId,movieName\n,Heat (1995)\n")
     e = error(tmp_path)
     assert e.line == 2 and e.field == "movieId"
+
+
+def test_line_helpers_for_other_readers(tmp_path):
+    """parse_json_line / read_lines: what a reader of JSON Lines outside the loaders (e.g. the
+    lenient catalog reader of pecrs serve --catalog) needs to give the same errors."""
+    from pecrs.loaders import parse_json_line, read_lines
+
+    where = {"path": "f.jsonl", "line": 4}
+    assert parse_json_line('{"a": 1}', where) == {"a": 1}
+    for line, words in [("[1]", "expected a JSON object, got list"), ("[" * 50_000, "nested too deeply"),
+                        ('{"a": "x', "Unterminated string starting at (column 6)"),
+                        ('{"a": ' + "1" * 5000 + "}", "malformed JSON")]:
+        with pytest.raises(DataError) as e:
+            parse_json_line(line, where)
+        assert str(e.value).startswith("f.jsonl:4: ") and words in str(e.value), str(e.value)
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"a\r\nb\xe2\x80\xa8c\n")
+    assert read_lines(path) == ["a\r", "b\u2028c", ""]
+    path.write_bytes(b"ok\n\x80\n")
+    with pytest.raises(DataError, match=r"x\.jsonl:2: not UTF-8 text: byte 0x80 at column 1"):
+        read_lines(path)
