@@ -58,8 +58,9 @@ def parse_json_line(line: str, where: dict) -> dict:
     integer too long to convert, not an object) is a DataError at `where` ({"path", "line"})."""
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", **where) from None
+    except json.JSONDecodeError as e:  # e.msg may end in "at" ("Unterminated string starting at")
+        at = "" if e.msg.endswith(" at") else " at"
+        raise DataError(f"malformed JSON: {e.msg}{at} column {e.colno}", **where) from None
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", **where) from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits

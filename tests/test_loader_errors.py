@@ -64,7 +64,9 @@ def test_json_error_wording(tmp_path):
     jsonl_folder(tmp_path, [GOOD, '{"id": "d1", "turns": "unterminated'])
     message = str(error(tmp_path))
     assert "train.jsonl:2" in message and "at at" not in message
-    assert "Unterminated string starting at" in message and "(column " in message
+    assert "Unterminated string starting at column 23" in message
+    jsonl_folder(tmp_path, ['{"id": "d1", "turns": }'])
+    assert "train.jsonl:1: malformed JSON: Expecting value at column 23" in str(error(tmp_path))
 
 
 @pytest.mark.parametrize("data, line, column", [
@@ -193,7 +195,7 @@ def test_line_helpers_for_other_readers(tmp_path):
     where = {"path": "f.jsonl", "line": 4}
     assert parse_json_line('{"a": 1}', where) == {"a": 1}
     for line, words in [("[1]", "expected a JSON object, got list"), ("[" * 50_000, "nested too deeply"),
-                        ('{"a": "x', "Unterminated string starting at (column 6)"),
+                        ('{"a": "x', "Unterminated string starting at column 7"),
                         ('{"a": ' + "1" * 5000 + "}", "malformed JSON")]:
         with pytest.raises(DataError) as e:
             parse_json_line(line, where)
