@@ -9,7 +9,7 @@ import pytest
 
 from pecrs.data import ITEM, REC, REC_END, RECOMMENDER, SEEKER, SEP, Dialogue, Turn
 from pecrs.samples import make_samples
-from pecrs.tokens import NO_ITEM, DialogueEncoder, collate, static_widths
+from pecrs.tokens import NO_ITEM, DialogueEncoder, collate
 
 
 class WordTokenizer:
@@ -152,7 +152,6 @@ def test_collate_layout_of_the_generation_segment():
     assert gen1 == ["Recommender:", "You", "are", "welcome", "</s>"]
     assert batch.gen_ids[1, batch.gen_len[1]:].tolist() == [tok.pad_token_id] * 2
     assert batch.context_len.tolist() == [7, 7] and batch.target.tolist() == [3, NO_ITEM]
-    assert static_widths(enc) == (7, 2 + 1 + 3 + 1)
 
 
 def test_real_tokenizer_keeps_the_end():
