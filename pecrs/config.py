@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import operator
 import re
 import types
 import typing
@@ -148,28 +148,35 @@ def _build(kind, values: dict, section: str):
 
 
 # ---- value checks --------------------------------------------------------------------------------
-# Types come from the dataclass hints; these tables add what a type cannot say. A bound is
-# (lowest, inclusive); None values of optional fields are not bounded.
+# Types come from the dataclass hints; these tables add what a type cannot say. A bound is a list
+# of comparisons that must all hold; None values of optional fields are not bounded.
 
-_BOUNDS: dict[str, tuple[float, bool]] = {
-    "model.lora_r": (1, True), "model.lora_alpha": (0, False), "model.lora_dropout": (0, True),
-    "model.item_max_tokens": (1, True), "model.recall_temperature": (0, False),
-    "model.context_max_tokens": (1, True), "model.response_max_tokens": (1, True),
-    "train.max_train_samples": (0, True), "train.max_eval_samples": (0, True),
-    "train.epochs": (1, True), "train.batch_size": (1, True), "train.grad_accum": (1, True),
-    "train.lr": (0, False), "train.warmup_epochs": (0, True), "train.weight_decay": (0, True),
-    "train.alpha": (0, True), "train.beta": (0, True), "train.gamma": (0, True),
-    "train.m_train": (1, True), "train.m_inference": (1, True), "train.eval_every_epochs": (1, True),
-    "train.eval_batch_size": (1, True), "train.checkpoint_every": (0, True),
-    "train.max_train_minutes": (0, False),
+_BOUNDS: dict[str, str] = {
+    "model.lora_r": ">= 1", "model.lora_alpha": "> 0", "model.lora_dropout": ">= 0, < 1",
+    "model.item_max_tokens": ">= 1", "model.recall_temperature": "> 0",
+    "model.context_max_tokens": ">= 1", "model.response_max_tokens": ">= 1",
+    "train.max_train_samples": ">= 0", "train.max_eval_samples": ">= 0",
+    "train.epochs": ">= 1", "train.batch_size": ">= 1", "train.grad_accum": ">= 1",
+    "train.lr": "> 0", "train.lr_reference_batch": ">= 1", "train.warmup_epochs": ">= 0",
+    "train.warmup_steps": ">= 0", "train.weight_decay": ">= 0",
+    "train.alpha": ">= 0", "train.beta": ">= 0", "train.gamma": ">= 0",
+    "train.m_train": ">= 1", "train.recall_pool": ">= 1", "train.rerank_temperature": "> 0",
+    "train.label_smoothing": ">= 0, < 1", "train.m_inference": ">= 1",
+    "train.seed": f">= 0, <= {2**32 - 1}",      # numpy's seed range
+    "train.eval_every_epochs": ">= 1", "train.eval_batch_size": ">= 1",
+    "train.checkpoint_every": ">= 0", "train.max_train_minutes": "> 0",
 }
-_BELOW_ONE = {"model.lora_dropout"}          # a probability: also < 1
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 ITEM_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Item) if f.name != "id")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.item_encoding": ("cached", "adapted"),
     "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "train.frozen_dtype": ("auto", "float32", "bfloat16"),
+    "train.step_mode": ("auto", "eager", "compile", "cudagraphs"),
+    "train.loss_normalization": ("batch", "targets"),
 }
-_NON_EMPTY = {"model.backbone", "train.dataset", "train.train_split", "model.item_fields"}
+_NON_EMPTY = {"model.backbone", "train.dataset", "train.train_split", "model.item_fields",
+              "model.lora_target_modules"}
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -235,17 +242,15 @@ def check_value(key: str, value, hint):
         raise ConfigError(f"config {key}: expected {_describe(hint)}, got {_show(value)}")
     if value_out is None:
         return None
-    if key in _BOUNDS:
-        low, inclusive = _BOUNDS[key]
-        high_ok = value_out < 1 if key in _BELOW_ONE else True
-        if math.isnan(value_out) or not (value_out >= low if inclusive else value_out > low) or not high_ok:
-            wanted = f"{'>=' if inclusive else '>'} {low}" + (" and < 1" if key in _BELOW_ONE else "")
-            raise ConfigError(f"config {key}: expected {_describe(hint)} {wanted}, got {_show(value)}")
+    bound = _BOUNDS.get(key)
+    if bound and not all(_COMPARE[op](value_out, float(limit))      # (NaN fails every comparison)
+                         for op, limit in (part.split() for part in bound.split(", "))):
+        raise ConfigError(f"config {key}: expected {_describe(hint)} {bound}, got {_show(value)}")
     if key in _NON_EMPTY and not (value_out if isinstance(value_out, list) else str(value_out).strip()):
         raise ConfigError(f"config {key}: must not be empty, got {_show(value)}")
     choices = _CHOICES.get(key)
-    if key == "train.decoding":
-        from .decoding import ALIASES, PRESETS  # torch-heavy: only imported here
+    if key == "train.decoding" and value_out != TrainConfig.decoding:
+        from .decoding import ALIASES, PRESETS  # torch-heavy (4 s): not imported for the default
 
         choices = tuple(sorted(ALIASES) + sorted(PRESETS))
     if choices is not None and value_out not in choices:

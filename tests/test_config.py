@@ -75,6 +75,9 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("model.backbone=null", ["model.backbone", "string", "None"]),
     ("train.dataset=", ["train.dataset", "None"]),
     ("train.epochs=[1", ["train.epochs", "'[1'"]),
+    ("train.seed=-1", ["train.seed", ">= 0"]),
+    ("train.seed=4294967296", ["train.seed", "<= 4294967295"]),
+    ("model.lora_target_modules=[]", ["model.lora_target_modules", "empty"]),
 ])
 def test_bad_values_name_key_value_and_type(config_file, override, words):
     with pytest.raises(ConfigError) as e:
@@ -139,3 +142,13 @@ def test_evaluate_options_checked_while_parsing(argv, words, capsys):
 def test_evaluate_options_that_parse():
     args = build_parser().parse_args(["evaluate", "run", "--item-fields", "title,genres", "--batch-size", "4"])
     assert args.item_fields == "title,genres" and args.batch_size == 4
+
+
+def test_default_decoding_needs_no_torch():
+    """Checking a config does not import torch (4 s) unless train.decoding is not the default."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pecrs.config import RunConfig; RunConfig().validate(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
