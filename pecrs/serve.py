@@ -85,8 +85,11 @@ def clip(text, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 class BodyTooLarge(StarletteHTTPException):
+    # "Connection: close": the server drops the connection instead of reading (and discarding)
+    # the rest of the body to keep it alive.
     def __init__(self):
-        super().__init__(status_code=413, detail=f"request body over {MAX_BODY_BYTES} bytes")
+        super().__init__(status_code=413, detail=f"request body over {MAX_BODY_BYTES} bytes",
+                         headers={"connection": "close"})
 
 
 class BodyLimit:
@@ -127,8 +130,8 @@ class BodyLimit:
 
 
 async def _send_too_large(scope, send) -> None:
-    response = JSONResponse({"detail": BodyTooLarge().detail}, status_code=413,
-                            headers={"connection": "close"})
+    error = BodyTooLarge()
+    response = JSONResponse({"detail": error.detail}, status_code=413, headers=error.headers)
     await response(scope, None, send)
 
 

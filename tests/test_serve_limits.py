@@ -101,7 +101,15 @@ def test_real_server_answers_413_before_a_chunked_body_ends(app):
             except OSError:
                 pass                                             # the server may close first
             reply = s.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+            assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+            assert b"connection: close" in reply.lower()
+            while True:                     # the server closes the connection (no keep-alive
+                try:                        # that would read and drop the rest of the body)
+                    data = s.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
     finally:
         server.should_exit = True
         thread.join(10)
