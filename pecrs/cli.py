@@ -46,9 +46,10 @@ def add_data_parser(subparsers) -> None:
 
 def _train(args) -> int:
     from .config import RunConfig
+
+    config = RunConfig.load(args.config, args.overrides)   # checked before torch is even imported
     from .train import train
 
-    config = RunConfig.load(args.config, args.overrides)
     output = args.output_dir or f"runs/{Path(args.config).stem}"
     state = train(config, output, progress=not args.quiet)
     print(json.dumps({"output_dir": output, **{k: state[k] for k in ("epoch", "global_step", "best", "best_epoch")}}))

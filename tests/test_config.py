@@ -152,3 +152,15 @@ def test_default_decoding_needs_no_torch():
     code = ("import sys; from pecrs.config import RunConfig; RunConfig().validate(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_cli_bad_config_fails_before_torch_is_imported(config_file):
+    """`pecrs train C train.epochs=abc` answers at once: nothing heavy is imported first."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pecrs.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "train", str(config_file), "--output-dir", "/tmp/never",
+                           "train.epochs=abc"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "train.epochs" in done.stderr and "'abc'" in done.stderr, done.stderr
