@@ -104,6 +104,9 @@ def test_bad_value_in_the_file_itself(tmp_path):
     path.write_text("train: {epochs: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         RunConfig.load(path)
+    path.write_bytes(b"train:\n  dataset: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not UTF-8 text \(byte 21\)"):
+        RunConfig.load(path)
 
 
 def test_good_values_pass_and_stay_plain(config_file):
