@@ -512,7 +512,7 @@ def _row_trainable_tokens_class():
                 return super().forward_adapters(x, active_adapters, *args, **kwargs)
             name = active_adapters[0]
             delta = self.trainable_tokens_delta[name]
-            indices = torch.as_tensor(self.token_indices[name], device=delta.device)
+            indices = self._device_indices(name, delta.device)
             if isinstance(base, nn.Embedding):
                 # Same as peft: F.embedding with the special rows replaced by delta (then embed_scale).
                 out = F.embedding(x, base.weight, base.padding_idx, base.max_norm, base.norm_type,
@@ -525,6 +525,15 @@ def _row_trainable_tokens_class():
             # Tied LM head (peft uses no bias here either): frozen logits, then the special columns.
             out = F.linear(x, base.weight)
             return out.index_copy_(-1, indices.to(out.device), F.linear(x, delta.to(x.dtype)).to(out.dtype))
+
+        def _device_indices(self, name, device):
+            """The trainable rows as a tensor on `device`, built once: a tensor made from a Python
+            list in every forward is a host-to-device copy in every step."""
+            cache = self.__dict__.setdefault("_pecrs_indices", {})
+            key = (name, device)
+            if key not in cache:
+                cache[key] = torch.as_tensor(self.token_indices[name], device=device)
+            return cache[key]
 
     return RowTrainableTokensLayer
 

@@ -39,11 +39,21 @@ class ItemStore:
         self.mode = "cached"
         return self
 
+    def to(self, device) -> "ItemStore":
+        """Keep token ids, masks and cached states on `device` (in place), so that gathering a
+        step's items is a device-side index, not a host-to-device copy."""
+        self.input_ids = self.input_ids.to(device)
+        self.attention_mask = self.attention_mask.to(device)
+        if self.states is not None:
+            self.states = self.states.to(device)
+        return self
+
     def token_states(self, model, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = indices.cpu()
+        idx = indices.to(self.attention_mask.device)
         mask = self.attention_mask[idx]
         if self.mode == "cached":
             return self.states[idx.to(self.states.device)], mask
+        # "adapted" runs the LM over the items; its length-sorted batching reads lengths on the host.
         return model.item_token_states(self.input_ids[idx], mask, adapted=True), mask
 
     def vectors(self, model, indices: torch.Tensor) -> torch.Tensor:
@@ -73,11 +83,24 @@ def sample_negatives(n_items: int, positives: torch.Tensor, m: int, rows: int | 
     return torch.multinomial(weights.expand(rows, n_items), m, replacement=False, generator=generator)
 
 
+def vector_slots(n_items: int, *index_tensors: torch.Tensor, size: int | None = None):
+    """On the host: the distinct catalog indices a batch touches, (items [U], row [n_items]) with
+    row[items[j]] = j (-1 elsewhere). `size` pads items to a fixed U (repeating the first index;
+    the padded rows are computed and never read) so that every step has the same shapes."""
+    flat = torch.cat([t.flatten().cpu() for t in index_tensors])
+    needed = torch.unique(flat[flat >= 0])
+    row = torch.full((n_items,), -1, dtype=torch.long)
+    row[needed] = torch.arange(len(needed))
+    if size is not None:
+        if len(needed) > size:
+            raise ValueError(f"the batch touches {len(needed)} items, more than its fixed item slots ({size})")
+        fill = needed[:1] if len(needed) else torch.zeros(1, dtype=torch.long)
+        needed = torch.cat([needed, fill.expand(size - len(needed))])
+    return needed, row
+
+
 def batch_item_vectors(model, store: ItemStore, *index_tensors: torch.Tensor):
     """Vectors for every item the batch touches, computed once: (vectors [U, d], row [N])
     where row maps a catalog index to its row in vectors."""
-    flat = torch.cat([t.flatten().cpu() for t in index_tensors])
-    needed = torch.unique(flat[flat >= 0])
-    row = torch.full((len(store),), -1, dtype=torch.long)
-    row[needed] = torch.arange(len(needed))
+    needed, row = vector_slots(len(store), *index_tensors)
     return store.vectors(model, needed), row.to(model.device)

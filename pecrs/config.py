@@ -54,16 +54,26 @@ class TrainConfig:
     batch_size: int = 2                     # per device
     grad_accum: int = 1                     # effective batch = batch_size * grad_accum * devices
     lr: float = 3e-5
+    lr_reference_batch: int | None = None   # set: lr is tuned at this batch, scaled by sqrt(batch / it)
     warmup_epochs: float = 1.0
+    warmup_steps: int | None = None         # set: warm-up in optimiser updates (overrides warmup_epochs)
     weight_decay: float = 0.0
     alpha: float = 0.15                     # recall loss weight
     beta: float = 0.85                      # rerank loss weight
     gamma: float = 1.0                      # generation loss weight
-    m_train: int = 150                      # negatives per batch
+    m_train: int = 150                      # rerank negatives per row (and recall negatives per batch)
+    recall_pool: int | None = None          # shared recall negatives per step (None: m_train, the paper)
+    loss_normalization: str = "batch"       # recall/rerank / B ("batch", Eq. 4-5) or / rows with a target ("targets")
+    rerank_temperature: float = 1.0         # rerank logits divided by this in the loss
+    label_smoothing: float = 0.0            # generation loss only
     m_inference: int = 700                  # candidates retrieved then re-ranked
     share_negatives_batch: bool = True      # Table 5 ablations
     share_negatives_tasks: bool = True
     mixed_precision: str = "auto"           # "auto": bf16 on GPUs that have it, else none
+    frozen_dtype: str = "auto"              # frozen LM weights: "float32", "bfloat16", "auto" (bf16 with bf16 autocast)
+    static_shapes: bool | None = None       # fixed tensor shapes every step (None: on a GPU)
+    step_mode: str = "auto"                 # "eager", "compile", "cudagraphs", "auto" (pecrs.step)
+    compile_backend: str = "inductor"       # torch.compile backend of the compiled modes
     seed: int = 42
     eval_every_epochs: int = 1
     eval_generate: bool = False             # dev selection uses recall only (§4.1); test generates

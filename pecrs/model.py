@@ -168,14 +168,24 @@ class PECRS(nn.Module):
     # ----- training -------------------------------------------------------------------------
     def training_losses(self, batch: Batch, vectors: torch.Tensor, vector_row: torch.Tensor,
                         recall_negatives: torch.Tensor, rerank_negatives: torch.Tensor,
-                        generator: torch.Generator | None = None, score_items: bool = True
+                        generator: torch.Generator | None = None, score_items: bool = True,
+                        place: torch.Tensor | None = None, normalize: str = "batch",
+                        rerank_temperature: float = 1.0, label_smoothing: float = 0.0,
                         ) -> dict[str, torch.Tensor]:
         """The three losses of Eq. 8 for one batch, in one LM forward pass.
 
         vectors [U, d]: item vectors of every item this batch touches; vector_row [N_catalog]
-        maps a catalog index to its row in `vectors`. recall_/rerank_negatives [B, M]: catalog
-        indices (the same rows everywhere when negatives are shared, §3.6). score_items=False
-        skips recall and rerank (perplexity evaluation).
+        maps a catalog index to its row in `vectors`. recall_negatives [B, Mr], rerank_negatives
+        [B, M]: catalog indices (the same rows everywhere when negatives are shared, §3.6); M = 0
+        (or score_items=False, perplexity evaluation) skips recall and rerank. place [B]: where
+        the positive sits among the M+1 candidates (drawn with `generator` when None).
+
+        Nothing here reads a device value on the host: whether candidates are laid out is decided
+        by the shape of rerank_negatives, so a training step never waits for the GPU.
+        normalize: "batch" divides recall and rerank by B, rows without a target adding 0 (Eq. 4–5
+        as written); "targets" by the number of rows with a target (the authors' released code).
+        rerank_temperature divides the rerank logits; label_smoothing applies to the generation
+        loss only (the summed NLL returned for perplexity is never smoothed).
         """
         B, Lc = batch.context_ids.shape
         Lg = batch.gen_ids.shape[1]
@@ -191,12 +201,12 @@ class PECRS(nn.Module):
         gen_emb = self.embed(batch.gen_ids, gen_items, vectors)
 
         # Candidates: the positive at a random place among the rerank negatives (§3.3).
-        use_candidates = score_items and bool(has_target.any())
+        use_candidates = score_items and rerank_negatives.shape[1] > 0
         if use_candidates:
             M = rerank_negatives.shape[1]
             C = M + 1
-            place = torch.randint(0, C, (B,), device=dev, generator=generator)
-            cand = torch.empty(B, C, dtype=torch.long, device=dev)
+            if place is None:
+                place = torch.randint(0, C, (B,), generator=generator).to(dev)
             slot = torch.arange(C, device=dev).unsqueeze(0)
             is_pos = slot == place.unsqueeze(1)
             neg_slot = (slot - (slot > place.unsqueeze(1)).long()).clamp(max=M - 1)
@@ -221,7 +231,8 @@ class PECRS(nn.Module):
 
         # Block attention pattern [B, T, T].
         T = Lc + C + Lg
-        seg = torch.cat([torch.zeros(Lc), torch.ones(C), torch.full((Lg,), 2)]).to(dev)
+        ar_t = torch.arange(Lc + C + Lg, device=dev)
+        seg = (ar_t >= Lc).long() + (ar_t >= Lc + C).long()                     # 0 context, 1 candidates, 2 gen
         idx = torch.cat([ar_c, torch.arange(C, device=dev), ar_g])
         valid = torch.cat([ar_c < ctx_len.unsqueeze(1),
                            torch.ones(B, C, dtype=torch.bool, device=dev),
@@ -240,7 +251,12 @@ class PECRS(nn.Module):
         h = self.run_decoder(embeds, allowed, positions).last_hidden_state
 
         losses = {}
-        n = B  # Eq. 4–5 average over all data points; rows without a target add 0 (§3.3)
+        if normalize == "batch":
+            n = B  # Eq. 4–5 average over all data points; rows without a target add 0 (§3.3)
+        elif normalize == "targets":
+            n = has_target.sum().clamp_min(1)
+        else:
+            raise ValueError(f"normalize must be 'batch' or 'targets', not {normalize!r}")
         if use_candidates:
             query = self.f(h[rows, ctx_len - 1])
             keys_idx = torch.cat([batch.target.clamp_min(0).unsqueeze(1), recall_negatives], 1)
@@ -248,7 +264,7 @@ class PECRS(nn.Module):
             recall_ce = F.cross_entropy(recall_logits.float(), torch.zeros(B, dtype=torch.long, device=dev),
                                         reduction="none")
             losses["recall"] = (recall_ce * has_target).sum() / n
-            rerank_logits = self.rerank_scores(h[:, Lc:Lc + C])
+            rerank_logits = self.rerank_scores(h[:, Lc:Lc + C]) / rerank_temperature
             rerank_ce = F.cross_entropy(rerank_logits.float(), place, reduction="none")
             losses["rerank"] = (rerank_ce * has_target).sum() / n
         else:
@@ -260,12 +276,23 @@ class PECRS(nn.Module):
         token_nll = F.cross_entropy(logits.float().transpose(1, 2), batch.gen_labels, reduction="none",
                                     ignore_index=-100)
         counted = (batch.gen_labels != -100)
-        losses["gen"] = (token_nll.sum(1) / counted.sum(1).clamp_min(1)).mean()
+        token_loss = token_nll if not label_smoothing else F.cross_entropy(
+            logits.float().transpose(1, 2), batch.gen_labels, reduction="none", ignore_index=-100,
+            label_smoothing=label_smoothing)
+        losses["gen"] = (token_loss.sum(1) / counted.sum(1).clamp_min(1)).mean()
         losses["gen_nll_sum"] = token_nll.sum().detach()
         losses["gen_tokens"] = counted.sum().detach()
         return losses
 
-    forward = training_losses  # so DDP (accelerate) sees the training computation
+    def forward(self, batch: Batch, item_states: torch.Tensor, item_mask: torch.Tensor, vector_row: torch.Tensor,
+                recall_negatives: torch.Tensor, rerank_negatives: torch.Tensor, place: torch.Tensor,
+                **loss_options) -> dict[str, torch.Tensor]:
+        """One training step's losses from the token states of the items it touches
+        (item_states [U, L, d], item_mask [U, L]): Eq. 1 for those items, then `training_losses`.
+        Item encoding happens inside forward so that DDP and torch.compile see all of the step."""
+        vectors = self.item_encoder(item_states, item_mask)
+        return self.training_losses(batch, vectors, vector_row, recall_negatives, rerank_negatives,
+                                    place=place, **loss_options)
 
     # ----- inference (§3.6) -----------------------------------------------------------------
     def context_pass(self, context_ids, context_items, context_len, item_vectors, keep_cache: bool = True):

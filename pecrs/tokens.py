@@ -118,14 +118,31 @@ class Batch:
     def has_target(self) -> torch.Tensor:
         return self.target >= 0
 
-    def to(self, device) -> "Batch":
-        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        """Copy to `device`. non_blocking=True with pinned host memory lets the copy overlap the
+        GPU's work on the previous step (pin with `pin_memory()` first)."""
+        return Batch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.__dict__.items()})
+
+    def pin_memory(self) -> "Batch":
+        return Batch(**{k: v.pin_memory() for k, v in self.__dict__.items()})
+
+    def select(self, rows) -> "Batch":
+        """The rows `rows` (a slice or index tensor) of every field, widths unchanged."""
+        return Batch(**{k: v[rows] for k, v in self.__dict__.items()})
 
 
-def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int) -> Batch:
-    """Pad a list of encoded samples into a `Batch` (a loop over the B rows, not over tokens)."""
+def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_width: int | None = None,
+            gen_width: int | None = None) -> Batch:
+    """Pad a list of encoded samples into a `Batch` (a loop over the B rows, not over tokens).
+
+    context_width / gen_width pad to a fixed width instead of the batch's longest row, so every
+    batch has the same shapes (what CUDA graphs and compiled steps need; see `static_widths`)."""
     B = len(encoded)
     Lc = max(len(e.context_ids) for e in encoded)
+    if context_width is not None:
+        if Lc > context_width:
+            raise ValueError(f"a context of {Lc} tokens does not fit context_width={context_width}")
+        Lc = context_width
     gens, gen_items, labels = [], [], []
     for e in encoded:
         head_ids, head_items = ([0, rec_end_id], [e.target, NO_ITEM]) if e.target >= 0 else ([], [])
@@ -136,6 +153,10 @@ def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int) -> Batch
         first_response = len(ids) - len(e.response_ids)
         labels.append([-100] * (first_response - 1) + e.response_ids + [-100])
     Lg = max(len(g) for g in gens)
+    if gen_width is not None:
+        if Lg > gen_width:
+            raise ValueError(f"a generation segment of {Lg} tokens does not fit gen_width={gen_width}")
+        Lg = gen_width
 
     def pad(rows, width, value):
         out = torch.full((B, width), value, dtype=torch.long)
@@ -153,3 +174,11 @@ def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int) -> Batch
         gen_labels=pad(labels, Lg, -100),
         target=torch.tensor([e.target for e in encoded]),
     )
+
+
+def static_widths(encoder: DialogueEncoder) -> tuple[int, int]:
+    """(context_width, gen_width): the longest context and generation segment `encoder` can
+    produce, i.e. the fixed shapes of `collate(..., *static_widths(encoder))`.
+    Context: `context_max_tokens` + [REC]. Generation: v_p, [REC_END], prompt, response, EOS."""
+    prompt = encoder.role_ids[RECOMMENDER]
+    return encoder.context_max_tokens + 1, 2 + len(prompt) + encoder.response_max_tokens + 1

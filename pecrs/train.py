@@ -23,15 +23,16 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from .catalog import ItemStore, batch_item_vectors, sample_negatives
+from .catalog import ItemStore
 from .config import RunConfig
 from .data import DatasetBundle, Sample
 from .evaluate import recall_only
 from .loaders import load_dataset
 from .model import PECRS
-from .pretrained import build_model, load_weights, save_pretrained
+from .pretrained import build_model, load_weights, recover_checkpoint, save_pretrained
 from .samples import make_samples
-from .tokens import DialogueEncoder, collate
+from .step import StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, scaled_lr, step_losses
+from .tokens import DialogueEncoder, collate, static_widths
 
 STATE_FILE = "trainer_state.pt"
 
@@ -77,20 +78,10 @@ def step_seed(seed: int, epoch: int, batch: int) -> int:
 
 
 def training_step_losses(model: PECRS, store: ItemStore, batch, config: RunConfig, generator: torch.Generator):
-    """Sample the batch's negatives (§3.6) and compute the three losses."""
-    t = config.train
-    B = len(batch.target)
-    positives = batch.target[batch.target >= 0]
-    n_items = len(store)
-    rows = None if t.share_negatives_batch else B
-    recall_neg = sample_negatives(n_items, positives, t.m_train, rows, generator)
-    rerank_neg = recall_neg if t.share_negatives_tasks else sample_negatives(n_items, positives, t.m_train, rows, generator)
-    if rows is None:
-        recall_neg, rerank_neg = recall_neg.expand(B, -1), rerank_neg.expand(B, -1)
-    vectors, row = batch_item_vectors(model, store, batch.target, recall_neg, rerank_neg, batch.context_items,
-                                      batch.gen_items)
-    dev = batch.target.device
-    return model(batch, vectors, row, recall_neg.to(dev), rerank_neg.to(dev), generator=None)
+    """Sample the batch's negatives (§3.6) and compute the three losses: `plan_step` on the host,
+    then `step_losses` on the model's device (what `train` runs, for one collated batch)."""
+    inputs = plan_step(batch.to("cpu"), len(store), config.train, generator)
+    return step_losses(model, store, inputs.to(model.device), config.train)
 
 
 def total_loss(losses: dict, config: RunConfig) -> torch.Tensor:
@@ -107,8 +98,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=t.grad_accum)
+    device = accelerator.device
+    cuda = device.type == "cuda"
 
-    setup = prepare(config, device=accelerator.device)
+    setup = prepare(config, device=device)
     model, store, encoder = setup.model, setup.store, setup.encoder
     train_samples = setup.samples[t.train_split]
     if not train_samples:
@@ -116,21 +109,44 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     encoded = encoder.encode_all(train_samples)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
+    # Shapes, precision and how the step runs (pecrs.step; docs/performance.md).
+    world = accelerator.num_processes
+    rows_per_step = t.batch_size * world
+    static = cuda if t.static_shapes is None else t.static_shapes
+    widths = static_widths(encoder) if static else (None, None)
+    slots = item_slots(encoded, rows_per_step, t) if static else None
+    frozen = t.frozen_dtype if t.frozen_dtype != "auto" else ("bfloat16" if precision == "bf16" else "float32")
+    if frozen not in ("float32", "bfloat16"):
+        raise ValueError(f"train.frozen_dtype must be 'auto', 'float32' or 'bfloat16', not {t.frozen_dtype!r}")
+    if frozen == "bfloat16":
+        cast_frozen(model, torch.bfloat16)
+    store.to(device)
+    mode = resolve_step_mode(t.step_mode, device, static)
+
     params = [p for p in model.parameters() if p.requires_grad]
+    effective_batch = rows_per_step * t.grad_accum
+    lr = scaled_lr(t, effective_batch)
     # Fused AdamW on GPUs: one kernel for all parameters instead of several per tensor (a PECRS
     # step on a small backbone is dominated by kernel launches, docs/results.md).
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
-                                  fused=accelerator.device.type == "cuda")
-    world = accelerator.num_processes
-    batches_per_epoch = math.ceil(len(encoded) / (t.batch_size * world))
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, fused=cuda)
+    batches_per_epoch = math.ceil(len(encoded) / rows_per_step)
     updates_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_epochs * updates_per_epoch),
-                                                updates_per_epoch * t.epochs)
+    warmup = t.warmup_steps if t.warmup_steps is not None else int(t.warmup_epochs * updates_per_epoch)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, updates_per_epoch * t.epochs)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
+    runner = StepRunner(model, mode, t.compile_backend)
+    accelerator.print(json.dumps({"setup": {
+        "device": str(device), "processes": world, "effective_batch": effective_batch, "lr": lr,
+        "warmup_updates": warmup, "updates_per_epoch": updates_per_epoch, "static_shapes": static,
+        "mixed_precision": precision, "frozen_dtype": frozen, "step_mode": runner.mode}}))
 
     state = {"epoch": 0, "batch": 0, "global_step": 0, "best": -1.0, "best_epoch": None}
     last = out / "last"
+    if accelerator.is_main_process:  # a crash between the two renames of a save loses nothing
+        recover_checkpoint(last)
+        recover_checkpoint(out / "best")
+    accelerator.wait_for_everyone()
     if (last / STATE_FILE).is_file():
         state = _resume(core, optimizer, scheduler, last)
         accelerator.print(f"resuming from {last}: epoch {state['epoch']}, batch {state['batch']}")
@@ -138,25 +154,38 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     log_path = out / "metrics.jsonl"
     steps_done = 0
     deadline = time.perf_counter() + 60 * t.max_train_minutes if t.max_train_minutes else None
+    pad_id = core.tokenizer.pad_token_id
     for epoch in range(state["epoch"], t.epochs):
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(step_seed(t.seed, epoch, -1)))
-        batches = [order[i:i + t.batch_size * world] for i in range(0, len(order), t.batch_size * world)]
+        batches = [order[i:i + rows_per_step] for i in range(0, len(order), rows_per_step)]
         model.train()
+        first_batch = state["batch"]
         started, sums = time.perf_counter(), {"loss": 0.0, "recall": 0.0, "rerank": 0.0, "gen": 0.0, "n": 0}
-        bar = tqdm(range(state["batch"], len(batches)), desc=f"epoch {epoch + 1}/{t.epochs}",
+        bar = tqdm(range(first_batch, len(batches)), desc=f"epoch {epoch + 1}/{t.epochs}",
                    disable=not (progress and accelerator.is_main_process))
         for b in bar:
-            rank_rows = batches[b][accelerator.process_index::world]
-            batch = collate([encoded[i] for i in rank_rows], core.tokenizer.pad_token_id, core.rec_end_id)
-            batch = batch.to(accelerator.device)
+            # Host: the whole step's batch, negatives and candidate places, from the step's seed,
+            # identical in every process; each process then keeps its own rows.
             seed = step_seed(t.seed, epoch, b)
+            batch = collate([encoded[i] for i in batches[b]], pad_id, core.rec_end_id, *widths)
+            inputs = plan_step(batch, len(store), t, torch.Generator().manual_seed(seed),
+                               candidates=True if (static or world > 1) else None, slots=slots)
+            if world > 1:
+                inputs = inputs.select(slice(accelerator.process_index, None, world))
+            if cuda:
+                inputs = inputs.pin_memory()
+            inputs = inputs.to(device, non_blocking=cuda)
             torch.manual_seed(seed)  # dropout
-            generator = torch.Generator().manual_seed(seed)
             with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    losses = training_step_losses(model, store, batch, config, generator)
-                loss = total_loss(losses, config)
-                accelerator.backward(loss)
+                try:
+                    losses, loss = _forward_backward(runner, store, inputs, config, accelerator)
+                except Exception as error:
+                    if not runner.compiled:
+                        raise
+                    optimizer.zero_grad()
+                    runner.fall_back(error)
+                    torch.manual_seed(seed)
+                    losses, loss = _forward_backward(runner, store, inputs, config, accelerator)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -188,12 +217,17 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         record = {"epoch": epoch + 1, "global_step": state["global_step"],
                   "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
         record.update(mean_losses(sums))
+        if first_batch:  # resumed mid-epoch: the train_* means cover only the batches run since
+            record["train_from_batch"] = first_batch + 1
+        if runner.fallback_reason:
+            record["step_mode_fallback"] = runner.fallback_reason
         state["epoch"], state["batch"] = epoch + 1, 0
         if accelerator.is_main_process:
             if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs:
                 dev = setup.samples.get(t.dev_split) or []
                 if dev:
-                    scores = recall_only(core, store, encoder, dev, t.m_inference, t.eval_batch_size)
+                    with accelerator.autocast():  # bfloat16 frozen weights need it outside training too
+                        scores = recall_only(core, store, encoder, dev, t.m_inference, t.eval_batch_size)
                     record.update({f"dev_{k}": v for k, v in scores.items()})
                     if scores["recall_mean"] > state["best"]:
                         state["best"], state["best_epoch"] = scores["recall_mean"], epoch + 1
@@ -206,6 +240,14 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             accelerator.print(json.dumps(record))
         _save_last(core, config, optimizer, scheduler, state, last, accelerator)
     return state
+
+
+def _forward_backward(runner: StepRunner, store: ItemStore, inputs, config: RunConfig, accelerator):
+    with accelerator.autocast():
+        losses = runner(store, inputs, config.train)
+    loss = total_loss(losses, config)
+    accelerator.backward(loss)
+    return losses, loss
 
 
 def mean_losses(sums: dict) -> dict:
@@ -223,7 +265,8 @@ def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerato
 
 def _resume(core, optimizer, scheduler, last: Path) -> dict:
     load_weights(core, last)
-    trainer = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)
+    # weights_only: resuming a run folder from elsewhere must not execute pickled code.
+    trainer = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     return trainer["state"]

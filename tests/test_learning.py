@@ -1,5 +1,6 @@
 """A few hundred steps on a small synthetic catalog lift recall far above chance."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -33,18 +34,26 @@ def dialogues(seed: int, n: int) -> list[Dialogue]:
 
 
 @pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama"])
-def test_training_lifts_recall_far_above_chance(backbone):
+def test_training_lifts_recall_far_above_chance(backbone, seed=int(os.environ.get("PECRS_TEST_SEED", 0))):
     cfg = RunConfig()
     cfg.model.backbone, cfg.model.item_max_tokens, cfg.train.m_train = backbone, 16, 8
+    # The authors' loss weights (issue 11): with the paper's (0.15, 0.85, 1.0) generation supplies
+    # most of the gradient and, on this toy task, whether recall and the re-ranker learn within a
+    # few hundred steps depends on the random stream; with these they learned for every seed tried.
+    cfg.train.alpha, cfg.train.beta, cfg.train.gamma = 0.8, 1.0, 0.15
     model = build_model(cfg, seed=0)
     store = ItemStore(ITEMS, model.tokenizer, cfg.model.item_fields, 16).cache_base_states(model)
     encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
     train = encoder.encode_all(make_samples(dialogues(0, 400)))
     test = encoder.encode_all(make_samples(dialogues(1, 64)))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    g = torch.Generator().manual_seed(0)
+    targets = np.array([e.target for e in test])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
     rerank_losses = []
-    for _ in range(300):
+    # 200 steps at lr 1e-3 for recall, then 400 at 3e-3: the re-ranker learns more slowly (it must
+    # learn through the LM's attention).
+    for step in range(1, 601):
+        model.train()
         idx = torch.randint(len(train), (8,), generator=g)
         batch = collate([train[i] for i in idx], model.tokenizer.pad_token_id, model.rec_end_id)
         losses = training_step_losses(model, store, batch, cfg, g)
@@ -53,14 +62,15 @@ def test_training_lifts_recall_far_above_chance(backbone):
         loss.backward()
         optimizer.step()
         rerank_losses.append(float(losses["rerank"]))
-    model.eval()
-    targets = np.array([e.target for e in test])
-    ranked = rank_samples(model, store, test, store.all_vectors(model), 16, 16, rerank=False)
-    chance = 1 / len(ITEMS)
-    assert (ranked[:, 0] == targets).mean() >= 4 * chance
-    # The re-ranker learns too (more slowly: it must learn through the LM's attention).
+        if step == 200:
+            model.eval()
+            ranked = rank_samples(model, store, test, store.all_vectors(model), 16, 16, rerank=False)
+            chance = 1 / len(ITEMS)
+            assert (ranked[:, 0] == targets).mean() >= 4 * chance
+            for group in optimizer.param_groups:
+                group["lr"] = 3e-3
     print(backbone, np.mean(rerank_losses[:50]), np.mean(rerank_losses[-50:]))
-    assert np.mean(rerank_losses[-50:]) < np.mean(rerank_losses[:50]) - 0.05
+    assert np.mean(rerank_losses[-50:]) < np.mean(rerank_losses[:50]) - 0.2
     assert np.mean(rerank_losses[-50:]) < math.log(1 + cfg.train.m_train)
 
 

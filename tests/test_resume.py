@@ -52,3 +52,51 @@ def test_crash_then_resume_matches_uninterrupted_run(tmp_path):
             for run in ("straight", "resumed")]
     assert logs[0][-1]["dev_recall_mean"] == logs[1][-1]["dev_recall_mean"]
     assert logs[0][-1]["global_step"] == logs[1][-1]["global_step"] == 6
+
+
+def test_crash_between_checkpoint_renames_resumes_and_best_is_the_best_dev_epoch(tmp_path, monkeypatch):
+    """A crash between the two renames of a save leaves last.old and last.tmp and no last/: the
+    rerun resumes from them (no restart from scratch). Also pins which epoch best/ keeps, the
+    mid-epoch resume marker in metrics.jsonl and the negatives the real training step uses."""
+    import shutil
+
+    import pecrs.train as train_module
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.epochs = 3
+    seen = []
+    real_plan = train_module.plan_step
+
+    def spy_plan(batch, *args, **kwargs):
+        inputs = real_plan(batch, *args, **kwargs)
+        seen.append((batch.target.clone(), inputs.recall_negatives.clone(), inputs.rerank_negatives.clone()))
+        return inputs
+
+    monkeypatch.setattr(train_module, "plan_step", spy_plan)
+    train(cfg, tmp_path / "straight", progress=False)
+    state = train(cfg, tmp_path / "run", progress=False, stop_after_steps=4)
+    assert state["batch"] == 1
+    last = tmp_path / "run" / "last"
+    shutil.copytree(last, last.with_name("last.tmp"))
+    last.rename(last.with_name("last.old"))
+    train(cfg, tmp_path / "run", progress=False)
+    assert not last.with_name("last.old").exists() and not last.with_name("last.tmp").exists()
+    for name in ("heads.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(tmp_path / "straight" / "last" / name), load_file(last / name)
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("train_from_batch") for r in records] == [None, 2, None]  # epoch 2 resumed at its batch 2
+    # best/ holds the first epoch with the highest dev recall mean
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    means = [r["dev_recall_mean"] for r in records]
+    best = json.loads((tmp_path / "straight" / "best" / "pecrs_config.json").read_text())
+    assert best["epoch"] == means.index(max(means)) + 1
+    assert best["dev"]["recall_mean"] == max(means)
+    # the negatives of every real step: none is a positive of its batch, rerank ⊂ recall (shared)
+    assert seen
+    for target, recall, rerank in seen:
+        positives = set(target[target >= 0].tolist())
+        assert positives and not positives & set(recall.flatten().tolist())
+        assert set(rerank.flatten().tolist()) <= set(recall.flatten().tolist())
