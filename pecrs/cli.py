@@ -67,21 +67,11 @@ def add_train_parser(subparsers) -> None:
     p.set_defaults(func=_train)
 
 
-def checkpoint_dir(path: str) -> Path:
-    """A run folder means its best/ checkpoint; a checkpoint folder is used as is."""
-    path = Path(path)
-    if (path / "best" / "pecrs_config.json").is_file():
-        return path / "best"
-    if (path / "pecrs_config.json").is_file():
-        return path
-    raise FileNotFoundError(f"{path} is neither a run folder with best/ nor a pecrs checkpoint")
-
-
 def _evaluate(args) -> int:
     if args.protocol == "standardized":
         return _evaluate_standardized(args)
     from .evaluate import evaluate
-    from .pretrained import load_pretrained
+    from .pretrained import checkpoint_dir, load_pretrained
     from .train import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
@@ -100,7 +90,7 @@ def _evaluate(args) -> int:
                       generate=not args.no_generate, strategy=args.decoding, seed=config.train.seed,
                       progress=not args.json)
     result = {"checkpoint": str(ckpt), "split": args.split, "decoding": args.decoding, **result}
-    out = Path(args.output) if args.output else ckpt.parent / f"eval_{args.split}.json"
+    out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
     out.write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
@@ -109,6 +99,14 @@ def _evaluate(args) -> int:
             if key != "examples":
                 print(f"{key:>24}: {value}")
     return 0
+
+
+def _result_path(ckpt: Path, filename: str) -> Path:
+    """Where an evaluation of `ckpt` is written: its run folder, or for a model shipped inside the
+    package (never written into) the working directory, as eval_<model>_<...>.json."""
+    from .pretrained import is_shipped
+
+    return Path.cwd() / f"eval_{ckpt.name}_{filename[5:]}" if is_shipped(ckpt) else ckpt.parent / filename
 
 
 def _positive_int(text: str) -> int:
@@ -171,7 +169,7 @@ def _print_standardized(result: dict, as_json: bool) -> None:
 
 def _evaluate_standardized(args) -> int:
     from .backbone import default_device
-    from .pretrained import load_pretrained
+    from .pretrained import checkpoint_dir, load_pretrained
     from .standardized import evaluate_model, load_collection, restrict
     from .train import prepare
 
@@ -186,7 +184,7 @@ def _evaluate_standardized(args) -> int:
                             m_inference=args.m_inference or config.train.m_inference,
                             batch_size=args.batch_size or config.train.eval_batch_size, progress=not args.json,
                             log=lambda msg: print(msg, file=sys.stderr))
-    out = Path(args.output) if args.output else ckpt.parent / "eval_standardized.json"
+    out = Path(args.output) if args.output else _result_path(ckpt, "eval_standardized.json")
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
                                **result}, indent=2))
     _print_standardized(result, args.json)
@@ -314,7 +312,9 @@ def _load_recommender(args):
 
 
 def _add_recommender_args(p) -> None:
-    p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
+    p.add_argument("run_dir", nargs="?", default="inspired",
+                   help="run folder (uses its best/ checkpoint), checkpoint folder, or the name of a model "
+                        "shipped with pecrs (default: inspired)")
     p.add_argument("--catalog", help="items.jsonl to recommend from (default: the run's catalog); "
                                      "bad lines are skipped and reported")
     p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default top_k)")
@@ -360,10 +360,33 @@ def add_serve_parser(subparsers) -> None:
     p.set_defaults(func=_serve)
 
 
+# ---- pecrs export -----------------------------------------------------------------------------
+
+def _export(args) -> int:
+    from .export import export
+
+    dest = export(args.run_dir, args.destination, catalog=args.catalog, device=args.device)
+    sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
+    print(json.dumps({"exported": str(dest), "bytes": sum(sizes.values()), "files": sizes}))
+    return 0
+
+
+def add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a trained run as a model to ship",
+                              description="float16 adapter and heads, the catalog and its item vectors, and a "
+                                          "MODEL_CARD.md (pecrs.export). Copied to pecrs/models/NAME it loads "
+                                          "as Recommender.from_pretrained('NAME').")
+    p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
+    p.add_argument("destination", help="folder to write (replaced if it exists)")
+    p.add_argument("--catalog", help="items.jsonl to ship (default: the run's catalog)")
+    p.add_argument("--device", help="where to encode the catalog (default: cuda when available)")
+    p.set_defaults(func=_export)
+
+
 # ---- the parser ------------------------------------------------------------------------------
 
 SUBCOMMANDS = [add_data_parser, add_train_parser, add_evaluate_parser, add_experiment_parser,
-               add_chat_parser, add_serve_parser, add_baseline_parser]
+               add_chat_parser, add_serve_parser, add_baseline_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

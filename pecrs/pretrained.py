@@ -30,6 +30,8 @@ from .config import RunConfig
 from .model import PECRS
 
 CONFIG_FILE, HEADS_FILE, ADAPTER_DIR = "pecrs_config.json", "heads.safetensors", "adapter"
+MODELS_DIR = Path(__file__).parent / "models"   # models shipped inside the package, one folder each
+DEFAULT_MODEL = "inspired"                      # what `pecrs chat` / `serve` load without a run folder
 FILES_KEY = "extra_files"   # in pecrs_config.json: the torch.save files the folder must hold
 
 
@@ -129,6 +131,50 @@ def recover_checkpoint(directory: str | Path) -> Path | None:
             shutil.rmtree(other, ignore_errors=True)
             return directory
     return None
+
+
+def shipped_models() -> dict[str, Path]:
+    """{name: folder} of the trained models that ship with the package (pecrs/models/NAME)."""
+    if not MODELS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(MODELS_DIR.iterdir()) if (p / CONFIG_FILE).is_file()}
+
+
+def checkpoint_dir(name_or_path: str | Path) -> Path:
+    """The checkpoint folder meant by a run folder (its best/), a checkpoint folder, or the name
+    of a shipped model ("inspired"). A run folder whose best/ was caught between the two renames
+    of a save is recovered first."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        recover_checkpoint(path / "best")
+        if (path / "best" / CONFIG_FILE).is_file():
+            return path / "best"
+        if (path / CONFIG_FILE).is_file():
+            return path
+        raise FileNotFoundError(f"{path} is neither a run folder with best/ nor a pecrs checkpoint")
+    shipped = shipped_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    if str(name_or_path) == DEFAULT_MODEL:
+        raise FileNotFoundError(
+            f"no trained '{DEFAULT_MODEL}' model ships with this version of pecrs yet (it is trained on a "
+            f"GPU, docs/gpu.md); train one with `pecrs train configs/inspired.yaml --output-dir runs/inspired` "
+            f"and pass runs/inspired")
+    known = f"; shipped models: {', '.join(shipped)}" if shipped else ""
+    raise FileNotFoundError(f"{path}: no such run folder, checkpoint folder or shipped model{known}")
+
+
+def is_shipped(checkpoint: Path) -> bool:
+    return checkpoint.resolve().parent == MODELS_DIR.resolve()
+
+
+def halve_weights(directory: str | Path) -> None:
+    """Store a checkpoint's adapter and head weights in float16, in place (the shipped model:
+    half the bytes; they load into the float32 model as usual, `load_weights`)."""
+    directory = Path(directory)
+    for path in [directory / HEADS_FILE, *sorted((directory / ADAPTER_DIR).glob("*.safetensors"))]:
+        tensors = load_file(path)
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, path)
 
 
 def read_meta(directory: str | Path) -> dict:

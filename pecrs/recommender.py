@@ -53,6 +53,7 @@ from .tokens import NO_ITEM, DialogueEncoder
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "items.jsonl"     # the catalog copy that Recommender.save_pretrained writes
+VECTORS_FILE = "item_vectors.safetensors"  # that catalog's item vectors (Eq. 1), so loading skips encoding
 CACHE_FORMAT = 1                 # bump when the cached payload or the encoding changes
 CHARS_PER_TOKEN = 16             # per-turn character cut: 16 x context_max_tokens
 RESERVED = (SEP, REC, REC_END)   # special tokens a user text must not contain
@@ -362,8 +363,7 @@ class Recommender:
         or "faiss" (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/
         catalogs; False: no cache). strict_catalog=False skips and reports bad catalog lines.
         """
-        from .cli import checkpoint_dir
-        from .pretrained import load_pretrained, read_meta
+        from .pretrained import checkpoint_dir, load_pretrained, read_meta
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
         saved = read_meta(ckpt).get("recommender", {})
@@ -371,8 +371,11 @@ class Recommender:
         model, config = load_pretrained(ckpt, backbone=backbone)
         model.to(device).eval()
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
-        vectors = None
-        if cache_dir is not False:
+        vectors = _load_saved_vectors(ckpt, list(items)) if catalog is None else None
+        if vectors is not None:
+            report.vectors_from_cache = True
+            report.cache_path = str(ckpt / VECTORS_FILE)
+        elif cache_dir is not False:
             folder = Path(cache_dir) if cache_dir else default_cache_dir()
             path = folder / f"{catalog_cache_key(ckpt, items.values(), config.model)}.pt"
             report.cache_path = str(path)
@@ -386,14 +389,23 @@ class Recommender:
         log.info(report.summary())
         return rec
 
-    def save_pretrained(self, directory) -> Path:
-        """The checkpoint (pretrained.save_pretrained) plus items.jsonl, the catalog, and this
-        recommender's m_inference and decoding; `from_pretrained(directory)` gives it back."""
-        from .pretrained import save_pretrained
+    def save_pretrained(self, directory, half: bool = False, extra: dict | None = None) -> Path:
+        """The checkpoint (pretrained.save_pretrained) plus items.jsonl, the catalog, its item
+        vectors (so loading it encodes nothing), and this recommender's m_inference and decoding;
+        `from_pretrained(directory)` gives it back. half=True stores adapter, heads and vectors in
+        float16 (the shipped model, `pecrs export`)."""
+        from safetensors.torch import save_file
 
-        extra = {"recommender": {"m_inference": self.m_inference, "decoding": self.decoding}}
-        directory = save_pretrained(self.model, self.config, directory, extra=extra)
-        write_items(self.item_list, Path(directory) / CATALOG_FILE)
+        from .pretrained import halve_weights, save_pretrained
+
+        extra = {"recommender": {"m_inference": self.m_inference, "decoding": self.decoding}, **(extra or {})}
+        directory = Path(save_pretrained(self.model, self.config, directory, extra=extra))
+        write_items(self.item_list, directory / CATALOG_FILE)
+        vectors = self.vectors.detach().cpu().to(torch.float16 if half else torch.float32).contiguous()
+        save_file({"vectors": vectors}, directory / VECTORS_FILE,
+                  metadata={"ids_sha256": _hash_ids(list(self.items)), "count": str(len(self.items))})
+        if half:
+            halve_weights(directory)
         return directory
 
     # ---- inference ---------------------------------------------------------------------------
@@ -487,6 +499,24 @@ class Recommender:
     def __repr__(self) -> str:
         return (f"Recommender({self.checkpoint or 'in-memory model'}, {len(self)} items, "
                 f"m_inference={self.m_inference}, decoding={self.decoding!r}, index={type(self.index).__name__})")
+
+
+def _hash_ids(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def _load_saved_vectors(checkpoint: Path, ids: list[str]) -> torch.Tensor | None:
+    """The item vectors saved beside a checkpoint's catalog, if they are that catalog's."""
+    from safetensors import safe_open
+
+    path = checkpoint / VECTORS_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("ids_sha256") != _hash_ids(ids):
+            log.warning("%s does not match the catalog %s: re-encoding", path, checkpoint / CATALOG_FILE)
+            return None
+        return f.get_tensor("vectors").float()
 
 
 def _load_cached(path: Path, ids: list[str]) -> torch.Tensor | None:

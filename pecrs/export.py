@@ -1,0 +1,127 @@
+"""Turn a trained run into a model that ships: `pecrs export RUN DEST`.
+
+    DEST/pecrs_config.json          config, shapes, provenance ("export")
+    DEST/adapter/                   LoRA + special-token rows, float16 safetensors
+    DEST/heads.safetensors          item encoder, f, g (float16)
+    DEST/items.jsonl                the catalog
+    DEST/item_vectors.safetensors   its item vectors (float16): loading encodes nothing
+    DEST/MODEL_CARD.md              data, settings, hardware, date, git revision, metrics, limits
+
+Copied to pecrs/models/NAME, the folder is what `Recommender.from_pretrained("NAME")`, `pecrs chat`
+and `pecrs serve` load with no run folder (NAME "inspired" is the default). A run folder keeps its
+own metrics: RUN/metrics.jsonl (dev curve) and RUN/eval_test.json (`pecrs evaluate RUN`), both
+quoted in the card when present.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .pretrained import checkpoint_dir, read_meta
+
+CARD_FILE = "MODEL_CARD.md"
+CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_recall@10", "dedup_recall@50",
+                "unique", "rouge1", "rouge2", "f1_item", "ppl", "dist2", "dist3", "dist4")
+
+
+def export(run: str | Path, destination: str | Path, catalog=None, device=None) -> Path:
+    """Write the shipped form of `run` (a run folder or checkpoint) to `destination`."""
+    from .recommender import Recommender
+
+    ckpt = checkpoint_dir(run)
+    rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False)
+    provenance = {"source": str(ckpt), "git_revision": git_revision(), "hardware": hardware(),
+                  "date": datetime.date.today().isoformat(), "torch": torch.__version__}
+    destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
+    run_dir = ckpt.parent if ckpt.name == "best" else ckpt
+    card = model_card(destination.name, read_meta(destination), _read_jsonl(run_dir / "metrics.jsonl"),
+                      _read_json(run_dir / "eval_test.json"), destination)
+    (destination / CARD_FILE).write_text(card)
+    return destination
+
+
+def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, folder: Path) -> str:
+    """MODEL_CARD.md: what a user needs to judge the model before trusting its recommendations."""
+    config, export_info = meta["config"], meta.get("export", {})
+    m, t = config["model"], config["train"]
+    lines = [f"# pecrs model card: {name}", "",
+             "PECRS (Ravaut et al., EACL 2024): one LoRA-adapted language model that retrieves, re-ranks and "
+             "writes the recommender's reply.", "",
+             "## Data and settings", "",
+             f"- Backbone: `{m['backbone']}` ({meta['model_type']}, hidden size {meta['hidden_size']}), frozen; "
+             f"LoRA r={m['lora_r']}, alpha={m['lora_alpha']}, targets {m['lora_target_modules'] or 'attention projections'}",
+             f"- Data: `{t['dataset']}` (train split `{t['train_split']}`, checkpoint chosen on `{t['dev_split'] or 'the last epoch'}`)",
+             f"- Training: {t['epochs']} epochs planned, batch {t['batch_size']} x {t['grad_accum']}, lr {t['lr']}"
+             f"{' (reference batch ' + str(t['lr_reference_batch']) + ')' if t.get('lr_reference_batch') else ''}, "
+             f"M_train {t['m_train']}, loss weights alpha/beta/gamma {t['alpha']}/{t['beta']}/{t['gamma']} "
+             f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`",
+             f"- Inference: M_inference {meta.get('recommender', {}).get('m_inference', t['m_inference'])}, "
+             f"decoding `{meta.get('recommender', {}).get('decoding', 'top_k')}`",
+             f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "
+             f"`{export_info.get('git_revision', '?')}` on {export_info.get('hardware', '?')} (torch {export_info.get('torch', '?')})",
+             "", "## Dev curve", ""]
+    epochs = [r for r in curve if "epoch" in r and "stopped" not in r]
+    if epochs:
+        lines += ["| epoch | train loss | dev R@1 | dev R@10 | dev R@50 |", "|---|---|---|---|---|"]
+        for r in epochs:
+            lines.append(f"| {r['epoch']} | {r.get('train_loss', float('nan')):.3f} | {_pct(r.get('dev_recall@1'))} | "
+                         f"{_pct(r.get('dev_recall@10'))} | {_pct(r.get('dev_recall@50'))} |")
+    else:
+        lines.append("No metrics.jsonl was found beside the checkpoint.")
+    lines += ["", "## Test metrics", ""]
+    if test:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {test[k]} |" for k in CARD_METRICS if k in test]
+        lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({test.get('n_rec_samples', '?')} "
+                     f"samples with a target, decoding `{test.get('decoding', '?')}`).")
+    else:
+        lines.append("Not evaluated on a test split (no eval_test.json beside the run).")
+    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    lines += ["", "## Limitations", "",
+              "- Recommends only items of its catalog; another catalog (`--catalog`) is encoded on first use, and "
+              "the model has never seen those items in training.",
+              "- Trained on crowd-sourced English movie dialogues: expect their biases (popular titles, US films).",
+              "- Replies are sampled from a small language model and can be wrong about plots, casts or years.",
+              "- Recall figures include targets already mentioned in the dialogue; see the dedup_ rows.",
+              "", "## Files", "", "| file | bytes |", "|---|---|"]
+    lines += [f"| {k} | {v:,} |" for k, v in sorted(sizes.items()) if k != CARD_FILE]
+    return "\n".join(lines) + "\n"
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+

@@ -1,0 +1,91 @@
+"""The shipped-model path: `pecrs export` writes a small float16 model with its catalog's vectors,
+and a model under pecrs/models/NAME loads by name with nothing re-encoded."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pecrs.pretrained as pretrained
+from pecrs.cli import main
+from pecrs.recommender import VECTORS_FILE, Recommender
+
+from test_recommender import make_tiny_run
+
+DIALOGUE = [{"role": "seeker", "text": "Any film like Alien?"}]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ship")
+    run, _ = make_tiny_run(root)
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 3.2, "dev_recall@1": 0.1,
+                                                   "dev_recall@10": 0.3, "dev_recall@50": 0.6}) + "\n")
+    (run / "eval_test.json").write_text(json.dumps({"split": "test", "recall@1": 0.05, "rouge1": 0.3}))
+    models = root / "models"
+    assert main(["export", str(run), str(models / "inspired")]) == 0
+    return run, models / "inspired"
+
+
+def test_export_is_half_precision_with_vectors_and_a_card(exported):
+    run, shipped = exported
+    heads = load_file(shipped / "heads.safetensors")
+    adapter = load_file(next((shipped / "adapter").glob("*.safetensors")))
+    assert heads and all(v.dtype == torch.float16 for v in heads.values())
+    assert adapter and all(v.dtype == torch.float16 for v in adapter.values())
+    assert load_file(shipped / VECTORS_FILE)["vectors"].dtype == torch.float16
+    card = (shipped / "MODEL_CARD.md").read_text()
+    for needed in ("tiny-llama", "Dev curve", "| 1 | 3.200 | 10.0 | 30.0 | 60.0 |", "| recall@1 | 0.05 |",
+                   "Limitations", "git", "item_vectors.safetensors"):
+        assert needed in card, needed
+    assert json.loads((shipped / "pecrs_config.json").read_text())["export"]["source"].endswith("best")
+
+
+def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):
+    run, shipped = exported
+    monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
+    assert pretrained.checkpoint_dir("inspired") == shipped
+    import pecrs.recommender as recommender
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the shipped catalog must not be re-encoded")
+
+    monkeypatch.setattr(recommender, "encode_catalog", no_encoding)
+    rec = Recommender.from_pretrained("inspired", device="cpu")
+    assert rec.report.vectors_from_cache and rec.report.cache_path.endswith(VECTORS_FILE)
+    monkeypatch.undo()
+    original = Recommender.from_pretrained(run, device="cpu", cache_dir=False)
+    # float16 weights and vectors rank as the float32 run does
+    a = [r.item.id for r in rec.recommend(DIALOGUE, k=5)]
+    b = [r.item.id for r in original.recommend(DIALOGUE, k=5)]
+    assert a[:3] == b[:3]
+    assert torch.allclose(rec.vectors, original.vectors, atol=2e-2, rtol=1e-2)
+    # another catalog is encoded as usual (the shipped vectors are that catalog's only)
+    from pecrs.recommender import _load_saved_vectors
+    assert _load_saved_vectors(shipped, ["x", "y"]) is None
+
+
+def test_chat_without_a_run_folder_uses_the_shipped_default(exported, monkeypatch, capsys):
+    run, shipped = exported
+    monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("I liked Alien\n/quit\n"))
+    assert main(["chat", "--device", "cpu", "--seed", "0"]) == 0
+    err = capsys.readouterr().err
+    assert VECTORS_FILE in err  # the summary says the vectors came with the model
+
+
+def test_no_shipped_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "MODELS_DIR", tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="no trained 'inspired' model ships"):
+        pretrained.checkpoint_dir("inspired")
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        pretrained.checkpoint_dir(tmp_path / "missing-run")
+
+
+def test_evaluating_a_shipped_model_writes_outside_the_package(exported, monkeypatch):
+    from pecrs.cli import _result_path
+
+    run, shipped = exported
+    monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
+    assert _result_path(shipped, "eval_test.json").parent != shipped.parent
+    assert _result_path(run / "best", "eval_test.json") == run / "eval_test.json"
