@@ -95,15 +95,20 @@ def render_response(tokenizer, ids: list[int], title: str) -> str:
 def generate_responses(model, store: ItemStore, encoded, recommended: np.ndarray, catalog_vectors,
                        batch_size: int, strategy: str = "top_k", max_new_tokens: int = 64, seed: int = 0,
                        progress: bool = False) -> list[str]:
-    """Generated texts for each encoded sample, the [ITEM] token kept as is."""
+    """Generated texts for each encoded sample, the [ITEM] token kept as is. Samples run in
+    batches of similar context length (shortest first), so little of a batch is padding."""
     tok = model.tokenizer
-    texts = []
+    order = np.argsort([len(e.context_ids) for e in encoded], kind="stable")
+    texts: list[str] = [""] * len(encoded)
     for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="generate", disable=not progress):
-        batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
-        rec = torch.as_tensor(recommended[sl], device=model.device)
+        rows = order[sl]
+        chunk = [encoded[i] for i in rows]
+        batch = collate(chunk, tok.pad_token_id, model.rec_end_id).to(model.device)
+        rec = torch.as_tensor(recommended[rows], device=model.device)
         ids = model.generate(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors, rec,
-                             encoded[sl][0].prompt_ids, strategy, max_new_tokens, seed=seed + sl.start)
-        texts += [render_response(tok, row, ITEM) for row in ids]
+                             chunk[0].prompt_ids, strategy, max_new_tokens, seed=seed + sl.start)
+        for i, row in zip(rows, ids):
+            texts[i] = render_response(tok, row, ITEM)
     return texts
 
 
@@ -124,36 +129,38 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     started = time.perf_counter()
     encoded = encoder.encode_all(samples)
     catalog_vectors = store.all_vectors(model)
-    ranked = rank_samples(model, store, encoded, catalog_vectors, m_inference, batch_size,
-                          progress=progress, index=index)
-    rec_rows = np.array([s.target is not None for s in samples], dtype=bool)
-    targets = np.array([e.target for e in encoded])[rec_rows]
-    seen = np.array([s.target_seen_before for s in samples])[rec_rows]
-    naive = naive_ranking([s for s, r in zip(samples, rec_rows) if r], store.index)
-    result = {}
-    nll, count = response_nll(model, store, encoded, batch_size)
-    gen_args = {}
-    if generate:
-        # One response per recommender turn: the first sample of each turn (repeated=False).
-        turn_rows = [i for i, s in enumerate(samples) if not s.repeated]
-        turn_encoded = [encoded[i] for i in turn_rows]
-        top1 = ranked[turn_rows, 0]
-        # ROUGE and Dist compare text; [ITEM] stands in both for "some item", as in the references.
-        clean = generate_responses(model, store, turn_encoded, top1, catalog_vectors, batch_size, strategy,
-                                   max_new_tokens, seed, progress)
-        refs = [samples[i].response.text for i in turn_rows]
-        gen_args = dict(predictions=clean, references=refs,
-                        pred_has_item=np.array([ITEM in t for t in clean]),
-                        ref_has_item=np.array([ITEM in r for r in refs]))
-        result["examples"] = [
-            {"dialogue_id": samples[i].dialogue_id, "turn_index": samples[i].turn_index,
-             "reference": samples[i].response.text, "generated": t,
-             "recommended": store.items[int(top1[j])].display()}
-            for j, (i, t) in enumerate(zip(turn_rows[:20], clean[:20]))]
-    summary = metrics.summarize(ranked=ranked[rec_rows], targets=targets, seen_before=seen, naive_ranked=naive,
-                                total_nll=nll, total_tokens=count, n_samples=len(samples), **gen_args)
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    return {**summary, **result}
+    # LoRA folded into the weights for the whole evaluation (model.merged_lora); unfolded after.
+    with model.merged_lora():
+        ranked = rank_samples(model, store, encoded, catalog_vectors, m_inference, batch_size,
+                              progress=progress, index=index)
+        rec_rows = np.array([s.target is not None for s in samples], dtype=bool)
+        targets = np.array([e.target for e in encoded])[rec_rows]
+        seen = np.array([s.target_seen_before for s in samples])[rec_rows]
+        naive = naive_ranking([s for s, r in zip(samples, rec_rows) if r], store.index)
+        result = {}
+        nll, count = response_nll(model, store, encoded, batch_size)
+        gen_args = {}
+        if generate:
+            # One response per recommender turn: the first sample of each turn (repeated=False).
+            turn_rows = [i for i, s in enumerate(samples) if not s.repeated]
+            turn_encoded = [encoded[i] for i in turn_rows]
+            top1 = ranked[turn_rows, 0]
+            # ROUGE and Dist compare text; [ITEM] stands in both for "some item", as in the references.
+            clean = generate_responses(model, store, turn_encoded, top1, catalog_vectors, batch_size, strategy,
+                                       max_new_tokens, seed, progress)
+            refs = [samples[i].response.text for i in turn_rows]
+            gen_args = dict(predictions=clean, references=refs,
+                            pred_has_item=np.array([ITEM in t for t in clean]),
+                            ref_has_item=np.array([ITEM in r for r in refs]))
+            result["examples"] = [
+                {"dialogue_id": samples[i].dialogue_id, "turn_index": samples[i].turn_index,
+                 "reference": samples[i].response.text, "generated": t,
+                 "recommended": store.items[int(top1[j])].display()}
+                for j, (i, t) in enumerate(zip(turn_rows[:20], clean[:20]))]
+        summary = metrics.summarize(ranked=ranked[rec_rows], targets=targets, seen_before=seen, naive_ranked=naive,
+                                    total_nll=nll, total_tokens=count, n_samples=len(samples), **gen_args)
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        return {**summary, **result}
 
 
 def recall_only(model, store, encoder, samples, m_inference=700, batch_size=8) -> dict:

@@ -13,6 +13,8 @@ three losses is what keeps a PECRS step close to the cost of a plain LM step.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -295,6 +297,22 @@ class PECRS(nn.Module):
                                     place=place, **loss_options)
 
     # ----- inference (§3.6) -----------------------------------------------------------------
+    @contextmanager
+    def merged_lora(self):
+        """Inference with the LoRA updates folded into the frozen weights (W + BA), so each adapted
+        layer runs one matmul instead of three; unfolded on exit. Only for float32 weights in eval
+        mode: unfolding bfloat16 weights would not give them back exactly, and training must not
+        see folded weights."""
+        weights = [p for n, p in self.lm.named_parameters() if n.endswith("base_layer.weight")]
+        if self.training or not weights or any(p.dtype != torch.float32 for p in weights):
+            yield self
+            return
+        self.lm.merge_adapter()
+        try:
+            yield self
+        finally:
+            self.lm.unmerge_adapter()
+
     def context_pass(self, context_ids, context_items, context_len, item_vectors, keep_cache: bool = True):
         """Run the contexts once: returns (f-projected recall queries [B, d], KV cache or None when
         `keep_cache` is False, i.e. nothing will be re-ranked against it)."""

@@ -80,10 +80,17 @@ class StubModel:
         for s in samples:
             ids, _ = encoder.encode_context(s.context)
             self.plan[tuple(ids)] = PLAN[(s.dialogue_id, s.turn_index)]
-        self.injected = []
+        self.injected = {}   # (dialogue id, turn index) of the generating sample -> the item injected
+        self.sample_of = {tuple(encoder.encode_context(s.context)[0]): (s.dialogue_id, s.turn_index)
+                          for s in samples}
 
     def eval(self):
         return self
+
+    def merged_lora(self):
+        import contextlib
+
+        return contextlib.nullcontext(self)
 
     def _rows(self, context_ids, context_len):
         return [self.plan[tuple(context_ids[i, : context_len[i]].tolist())] for i in range(len(context_len))]
@@ -100,7 +107,8 @@ class StubModel:
 
     def generate(self, context_ids, context_items, context_len, catalog_vectors, rec, prompt_ids, strategy,
                  max_new_tokens, seed=0):
-        self.injected += rec.tolist()
+        for i, item in enumerate(rec.tolist()):
+            self.injected[self.sample_of[tuple(context_ids[i, : context_len[i]].tolist())]] = item
         return [self.tokenizer(reply)["input_ids"] + [self.tokenizer.eos_token_id]
                 for _, reply, _ in self._rows(context_ids, context_len)]
 
@@ -136,7 +144,8 @@ def test_evaluate_numbers_by_hand(setup, batch_size):
     assert (out["naive_recall@1"], out["naive_recall@50"]) == pytest.approx((1 / 3, 1 / 3))
     assert out["naive_dedup_recall@1"] == 0
     # Generation: one reply per recommender turn (s0, s2, s3), each with its own top-1 injected.
-    assert model.injected == [B, 9, 7] and out["n_gen_samples"] == 3
+    turns = [(s.dialogue_id, s.turn_index) for s in samples]
+    assert model.injected == {turns[0]: B, turns[2]: 9, turns[3]: 7} and out["n_gen_samples"] == 3
     # ROUGE-1 F: 1, 2/3 ("enjoy item" vs "enjoy"), 0; ROUGE-2 F: 1, 0, 0 (x100, mean).
     assert out["rouge1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
     assert out["rouge2"] == pytest.approx(100 / 3)

@@ -242,3 +242,43 @@ def test_candidate_attention_falls_back_to_eager_models_own_kernel(backbone):
         use_stock_attention(model.causal_lm)
     assert model.causal_lm.config._attn_implementation == "eager"
     assert torch.allclose(scores[0], scores[1], atol=1e-5)
+
+
+@torch.no_grad()
+def test_merged_lora_ranks_as_unmerged_and_restores_the_weights(setup):
+    from pecrs.evaluate import rank_samples
+
+    cfg, model, store, encoder, samples = setup
+    encoded = encoder.encode_all(samples[:6])
+    vectors = store.all_vectors(model)
+    before = {n: p.clone() for n, p in model.lm.named_parameters() if "base_layer" in n}
+    plain = rank_samples(model, store, encoded, vectors, 8, 3, keep=5)
+    b = _batch(model, encoder, samples[:6])
+    queries, _ = model.context_pass(b.context_ids, b.context_items, b.context_len, vectors, keep_cache=False)
+    with model.merged_lora():
+        merged_weights = {n: p.clone() for n, p in model.lm.named_parameters() if "base_layer" in n}
+        assert any(not torch.equal(before[n], merged_weights[n]) for n in before)  # LoRA really folded in
+        merged = rank_samples(model, store, encoded, vectors, 8, 3, keep=5)
+        merged_queries, _ = model.context_pass(b.context_ids, b.context_items, b.context_len, vectors, keep_cache=False)
+    assert (plain == merged).all()
+    assert torch.allclose(queries, merged_queries, atol=1e-5)
+    for n, p in model.lm.named_parameters():
+        if n in before:
+            assert torch.allclose(p, before[n], atol=1e-6)
+
+
+@torch.no_grad()
+def test_length_sorted_generation_equals_one_by_one(setup):
+    import numpy as np
+
+    from pecrs.evaluate import generate_responses
+
+    cfg, model, store, encoder, samples = setup
+    encoded = encoder.encode_all(samples[:5])
+    assert len({len(e.context_ids) for e in encoded}) > 1
+    vectors = store.all_vectors(model)
+    recommended = np.arange(5)
+    batched = generate_responses(model, store, encoded, recommended, vectors, 3, "greedy", max_new_tokens=6)
+    single = [generate_responses(model, store, [e], recommended[i:i + 1], vectors, 1, "greedy", max_new_tokens=6)[0]
+              for i, e in enumerate(encoded)]
+    assert batched == single
