@@ -282,3 +282,34 @@ def test_length_sorted_generation_equals_one_by_one(setup):
     single = [generate_responses(model, store, [e], recommended[i:i + 1], vectors, 1, "greedy", max_new_tokens=6)[0]
               for i, e in enumerate(encoded)]
     assert batched == single
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@torch.no_grad()
+def test_rerank_candidates_never_see_context_padding(backbone):
+    """A short context re-ranked in a batch with a longer one (so it is padded) scores its
+    candidates exactly as alone. Queries and keys are sharpened so that attention is far from
+    uniform: a candidate that attended to pad positions would change its score visibly."""
+    cfg = tiny_config(backbone)
+    model = build_model(cfg, seed=0).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(k in name for k in ("q_proj.base_layer.weight", "k_proj.base_layer.weight",
+                                       "c_attn.base_layer.weight")):
+                p.mul_(8)
+    store = ItemStore(toy_catalog(), model.tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
+    store.cache_base_states(model)
+    encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
+    samples = make_samples(toy_dialogues())
+    short, long_ = samples[0], max(samples, key=lambda s: len(s.context))
+    batch = _batch(model, encoder, [short, long_])
+    assert batch.context_len[0] < batch.context_len[1]          # row 0 is padded
+    alone = _batch(model, encoder, [short])
+    cands = torch.tensor([[0, 3, 5, 7, 9, 11]])
+    padded = _rerank(model, store, batch, cands.expand(2, -1))[0]
+    single = _rerank(model, store, alone, cands)[0]
+    # Scores of the untrained heads are ~1e-2: compare at float32 rounding, against how much a
+    # change of context moves them (~1e-3).
+    other = _rerank(model, store, _batch(model, encoder, [long_]), cands)[0]
+    assert (other - single).abs().max() > 1e-4
+    assert torch.allclose(padded, single, atol=1e-6, rtol=0)
