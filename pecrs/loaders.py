@@ -75,7 +75,7 @@ def read_lines(path: Path) -> list[str]:
     return _read_text(path).split("\n")
 
 
-def _read_jsonl(path: Path):
+def read_jsonl(path: Path):
     """Yield (line number, object) for each non-blank line; malformed JSON is a DataError."""
     for n, line in enumerate(read_lines(path), 1):
         if line.strip():  # a trailing newline or blank separator line is harmless
@@ -195,7 +195,7 @@ def load_items(path) -> dict[str, Item]:
     """Read an items.jsonl catalog, one `parse_item` entry per line; ids must be unique."""
     path = Path(path)
     items: dict[str, Item] = {}
-    for n, obj in _read_jsonl(path):
+    for n, obj in read_jsonl(path):
         where = {"path": str(path), "line": n}
         item = parse_item(obj, where)
         if item.id in items:
@@ -212,7 +212,7 @@ def load_dialogues(path, items: dict[str, Item]) -> list[Dialogue]:
     path = Path(path)
     dialogues: list[Dialogue] = []
     seen_ids: set[str] = set()
-    for n, obj in _read_jsonl(path):
+    for n, obj in read_jsonl(path):
         where = {"path": str(path), "line": n}
         for key in ("id", "turns"):
             if key not in obj:
@@ -330,7 +330,7 @@ def _pecrs_item_table(folder: Path, items: dict[str, Item]) -> set[str] | None:
     path = folder / "items_sources.jsonl"
     if not path.is_file():
         return None
-    keyed = {str(obj.get("id")) for _, obj in _read_jsonl(path) if "pecrs_movie_db_key" in obj}
+    keyed = {str(obj.get("id")) for _, obj in read_jsonl(path) if "pecrs_movie_db_key" in obj}
     titles = {_norm_title(items[i].title) for i in keyed if i in items}
     year_only = re.compile(r"\(\d{4}\)")
     return {i for i, it in items.items()
@@ -438,7 +438,7 @@ def load_redial(folder, mentions: str = "pecrs") -> DatasetBundle:
         splits[split] = _require_dialogues([
             _redial_dialogue(conv, {"path": str(path), "line": n}, items, mentions, pecrs_table,
                              skipped)
-            for n, conv in _read_jsonl(path)], path)
+            for n, conv in read_jsonl(path)], path)
     return DatasetBundle(name=folder.name, items=items, splits=splits, fmt="redial",
                          skipped=dict(skipped))
 
@@ -502,7 +502,7 @@ def _tsv_key_index(folder: Path, items: dict[str, Item]) -> tuple[dict, set]:
 
     sources = folder / "items_sources.jsonl"
     if sources.is_file():
-        for _, obj in _read_jsonl(sources):
+        for _, obj in read_jsonl(sources):
             if isinstance(obj.get("inspired_key"), str) and str(obj.get("id")) in items:
                 add(obj["inspired_key"], str(obj["id"]))
     for item_id, item in items.items():

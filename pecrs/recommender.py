@@ -47,7 +47,7 @@ import torch
 from .backbone import default_device
 from .catalog import ItemStore
 from .data import ITEM, REC, REC_END, RECOMMENDER, ROLES, SEP, DataError, Dialogue, Item, Turn
-from .loaders import parse_item
+from .loaders import parse_item, parse_json_line, read_lines
 from .tokens import NO_ITEM, DialogueEncoder
 
 log = logging.getLogger(__name__)
@@ -110,34 +110,22 @@ def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], lis
     items: dict[str, Item] = {}
     errors: list[str] = []
     n_bad = 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = {"path": str(path), "line": n}
-            try:
-                item = _parse_item_line(line, where)
-                if item.id in items:
-                    raise DataError(f"duplicate item id '{item.id}'", field="id", **where)
-                items[item.id] = item
-            except DataError as e:
-                n_bad += 1
-                if len(errors) < max_errors:
-                    errors.append(str(e))
+    for n, line in enumerate(read_lines(path), 1):  # non-UTF-8 text: a DataError naming the file
+        if not line.strip():
+            continue
+        where = {"path": str(path), "line": n}
+        try:
+            item = parse_item(parse_json_line(line, where), where)
+            if item.id in items:
+                raise DataError(f"duplicate item id '{item.id}'", field="id", **where)
+            items[item.id] = item
+        except DataError as e:
+            n_bad += 1
+            if len(errors) < max_errors:
+                errors.append(str(e))
     if not items:
         raise DataError(f"no valid items ({n_bad} bad line(s); first: {errors[:1]})", path=str(path))
     return items, errors, n_bad
-
-
-def _parse_item_line(line: str, where: dict) -> Item:
-    """One items.jsonl line, with the rules (and field checks) of `loaders.load_items`."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", **where) from None
-    if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
-    return parse_item(obj, where)
 
 
 def write_items(items, path) -> None:

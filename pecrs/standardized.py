@@ -45,7 +45,6 @@ This module needs no torch; `evaluate_model` imports the model code when called.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ import numpy as np
 
 from . import metrics
 from .data import DataError
+from .loaders import read_jsonl
 
 KS = (1, 10, 50)
 VARIANTS = ("full", "dedup")
@@ -212,22 +212,13 @@ def load_collection(path) -> Collection:
     path = find_test_file(path)
     conversations: list[Conversation] = []
     ids: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = {"path": str(path), "line": n}
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", **where) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
-            conv = parse_conversation(obj, where)
-            if conv.id in ids:
-                raise DataError(f"duplicate conversationId '{conv.id}'", field="conversationId", **where)
-            ids.add(conv.id)
-            conversations.append(conv)
+    for n, obj in read_jsonl(path):  # UTF-8, malformed or too deep JSON: a DataError naming file and line
+        where = {"path": str(path), "line": n}
+        conv = parse_conversation(obj, where)
+        if conv.id in ids:
+            raise DataError(f"duplicate conversationId '{conv.id}'", field="conversationId", **where)
+        ids.add(conv.id)
+        conversations.append(conv)
     instances = [inst for c, conv in enumerate(conversations) for inst in conversation_instances(conv, c)]
     return Collection(str(path), conversations, instances)
 

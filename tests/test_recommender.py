@@ -265,3 +265,16 @@ def test_faiss_index_recall_and_api():
         build_index(vectors, "hnsw")
     # Asking for more than the catalog holds gives the whole catalog, no -1 padding.
     assert approx.search(queries[:1], 6000)[1].min() >= 0
+
+
+def test_lenient_catalog_reader_reports_bad_bytes_and_deep_json(tmp_path):
+    from pecrs.data import DataError
+    from pecrs.recommender import read_items_lenient
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b'{"id": "1", "title": "Alien"}\n' + b"[" * 100_000 + b"\n" + b'{"id": "2", "title": "Heat"}\n')
+    items, errors, n_bad = read_items_lenient(path)
+    assert list(items) == ["1", "2"] and n_bad == 1 and "nested too deeply" in errors[0] and ":2" in errors[0]
+    path.write_bytes(b'{"id": "1", "title": "Caf\xe9"}\n')
+    with pytest.raises(DataError, match="items.jsonl"):
+        read_items_lenient(path)

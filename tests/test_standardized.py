@@ -311,3 +311,15 @@ def test_model_ranking_is_the_recommenders(tiny_run, tmp_path):
     result = S.evaluate_model(setup.model, setup.store, setup.encoder, collection,
                               m_inference=rec.m_inference, batch_size=3)
     assert result == S.score_all(collection, ranked, codes, setup.store.ids)
+
+
+def test_bad_bytes_and_deep_json_are_data_errors_naming_the_file(tmp_path):
+    from pecrs.data import DataError
+    from pecrs.standardized import load_collection
+
+    for name, payload in (("latin1", b'{"conversationId": "caf\xe9"}\n'), ("deep", b"[" * 100_000 + b"\n")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "test_data.jsonl").write_bytes(payload)
+        with pytest.raises(DataError, match="test_data.jsonl"):
+            load_collection(folder)
