@@ -163,12 +163,12 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         return {**summary, **result}
 
 
-def recall_only(model, store, encoder, samples, m_inference=700, batch_size=8) -> dict:
+def recall_only(model, store, encoder, samples, m_inference=700, batch_size=8, progress: bool = False) -> dict:
     """R@1/10/50 and their mean (the dev-selection score of §4.1), no generation."""
     model.eval()
     encoded = encoder.encode_all([s for s in samples if s.target is not None])
     vectors = store.all_vectors(model)
-    ranked = rank_samples(model, store, encoded, vectors, m_inference, batch_size)
+    ranked = rank_samples(model, store, encoded, vectors, m_inference, batch_size, progress=progress)
     out = metrics.recall_at_k(ranked, np.array([e.target for e in encoded]))
     out["recall_mean"] = float(np.mean([out["recall@1"], out["recall@10"], out["recall@50"]]))
     return out

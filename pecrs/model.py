@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .attention import SELF_ONLY_KWARG, use_candidate_attention
 from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache
@@ -118,7 +119,8 @@ class PECRS(nn.Module):
     # ----- items ----------------------------------------------------------------------------
     @torch.no_grad()
     def item_token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          adapted: bool, batch_size: int = 64, dtype: torch.dtype | None = None) -> torch.Tensor:
+                          adapted: bool, batch_size: int = 64, dtype: torch.dtype | None = None,
+                          progress: bool = False) -> torch.Tensor:
         """LM last-layer states of tokenised item texts. No gradient reaches the LM here (§3.3).
 
         Performance (docs/performance.md): item texts are padded to the catalog's longest (128
@@ -126,12 +128,14 @@ class PECRS(nn.Module):
         batch is cut to its own longest item (~1.7x less LM work). Causal attention makes the
         real tokens' states independent of trailing pads; positions past a batch's longest item
         come back as zeros, which pooling ignores like any padding (mask weight 0). `dtype` converts batch by batch (the cached mode
-        keeps float16), so the float32 states of a whole catalog never exist at once."""
+        keeps float16), so the float32 states of a whole catalog never exist at once.
+        `progress`: a bar over the items (a real catalog on a CPU takes minutes)."""
         N, L = input_ids.shape
         lengths = attention_mask.sum(1)
         right_padded = bool(torch.equal(attention_mask.bool(), torch.arange(L, device=lengths.device) < lengths.unsqueeze(1)))
         order = torch.argsort(lengths, stable=True) if right_padded else torch.arange(N, device=lengths.device)
         out = None
+        bar = tqdm(total=N, desc="encoding items", unit="item", disable=not progress)
         for start in range(0, N, batch_size):
             rows = order[start:start + batch_size]
             width = max(int(lengths[rows].max()), 1) if right_padded else L
@@ -145,6 +149,8 @@ class PECRS(nn.Module):
             if out is None:
                 out = h.new_zeros(N, L, h.shape[-1], dtype=dtype or h.dtype)
             out[rows.to(h.device), :width] = h.to(out.dtype)
+            bar.update(len(rows))
+        bar.close()
         return out if out is not None else torch.zeros(0, L, self.hidden_size, dtype=dtype or torch.float32)
 
     def item_vectors(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,32 @@ class StepInputs:
                           self.place[rows], self.vector_items, self.vector_row)
 
 
+def shard(inputs: StepInputs, rank: int, world: int, normalize: str = "batch") -> tuple[StepInputs, dict[str, float]]:
+    """Process `rank`'s rows of a step planned for `world` processes (rows rank, rank + world, ...)
+    and the factors its losses are multiplied by, so that the mean over processes of their
+    gradients (what DDP computes) is the gradient of the whole batch's losses, as one process
+    running the whole batch would get it.
+
+    The losses are means over a process's own rows (generation; recall and rerank with
+    normalize="batch") or over its rows with a target ("targets"), so a process with b of the
+    B rows (t of the T targets) weighs world·b/B (world·t/T). They are all 1 when the rows and
+    targets split evenly; they matter for the last, short batch of an epoch and for targets. A
+    process left without rows (a last batch shorter than `world`) runs row 0 with weight 0, so
+    that every process runs the same step and every parameter gets its (zero) gradient. Host
+    arithmetic only: nothing here waits for a device."""
+    B = len(inputs.batch.target)
+    rows = torch.arange(rank, B, world)
+    if len(rows) == 0:
+        return inputs.select(torch.zeros(1, dtype=torch.long)), {"recall": 0.0, "rerank": 0.0, "gen": 0.0}
+    has_target = inputs.batch.target >= 0
+    gen = world * len(rows) / B
+    if normalize == "targets":
+        scored = world * max(int(has_target[rows].sum()), 1) / max(int(has_target.sum()), 1)
+    else:
+        scored = gen
+    return inputs.select(rows), {"recall": scored, "rerank": scored, "gen": gen}
+
+
 def recall_pool_size(t: TrainConfig) -> int:
     """Negatives in the recall softmax: `recall_pool`, or M_train (the paper)."""
     return t.recall_pool or t.m_train

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,11 @@ from .loaders import load_dataset
 from .model import PECRS
 from .pretrained import build_model, load_weights, recover_checkpoint, save_pretrained
 from .samples import make_samples
-from .step import StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, scaled_lr, step_losses
+from .step import StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, scaled_lr, shard, step_losses
 from .tokens import DialogueEncoder, collate, static_widths
 
 STATE_FILE = "trainer_state.pt"
+LOSS_REFRESH_SECONDS = 2.0  # how often the train bar's loss is read back from the device
 
 
 @dataclass
@@ -48,18 +51,32 @@ class Setup:
     samples: dict[str, list[Sample]]
 
 
+def say(message: str, enabled: bool = True) -> None:
+    """A status line on stderr before a long step (stdout keeps the JSON records)."""
+    if enabled:
+        print(f"pecrs: {message}", file=sys.stderr, flush=True)
+
+
 def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None = None,
-            device: str | torch.device | None = None) -> Setup:
+            device: str | torch.device | None = None, progress: bool = False) -> Setup:
     """Data, catalog and model of a run. `device`: where the model goes *before* the catalog's
-    item states are computed (encoding a catalog on a CPU when a GPU is there wastes minutes)."""
+    item states are computed (encoding a catalog on a CPU when a GPU is there wastes minutes).
+    `progress`: status lines and a bar over the catalog encoding (stderr)."""
     m, t = config.model, config.train
-    model = model if model is not None else build_model(config, seed=t.seed)
+    if model is None:
+        say(f"loading backbone {m.backbone}", progress)
+        model = build_model(config, seed=t.seed)
     if device is not None:
         model.to(device)
+    say(f"loading dataset {dataset or t.dataset}", progress)
     bundle = load_dataset(dataset or t.dataset)
     store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens)
     if m.item_encoding == "cached":
-        store.cache_base_states(model)
+        # ItemStore.cache_base_states (same call), with a progress bar over the items.
+        say(f"encoding {len(store):,} items with the frozen base LM (once)", progress)
+        store.states = model.item_token_states(store.input_ids, store.attention_mask, adapted=False,
+                                               dtype=torch.float16, progress=progress)
+        store.mode = "cached"
     elif m.item_encoding != "adapted":
         raise ValueError(f"model.item_encoding must be 'cached' or 'adapted', not '{m.item_encoding}'")
     encoder = DialogueEncoder(model.tokenizer, store.index, m.context_max_tokens, m.response_max_tokens)
@@ -97,17 +114,28 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     precision = t.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=t.grad_accum)
+    # Launched as several processes (torchrun sets WORLD_SIZE): without a GPU, accelerate only joins
+    # the process group when told `cpu=True` (gloo); otherwise every process would train alone on
+    # the whole data and write the same run folder (tests/test_distributed.py).
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=t.grad_accum,
+                              cpu=launched > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes, but accelerate set up {accelerator.num_processes} "
+                           f"({accelerator.distributed_type}): check the launcher's device settings")
     device = accelerator.device
     cuda = device.type == "cuda"
+    show = progress and accelerator.is_main_process
+    if accelerator.is_main_process:
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    setup = prepare(config, device=device)
+    setup = prepare(config, device=device, progress=show)
     model, store, encoder = setup.model, setup.store, setup.encoder
     train_samples = setup.samples[t.train_split]
     if not train_samples:
         raise ValueError(f"split '{t.train_split}' of {t.dataset} has no samples to train on")
+    say(f"encoding {len(train_samples):,} training samples", show)
     encoded = encoder.encode_all(train_samples)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     # Shapes, precision and how the step runs (pecrs.step; docs/performance.md).
     world = accelerator.num_processes
@@ -161,8 +189,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         model.train()
         first_batch = state["batch"]
         started, sums = time.perf_counter(), {"loss": 0.0, "recall": 0.0, "rerank": 0.0, "gen": 0.0, "n": 0}
-        bar = tqdm(range(first_batch, len(batches)), desc=f"epoch {epoch + 1}/{t.epochs}",
-                   disable=not (progress and accelerator.is_main_process))
+        bar = tqdm(range(first_batch, len(batches)), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show)
+        shown = None  # when the bar's loss was last refreshed
         for b in bar:
             # Host: the whole step's batch, negatives and candidate places, from the step's seed,
             # identical in every process; each process then keeps its own rows.
@@ -170,22 +198,23 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             batch = collate([encoded[i] for i in batches[b]], pad_id, core.rec_end_id, *widths)
             inputs = plan_step(batch, len(store), t, torch.Generator().manual_seed(seed),
                                candidates=True if (static or world > 1) else None, slots=slots)
-            if world > 1:
-                inputs = inputs.select(slice(accelerator.process_index, None, world))
+            weights = None
+            if world > 1:  # weights: DDP's mean of the processes' gradients = the whole batch's
+                inputs, weights = shard(inputs, accelerator.process_index, world, t.loss_normalization)
             if cuda:
                 inputs = inputs.pin_memory()
             inputs = inputs.to(device, non_blocking=cuda)
             torch.manual_seed(seed)  # dropout
             with accelerator.accumulate(model):
                 try:
-                    losses, loss = _forward_backward(runner, store, inputs, config, accelerator)
+                    losses, loss = _forward_backward(runner, store, inputs, config, accelerator, weights)
                 except Exception as error:
                     if not runner.compiled:
                         raise
                     optimizer.zero_grad()
                     runner.fall_back(error)
                     torch.manual_seed(seed)
-                    losses, loss = _forward_backward(runner, store, inputs, config, accelerator)
+                    losses, loss = _forward_backward(runner, store, inputs, config, accelerator, weights)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -196,8 +225,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                 sums[k] += losses[k].detach()
             sums["loss"] += loss.detach()
             sums["n"] += 1
-            if sums["n"] % 50 == 1:
+            # The loss on the bar: reading it waits for the device, so at most every few seconds.
+            if show and (shown is None or time.perf_counter() - shown >= LOSS_REFRESH_SECONDS):
                 bar.set_postfix(loss=f"{float(sums['loss']) / sums['n']:.3f}")
+                shown = time.perf_counter()
             state["batch"] = b + 1
             steps_done += 1
             out_of_time = deadline is not None and time.perf_counter() > deadline
@@ -226,8 +257,11 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs:
                 dev = setup.samples.get(t.dev_split) or []
                 if dev:
+                    say(f"dev evaluation: ranking the catalog for {sum(s.target is not None for s in dev):,} "
+                        f"samples", show)
                     with accelerator.autocast():  # bfloat16 frozen weights need it outside training too
-                        scores = recall_only(core, store, encoder, dev, t.m_inference, t.eval_batch_size)
+                        scores = recall_only(core, store, encoder, dev, t.m_inference, t.eval_batch_size,
+                                             progress=show)
                     record.update({f"dev_{k}": v for k, v in scores.items()})
                     if scores["recall_mean"] > state["best"]:
                         state["best"], state["best_epoch"] = scores["recall_mean"], epoch + 1
@@ -242,10 +276,11 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     return state
 
 
-def _forward_backward(runner: StepRunner, store: ItemStore, inputs, config: RunConfig, accelerator):
+def _forward_backward(runner: StepRunner, store: ItemStore, inputs, config: RunConfig, accelerator,
+                      weights: dict[str, float] | None = None):
     with accelerator.autocast():
         losses = runner(store, inputs, config.train)
-    loss = total_loss(losses, config)
+    loss = total_loss(losses if weights is None else {k: losses[k] * w for k, w in weights.items()}, config)
     accelerator.backward(loss)
     return losses, loss
 
