@@ -228,10 +228,19 @@ def scaled_lr(t: TrainConfig, effective_batch: int) -> float:
 def cast_frozen(model, dtype: torch.dtype) -> int:
     """Store the frozen floating-point weights in `dtype` (in place); trainable parameters
     (LoRA, special-token rows, heads) and the optimiser stay float32. Returns how many tensors
-    were cast. With bfloat16 autocast this removes the per-op weight casts of a float32 model."""
+    were cast. With bfloat16 autocast this removes the per-op weight casts of a float32 model;
+    the model must then run under autocast."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     n = 0
     for p in model.parameters():
         if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
             n += 1
+    # peft casts each adapter's input to the adapter's float32 dtype, which autocast then casts
+    # back: two casts per adapted layer and pass. Under autocast (required with low-precision
+    # frozen weights) the matmul dtypes are autocast's business, so peft's casts are dropped.
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
     return n
