@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .catalog import ItemStore, batch_item_vectors
+from .catalog import ItemStore, vector_slots
 from .data import ITEM, Sample
 from .tokens import DialogueEncoder, collate
 
@@ -68,18 +68,20 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
 
 
 @torch.no_grad()
-def response_nll(model, store: ItemStore, encoded, batch_size: int) -> tuple[float, int]:
+def response_nll(model, store: ItemStore, encoded, batch_size: int, progress: bool = False) -> tuple[float, int]:
     """Summed NLL and token count of the reference responses (perplexity)."""
     tok = model.tokenizer
-    total, count = 0.0, 0
-    for sl in _batches(len(encoded), batch_size):
-        batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
-        vectors, row = batch_item_vectors(model, store, batch.target, batch.context_items, batch.gen_items)
+    total, count = 0.0, 0  # device tensors after the first batch: read once at the end, not per batch
+    for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="perplexity", disable=not progress):
+        batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id)
+        items, row = vector_slots(len(store), batch.target, batch.context_items, batch.gen_items)  # on the host
+        batch = batch.to(model.device)
+        vectors, row = store.vectors(model, items.to(model.device)), row.to(model.device)
         empty = torch.zeros(len(batch.target), 0, dtype=torch.long, device=model.device)
         losses = model.training_losses(batch, vectors, row, empty, empty, score_items=False)
-        total += float(losses["gen_nll_sum"])
-        count += int(losses["gen_tokens"])
-    return total, count
+        total = total + losses["gen_nll_sum"].double()
+        count = count + losses["gen_tokens"]
+    return float(total), int(count)
 
 
 def render_response(tokenizer, ids: list[int], title: str) -> str:
@@ -138,7 +140,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         seen = np.array([s.target_seen_before for s in samples])[rec_rows]
         naive = naive_ranking([s for s, r in zip(samples, rec_rows) if r], store.index)
         result = {}
-        nll, count = response_nll(model, store, encoded, batch_size)
+        nll, count = response_nll(model, store, encoded, batch_size, progress)
         gen_args = {}
         if generate:
             # One response per recommender turn: the first sample of each turn (repeated=False).
