@@ -30,11 +30,11 @@ class ItemStore:
         return len(self.items)
 
     @torch.no_grad()
-    def cache_base_states(self, model, batch_size: int = 64, dtype=torch.float16):
+    def cache_base_states(self, model, batch_size: int = 64, dtype=torch.float16, progress: bool = False):
         """Compute the frozen-base token states of every item once ("cached" mode)."""
         # dtype per batch: the float32 states of the whole catalog are never held (ReDial: ~2 GB).
         states = model.item_token_states(self.input_ids, self.attention_mask, adapted=False,
-                                         batch_size=batch_size, dtype=dtype)
+                                         batch_size=batch_size, dtype=dtype, progress=progress)
         self.states = states
         self.mode = "cached"
         return self

@@ -72,11 +72,8 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     bundle = load_dataset(dataset or t.dataset)
     store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens)
     if m.item_encoding == "cached":
-        # ItemStore.cache_base_states (same call), with a progress bar over the items.
         say(f"encoding {len(store):,} items with the frozen base LM (once)", progress)
-        store.states = model.item_token_states(store.input_ids, store.attention_mask, adapted=False,
-                                               dtype=torch.float16, progress=progress)
-        store.mode = "cached"
+        store.cache_base_states(model, progress=progress)
     elif m.item_encoding != "adapted":
         raise ValueError(f"model.item_encoding must be 'cached' or 'adapted', not '{m.item_encoding}'")
     encoder = DialogueEncoder(model.tokenizer, store.index, m.context_max_tokens, m.response_max_tokens)
