@@ -18,6 +18,9 @@ GPUs that have it, AdamW, M_train 150 shared negatives, cached item encoding):
   4. times one dev-set recall evaluation (what `pecrs train` does after each epoch);
   5. extrapolates the 20-epoch run: catalog cache + 20 x (epoch + dev evaluation).
 Target: <= 5 minutes for the whole 20-epoch run on one H100.
+This measures the paper's dynamic-shape eager step (`training_step_losses`); the GPU recipe of
+`pecrs train` (static shapes, frozen bf16, compiled / CUDA-graph step) is measured by
+benchmarks/gpu_probe.py, which tools/gpu/train_inspired.sh runs before training.
 Writes the JSON to $OUT/gpu_epoch.json as well when OUT is set.
 """
 from __future__ import annotations

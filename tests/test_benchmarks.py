@@ -60,3 +60,72 @@ def test_gpu_epoch_runs_on_cpu_and_extrapolates(shared_datasets, tmp_path):
     expected = result["catalog_cache_s"] + 20 * (row["epoch_s_extrapolated"] + result["dev_eval_s"])
     assert result["run_s_extrapolated"] == pytest.approx(expected, abs=0.2)
     assert result["settings"]["train_samples"] == 40 and result["device"] == "cpu"
+
+
+def test_gpu_probe_quick_runs_the_train_step_and_reports_each_combination(shared_datasets, tmp_path):
+    """benchmarks/gpu_probe.py --quick on the CPU: eager and compile (dynamo's "eager" backend, no
+    code generation) x two batch sizes through pecrs.step, the printed lines and the JSON fields
+    that tools/gpu/train_inspired.py plans its schedule from."""
+    out = tmp_path / "gpu_probe.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), "train.max_train_samples=24",
+                           "train.m_train=8", "model.context_max_tokens=64", "model.response_max_tokens=12",
+                           "--config", str(REPO / "configs" / "tiny.yaml"), "--quick", "--modes", "eager", "compile",
+                           "--compile-backend", "eager", "--batch-sizes", "2", "4", "--compile-guess-s", "1",
+                           "--dev-eval", "--threads", "1", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("SUMMARY ")
+    result = json.loads(out.read_text())
+    combos = {(c["mode"], c["batch_size"]): c for c in result["combos"]}
+    assert set(combos) == {("eager", 2), ("eager", 4), ("compile", 2), ("compile", 4)}
+    # config batch (tiny: 4) first in eager and compiled order
+    assert [(c["mode"], c["batch_size"]) for c in result["combos"]][:2] == [("eager", 4), ("compile", 4)]
+    for (mode, bs), c in combos.items():
+        assert c["status"] == "ok" and c["ran_as"] == mode and c["fell_back"] is False, c
+        assert c["ms_per_step"] > 0 and c["samples_per_s"] == pytest.approx(bs * 1000 / c["ms_per_step"], rel=0.02)
+        assert c["steps"] >= 2 and c["first_step_s"] > 0 and c["peak_memory_gb"] is None   # no GPU here
+        assert c["steps_per_epoch"] == 24 // bs and c["graph_breaks"] == 0
+        printed = [x for x in lines if x.startswith(f"probe {mode:>10} batch {bs:>3}:")]
+        assert len(printed) == 1 and "ms/step" in printed[0] and "samples/s" in printed[0]
+    chosen = result["chosen"]
+    best = max(combos.values(), key=lambda c: c["samples_per_s"])
+    assert chosen["samples_per_s"] >= 0.9 * best["samples_per_s"]
+    assert any(x.startswith(f"chosen: {chosen['mode']} at batch {chosen['batch_size']}") for x in lines)
+    s = result["settings"]
+    assert s["static_shapes"] is True and s["compile_backend"] == "eager" and s["frozen_dtype"] == "float32"
+    assert result["setup_s"] > 0 and result["dev_eval_s"] > 0 and result["device"] == "cpu"
+
+
+def test_gpu_probe_choice_and_budget_rules():
+    """The probe's choice: the fastest combination that ran in its own mode (fallbacks never
+    count), a smaller batch within 10% of it preferred."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_probe", REPO / "benchmarks" / "gpu_probe.py")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    def row(mode, bs, sps, status="ok"):
+        return {"mode": mode, "batch_size": bs, "status": status, "samples_per_s": sps, "ms_per_step": bs / sps * 1e3,
+                "epoch_s_estimate": 1.0, "first_step_s": 1.0}
+    combos = [row("eager", 32, 100.0), row("cudagraphs", 32, 1000.0), row("cudagraphs", 64, 1050.0),
+              row("compile", 64, 5000.0, status="fell_back"), row("cudagraphs", 16, 400.0)]
+    pick = probe.choose(combos, 0.10)
+    assert (pick["mode"], pick["batch_size"]) == ("cudagraphs", 32) and "smallest batch within" in pick["why"]
+    pick = probe.choose(combos, 0.0)
+    assert (pick["mode"], pick["batch_size"]) == ("cudagraphs", 64) and pick["why"] == "fastest"
+    assert probe.choose([row("compile", 4, 9.0, status="fell_back"), {"mode": "eager", "batch_size": 2,
+                                                                     "status": "skipped"}], 0.1) is None
+    # a combination still compiling when the budget runs out is interrupted, and the flag says so
+    # even when torch.compile wraps the exception in its own type
+    import time
+
+    with pytest.raises(probe.OverBudget):
+        with probe.alarm(0.2):
+            time.sleep(2)
+    assert probe.ALARM["fired"]
+    with probe.alarm(5):
+        pass
+    assert not probe.ALARM["fired"]

@@ -1,0 +1,164 @@
+"""tools/gpu/train_inspired.sh, the one-session GPU run of issue 11 B (docs/gpu.md), end to end on
+the CPU with the tiny backbone (SMOKE=1: configs/tiny.yaml, each variant's loss settings, tiny
+budgets), and the rules it plans and packs by. Its bugs must show up here: the GPU window is one
+try of 13 minutes."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import REPO
+
+MiB = 2**20
+
+
+def driver():
+    spec = importlib.util.spec_from_file_location("train_inspired", REPO / "tools" / "gpu" / "train_inspired.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def mini_inspired(shared_datasets, tmp_path_factory):
+    from test_experiments import make_mini_datasets
+
+    return make_mini_datasets(shared_datasets, tmp_path_factory.mktemp("data")) / "inspired"
+
+
+def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("BATCH", "STEP_MODE", "VARIANTS", "CALL_BUDGET_S")}
+    env.update(SMOKE="1", OUT=str(out), DATA=str(mini_inspired), RUNS=str(runs), PECRS_CACHE=str(tmp_path / "cache"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    proc = subprocess.run(["bash", "tools/gpu/train_inspired.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SUMMARY" in proc.stdout.strip().splitlines()[-1]
+
+    # what the device tool brings back: <= 8 files, < 16 MiB each, <= 2 folders down, plain names
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"result.json", "run.log", "eval_test.json"}
+    assert len(files) <= 8 and all(p.stat().st_size < 16 * MiB for p in files)
+    assert all(len(p.relative_to(out).parts) <= 3 and re.fullmatch(r"[A-Za-z0-9._/-]+", str(p.relative_to(out)))
+               for p in files)
+
+    r = json.loads((out / "result.json").read_text())
+    assert r["smoke"] is True and r["device"]["kind"] == "cpu" and r["versions"]["torch"]
+    assert r["git"].get("revision") and r["out_files"]["problems"] == []
+    assert [s["stage"] for s in r["timeline"]] == ["env", "backbone", "probe", "train-authors", "train-paper",
+                                                    "test", "export"]
+    # the probe's figures, and the schedule planned from them
+    probe, schedule = r["probe"], r["schedule"]
+    assert probe["chosen"] and probe["setup_s"] > 0 and probe["dev_eval_s"] is not None
+    assert {c["mode"] for c in probe["combos"]} == {"eager", "compile"}
+    assert schedule["source"] == "probe" and schedule["batch_size"] == probe["chosen"]["batch_size"]
+    assert schedule["step_mode"] == probe["chosen"]["mode"]
+    assert schedule["epochs"] == 1 and schedule["warmup_steps"] >= 1 and schedule["max_train_minutes"] > 0
+    assert schedule["variants_planned"] == ["authors", "paper"]
+    # both variants trained, each with its own loss balance, and the best on dev selected
+    for name, alpha, norm in (("authors", "0.8", "targets"), ("paper", "0.15", "batch")):
+        v = r["variants"][name]
+        assert v["status"] == "ok" and v["epochs_done"] == 1 and v["has_best"], v
+        assert f"train.alpha={alpha}" in v["overrides"] and f"train.loss_normalization={norm}" in v["overrides"]
+        assert f"train.batch_size={schedule['batch_size']}" in v["overrides"]
+        assert v["dev_curve"][0]["epoch"] == 1 and "dev_recall_mean" in v["dev_curve"][0]
+        assert v["setup"]["static_shapes"] is True and v["setup"]["warmup_updates"] == schedule["warmup_steps"]
+    best = max(("authors", "paper"), key=lambda n: r["variants"][n]["best_dev_recall_mean"])
+    assert r["selected"]["variant"] == best and r["selected"]["partial"] is False
+    # test metrics of the selected checkpoint, with generation
+    test = r["test"]
+    assert test["generation"] is True and test["checkpoint"].endswith(f"{best}/best")
+    for key in ("recall@1", "recall@10", "recall@50", "ppl", "rouge1", "dist2"):
+        assert test[key] is not None, key
+    assert json.loads((out / "eval_test.json").read_text())["examples"]
+    # the export (pecrs export), packed: it alone has more files than the tool returns
+    export = r["export"]
+    assert export["status"] == "ok", export
+    with tarfile.open(out / "shipped.tar") as tar:
+        names = set(tar.getnames())
+    assert {"shipped/MODEL_CARD.md", "shipped/heads.safetensors", "shipped/item_vectors.safetensors"} <= names
+    assert not (out / "shipped").exists()
+
+
+def _run(tmp_path, monkeypatch, left: float):
+    d = driver()
+    monkeypatch.setenv("CALL_BUDGET_S", "540")
+    monkeypatch.setenv("PECRS_CALL_T0", str(__import__("time").time() - (540 - left)))
+    run = d.Run(tmp_path)
+    run.result["budget"].update(eval_reserve_s=120, export_reserve_s=30, end_reserve_s=15)
+    return d, run
+
+
+def _probe(mode="cudagraphs", ms=40.0, first=45.0, combos=None):
+    chosen = {"mode": mode, "batch_size": 32, "ms_per_step": ms, "first_step_s": first, "samples_per_s": 32e3 / ms}
+    return {"chosen": chosen, "setup_s": 15.0, "dev_eval_s": 6.0, "settings": {"train_samples": 8152},
+            "combos": combos or [{**chosen, "status": "ok"}]}
+
+
+VARIANTS = [("authors", "configs/inspired-gpu.yaml"), ("paper", "configs/inspired-gpu-paper.yaml")]
+CONFIG = {"train": {"batch_size": 32}}
+
+
+def test_schedule_fits_the_window_and_drops_variants_that_would_get_too_few_epochs(tmp_path, monkeypatch):
+    # a fast step: both variants get >= 3 epochs; epochs fit each variant's share
+    d, run = _run(tmp_path, monkeypatch, left=420)
+    s = d.plan_schedule(run, _probe(ms=20.0, first=20.0), VARIANTS, CONFIG, smoke=False)
+    assert s["variants_planned"] == ["authors", "paper"] and s["steps_per_epoch"] == 255
+    assert s["estimated_epoch_s"] == pytest.approx(255 * 0.020 * 1.1 + 6 + 3, abs=0.1)
+    assert s["epochs"] >= 3
+    assert s["estimated_setup_s"] + s["estimated_compile_s"] + s["epochs"] * s["estimated_epoch_s"] <= s["share_s"]
+    assert s["share_s"] == pytest.approx((420 - 165) / 2, abs=1)
+    assert s["warmup_steps"] == round(0.05 * s["epochs"] * 255)
+    assert 60 * s["max_train_minutes"] <= s["share_s"] - s["estimated_setup_s"]
+    # a slower step: two variants would get < 3 epochs each, so only the first trains
+    d, run = _run(tmp_path, monkeypatch, left=420)
+    s = d.plan_schedule(run, _probe(ms=60.0), VARIANTS, CONFIG, smoke=False)
+    assert s["variants_planned"] == ["authors"] and s["variants_dropped"] == ["paper"] and s["epochs"] >= 3
+
+
+def test_schedule_without_a_compiled_figure_trains_with_the_gpu_default(tmp_path, monkeypatch):
+    eager = {"mode": "eager", "batch_size": 32, "status": "ok", "ms_per_step": 300.0, "first_step_s": 0.5,
+             "samples_per_s": 106.7}
+    over = {"mode": "cudagraphs", "batch_size": 32, "status": "over_budget", "seconds": 48.0}
+    d, run = _run(tmp_path, monkeypatch, left=420)
+    s = d.plan_schedule(run, _probe(mode="eager", ms=300.0, first=0.5, combos=[eager, over]), VARIANTS, CONFIG,
+                        smoke=False)
+    assert s["step_mode"] == "auto" and s["estimated_compile_s"] == 48.0 and "auto" in s["source"]
+    # a compiled mode that failed: eager it is
+    failed = {**over, "status": "fell_back", "fell_back": True}
+    s = d.plan_schedule(run, _probe(mode="eager", ms=300.0, first=0.5, combos=[eager, failed]), VARIANTS, CONFIG,
+                        smoke=False)
+    assert s["step_mode"] == "eager"
+    # no probe at all: the config's batch, train.step_mode auto, one epoch at least
+    s = d.plan_schedule(run, None, VARIANTS, CONFIG, smoke=False)
+    assert (s["batch_size"], s["step_mode"]) == (32, "auto") and s["epochs"] >= 1
+    monkeypatch.setenv("BATCH", "64")
+    monkeypatch.setenv("STEP_MODE", "eager")
+    s = d.plan_schedule(run, _probe(), VARIANTS, CONFIG, smoke=False)
+    assert (s["batch_size"], s["step_mode"]) == (64, "eager") and "forced" in s["source"]
+
+
+def test_files_are_packed_to_what_the_device_tool_returns(tmp_path, monkeypatch):
+    d, run = _run(tmp_path / "out", monkeypatch, left=100)
+    shipped = tmp_path / "out" / "shipped"
+    (shipped / "adapter").mkdir(parents=True)
+    for i in range(9):
+        (shipped / f"f{i}.bin").write_bytes(b"x" * 100)
+    (shipped / "adapter" / "big.safetensors").write_bytes(os.urandom(9 * MiB))
+    (shipped / "vectors.safetensors").write_bytes(os.urandom(9 * MiB))
+    report = d.check_files(run)
+    assert report["problems"] == [] and not shipped.exists()
+    tars = sorted(report["files"])
+    assert tars == ["run.log", "shipped-1.tar", "shipped-2.tar"]
+    names = set()
+    for t in tars[1:]:
+        assert report["files"][t] < 16 * MiB
+        with tarfile.open(tmp_path / "out" / t) as tar:
+            names |= set(tar.getnames())
+    assert "shipped/adapter/big.safetensors" in names and len(names) == 11
