@@ -1,6 +1,7 @@
 """The benchmark scripts still run and print what docs/performance.md reads from them (tiny
 backbones, a couple of repeats: a check against bit-rot, not a measurement)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -66,13 +67,13 @@ def test_gpu_probe_quick_runs_the_train_step_and_reports_each_combination(shared
     """benchmarks/gpu_probe.py --quick on the CPU: eager and compile (dynamo's "eager" backend, no
     code generation) x two batch sizes through pecrs.step, the printed lines and the JSON fields
     that tools/gpu/train_inspired.py plans its schedule from."""
-    out = tmp_path / "gpu_probe.json"
+    out = tmp_path / "gpu_probe.json"        # written there because OUT is set (the device tool's folder)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), "train.max_train_samples=24",
                            "train.m_train=8", "model.context_max_tokens=64", "model.response_max_tokens=12",
                            "--config", str(REPO / "configs" / "tiny.yaml"), "--quick", "--modes", "eager", "compile",
                            "--compile-backend", "eager", "--batch-sizes", "2", "4", "--compile-guess-s", "1",
-                           "--dev-eval", "--threads", "1", "--json-out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                           "--dev-eval", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OUT": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith("SUMMARY ")

@@ -79,7 +79,7 @@ class Run:
 
     def __init__(self, out: Path):
         self.t0 = float(os.environ.get("PECRS_CALL_T0") or time.time())
-        self.budget = env_float("CALL_BUDGET_S", 540, 240)
+        self.budget = env_float("CALL_BUDGET_S", 540, 300)
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         self.log_file = (out / "run.log").open("a", encoding="utf-8")
