@@ -84,15 +84,6 @@ def response_nll(model, store: ItemStore, encoded, batch_size: int, progress: bo
     return float(total), int(count)
 
 
-def render_response(tokenizer, ids: list[int], title: str) -> str:
-    """Decoded text with [ITEM] shown as the recommended item's title."""
-    text = tokenizer.decode(ids, skip_special_tokens=False)
-    for special in (tokenizer.eos_token, tokenizer.pad_token):
-        if special:
-            text = text.replace(special, "")
-    return text.replace(ITEM, title).strip()
-
-
 @torch.no_grad()
 def generate_responses(model, store: ItemStore, encoded, recommended: np.ndarray, catalog_vectors,
                        batch_size: int, strategy: str = "top_k", max_new_tokens: int = 64, seed: int = 0,
@@ -110,7 +101,7 @@ def generate_responses(model, store: ItemStore, encoded, recommended: np.ndarray
         ids = model.generate(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors, rec,
                              chunk[0].prompt_ids, strategy, max_new_tokens, seed=seed + sl.start)
         for i, row in zip(rows, ids):
-            texts[i] = render_response(tok, row, ITEM)
+            texts[i] = model.decode_reply(row)
     return texts
 
 

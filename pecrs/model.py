@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .attention import SELF_ONLY_KWARG, use_candidate_attention
 from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache
 from .config import ModelConfig
+from .data import REC, REC_END, SEP
 from .tokens import NO_ITEM, Batch
 
 
@@ -380,29 +381,31 @@ class PECRS(nn.Module):
 
     def generation_inputs(self, context_ids, context_items, context_len, item_vectors, recommended,
                           prompt_ids: list[int]):
-        """Left-padded inputs_embeds for generation: context, [REC] v [REC_END], "Recommender:"."""
-        B = context_ids.shape[0]
+        """Left-padded inputs_embeds [B, L, d] and attention mask [B, L] for generation (Eq. 6):
+        context, [REC] v_1..v_k [REC_END], "Recommender:". recommended: catalog indices [B] (the
+        paper: one item) or [B, k] (several items per reply, `Recommender.respond(k_items=...)`).
+        Each row's context (right-padded in context_ids) is shifted right so that every row ends
+        where generation starts: one gather, no loop over rows or tokens."""
+        rec = recommended.view(len(context_ids), -1).to(context_ids.device)
+        B, k = rec.shape
         dev = context_ids.device
-        head = torch.tensor([0, self.rec_end_id] + list(prompt_ids), device=dev)
-        head_items = torch.full_like(head, NO_ITEM)
-        rows_ids, rows_items, lengths = [], [], []
-        for i in range(B):  # B rows, not tokens
-            n = int(context_len[i])
-            items_i = head_items.clone()
-            items_i[0] = recommended[i]
-            rows_ids.append(torch.cat([context_ids[i, :n], head]))
-            rows_items.append(torch.cat([context_items[i, :n], items_i]))
-            lengths.append(n + len(head))
-        L = max(lengths)
+        head_ids = torch.tensor([0] * k + [self.rec_end_id] + list(prompt_ids), device=dev).expand(B, -1)
+        head_items = torch.cat([rec, torch.full((B, 1 + len(prompt_ids)), NO_ITEM, device=dev)], 1)
+        ids = torch.cat([context_ids, head_ids], 1)            # [B, Lc + H], real tokens then pads then head
+        items = torch.cat([context_items, head_items], 1)
+        Lc, H = context_ids.shape[1], head_ids.shape[1]
+        L = int(context_len.max()) + H
+        # Left-aligned row i has its context in [0, n_i) and the head in [Lc, Lc + H); read position
+        # j of the output from source j - (L - n_i - H) for the context and from the head after it.
+        j = torch.arange(L, device=dev).unsqueeze(0)
+        start = (L - H - context_len).unsqueeze(1)             # where row i's context begins
+        in_head = j >= L - H
+        source = torch.where(in_head, j - (L - H) + Lc, (j - start).clamp(0, Lc - 1))
+        valid = in_head | (j >= start)
         pad = self.tokenizer.pad_token_id
-        ids = torch.full((B, L), pad, dtype=torch.long, device=dev)
-        items = torch.full((B, L), NO_ITEM, dtype=torch.long, device=dev)
-        attn = torch.zeros(B, L, dtype=torch.long, device=dev)
-        for i in range(B):
-            ids[i, L - lengths[i]:] = rows_ids[i]
-            items[i, L - lengths[i]:] = rows_items[i]
-            attn[i, L - lengths[i]:] = 1
-        return self.embed(ids, items, item_vectors), attn
+        ids = torch.where(valid, ids.gather(1, source), pad)
+        items = torch.where(valid, items.gather(1, source), NO_ITEM)
+        return self.embed(ids, items, item_vectors), valid.long()
 
     @torch.no_grad()
     def generate(self, context_ids, context_items, context_len, item_vectors, recommended,
@@ -415,6 +418,17 @@ class PECRS(nn.Module):
                                               recommended, prompt_ids)
         return generate(self.causal_lm, embeds, attn, strategy, max_new_tokens=max_new_tokens,
                         pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.end_of_turn_ids, seed=seed)
+
+    def decode_reply(self, ids: list[int]) -> str:
+        """A generated reply as text: special tokens other than [ITEM] removed, whitespace collapsed.
+        [ITEM] stays for the caller to fill (evaluation compares it as is; serving puts the title).
+        The one decoder of replies, so that what is evaluated is what is served."""
+        tok = self.tokenizer
+        text = tok.decode(ids, skip_special_tokens=False)
+        for special in (tok.eos_token, tok.pad_token, SEP, REC, REC_END):
+            if special:
+                text = text.replace(special, "")
+        return " ".join(text.split())
 
     @property
     def end_of_turn_ids(self) -> list[int]:

@@ -230,14 +230,17 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             steps_done += 1
             out_of_time = deadline is not None and time.perf_counter() > deadline
             if out_of_time or (stop_after_steps is not None and steps_done >= stop_after_steps):
-                _save_last(core, config, optimizer, scheduler, state, last, accelerator)
                 state["stopped_early"] = True
                 if out_of_time and accelerator.is_main_process:
+                    record = {"stopped": "max_train_minutes", "epoch": epoch + 1, "batch": b + 1,
+                              "global_step": state["global_step"], "seconds": round(time.perf_counter() - started, 2),
+                              "lr": scheduler.get_last_lr()[0], **mean_losses(sums)}
+                    # The deadline's partial epoch is dev-evaluated too, so it can become best/.
+                    record.update(_select_on_dev(core, setup, config, state, out, accelerator, show,
+                                                 {"epoch": epoch + 1, "batch": b + 1}))
                     with log_path.open("a") as f:
-                        f.write(json.dumps({"stopped": "max_train_minutes", "epoch": epoch + 1, "batch": b + 1,
-                                            "global_step": state["global_step"],
-                                            "seconds": round(time.perf_counter() - started, 2),
-                                            "lr": scheduler.get_last_lr()[0], **mean_losses(sums)}) + "\n")
+                        f.write(json.dumps(record) + "\n")
+                _save_last(core, config, optimizer, scheduler, state, last, accelerator)
                 return state
             if t.checkpoint_every and accelerator.sync_gradients and state["batch"] % t.checkpoint_every == 0:
                 _save_last(core, config, optimizer, scheduler, state, last, accelerator)
@@ -252,25 +255,33 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         state["epoch"], state["batch"] = epoch + 1, 0
         if accelerator.is_main_process:
             if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs:
-                dev = setup.samples.get(t.dev_split) or []
-                if dev:
-                    say(f"dev evaluation: ranking the catalog for {sum(s.target is not None for s in dev):,} "
-                        f"samples", show)
-                    with accelerator.autocast():  # bfloat16 frozen weights need it outside training too
-                        scores = recall_only(core, store, encoder, dev, t.m_inference, t.eval_batch_size,
-                                             progress=show)
-                    record.update({f"dev_{k}": v for k, v in scores.items()})
-                    if scores["recall_mean"] > state["best"]:
-                        state["best"], state["best_epoch"] = scores["recall_mean"], epoch + 1
-                        save_pretrained(core, config, out / "best", {"epoch": epoch + 1, "dev": scores})
-                else:  # no dev split: the last epoch is the one kept
-                    state["best_epoch"] = epoch + 1
-                    save_pretrained(core, config, out / "best", {"epoch": epoch + 1})
+                record.update(_select_on_dev(core, setup, config, state, out, accelerator, show, {"epoch": epoch + 1}))
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             accelerator.print(json.dumps(record))
         _save_last(core, config, optimizer, scheduler, state, last, accelerator)
     return state
+
+
+def _select_on_dev(core, setup: Setup, config: RunConfig, state: dict, out: Path, accelerator, show: bool,
+                   position: dict) -> dict:
+    """Dev recall (§4.1's selection score) of the model as it is now; saves best/ when it beats the
+    best so far (state["best"]). Without a dev split the latest evaluated model is kept. Returns
+    the dev_* fields for metrics.jsonl. `position`: {"epoch": e[, "batch": b]} where training is."""
+    t = config.train
+    dev = setup.samples.get(t.dev_split) or []
+    if not dev:
+        state["best_epoch"] = position["epoch"]
+        save_pretrained(core, config, out / "best", dict(position))
+        return {}
+    say(f"dev evaluation: ranking the catalog for {sum(s.target is not None for s in dev):,} samples", show)
+    with accelerator.autocast():  # bfloat16 frozen weights need it outside training too
+        scores = recall_only(core, setup.store, setup.encoder, dev, t.m_inference, t.eval_batch_size, progress=show)
+    core.train()
+    if scores["recall_mean"] > state["best"]:
+        state["best"], state["best_epoch"] = scores["recall_mean"], position["epoch"]
+        save_pretrained(core, config, out / "best", {**position, "dev": scores})
+    return {f"dev_{k}": v for k, v in scores.items()}
 
 
 def _forward_backward(runner: StepRunner, store: ItemStore, inputs, config: RunConfig, accelerator,

@@ -87,6 +87,11 @@ class StubModel:
     def eval(self):
         return self
 
+    def decode_reply(self, ids):  # the real decoder: only the model outputs are planned
+        from pecrs.model import PECRS
+
+        return PECRS.decode_reply(self, ids)
+
     def merged_lora(self):
         import contextlib
 

@@ -100,3 +100,19 @@ def test_crash_between_checkpoint_renames_resumes_and_best_is_the_best_dev_epoch
         positives = set(target[target >= 0].tolist())
         assert positives and not positives & set(recall.flatten().tolist())
         assert set(rerank.flatten().tolist()) <= set(recall.flatten().tolist())
+
+
+def test_a_deadline_stop_is_dev_evaluated_and_can_become_best(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.max_train_minutes = 1e-9  # stops after the first batch
+    state = train(cfg, tmp_path / "run", progress=False)
+    assert state["stopped_early"] and state["batch"] == 1
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["stopped"] == "max_train_minutes" and "dev_recall_mean" in record
+    best = json.loads((tmp_path / "run" / "best" / "pecrs_config.json").read_text())
+    assert (best["epoch"], best["batch"]) == (1, 1) and best["dev"]["recall_mean"] == record["dev_recall_mean"]
+    # resuming continues from last/ with the best so far remembered
+    state = train(cfg, tmp_path / "run", progress=False)
+    assert state["best"] >= record["dev_recall_mean"]
