@@ -83,6 +83,25 @@ class TrainConfig:
     max_train_minutes: float | None = None  # stop (resumably) once training has run this long
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"   # inspired.yaml, redial.yaml, tiny.yaml, ...
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs that ship with pecrs (`pecrs train NAME`)."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(path_or_name: str | Path) -> Path:
+    """A config file: the path itself if it exists, else a packaged config of that name."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise FileNotFoundError(f"config file not found: {path} (packaged configs: {', '.join(packaged_configs())})")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -114,10 +133,9 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "RunConfig":
-        """Read a YAML config, then apply `section.key=value` overrides (values parsed as YAML)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        """Read a YAML config (a path, or the name of one that ships with pecrs: "inspired",
+        "tiny", ...), then apply `section.key=value` overrides (values parsed as YAML)."""
+        path = resolve_config_path(path)
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as e:
