@@ -13,6 +13,10 @@ contexts' item slots are mapped onto ReDial rows (index modulo catalog size): sa
 Reported per catalog and mode: p50 / p95 seconds over the requests, plus a breakdown of the
 recall+rerank path (context pass, search, re-rank). Targets: p50 <= 0.3 s recall only,
 p50 <= 1.0 s recall + rerank.
+--dtype (default auto, as `Recommender.from_pretrained`): the precision the model runs in
+(pecrs.precision: bfloat16 where the CPU has AMX / AVX512-BF16, else float32); the result names
+the CPU, its bfloat16 flags and the dtype chosen. bfloat16 against float32 with ranking agreement:
+benchmarks/bf16_agreement.py.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=None, help="rerank chunk size (default: the library's)")
     p.add_argument("--real-vectors", action="store_true", help="encode the catalog instead of random vectors")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="precision of the LM (pecrs.precision; default auto, as the library)")
     p.add_argument("--int8", action="store_true",
                    help="experiment, not a library feature: dynamic int8 quantisation of the decoder's linear "
                         "layers (torch.ao quantize_dynamic, LoRA and LM head left in float32); also reports how "
@@ -47,6 +53,11 @@ def main(argv=None):
     cfg = C.run_config(args.backbone)
     model = C.build(cfg, stock_peft_tokens=args.stock_peft_tokens)
     model.eval()
+    from pecrs.precision import cpu_bf16_units, resolve_dtype, to_inference_dtype
+
+    if args.int8 and args.dtype == "bfloat16":
+        p.error("--int8 quantises the float32 model: it takes --dtype float32 (auto means float32 with it)")
+    precision = resolve_dtype("float32" if args.int8 else args.dtype, "cpu")
     chunk = args.chunk_size or inspect.signature(PECRS.recommend).parameters["chunk_size"].default
     reference = None
     if args.int8:
@@ -54,6 +65,7 @@ def main(argv=None):
 
         reference = copy.deepcopy(model)
         quantize_int8(model)
+    to_inference_dtype(model, precision.dtype)
 
     base_store = C.catalog(model, cfg, "inspired")
     encoded = C.inspired_encoded(model, base_store, cfg, "test", with_target=True)
@@ -62,7 +74,9 @@ def main(argv=None):
     requests = [encoded[i] for i in pick]
     ctx_lens = [len(e.context_ids) for e in requests[args.warmup:]]
 
-    result = {"benchmark": "latency", "backbone": args.backbone,
+    result = {"benchmark": "latency", "backbone": args.backbone, "cpu": C.cpu_model(),
+              "bf16_units": cpu_bf16_units(), "dtype": str(precision.dtype).removeprefix("torch."),
+              "dtype_reason": precision.reason,
               "settings": {"m_inference": args.m_inference, "batch_size": 1, "rerank_chunk_size": chunk,
                            "threads": threads, "requests": n_req, "warmup": args.warmup,
                            "catalog_vectors": "encoded" if args.real_vectors else "random (precomputed input)",
@@ -108,7 +122,8 @@ def main(argv=None):
         summary.append(f"{name} ({N} items): recall p50 {entry['recall_only']['p50']:.3f}s "
                        f"p95 {entry['recall_only']['p95']:.3f}s; +rerank p50 {entry['recall_rerank']['p50']:.3f}s "
                        f"p95 {entry['recall_rerank']['p95']:.3f}s")
-    C.emit(args, result, "latency" + " [int8 experiment]" * args.int8 + " (targets p50 <= 0.3 s / 1.0 s): "
+    C.emit(args, result, "latency" + " [int8 experiment]" * args.int8 + f" [{result['dtype']}; CPU {result['cpu']}, "
+           f"bf16 units: {', '.join(result['bf16_units']) or 'none'}] (targets p50 <= 0.3 s / 1.0 s): "
            + "; ".join(summary))
 
 

@@ -80,6 +80,7 @@ def _evaluate(args) -> int:
         config.model.item_fields = args.item_fields.split(",")
     from .backbone import default_device
 
+    dtype = _apply_dtype(model, args.dtype, default_device(args.device))
     setup = prepare(config, model=model, dataset=args.dataset, device=default_device(args.device))
     if args.split not in setup.samples:
         raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
@@ -89,7 +90,7 @@ def _evaluate(args) -> int:
                       batch_size=args.batch_size or config.train.eval_batch_size,
                       generate=not args.no_generate, strategy=args.decoding, seed=config.train.seed,
                       progress=not args.json)
-    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": args.decoding, **result}
+    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": args.decoding, "dtype": dtype, **result}
     out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
     out.write_text(json.dumps(result, indent=2))
     if args.json:
@@ -99,6 +100,20 @@ def _evaluate(args) -> int:
             if key != "examples":
                 print(f"{key:>24}: {value}")
     return 0
+
+
+def _apply_dtype(model, dtype: str, device) -> str:
+    """`--dtype` for a model that `pecrs evaluate` loaded (pecrs.precision; logged once); returns
+    the dtype chosen, which the result JSON records."""
+    from .precision import resolve_dtype, to_inference_dtype
+
+    choice = resolve_dtype(dtype, device)
+    to_inference_dtype(model.eval(), choice.dtype)
+    return choice.name
+
+
+_DTYPE_HELP = ("precision of the LM: auto (default: bfloat16 on a GPU that supports it or a CPU with AMX / "
+               "AVX512-BF16, else float32), float32, bfloat16 (pecrs.precision; docs/performance.md)")
 
 
 def _result_path(ckpt: Path, filename: str) -> Path:
@@ -146,6 +161,7 @@ def add_evaluate_parser(subparsers) -> None:
                    help="comma-separated item fields, e.g. title,genres (Table 6)")
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help=_DTYPE_HELP)
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
     p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
                    help="pecrs: the paper's samples of --split (default); standardized: the standardized "
@@ -179,6 +195,7 @@ def _evaluate_standardized(args) -> int:
         config.model.item_fields = args.item_fields.split(",")
     dataset = args.dataset or config.train.dataset
     collection = restrict(load_collection(dataset), args.max_samples)
+    dtype = _apply_dtype(model, args.dtype, default_device(args.device))
     setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device))
     result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
                             m_inference=args.m_inference or config.train.m_inference,
@@ -186,7 +203,7 @@ def _evaluate_standardized(args) -> int:
                             log=lambda msg: print(msg, file=sys.stderr))
     out = Path(args.output) if args.output else _result_path(ckpt, "eval_standardized.json")
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
-                               **result}, indent=2))
+                               "dtype": dtype, **result}, indent=2))
     _print_standardized(result, args.json)
     return 0
 
@@ -302,7 +319,7 @@ def _load_recommender(args):
         torch.set_num_threads(args.threads)
     rec = Recommender.from_pretrained(args.run_dir, catalog=args.catalog, device=args.device,
                                       m_inference=args.m_inference, decoding=args.decoding,
-                                      strict_catalog=False)
+                                      strict_catalog=False, dtype=args.dtype)
     print(rec.report.summary(), file=sys.stderr)
     for message in rec.report.errors:
         print(f"  skipped: {message}", file=sys.stderr)
@@ -321,6 +338,7 @@ def _add_recommender_args(p) -> None:
     p.add_argument("--m-inference", type=int, help="candidates retrieved then re-ranked")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help=_DTYPE_HELP)
 
 
 def _chat(args) -> int:

@@ -30,6 +30,13 @@ far fewer than 16 characters, so the cut does not reach text the model would hav
 Catalog vectors (Eq. 1) are computed once per (checkpoint, catalog) and cached on disk under
 PECRS_CACHE (default ~/.cache/pecrs)/catalogs/<key>.pt, the key hashing the checkpoint files, the
 catalog contents and the item-text settings, so a second start loads them instead of re-encoding.
+
+Precision (`dtype`, pecrs.precision): "auto" (default) runs the LM in bfloat16 where the hardware
+multiplies it natively (a GPU that supports it, a CPU with AMX or AVX512-BF16) and in float32
+elsewhere; "float32" / "bfloat16" force one. In bfloat16 the decoder's frozen linear weights are
+stored in bfloat16 and run under autocast; LoRA, the heads, the catalog vectors and the recall
+search stay float32. Vectors encoded by a bfloat16 model are cached under their own key, and a
+bfloat16 recommender prefers float32-encoded vectors when they are cached.
 """
 from __future__ import annotations
 
@@ -230,10 +237,14 @@ def _hash_items(items) -> str:
     return h.hexdigest()
 
 
-def catalog_cache_key(checkpoint: Path, items, model_config) -> str:
+def catalog_cache_key(checkpoint: Path, items, model_config, dtype: torch.dtype = torch.float32) -> str:
+    """The cache file name of a catalog's vectors; `dtype`, the precision of the LM that encodes
+    them, is part of the key except for float32 (so caches written before it existed stay valid)."""
     key = {"format": CACHE_FORMAT, "checkpoint": _hash_files(checkpoint), "catalog": _hash_items(items),
            "fields": list(model_config.item_fields), "max_tokens": model_config.item_max_tokens,
            "encoding": model_config.item_encoding}
+    if dtype != torch.float32:
+        key["dtype"] = str(dtype).removeprefix("torch.")
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -311,12 +322,20 @@ class Recommender:
 
     def __init__(self, model, config, catalog, vectors: torch.Tensor | None = None, *,
                  m_inference: int | None = None, decoding="top_k", index: str = "auto",
-                 report: CatalogReport | None = None, checkpoint: Path | None = None):
+                 report: CatalogReport | None = None, checkpoint: Path | None = None, dtype=None):
+        """dtype: "auto", "float32", "bfloat16" (pecrs.precision) to put the model in that precision
+        before anything runs, or None to use it as given."""
         from .decoding import resolve
+        from .precision import Precision, inference_dtype, resolve_dtype, to_inference_dtype
         from .retrieval import build_index
 
         resolve(decoding)  # fail early on an unknown strategy
         self.model = model.eval()
+        if dtype is not None:
+            self.precision = dtype if isinstance(dtype, Precision) else resolve_dtype(dtype, model.device)
+            to_inference_dtype(model, self.precision.dtype)
+        else:
+            self.precision = Precision(inference_dtype(model), "as given")
         self.config = config
         items, _ = resolve_catalog(catalog, None, None)
         self.items: dict[str, Item] = items
@@ -341,7 +360,7 @@ class Recommender:
     @classmethod
     def from_pretrained(cls, run_dir_or_checkpoint, catalog=None, device=None, m_inference: int | None = None,
                         decoding=None, *, index: str = "auto", backbone: str | None = None,
-                        cache_dir=None, strict_catalog: bool = True) -> "Recommender":
+                        cache_dir=None, strict_catalog: bool = True, dtype="auto") -> "Recommender":
         """Load a run folder (its best/ checkpoint) or a checkpoint folder.
 
         catalog: an items.jsonl path (or a folder holding one), a dict or list of Items, or None:
@@ -350,12 +369,16 @@ class Recommender:
         `save_pretrained` recorded, else the run's m_inference and "top_k". index: "auto", "exact"
         or "faiss" (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/
         catalogs; False: no cache). strict_catalog=False skips and reports bad catalog lines.
+        dtype: "auto" (bfloat16 where the device multiplies it natively, else float32), "float32"
+        or "bfloat16" (pecrs.precision; the choice and its reason are logged once).
         """
+        from .precision import resolve_dtype
         from .pretrained import checkpoint_dir, load_pretrained, read_meta
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
         saved = read_meta(ckpt).get("recommender", {})
         device = default_device(device)
+        precision = resolve_dtype(dtype, device)  # before loading: a bad value fails in no time
         model, config = load_pretrained(ckpt, backbone=backbone)
         model.to(device).eval()
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
@@ -365,13 +388,18 @@ class Recommender:
             report.cache_path = str(ckpt / VECTORS_FILE)
         elif cache_dir is not False:
             folder = Path(cache_dir) if cache_dir else default_cache_dir()
-            path = folder / f"{catalog_cache_key(ckpt, items.values(), config.model)}.pt"
-            report.cache_path = str(path)
-            vectors = _load_cached(path, list(items))
+            # float32-encoded vectors serve every precision; bfloat16-encoded ones only bfloat16
+            keys = dict.fromkeys([torch.float32, precision.dtype])
+            for key_dtype in keys:
+                path = folder / f"{catalog_cache_key(ckpt, items.values(), config.model, key_dtype)}.pt"
+                vectors = _load_cached(path, list(items))
+                if vectors is not None:
+                    break
+            report.cache_path = str(path)  # where they were found, else where this model's encoding goes
             report.vectors_from_cache = vectors is not None
         rec = cls(model, config, items, vectors, m_inference=m_inference or saved.get("m_inference"),
                   decoding=decoding or saved.get("decoding") or "top_k", index=index, report=report,
-                  checkpoint=ckpt)
+                  checkpoint=ckpt, dtype=precision)
         if report.cache_path and not report.vectors_from_cache:
             _save_cached(Path(report.cache_path), list(items), rec.vectors)
         log.info(report.summary())
@@ -486,7 +514,8 @@ class Recommender:
 
     def __repr__(self) -> str:
         return (f"Recommender({self.checkpoint or 'in-memory model'}, {len(self)} items, "
-                f"m_inference={self.m_inference}, decoding={self.decoding!r}, index={type(self.index).__name__})")
+                f"m_inference={self.m_inference}, decoding={self.decoding!r}, index={type(self.index).__name__}, "
+                f"dtype={self.precision.name})")
 
 
 def _hash_ids(ids: list[str]) -> str:
