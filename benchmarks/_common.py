@@ -50,13 +50,9 @@ def set_threads(n: int | None) -> int:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from pecrs.precision import cpu_model as model_name
+
+    return model_name()
 
 
 def load_average() -> list[float]:

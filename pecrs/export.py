@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
 import subprocess
 from pathlib import Path
 
@@ -34,7 +33,8 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None) 
     from .recommender import Recommender
 
     ckpt = checkpoint_dir(run)
-    rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False)
+    # float32: the shipped item vectors must not carry a bfloat16 encoder's rounding.
+    rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False, dtype="float32")
     provenance = {"source": str(ckpt), "git_revision": git_revision(), "hardware": hardware(),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__}
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
@@ -103,15 +103,9 @@ def git_revision() -> str:
 
 
 def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
+    from .precision import cpu_model
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
 
 
 def _pct(value) -> str:

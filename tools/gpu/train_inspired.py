@@ -517,7 +517,8 @@ def stages(run: Run) -> int:
     # ---- test ----
     started = time.time()
     eval_json = runs / "eval_test.json"
-    eval_cmd = [py, "-m", "pecrs.cli", "evaluate", str(ckpt), "--json", "--batch-size",
+    # float32: the test figures are the reference ones (auto would pick bfloat16 on the GPU).
+    eval_cmd = [py, "-m", "pecrs.cli", "evaluate", str(ckpt), "--json", "--dtype", "float32", "--batch-size",
                 os.environ.get("EVAL_BATCH", "16" if SMOKE else "256"), "--output", str(eval_json),
                 *os.environ.get("EVAL_ARGS", "--max-samples 8" if SMOKE else "").split()]
     tail = budget["export_reserve_s"] + budget["end_reserve_s"]
