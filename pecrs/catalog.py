@@ -62,6 +62,23 @@ class ItemStore:
         return model.item_vectors(states, mask)
 
     @torch.no_grad()
+    def encode(self, model, adapted: bool, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Every item's vector (Eq. 1) [N, d] float32, computed batch by batch from the LM (LoRA
+        off: the frozen base, as "cached" training reads it; on: "adapted"), so the token states
+        of the whole catalog are never held at once (a new catalog at serving time)."""
+        from tqdm import tqdm
+
+        out = []
+        for start in tqdm(range(0, len(self), batch_size), desc="encode catalog", disable=not progress):
+            ids = self.input_ids[start:start + batch_size]
+            mask = self.attention_mask[start:start + batch_size]
+            states = model.item_token_states(ids, mask, adapted=adapted, batch_size=batch_size)
+            if not adapted:  # the precision the cached mode trains on (cache_base_states)
+                states = states.to(torch.float16)
+            out.append(model.item_vectors(states, mask).float())
+        return torch.cat(out)
+
+    @torch.no_grad()
     def all_vectors(self, model, batch_size: int = 256) -> torch.Tensor:
         """Every item's vector, for inference: computed once per catalog and checkpoint."""
         out = []

@@ -317,9 +317,10 @@ def _load_recommender(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"pecrs: loading {args.run_dir}", file=sys.stderr, flush=True)
     rec = Recommender.from_pretrained(args.run_dir, catalog=args.catalog, device=args.device,
                                       m_inference=args.m_inference, decoding=args.decoding,
-                                      strict_catalog=False, dtype=args.dtype)
+                                      strict_catalog=False, dtype=args.dtype, progress=True)
     print(rec.report.summary(), file=sys.stderr)
     for message in rec.report.errors:
         print(f"  skipped: {message}", file=sys.stderr)

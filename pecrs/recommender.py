@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,7 +56,7 @@ from .backbone import default_device
 from .catalog import ItemStore
 from .data import ITEM, REC, REC_END, RECOMMENDER, ROLES, SEP, DataError, Dialogue, Item, Turn
 from .loaders import parse_item, parse_json_line, read_lines
-from .tokens import NO_ITEM, DialogueEncoder
+from .tokens import DialogueEncoder
 
 log = logging.getLogger(__name__)
 
@@ -194,26 +195,16 @@ def resolve_catalog(catalog, checkpoint: Path | None, dataset: str | None, stric
     return items, CatalogReport(str(path), len(items), n_bad, errors)
 
 
-@torch.no_grad()
 def encode_catalog(model, items: list[Item], fields, max_tokens: int, item_encoding: str = "cached",
-                   batch_size: int = 64) -> torch.Tensor:
-    """Item vectors v (Eq. 1) [N, d], float32 on the model's device, computed as in training:
-    "cached" item encoding reads the frozen base LM's states (kept in float16, as
-    `ItemStore.cache_base_states` does), "adapted" the LoRA-adapted LM's. Batches of items are
-    encoded and pooled one at a time, so the token states of the whole catalog never sit in memory."""
+                   batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Item vectors v (Eq. 1) [N, d], float32 on the model's device, computed as in training
+    (`ItemStore.encode`: "cached" reads the frozen base LM's states, "adapted" the LoRA-adapted LM's)."""
     if item_encoding not in ("cached", "adapted"):
         raise ValueError(f"model.item_encoding must be 'cached' or 'adapted', not '{item_encoding}'")
     store = ItemStore(items, model.tokenizer, fields, max_tokens)
-    adapted = item_encoding == "adapted"
-    out = []
-    for start in range(0, len(store), batch_size):
-        ids = store.input_ids[start:start + batch_size]
-        mask = store.attention_mask[start:start + batch_size]
-        states = model.item_token_states(ids, mask, adapted=adapted, batch_size=batch_size)
-        if not adapted:
-            states = states.to(torch.float16)
-        out.append(model.item_vectors(states, mask).float())
-    return torch.cat(out)
+    if progress:
+        print(f"pecrs: encoding {len(store):,} catalog items (once per catalog and checkpoint)", file=sys.stderr)
+    return store.encode(model, adapted=item_encoding == "adapted", batch_size=batch_size, progress=progress)
 
 
 def _hash_files(folder: Path) -> str:
@@ -322,9 +313,11 @@ class Recommender:
 
     def __init__(self, model, config, catalog, vectors: torch.Tensor | None = None, *,
                  m_inference: int | None = None, decoding="top_k", index: str = "auto",
-                 report: CatalogReport | None = None, checkpoint: Path | None = None, dtype=None):
+                 report: CatalogReport | None = None, checkpoint: Path | None = None, dtype=None,
+                 progress: bool = False):
         """dtype: "auto", "float32", "bfloat16" (pecrs.precision) to put the model in that precision
-        before anything runs, or None to use it as given."""
+        before anything runs, or None to use it as given. progress: a status line and a bar on
+        stderr while the catalog is encoded (minutes on a CPU)."""
         from .decoding import resolve
         from .precision import Precision, inference_dtype, resolve_dtype, to_inference_dtype
         from .retrieval import build_index
@@ -345,7 +338,8 @@ class Recommender:
         self.report = report or CatalogReport("<memory>", len(items))
         if vectors is None:
             started = time.perf_counter()
-            vectors = encode_catalog(model, self.item_list, m.item_fields, m.item_max_tokens, m.item_encoding)
+            vectors = encode_catalog(model, self.item_list, m.item_fields, m.item_max_tokens, m.item_encoding,
+                                     progress=progress)
             self.report.encode_seconds = time.perf_counter() - started
         self.vectors = vectors.to(model.device, torch.float32)
         self.index = build_index(self.vectors, index, temperature=m.recall_temperature)
@@ -360,7 +354,8 @@ class Recommender:
     @classmethod
     def from_pretrained(cls, run_dir_or_checkpoint, catalog=None, device=None, m_inference: int | None = None,
                         decoding=None, *, index: str = "auto", backbone: str | None = None,
-                        cache_dir=None, strict_catalog: bool = True, dtype="auto") -> "Recommender":
+                        cache_dir=None, strict_catalog: bool = True, dtype="auto",
+                        progress: bool = False) -> "Recommender":
         """Load a run folder (its best/ checkpoint) or a checkpoint folder.
 
         catalog: an items.jsonl path (or a folder holding one), a dict or list of Items, or None:
@@ -399,7 +394,7 @@ class Recommender:
             report.vectors_from_cache = vectors is not None
         rec = cls(model, config, items, vectors, m_inference=m_inference or saved.get("m_inference"),
                   decoding=decoding or saved.get("decoding") or "top_k", index=index, report=report,
-                  checkpoint=ckpt, dtype=precision)
+                  checkpoint=ckpt, dtype=precision, progress=progress)
         if report.cache_path and not report.vectors_from_cache:
             _save_cached(Path(report.cache_path), list(items), rec.vectors)
         log.info(report.summary())
@@ -457,43 +452,22 @@ class Recommender:
         """The recommender's next turn: the top k_items re-ranked items are injected and the
         response generated (`decoding`: a pecrs.decoding preset name or kwargs dict; `seed`
         makes sampling reproducible; max_new_tokens defaults to the training response length)."""
-        from .decoding import generate, resolve
+        from .decoding import resolve
 
         if not isinstance(k_items, int) or k_items < 1:
             raise ValueError(f"k_items must be a positive integer, got {k_items!r}")
         strategy = decoding or self.decoding
         resolve(strategy)
         turns = self.turns(dialogue)
-        tok = self.model.tokenizer
         with self._lock:
-            context = self._context(turns)
-            top, _ = self._rank(context, k_items)
-            embeds, attn = self._generation_inputs(context, top)
-            ids = generate(self.model.causal_lm, embeds, attn, strategy,
-                           max_new_tokens=max_new_tokens or self.config.model.response_max_tokens,
-                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, seed=seed)[0]
-        return self._fill(self._decode(ids), [self.item_list[i] for i in top])
-
-    def _generation_inputs(self, context, recommended: list[int]):
-        """One row of inputs_embeds: context ... [REC] v_1 .. v_k [REC_END] "Recommender:" (Eq. 6);
-        with k = 1 exactly `PECRS.generation_inputs`."""
-        ids, slots, length = context
-        n = int(length[0])
-        prompt = self.encoder.role_ids[RECOMMENDER]
-        dev = ids.device
-        head_ids = torch.tensor([0] * len(recommended) + [self.model.rec_end_id] + prompt, device=dev)
-        head_items = torch.tensor(list(recommended) + [NO_ITEM] * (1 + len(prompt)), device=dev)
-        all_ids = torch.cat([ids[0, :n], head_ids]).unsqueeze(0)
-        all_items = torch.cat([slots[0, :n], head_items]).unsqueeze(0)
-        return self.model.embed(all_ids, all_items, self.vectors), torch.ones_like(all_ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        tok = self.model.tokenizer
-        text = tok.decode(ids, skip_special_tokens=False)
-        for special in (tok.eos_token, tok.pad_token, *RESERVED):
-            if special:
-                text = text.replace(special, "")
-        return " ".join(text.split())
+            ids, slots, length = self._context(turns)
+            top, _ = self._rank((ids, slots, length), k_items)
+            # The evaluation's own generation (PECRS.generate: layout of Eq. 6, the end-of-turn
+            # rule) and decoder, so that what is served is what is measured.
+            reply = self.model.generate(ids, slots, length, self.vectors, torch.tensor([top], device=ids.device),
+                                        self.encoder.role_ids[RECOMMENDER], strategy,
+                                        max_new_tokens or self.config.model.response_max_tokens, seed=seed)[0]
+        return self._fill(self.model.decode_reply(reply), [self.item_list[i] for i in top])
 
     @staticmethod
     def _fill(raw: str, recommended: list[Item]) -> Response:

@@ -13,6 +13,7 @@ from pecrs.pretrained import build_model, save_pretrained
 from pecrs.recommender import (CATALOG_FILE, Recommender, _clip, encode_catalog,
                                read_items_lenient, write_items)
 from pecrs.retrieval import ExactIndex, FaissIndex, build_index
+from pecrs.samples import make_samples
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 
@@ -95,21 +96,58 @@ def test_respond_is_reproducible_and_fills_items(rec):
     assert greedy == rec.respond(TURNS, decoding="greedy")
 
 
-def test_generation_layout_matches_model_for_one_item(rec):
-    """k_items=1 feeds the LM exactly what PECRS.generation_inputs (the evaluation path) builds."""
+def test_generation_layout_holds_the_k_items_between_rec_and_rec_end(rec):
+    """PECRS.generation_inputs (the one layout, evaluated and served): the context, then [REC],
+    the top k re-ranked vectors in order, [REC_END] and the prompt, left-padded per row."""
     turns = rec.turns(TURNS)
     ids, slots, length = rec._context(turns)
-    top, _ = rec._rank((ids, slots, length), 1)
-    mine, attn = rec._generation_inputs((ids, slots, length), top)
-    theirs, attn2 = rec.model.generation_inputs(ids, slots, length, rec.vectors, torch.tensor(top),
-                                                rec.encoder.role_ids["recommender"])
-    assert torch.equal(attn, attn2) and torch.allclose(mine, theirs)
-    # k items: k slots between [REC] and [REC_END], holding the top k re-ranked vectors in order.
-    top3, _ = rec._rank((ids, slots, length), 3)
-    three, _ = rec._generation_inputs((ids, slots, length), top3)
-    assert three.shape[1] == mine.shape[1] + 2
+    prompt = rec.encoder.role_ids["recommender"]
+    top, _ = rec._rank((ids, slots, length), 3)
+    one, attn1 = rec.model.generation_inputs(ids, slots, length, rec.vectors, torch.tensor([top[:1]]), prompt)
+    three, attn3 = rec.model.generation_inputs(ids, slots, length, rec.vectors, torch.tensor([top]), prompt)
     n = int(length[0])
-    assert torch.allclose(three[0, n:n + 3], rec.vectors[top3])
+    assert three.shape[1] == one.shape[1] + 2 == n + 3 + 1 + len(prompt)
+    assert torch.allclose(three[0, n:n + 3], rec.vectors[top]) and torch.allclose(one[0, n], rec.vectors[top[0]])
+    assert attn1.all() and attn3.all()
+    # two rows of different lengths: the shorter is padded on the left, and its tokens are its own
+    batch_ids = torch.full((2, n + 4), rec.model.tokenizer.pad_token_id)
+    batch_ids[0, :n], batch_ids[1, :n - 4] = ids[0], ids[0, 4:]
+    batch_slots = torch.full((2, n + 4), -1)
+    batch_slots[0, :n], batch_slots[1, :n - 4] = slots[0], slots[0, 4:]
+    lengths = torch.tensor([n, n - 4])
+    embeds, attn = rec.model.generation_inputs(batch_ids, batch_slots, lengths, rec.vectors,
+                                               torch.tensor([top[0], top[1]]), prompt)
+    assert attn[0].all() and (attn[1, :4] == 0).all() and attn[1, 4:].all()
+    assert torch.allclose(embeds[0], one[0])
+    assert torch.allclose(embeds[1, 4 + n - 4], rec.vectors[top[1]])
+
+
+def test_served_and_evaluated_replies_end_by_the_same_rule(rec, monkeypatch):
+    """A reply ends at EOS or at a newline (the next speaker's turn) whether it is served
+    (Recommender.respond) or evaluated (evaluate.generate_responses): both go through
+    PECRS.generate, and both decode with PECRS.decode_reply."""
+    import numpy as np
+
+    import pecrs.decoding as decoding
+    from pecrs.evaluate import generate_responses
+
+    stops = []
+    real = decoding.generate
+
+    def spy(*args, **kwargs):
+        stops.append(list(kwargs["eos_token_id"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "generate", spy)
+    served = rec.respond(TURNS, decoding="greedy")
+    encoded = rec.encoder.encode_all(make_samples([Dialogue("d", (*rec.turns(TURNS), Turn("recommender", "ok")))]))
+    top = rec._rank(rec._context(rec.turns(TURNS)), 1)[0]
+    evaluated = generate_responses(rec.model, None, encoded[-1:], np.array(top), rec.vectors, 1, "greedy",
+                                   rec.config.model.response_max_tokens)
+    newline = rec.model.tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert len(stops) == 2 and stops[0] == stops[1] == rec.model.end_of_turn_ids
+    assert rec.model.tokenizer.eos_token_id in stops[0] and newline[0] in stops[0]
+    assert served.raw_text == evaluated[0]
 
 
 def test_several_items_per_turn(rec):
