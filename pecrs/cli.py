@@ -88,9 +88,11 @@ def _evaluate(args) -> int:
     result = evaluate(setup.model, setup.store, setup.encoder, samples,
                       m_inference=args.m_inference or config.train.m_inference,
                       batch_size=args.batch_size or config.train.eval_batch_size,
-                      generate=not args.no_generate, strategy=args.decoding, seed=config.train.seed,
+                      generate=not args.no_generate, strategy=args.decoding or config.train.decoding,
+                      seed=config.train.seed,
                       progress=not args.json)
-    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": args.decoding, "dtype": dtype, **result}
+    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": args.decoding or config.train.decoding,
+              "dtype": dtype, **result}
     out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
     out.write_text(json.dumps(result, indent=2))
     if args.json:
@@ -151,7 +153,8 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--decoding", default="top_k", help="decoding strategy (pecrs.decoding.PRESETS)")
+    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the run's "
+                                      "train.decoding, top_k unless set)")
     p.add_argument("--m-inference", type=_positive_int, help="candidates retrieved then re-ranked")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--max-samples", type=_positive_int, help="evaluate the first N samples only")

@@ -119,6 +119,10 @@ class RunConfig:
             for f in dataclasses.fields(obj):
                 key = f"{section}.{f.name}"
                 setattr(obj, f.name, check_value(key, getattr(obj, f.name), hints[f.name]))
+        t = self.train
+        if t.recall_pool is not None and t.recall_pool < t.m_train:
+            raise ConfigError(f"config train.recall_pool: expected at least train.m_train ({t.m_train}), "
+                              f"got {t.recall_pool}")
         return self
 
     @classmethod

@@ -145,14 +145,15 @@ def checkpoint_dir(name_or_path: str | Path) -> Path:
     of a shipped model ("inspired"). A run folder whose best/ was caught between the two renames
     of a save is recovered first."""
     path = Path(name_or_path)
+    shipped = shipped_models()
     if path.is_dir():
         recover_checkpoint(path / "best")
         if (path / "best" / CONFIG_FILE).is_file():
             return path / "best"
         if (path / CONFIG_FILE).is_file():
             return path
-        raise FileNotFoundError(f"{path} is neither a run folder with best/ nor a pecrs checkpoint")
-    shipped = shipped_models()
+        if str(name_or_path) not in shipped:  # a stray ./inspired folder does not hide the shipped model
+            raise FileNotFoundError(f"{path} is neither a run folder with best/ nor a pecrs checkpoint")
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]
     if str(name_or_path) == DEFAULT_MODEL:

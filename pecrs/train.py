@@ -126,6 +126,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     if accelerator.is_main_process:
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
+    frozen = t.frozen_dtype if t.frozen_dtype != "auto" else ("bfloat16" if precision == "bf16" else "float32")
+    if frozen == "bfloat16" and precision != "bf16":  # said before minutes of loading, not at the first step
+        raise ValueError(f"train.frozen_dtype=bfloat16 needs bfloat16 autocast (train.mixed_precision=bf16); "
+                         f"mixed precision here is '{precision}'")
     setup = prepare(config, device=device, progress=show)
     model, store, encoder = setup.model, setup.store, setup.encoder
     train_samples = setup.samples[t.train_split]
@@ -140,9 +144,6 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     static = cuda if t.static_shapes is None else t.static_shapes
     widths = static_widths(encoder) if static else (None, None)
     slots = item_slots(encoded, rows_per_step, t) if static else None
-    frozen = t.frozen_dtype if t.frozen_dtype != "auto" else ("bfloat16" if precision == "bf16" else "float32")
-    if frozen not in ("float32", "bfloat16"):
-        raise ValueError(f"train.frozen_dtype must be 'auto', 'float32' or 'bfloat16', not {t.frozen_dtype!r}")
     if frozen == "bfloat16":
         cast_frozen(model, torch.bfloat16)
     store.to(device)
@@ -154,7 +155,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     # Fused AdamW on GPUs: one kernel for all parameters instead of several per tensor (a PECRS
     # step on a small backbone is dominated by kernel launches, docs/results.md).
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, fused=cuda)
-    batches_per_epoch = math.ceil(len(encoded) / rows_per_step)
+    # A compiled step with static shapes skips the short last batch of each epoch (see below).
+    drop_short = static and mode != "eager"
+    batches_per_epoch = len(encoded) // rows_per_step if drop_short and len(encoded) > rows_per_step \
+        else math.ceil(len(encoded) / rows_per_step)
     updates_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     warmup = t.warmup_steps if t.warmup_steps is not None else int(t.warmup_epochs * updates_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, updates_per_epoch * t.epochs)
@@ -183,6 +187,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     for epoch in range(state["epoch"], t.epochs):
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(step_seed(t.seed, epoch, -1)))
         batches = [order[i:i + rows_per_step] for i in range(0, len(order), rows_per_step)]
+        if drop_short and len(batches) > 1 and len(batches[-1]) < rows_per_step:
+            # Static shapes include the batch size: the short last batch (other samples each epoch,
+            # the order is reshuffled) would cost a second compilation / graph capture.
+            batches.pop()
         model.train()
         first_batch = state["batch"]
         started, sums = time.perf_counter(), {"loss": 0.0, "recall": 0.0, "rerank": 0.0, "gen": 0.0, "n": 0}
@@ -229,6 +237,9 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             state["batch"] = b + 1
             steps_done += 1
             out_of_time = deadline is not None and time.perf_counter() > deadline
+            if deadline is not None and world > 1:  # every process stops at the same step (else DDP hangs)
+                flag = torch.tensor([float(out_of_time)], device=device)
+                out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
             if out_of_time or (stop_after_steps is not None and steps_done >= stop_after_steps):
                 state["stopped_early"] = True
                 if out_of_time and accelerator.is_main_process:
@@ -237,7 +248,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                               "lr": scheduler.get_last_lr()[0], **mean_losses(sums)}
                     # The deadline's partial epoch is dev-evaluated too, so it can become best/.
                     record.update(_select_on_dev(core, setup, config, state, out, accelerator, show,
-                                                 {"epoch": epoch + 1, "batch": b + 1}))
+                                                 {"epoch": epoch, "batch": b + 1}))
                     with log_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                 _save_last(core, config, optimizer, scheduler, state, last, accelerator)
@@ -267,7 +278,8 @@ def _select_on_dev(core, setup: Setup, config: RunConfig, state: dict, out: Path
                    position: dict) -> dict:
     """Dev recall (§4.1's selection score) of the model as it is now; saves best/ when it beats the
     best so far (state["best"]). Without a dev split the latest evaluated model is kept. Returns
-    the dev_* fields for metrics.jsonl. `position`: {"epoch": e[, "batch": b]} where training is."""
+    the dev_* fields for metrics.jsonl. `position`: {"epoch": epochs completed[, "batch": batches
+    into the next one]}, as trainer_state counts them."""
     t = config.train
     dev = setup.samples.get(t.dev_split) or []
     if not dev:
@@ -302,8 +314,9 @@ def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerato
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state)}
-    save_pretrained(core, config, last, {"trainer": dict(state)}, extra_files={STATE_FILE: trainer})
+    kept = {k: v for k, v in state.items() if k != "stopped_early"}  # how this call ended, not the run's state
+    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": kept}
+    save_pretrained(core, config, last, {"trainer": dict(kept)}, extra_files={STATE_FILE: trainer})
 
 
 def _resume(core, optimizer, scheduler, last: Path) -> dict:
@@ -312,4 +325,6 @@ def _resume(core, optimizer, scheduler, last: Path) -> dict:
     trainer = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
-    return trainer["state"]
+    state = trainer["state"]
+    state.pop("stopped_early", None)  # saved by versions before this flag was kept out of last/
+    return state

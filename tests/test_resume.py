@@ -112,7 +112,18 @@ def test_a_deadline_stop_is_dev_evaluated_and_can_become_best(tmp_path):
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["stopped"] == "max_train_minutes" and "dev_recall_mean" in record
     best = json.loads((tmp_path / "run" / "best" / "pecrs_config.json").read_text())
-    assert (best["epoch"], best["batch"]) == (1, 1) and best["dev"]["recall_mean"] == record["dev_recall_mean"]
+    assert (best["epoch"], best["batch"]) == (0, 1) and best["dev"]["recall_mean"] == record["dev_recall_mean"]
     # resuming continues from last/ with the best so far remembered
     state = train(cfg, tmp_path / "run", progress=False)
     assert state["best"] >= record["dev_recall_mean"]
+
+
+def test_a_resumed_run_that_finishes_is_not_reported_as_stopped(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.epochs = 1
+    assert train(cfg, tmp_path / "run", progress=False, stop_after_steps=1).get("stopped_early")
+    state = train(cfg, tmp_path / "run", progress=False)
+    assert state["epoch"] == 1 and not state.get("stopped_early")
+    assert not train(cfg, tmp_path / "run", progress=False).get("stopped_early")  # nothing left to do

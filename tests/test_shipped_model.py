@@ -89,3 +89,11 @@ def test_evaluating_a_shipped_model_writes_outside_the_package(exported, monkeyp
     monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
     assert _result_path(shipped, "eval_test.json").parent != shipped.parent
     assert _result_path(run / "best", "eval_test.json") == run / "eval_test.json"
+
+
+def test_a_stray_folder_does_not_hide_the_shipped_model(exported, monkeypatch, tmp_path):
+    run, shipped = exported
+    monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inspired").mkdir()
+    assert pretrained.checkpoint_dir("inspired") == shipped

@@ -219,3 +219,15 @@ def test_frozen_bfloat16_weights_keep_the_losses():
         assert abs(float(low[k]) - float(ref[k])) < 0.05 * abs(float(ref[k])) + 0.02, k
     assert all(p.grad is not None and p.grad.dtype == torch.float32
                for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
+
+
+def test_config_mistakes_of_the_step_settings_are_caught_before_loading(tmp_path):
+    from pecrs.config import ConfigError, RunConfig
+    from pecrs.train import train
+
+    with pytest.raises(ConfigError, match="recall_pool"):
+        RunConfig.load("tiny", ["train.m_train=24", "train.recall_pool=10"])
+    cfg = RunConfig.load("tiny", ["train.frozen_dtype=bfloat16", "train.mixed_precision='no'"])
+    with pytest.raises(ValueError, match="needs bfloat16 autocast"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last").exists()

@@ -32,6 +32,7 @@ import functools
 import gc
 import hashlib
 import json
+import sys
 import math
 import os
 import platform
@@ -404,7 +405,7 @@ def checkpoint(ctx: Context, train_config: RunConfig) -> tuple[Path, dict]:
             meta = read_json(ckpt / "pecrs_config.json") or {}
             trainer = meta.get("trainer", {})
             return ckpt, {"run_dir": folder.name, "checkpoint": ckpt.name, "finished": False,
-                          "epoch": meta.get("epoch", trainer.get("epoch")), "batch": trainer.get("batch"),
+                          "epoch": meta.get("epoch", trainer.get("epoch")), "batch": meta.get("batch", trainer.get("batch")),
                           "epochs": train_config.train.epochs}
     raise Blocked(f"{folder.name} has no checkpoint yet; run its training part first")
 
@@ -430,7 +431,8 @@ def eval_setup(ckpt: Path, config: RunConfig):
     if skey not in _SETUP_CACHE:
         while len(_SETUP_CACHE) >= 2:
             _SETUP_CACHE.pop(next(iter(_SETUP_CACHE)))
-        _SETUP_CACHE[skey] = prepare(config, model=model)
+        # Status lines and the catalog-encoding bar on a terminal (minutes on a CPU).
+        _SETUP_CACHE[skey] = prepare(config, model=model, progress=sys.stderr.isatty())
     return _SETUP_CACHE[skey]
 
 
