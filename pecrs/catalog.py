@@ -114,10 +114,3 @@ def vector_slots(n_items: int, *index_tensors: torch.Tensor, size: int | None = 
         fill = needed[:1] if len(needed) else torch.zeros(1, dtype=torch.long)
         needed = torch.cat([needed, fill.expand(size - len(needed))])
     return needed, row
-
-
-def batch_item_vectors(model, store: ItemStore, *index_tensors: torch.Tensor):
-    """Vectors for every item the batch touches, computed once: (vectors [U, d], row [N])
-    where row maps a catalog index to its row in vectors."""
-    needed, row = vector_slots(len(store), *index_tensors)
-    return store.vectors(model, needed), row.to(model.device)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pecrs.catalog import ItemStore, batch_item_vectors, sample_negatives
+from pecrs.catalog import ItemStore, sample_negatives, vector_slots
 from pecrs.config import RunConfig
 from pecrs.data import Dialogue, Item, Turn
 from pecrs.model import angular_distance
@@ -59,6 +59,12 @@ def setup(request):
     encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
     samples = make_samples(toy_dialogues())
     return cfg, model, store, encoder, samples
+
+
+def batch_item_vectors(model, store, *index_tensors):
+    """The vectors of every item the index tensors name, and the catalog-index -> row map."""
+    items, row = vector_slots(len(store), *index_tensors)
+    return store.vectors(model, items), row
 
 
 def _batch(model, encoder, samples):
