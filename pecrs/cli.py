@@ -72,7 +72,7 @@ def _evaluate(args) -> int:
         return _evaluate_standardized(args)
     from .evaluate import evaluate
     from .pretrained import checkpoint_dir, load_pretrained
-    from .train import prepare
+    from .setup import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
     model, config = load_pretrained(ckpt, backbone=args.backbone)
@@ -190,7 +190,7 @@ def _evaluate_standardized(args) -> int:
     from .backbone import default_device
     from .pretrained import checkpoint_dir, load_pretrained
     from .standardized import evaluate_model, load_collection, restrict
-    from .train import prepare
+    from .setup import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
     model, config = load_pretrained(ckpt, backbone=args.backbone)

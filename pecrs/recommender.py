@@ -56,7 +56,7 @@ from .backbone import default_device
 from .catalog import ItemStore
 from .data import ITEM, REC, REC_END, RECOMMENDER, ROLES, SEP, DataError, Dialogue, Item, Turn
 from .loaders import parse_item, parse_json_line, read_lines
-from .tokens import DialogueEncoder
+from .setup import dialogue_encoder
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +346,7 @@ class Recommender:
         self.m_inference = m_inference or config.train.m_inference
         self.decoding = decoding
         self.checkpoint = checkpoint
-        self.encoder = DialogueEncoder(model.tokenizer, self.item_index, m.context_max_tokens,
-                                       m.response_max_tokens)
+        self.encoder = dialogue_encoder(model, config, self.item_index)
         self.max_text_chars = CHARS_PER_TOKEN * m.context_max_tokens
         self._lock = threading.Lock()
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,64 +25,15 @@ from transformers import get_linear_schedule_with_warmup
 
 from .catalog import ItemStore
 from .config import RunConfig
-from .data import DatasetBundle, Sample
 from .evaluate import recall_only
-from .loaders import load_dataset
+from .setup import Setup, prepare, say
 from .model import PECRS
-from .pretrained import build_model, load_weights, recover_checkpoint, save_pretrained
-from .samples import make_samples
+from .pretrained import load_weights, recover_checkpoint, save_pretrained
 from .step import StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, scaled_lr, shard, step_losses
-from .tokens import DialogueEncoder, collate, static_widths
+from .tokens import collate, static_widths
 
 STATE_FILE = "trainer_state.pt"
 LOSS_REFRESH_SECONDS = 2.0  # how often the train bar's loss is read back from the device
-
-
-@dataclass
-class Setup:
-    """Everything a recipe needs: model, catalog, encoder and samples of each split."""
-    config: RunConfig
-    model: PECRS
-    bundle: DatasetBundle
-    store: ItemStore
-    encoder: DialogueEncoder
-    samples: dict[str, list[Sample]]
-
-
-def say(message: str, enabled: bool = True) -> None:
-    """A status line on stderr before a long step (stdout keeps the JSON records)."""
-    if enabled:
-        print(f"pecrs: {message}", file=sys.stderr, flush=True)
-
-
-def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None = None,
-            device: str | torch.device | None = None, progress: bool = False) -> Setup:
-    """Data, catalog and model of a run. `device`: where the model goes *before* the catalog's
-    item states are computed (encoding a catalog on a CPU when a GPU is there wastes minutes).
-    `progress`: status lines and a bar over the catalog encoding (stderr)."""
-    m, t = config.model, config.train
-    if model is None:
-        say(f"loading backbone {m.backbone}", progress)
-        model = build_model(config, seed=t.seed)
-    if device is not None:
-        model.to(device)
-    say(f"loading dataset {dataset or t.dataset}", progress)
-    bundle = load_dataset(dataset or t.dataset)
-    store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens)
-    if m.item_encoding == "cached":
-        say(f"encoding {len(store):,} items with the frozen base LM (once)", progress)
-        store.cache_base_states(model, progress=progress)
-    elif m.item_encoding != "adapted":
-        raise ValueError(f"model.item_encoding must be 'cached' or 'adapted', not '{m.item_encoding}'")
-    encoder = DialogueEncoder(model.tokenizer, store.index, m.context_max_tokens, m.response_max_tokens)
-    samples = {name: make_samples(dialogues) for name, dialogues in bundle.splits.items()}
-    if t.max_train_samples and t.train_split in samples:
-        samples[t.train_split] = samples[t.train_split][: t.max_train_samples]
-    if t.max_eval_samples:
-        for name in (t.dev_split, t.test_split):
-            if name in samples:
-                samples[name] = samples[name][: t.max_eval_samples]
-    return Setup(config, model, bundle, store, encoder, samples)
 
 
 def step_seed(seed: int, epoch: int, batch: int) -> int:

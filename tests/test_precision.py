@@ -212,7 +212,7 @@ def test_chat_flag_reaches_the_model(run, tmp_path, monkeypatch):
 
 
 def test_evaluate_flag_reaches_the_model(run, monkeypatch):
-    import pecrs.train
+    import pecrs.setup
 
     seen = {}
 
@@ -224,7 +224,7 @@ def test_evaluate_flag_reaches_the_model(run, monkeypatch):
         seen["proj"] = {p.dtype for n, p in model.named_parameters() if n.endswith("proj.base_layer.weight")}
         raise Stop
 
-    monkeypatch.setattr(pecrs.train, "prepare", prepare)
+    monkeypatch.setattr(pecrs.setup, "prepare", prepare)
     for protocol in ("pecrs", "standardized"):
         if protocol == "standardized":
             import pecrs.standardized

@@ -411,12 +411,12 @@ def checkpoint(ctx: Context, train_config: RunConfig) -> tuple[Path, dict]:
 
 
 def eval_setup(ckpt: Path, config: RunConfig):
-    """`pecrs.train.Setup` for evaluating `ckpt` with `config` (item fields, dataset, eval slice),
+    """`pecrs.setup.Setup` for evaluating `ckpt` with `config` (item fields, dataset, eval slice),
     the model on the GPU when there is one. The model and the last two setups stay cached in the
     process, so consecutive parts on the same checkpoint load it once."""
     from ..backbone import default_device
     from ..pretrained import load_pretrained
-    from ..train import prepare
+    from ..setup import prepare
 
     stamp = (ckpt / "heads.safetensors").stat().st_mtime if (ckpt / "heads.safetensors").exists() else 0
     mkey = (str(ckpt.resolve()), stamp, config.model.backbone)
