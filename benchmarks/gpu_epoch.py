@@ -25,6 +25,7 @@ Writes the JSON to $OUT/gpu_epoch.json as well when OUT is set.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import _common as C
@@ -140,7 +141,8 @@ def main(argv=None):
     model.eval()
     dev_s = None
     if dev:
-        _, dev_s = C.timed(recall_only, model, store, encoder, dev, cfg.train.m_inference, 32, sync=sync)
+        _, dev_s = C.timed(recall_only, model, store, encoder, dev, dataclasses.replace(cfg.inference, batch_size=32),
+                           sync=sync)
     epoch_s = epoch["epoch_s"] if epoch else per_bs[str(first)]["epoch_s_extrapolated"]
     run_s = cache_s + args.epochs * (epoch_s + (dev_s or 0))
     result = {"benchmark": "gpu_epoch", "backbone": args.backbone, "device": str(device),

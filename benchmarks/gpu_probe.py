@@ -263,10 +263,10 @@ def main(argv=None):
         dev = setup.samples[t.dev_split][:16] if args.quick else setup.samples[t.dev_split]
         try:
             with accelerator.autocast():
-                _, dev_eval_s = C.timed(recall_only, core, store, encoder, dev, t.m_inference, t.eval_batch_size,
+                _, dev_eval_s = C.timed(recall_only, core, store, encoder, dev, cfg.inference,
                                         sync=sync)
             dev_eval_s = round(dev_eval_s, 2)
-            print(f"probe dev evaluation ({len(dev)} samples, M_inference {t.m_inference}): {dev_eval_s} s", flush=True)
+            print(f"probe dev evaluation ({len(dev)} samples, M_inference {cfg.inference.m_inference}): {dev_eval_s} s", flush=True)
         except Exception as error:
             print(f"probe dev evaluation failed: {type(error).__name__}: {error}", flush=True)
 

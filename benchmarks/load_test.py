@@ -66,7 +66,7 @@ def tiny_run(folder: Path) -> Path:
     cfg = RunConfig()
     cfg.model.backbone = "tiny-llama"
     cfg.model.item_max_tokens, cfg.model.context_max_tokens, cfg.model.response_max_tokens = 32, 128, 24
-    cfg.train.m_inference = 64
+    cfg.inference.m_inference = 64
     ckpt = save_pretrained(build_model(cfg, seed=0), cfg, folder / "best")
     genres = ["Action", "Comedy", "Drama", "Horror", "Animation", "Sci-Fi"]
     write_items([Item(str(i), f"Movie {i}", 1950 + i % 70, genres=(genres[i % 6],), plot=f"plot {i}")

@@ -76,23 +76,19 @@ def _evaluate(args) -> int:
 
     ckpt = checkpoint_dir(args.run_dir)
     model, config = load_pretrained(ckpt, backbone=args.backbone)
-    if args.item_fields:
-        config.model.item_fields = args.item_fields.split(",")
+    inference = _inference_settings(config, args)
     from .backbone import default_device
 
-    dtype = _apply_dtype(model, args.dtype, default_device(args.device))
+    dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
     setup = prepare(config, model=model, dataset=args.dataset, device=default_device(args.device))
     if args.split not in setup.samples:
         raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
     samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]
-    result = evaluate(setup.model, setup.store, setup.encoder, samples,
-                      m_inference=args.m_inference or config.train.m_inference,
-                      batch_size=args.batch_size or config.train.eval_batch_size,
-                      generate=not args.no_generate, strategy=args.decoding or config.train.decoding,
-                      seed=config.train.seed,
+    result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
+                      max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
                       progress=not args.json)
-    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": args.decoding or config.train.decoding,
-              "dtype": dtype, **result}
+    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
+              "m_inference": inference.m_inference, "dtype": dtype, **result}
     out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
     out.write_text(json.dumps(result, indent=2))
     if args.json:
@@ -102,6 +98,20 @@ def _evaluate(args) -> int:
             if key != "examples":
                 print(f"{key:>24}: {value}")
     return 0
+
+
+def _inference_settings(config, args):
+    """The run's inference section (config.inference) with this command's flags applied: --m-inference,
+    --batch-size, --decoding, --dtype (unset: the run's value); --item-fields sets model.item_fields.
+    Checked as a config is, so a bad decoding name fails before anything loads."""
+    inference = config.inference
+    for flag in ("m_inference", "batch_size", "decoding", "dtype"):
+        if getattr(args, flag, None) is not None:
+            setattr(inference, flag, getattr(args, flag))
+    if getattr(args, "item_fields", None):
+        config.model.item_fields = args.item_fields.split(",")
+    config.validate()
+    return inference
 
 
 def _apply_dtype(model, dtype: str, device) -> str:
@@ -154,9 +164,10 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the run's "
-                                      "train.decoding, top_k unless set)")
-    p.add_argument("--m-inference", type=_positive_int, help="candidates retrieved then re-ranked")
-    p.add_argument("--batch-size", type=_positive_int)
+                                      "inference.decoding, top_k unless set)")
+    p.add_argument("--m-inference", type=_positive_int,
+                   help="candidates retrieved then re-ranked (default: the run's inference.m_inference)")
+    p.add_argument("--batch-size", type=_positive_int, help="default: the run's inference.batch_size")
     p.add_argument("--max-samples", type=_positive_int, help="evaluate the first N samples only")
     p.add_argument("--no-generate", action="store_true", help="recommendation metrics and perplexity only")
     p.add_argument("--dataset", help="dataset folder (default: the one the run trained on)")
@@ -164,7 +175,7 @@ def add_evaluate_parser(subparsers) -> None:
                    help="comma-separated item fields, e.g. title,genres (Table 6)")
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help=_DTYPE_HELP)
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=_DTYPE_HELP)
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
     p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
                    help="pecrs: the paper's samples of --split (default); standardized: the standardized "
@@ -194,16 +205,14 @@ def _evaluate_standardized(args) -> int:
 
     ckpt = checkpoint_dir(args.run_dir)
     model, config = load_pretrained(ckpt, backbone=args.backbone)
-    if args.item_fields:
-        config.model.item_fields = args.item_fields.split(",")
+    inference = _inference_settings(config, args)
     dataset = args.dataset or config.train.dataset
     collection = restrict(load_collection(dataset), args.max_samples)
-    dtype = _apply_dtype(model, args.dtype, default_device(args.device))
+    dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
     setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device))
     result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
-                            m_inference=args.m_inference or config.train.m_inference,
-                            batch_size=args.batch_size or config.train.eval_batch_size, progress=not args.json,
-                            log=lambda msg: print(msg, file=sys.stderr))
+                            m_inference=inference.m_inference, batch_size=inference.batch_size,
+                            progress=not args.json, log=lambda msg: print(msg, file=sys.stderr))
     out = Path(args.output) if args.output else _result_path(ckpt, "eval_standardized.json")
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
                                "dtype": dtype, **result}, indent=2))
@@ -338,11 +347,13 @@ def _add_recommender_args(p) -> None:
                         "shipped with pecrs (default: inspired)")
     p.add_argument("--catalog", help="items.jsonl to recommend from (default: the run's catalog); "
                                      "bad lines are skipped and reported")
-    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default top_k)")
-    p.add_argument("--m-inference", type=int, help="candidates retrieved then re-ranked")
+    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the model's "
+                                      "inference.decoding, top_k unless set)")
+    p.add_argument("--m-inference", type=_positive_int,
+                   help="candidates retrieved then re-ranked (default: the model's inference.m_inference)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help=_DTYPE_HELP)
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=_DTYPE_HELP)
 
 
 def _chat(args) -> int:

@@ -1,7 +1,9 @@
 """Run configuration: plain data, read from YAML, overridable from the command line.
 
-One dataclass holds every knob of a run (model, data, optimisation). Its defaults are the
-paper's settings (§4.1); `configs/*.yaml` only list what differs.
+Three dataclasses hold every knob of a run: `model` (backbone, LoRA, item text, lengths), `train`
+(data, optimisation, negatives, checkpoints) and `inference` (how a trained model ranks and
+replies, read by evaluation and serving alike). Their defaults are the paper's settings (§4.1);
+`configs/*.yaml` only list what differs.
 
 Values read from a file, an override or a checkpoint are checked against the dataclass type
 hints, ranges and fixed choices (`RunConfig.validate`) before anything is loaded; a bad one is a
@@ -10,7 +12,6 @@ hints, ranges and fixed choices (`RunConfig.validate`) before anything is loaded
 from __future__ import annotations
 
 import dataclasses
-import json
 import operator
 import re
 import types
@@ -23,8 +24,20 @@ import yaml
 from .data import DEFAULT_ITEM_FIELDS, Item
 
 
+class Section:
+    """A config section: setting an attribute that is not one of its fields is an error, not a
+    silently ignored new attribute (`config.train.m_inferense = 8` would otherwise do nothing)."""
+
+    def __setattr__(self, name, value):
+        if name not in self.__dataclass_fields__:
+            moved = f" (it is inference.{LEGACY_TRAIN_KEYS[name]} now)" if LEGACY_TRAIN_KEYS.get(name) else ""
+            raise AttributeError(f"{type(self).__name__} has no setting '{name}'{moved}; "
+                                 f"settings: {', '.join(self.__dataclass_fields__)}")
+        super().__setattr__(name, value)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     backbone: str = "smollm2-135m-instruct"  # a name known to pecrs.backbone or a local HF folder
     lora_r: int = 16
     lora_alpha: int = 32
@@ -43,7 +56,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     dataset: str = "../shared/datasets/inspired"
     train_split: str = "train"
     dev_split: str = "dev"
@@ -66,7 +79,6 @@ class TrainConfig:
     loss_normalization: str = "batch"       # recall/rerank / B ("batch", Eq. 4-5) or / rows with a target ("targets")
     rerank_temperature: float = 1.0         # rerank logits divided by this in the loss
     label_smoothing: float = 0.0            # generation loss only
-    m_inference: int = 700                  # candidates retrieved then re-ranked
     share_negatives_batch: bool = True      # Table 5 ablations
     share_negatives_tasks: bool = True
     mixed_precision: str = "auto"           # "auto": bf16 on GPUs that have it, else none
@@ -76,11 +88,27 @@ class TrainConfig:
     compile_backend: str = "inductor"       # torch.compile backend of the compiled modes
     seed: int = 42
     eval_every_epochs: int = 1
-    eval_generate: bool = False             # dev selection uses recall only (§4.1); test generates
-    decoding: str = "top_k"                 # see pecrs.decoding
-    eval_batch_size: int = 8
     checkpoint_every: int = 200             # batches between mid-epoch checkpoints (0: epoch ends only)
     max_train_minutes: float | None = None  # stop (resumably) once training has run this long
+
+
+@dataclass
+class InferenceConfig(Section):
+    """How a trained model ranks and replies. Dev selection during training, `pecrs evaluate`, the
+    experiments and serving (`Recommender`, chat, HTTP) all read these, so what is evaluated is
+    what is served; a command-line flag or keyword argument overrides one value for one call."""
+    m_inference: int = 700                  # candidates retrieved by recall, then re-ranked (§3.6, §4.1)
+    decoding: str = "top_k"                 # response decoding: a preset of pecrs.decoding
+    batch_size: int = 8                     # dialogue contexts per evaluation batch
+    rerank_chunk_size: int = 1024           # candidates re-ranked per pass (bounds activation memory)
+    dtype: str = "auto"                     # LM precision: "auto" (bf16 where native), "float32", "bfloat16"
+
+
+# Settings that lived under `train` before the inference section existed: configs and checkpoints
+# that still have them are read into `inference` (eval_generate was never used: dropped).
+LEGACY_TRAIN_KEYS = {"m_inference": "m_inference", "decoding": "decoding", "eval_batch_size": "batch_size",
+                     "eval_generate": None}
+SECTIONS = ("model", "train", "inference")
 
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"   # inspired.yaml, redial.yaml, tiny.yaml, ...
@@ -106,6 +134,7 @@ def resolve_config_path(path_or_name: str | Path) -> Path:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -113,7 +142,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check every value (type, range, choices); ConfigError on the first bad one. Ints
         given for floats become floats. Returns self. Call it after setting fields by hand."""
-        for section in ("model", "train"):
+        for section in SECTIONS:
             obj = getattr(self, section)
             hints = typing.get_type_hints(type(obj))
             for f in dataclasses.fields(obj):
@@ -128,12 +157,14 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
         if not isinstance(raw, dict):
-            raise ConfigError(f"a config is a mapping with sections 'model' and 'train', got {_show(raw)}")
-        unknown = set(raw) - {"model", "train"}
+            raise ConfigError(f"a config is a mapping with sections {_SECTION_NAMES}, got {_show(raw)}")
+        unknown = set(raw) - set(SECTIONS)
         if unknown:
-            raise ConfigError(f"unknown config section(s): {sorted(unknown)} (expected 'model', 'train')")
+            raise ConfigError(f"unknown config section(s): {sorted(unknown)} (expected {_SECTION_NAMES})")
+        raw = _move_legacy_keys(raw)
         return cls(model=_build(ModelConfig, raw.get("model") or {}, "model"),
-                   train=_build(TrainConfig, raw.get("train") or {}, "train")).validate()
+                   train=_build(TrainConfig, raw.get("train") or {}, "train"),
+                   inference=_build(InferenceConfig, raw.get("inference") or {}, "inference")).validate()
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "RunConfig":
@@ -146,8 +177,8 @@ class RunConfig:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict) or not all(isinstance(raw.get(s) or {}, dict) for s in ("model", "train")):
-            raise ConfigError(f"{path}: a config is a mapping with sections 'model' and 'train'")
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(s) or {}, dict) for s in SECTIONS):
+            raise ConfigError(f"{path}: a config is a mapping with sections {_SECTION_NAMES}")
         for item in overrides:
             key, sep, value = item.partition("=")
             section, dot, name = key.partition(".")
@@ -157,17 +188,45 @@ class RunConfig:
                 parsed = yaml.safe_load(value)
             except yaml.YAMLError:
                 parsed = value  # not YAML: kept as text, so the type check names it
+            if section == "train" and name in LEGACY_TRAIN_KEYS:  # an old name overrides the new setting
+                raw = _move_legacy_keys(raw)
+                if LEGACY_TRAIN_KEYS[name] is None:
+                    continue
+                section, name = "inference", LEGACY_TRAIN_KEYS[name]
             if raw.get(section) is None:
                 raw[section] = {}
             raw[section][name] = parsed
-        config = cls.from_dict(raw)
         # A relative dataset path in a config file is relative to the working directory, as on
         # the command line; keep it as written so runs are portable.
-        return config
+        return cls.from_dict(raw)
 
 
 class ConfigError(ValueError):
     """A bad config: unknown key, wrong type, out of range or not one of the allowed values."""
+
+
+_SECTION_NAMES = ", ".join(f"'{s}'" for s in SECTIONS)
+
+
+def _move_legacy_keys(raw: dict) -> dict:
+    """`raw` with train.m_inference / decoding / eval_batch_size moved to the inference section
+    (LEGACY_TRAIN_KEYS), so run folders and configs written before it load unchanged. A value set
+    in both places must agree."""
+    train = raw.get("train")
+    if not isinstance(train, dict) or not set(train) & set(LEGACY_TRAIN_KEYS):
+        return raw
+    train, inference = dict(train), dict(raw.get("inference") or {})
+    for old, new in LEGACY_TRAIN_KEYS.items():
+        if old not in train:
+            continue
+        value = train.pop(old)
+        if new is None:
+            continue
+        if new in inference and inference[new] != value:
+            raise ConfigError(f"config train.{old} ({value!r}) and inference.{new} ({inference[new]!r}) disagree; "
+                              f"inference.{new} is the setting (train.{old} is its old name)")
+        inference[new] = value
+    return {**raw, "train": train, "inference": inference}
 
 
 def _build(kind, values: dict, section: str):
@@ -195,10 +254,11 @@ _BOUNDS: dict[str, str] = {
     "train.warmup_steps": ">= 0", "train.weight_decay": ">= 0",
     "train.alpha": ">= 0", "train.beta": ">= 0", "train.gamma": ">= 0",
     "train.m_train": ">= 1", "train.recall_pool": ">= 1", "train.rerank_temperature": "> 0",
-    "train.label_smoothing": ">= 0, < 1", "train.m_inference": ">= 1",
+    "train.label_smoothing": ">= 0, < 1",
     "train.seed": f">= 0, <= {2**32 - 1}",      # numpy's seed range
-    "train.eval_every_epochs": ">= 1", "train.eval_batch_size": ">= 1",
+    "train.eval_every_epochs": ">= 1",
     "train.checkpoint_every": ">= 0", "train.max_train_minutes": "> 0",
+    "inference.m_inference": ">= 1", "inference.batch_size": ">= 1", "inference.rerank_chunk_size": ">= 1",
 }
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 ITEM_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Item) if f.name != "id")
@@ -208,6 +268,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.frozen_dtype": ("auto", "float32", "bfloat16"),
     "train.step_mode": ("auto", "eager", "compile", "cudagraphs"),
     "train.loss_normalization": ("batch", "targets"),
+    "inference.dtype": ("auto", "float32", "bfloat16"),
 }
 _NON_EMPTY = {"model.backbone", "train.dataset", "train.train_split", "model.item_fields",
               "model.lora_target_modules"}
@@ -283,7 +344,7 @@ def check_value(key: str, value, hint):
     if key in _NON_EMPTY and not (value_out if isinstance(value_out, list) else str(value_out).strip()):
         raise ConfigError(f"config {key}: must not be empty, got {_show(value)}")
     choices = _CHOICES.get(key)
-    if key == "train.decoding" and value_out != TrainConfig.decoding:
+    if key == "inference.decoding" and value_out != InferenceConfig.decoding:
         from .decoding import ALIASES, PRESETS  # torch-heavy (4 s): not imported for the default
 
         choices = tuple(sorted(ALIASES) + sorted(PRESETS))
@@ -296,6 +357,3 @@ def check_value(key: str, value, hint):
                               f"expected names from {', '.join(ITEM_FIELD_NAMES)}")
     return value_out
 
-
-def dumps(config: RunConfig) -> str:
-    return json.dumps(config.to_dict(), indent=2)

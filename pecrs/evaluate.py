@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .catalog import ItemStore, vector_slots
+from .config import InferenceConfig
 from .data import ITEM, Sample
 from .tokens import DialogueEncoder, collate
 
@@ -29,16 +30,17 @@ def _batches(n: int, size: int):
 
 
 def rank_samples(model, store: ItemStore, encoded, catalog_vectors, m_inference: int, batch_size: int,
-                 rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False, index=None) -> np.ndarray:
+                 rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False, index=None,
+                 chunk_size: int = InferenceConfig.rerank_chunk_size) -> np.ndarray:
     """Catalog indices [n, keep] best first for every encoded sample."""
     return rank_samples_at(model, store, encoded, catalog_vectors, [m_inference], batch_size, rerank, keep,
-                           progress, index)[m_inference]
+                           progress, index, chunk_size)[m_inference]
 
 
 @torch.no_grad()
 def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values, batch_size: int,
                     rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False,
-                    index=None) -> dict[int, np.ndarray]:
+                    index=None, chunk_size: int = InferenceConfig.rerank_chunk_size) -> dict[int, np.ndarray]:
     """{M_inference: catalog indices [n, keep] best first} for several M_inference from one pass.
 
     A candidate's re-rank score depends only on the context and that candidate (§3.5: candidates
@@ -58,7 +60,8 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
     for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="rank", disable=not progress):
         batch = collate(encoded[sl], tok.pad_token_id, model.rec_end_id).to(model.device)
         top, scores = model.recommend(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors,
-                                      m_inference=m_values[-1], rerank=rerank, index=index, sort=False)
+                                      m_inference=m_values[-1], rerank=rerank, chunk_size=chunk_size, index=index,
+                                      sort=False)
         for m in m_values:
             candidates = top[:, :m]
             if rerank:  # recall order -> re-rank order among the first m candidates
@@ -114,10 +117,13 @@ def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
                                           item_index=item_index)
 
 
-def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample], *,
-             m_inference: int = 700, batch_size: int = 8, generate: bool = True, strategy: str = "top_k",
-             max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None) -> dict:
-    """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`."""
+def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample],
+             inference: InferenceConfig | None = None, *, generate: bool = True, max_new_tokens: int = 64,
+             seed: int = 0, progress: bool = False, index=None) -> dict:
+    """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
+    `inference`: M_inference, decoding, batch size and re-rank chunk (None: the defaults)."""
+    inference = inference or InferenceConfig()
+    m_inference, batch_size, strategy = inference.m_inference, inference.batch_size, inference.decoding
     model.eval()
     started = time.perf_counter()
     encoded = encoder.encode_all(samples)
@@ -125,7 +131,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     # LoRA folded into the weights for the whole evaluation (model.merged_lora); unfolded after.
     with model.merged_lora():
         ranked = rank_samples(model, store, encoded, catalog_vectors, m_inference, batch_size,
-                              progress=progress, index=index)
+                              progress=progress, index=index, chunk_size=inference.rerank_chunk_size)
         rec_rows = np.array([s.target is not None for s in samples], dtype=bool)
         targets = np.array([e.target for e in encoded])[rec_rows]
         seen = np.array([s.target_seen_before for s in samples])[rec_rows]
@@ -156,12 +162,15 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         return {**summary, **result}
 
 
-def recall_only(model, store, encoder, samples, m_inference=700, batch_size=8, progress: bool = False) -> dict:
+def recall_only(model, store, encoder, samples, inference: InferenceConfig | None = None,
+                progress: bool = False) -> dict:
     """R@1/10/50 and their mean (the dev-selection score of §4.1), no generation."""
+    inference = inference or InferenceConfig()
     model.eval()
     encoded = encoder.encode_all([s for s in samples if s.target is not None])
     vectors = store.all_vectors(model)
-    ranked = rank_samples(model, store, encoded, vectors, m_inference, batch_size, progress=progress)
+    ranked = rank_samples(model, store, encoded, vectors, inference.m_inference, inference.batch_size,
+                          progress=progress, chunk_size=inference.rerank_chunk_size)
     out = metrics.recall_at_k(ranked, np.array([e.target for e in encoded]))
     out["recall_mean"] = float(np.mean([out["recall@1"], out["recall@10"], out["recall@50"]]))
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .config import RunConfig
 from .pretrained import checkpoint_dir, read_meta
 
 CARD_FILE = "MODEL_CARD.md"
@@ -49,6 +50,9 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
     """MODEL_CARD.md: what a user needs to judge the model before trusting its recommendations."""
     config, export_info = meta["config"], meta.get("export", {})
     m, t = config["model"], config["train"]
+    inference = RunConfig.from_dict(config).inference  # (older checkpoints: read from train / "recommender")
+    inference.m_inference = meta.get("recommender", {}).get("m_inference", inference.m_inference)
+    inference.decoding = meta.get("recommender", {}).get("decoding", inference.decoding)
     lines = [f"# pecrs model card: {name}", "",
              "PECRS (Ravaut et al., EACL 2024): one LoRA-adapted language model that retrieves, re-ranks and "
              "writes the recommender's reply.", "",
@@ -60,8 +64,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"{' (reference batch ' + str(t['lr_reference_batch']) + ')' if t.get('lr_reference_batch') else ''}, "
              f"M_train {t['m_train']}, loss weights alpha/beta/gamma {t['alpha']}/{t['beta']}/{t['gamma']} "
              f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`",
-             f"- Inference: M_inference {meta.get('recommender', {}).get('m_inference', t['m_inference'])}, "
-             f"decoding `{meta.get('recommender', {}).get('decoding', 'top_k')}`",
+             f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`",
              f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "
              f"`{export_info.get('git_revision', '?')}` on {export_info.get('hardware', '?')} (torch {export_info.get('torch', '?')})",
              "", "## Dev curve", ""]

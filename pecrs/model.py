@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .attention import SELF_ONLY_KWARG, use_candidate_attention
 from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache
-from .config import ModelConfig
+from .config import InferenceConfig, ModelConfig
 from .data import REC, REC_END, SEP
 from .tokens import NO_ITEM, Batch
 
@@ -335,7 +335,7 @@ class PECRS(nn.Module):
         return self.f(h_rec), _output_cache(out) if keep_cache else None
 
     def rerank_with_cache(self, cache, context_len: torch.Tensor, Lc: int, candidate_vectors: torch.Tensor,
-                          chunk_size: int = 1024) -> torch.Tensor:
+                          chunk_size: int = InferenceConfig.rerank_chunk_size) -> torch.Tensor:
         """Eq. 5 scores of candidate_vectors [B, M, d] against cached contexts, `chunk_size`
         candidates at a time. Each candidate sees its row's context and itself only, all at one
         position, so M is not bounded by the LM's context window (the paper's limitation)."""
@@ -359,7 +359,8 @@ class PECRS(nn.Module):
 
     @torch.no_grad()
     def recommend(self, context_ids, context_items, context_len, catalog_vectors: torch.Tensor,
-                  m_inference: int = 700, rerank: bool = True, chunk_size: int = 1024,
+                  m_inference: int = InferenceConfig.m_inference, rerank: bool = True,
+                  chunk_size: int = InferenceConfig.rerank_chunk_size,
                   index=None, sort: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank the catalog for each context: retrieve the top m_inference by the recall score,
         then re-rank them. Returns (catalog indices [B, M] best first, their scores [B, M]).

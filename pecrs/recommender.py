@@ -40,6 +40,7 @@ bfloat16 recommender prefers float32-encoded vectors when they are cached.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -312,12 +313,14 @@ class Recommender:
     """A PECRS model, its catalog and the catalog's vectors. Thread-safe: calls are serialised."""
 
     def __init__(self, model, config, catalog, vectors: torch.Tensor | None = None, *,
-                 m_inference: int | None = None, decoding="top_k", index: str = "auto",
+                 m_inference: int | None = None, decoding=None, index: str = "auto",
                  report: CatalogReport | None = None, checkpoint: Path | None = None, dtype=None,
                  progress: bool = False):
-        """dtype: "auto", "float32", "bfloat16" (pecrs.precision) to put the model in that precision
+        """m_inference, decoding: None takes the config's inference section (config.inference).
+        dtype: "auto", "float32", "bfloat16" (pecrs.precision) to put the model in that precision
         before anything runs, or None to use it as given. progress: a status line and a bar on
         stderr while the catalog is encoded (minutes on a CPU)."""
+        decoding = decoding or config.inference.decoding
         from .decoding import resolve
         from .precision import Precision, inference_dtype, resolve_dtype, to_inference_dtype
         from .retrieval import build_index
@@ -343,7 +346,7 @@ class Recommender:
             self.report.encode_seconds = time.perf_counter() - started
         self.vectors = vectors.to(model.device, torch.float32)
         self.index = build_index(self.vectors, index, temperature=m.recall_temperature)
-        self.m_inference = m_inference or config.train.m_inference
+        self.m_inference = m_inference or config.inference.m_inference
         self.decoding = decoding
         self.checkpoint = checkpoint
         self.encoder = dialogue_encoder(model, config, self.item_index)
@@ -353,27 +356,37 @@ class Recommender:
     @classmethod
     def from_pretrained(cls, run_dir_or_checkpoint, catalog=None, device=None, m_inference: int | None = None,
                         decoding=None, *, index: str = "auto", backbone: str | None = None,
-                        cache_dir=None, strict_catalog: bool = True, dtype="auto",
+                        cache_dir=None, strict_catalog: bool = True, dtype=None,
                         progress: bool = False) -> "Recommender":
         """Load a run folder (its best/ checkpoint) or a checkpoint folder.
 
         catalog: an items.jsonl path (or a folder holding one), a dict or list of Items, or None:
         the catalog saved with the checkpoint, else the catalog of the dataset the run trained on.
-        device: None picks "cuda" when available. m_inference, decoding: default to what
-        `save_pretrained` recorded, else the run's m_inference and "top_k". index: "auto", "exact"
-        or "faiss" (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/
+        device: None picks "cuda" when available. m_inference, decoding, dtype: None takes the
+        checkpoint's inference section (config.inference; `save_pretrained` records this
+        recommender's values there). index: "auto", "exact" or "faiss" (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/
         catalogs; False: no cache). strict_catalog=False skips and reports bad catalog lines.
         dtype: "auto" (bfloat16 where the device multiplies it natively, else float32), "float32"
         or "bfloat16" (pecrs.precision; the choice and its reason are logged once).
         """
         from .precision import resolve_dtype
+        from .config import RunConfig
         from .pretrained import checkpoint_dir, load_pretrained, read_meta
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
-        saved = read_meta(ckpt).get("recommender", {})
+        meta = read_meta(ckpt)
+        # The checkpoint's inference section, this call's arguments over it; checkpoints saved
+        # before that section existed kept a recommender's choices under "recommender".
+        inference = RunConfig.from_dict(meta["config"]).inference
+        legacy = meta.get("recommender", {})
+        inference.m_inference = m_inference or legacy.get("m_inference") or inference.m_inference
+        inference.decoding = decoding or legacy.get("decoding") or inference.decoding
+        inference.dtype = dtype or inference.dtype
+        RunConfig(inference=inference).validate()  # before loading: a bad value fails in no time
         device = default_device(device)
-        precision = resolve_dtype(dtype, device)  # before loading: a bad value fails in no time
+        precision = resolve_dtype(inference.dtype, device)
         model, config = load_pretrained(ckpt, backbone=backbone)
+        config.inference = inference
         model.to(device).eval()
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
         vectors = _load_saved_vectors(ckpt, list(items)) if catalog is None else None
@@ -391,9 +404,8 @@ class Recommender:
                     break
             report.cache_path = str(path)  # where they were found, else where this model's encoding goes
             report.vectors_from_cache = vectors is not None
-        rec = cls(model, config, items, vectors, m_inference=m_inference or saved.get("m_inference"),
-                  decoding=decoding or saved.get("decoding") or "top_k", index=index, report=report,
-                  checkpoint=ckpt, dtype=precision, progress=progress)
+        rec = cls(model, config, items, vectors, index=index, report=report, checkpoint=ckpt, dtype=precision,
+                  progress=progress)
         if report.cache_path and not report.vectors_from_cache:
             _save_cached(Path(report.cache_path), list(items), rec.vectors)
         log.info(report.summary())
@@ -401,15 +413,16 @@ class Recommender:
 
     def save_pretrained(self, directory, half: bool = False, extra: dict | None = None) -> Path:
         """The checkpoint (pretrained.save_pretrained) plus items.jsonl, the catalog, its item
-        vectors (so loading it encodes nothing), and this recommender's m_inference and decoding;
-        `from_pretrained(directory)` gives it back. half=True stores adapter, heads and vectors in
+        vectors (so loading it encodes nothing), and this recommender's m_inference and decoding
+        (in the saved config's inference section); `from_pretrained(directory)` gives it back. half=True stores adapter, heads and vectors in
         float16 (the shipped model, `pecrs export`)."""
         from safetensors.torch import save_file
 
         from .pretrained import halve_weights, save_pretrained
 
-        extra = {"recommender": {"m_inference": self.m_inference, "decoding": self.decoding}, **(extra or {})}
-        directory = Path(save_pretrained(self.model, self.config, directory, extra=extra))
+        config = copy.deepcopy(self.config)
+        config.inference.m_inference, config.inference.decoding = self.m_inference, self.decoding
+        directory = Path(save_pretrained(self.model, config, directory, extra=extra))
         write_items(self.item_list, directory / CATALOG_FILE)
         vectors = self.vectors.detach().cpu().to(torch.float16 if half else torch.float32).contiguous()
         save_file({"vectors": vectors}, directory / VECTORS_FILE,
@@ -432,7 +445,8 @@ class Recommender:
     def _rank(self, context, k: int) -> tuple[list[int], list[float]]:
         ids, slots, length = context
         top, scores = self.model.recommend(ids, slots, length, self.vectors, m_inference=max(self.m_inference, k),
-                                           rerank=True, index=self.index)
+                                           rerank=True, chunk_size=self.config.inference.rerank_chunk_size,
+                                           index=self.index)
         return top[0, :k].tolist(), scores[0, :k].tolist()
 
     @torch.no_grad()

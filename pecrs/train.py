@@ -237,7 +237,7 @@ def _select_on_dev(core, setup: Setup, config: RunConfig, state: dict, out: Path
         return {}
     say(f"dev evaluation: ranking the catalog for {sum(s.target is not None for s in dev):,} samples", show)
     with accelerator.autocast():  # bfloat16 frozen weights need it outside training too
-        scores = recall_only(core, setup.store, setup.encoder, dev, t.m_inference, t.eval_batch_size, progress=show)
+        scores = recall_only(core, setup.store, setup.encoder, dev, config.inference, progress=show)
     core.train()
     if scores["recall_mean"] > state["best"]:
         state["best"], state["best_epoch"] = scores["recall_mean"], position["epoch"]

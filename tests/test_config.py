@@ -64,7 +64,9 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("train.share_negatives_batch=1", ["train.share_negatives_batch", "true or false", "1 (int)"]),
     ("train.max_train_minutes=0", ["train.max_train_minutes", "> 0"]),
     ("train.mixed_precision=fp32", ["train.mixed_precision", "'fp32'", "auto, no, fp16, bf16"]),
-    ("train.decoding=telepathy", ["train.decoding", "'telepathy'", "top_k"]),
+    ("inference.decoding=telepathy", ["inference.decoding", "'telepathy'", "top_k"]),
+    ("inference.dtype=fp8", ["inference.dtype", "'fp8'", "auto, float32, bfloat16"]),
+    ("inference.m_inference=0", ["inference.m_inference", ">= 1"]),
     ("model.item_encoding=frozen", ["model.item_encoding", "'frozen'", "cached, adapted"]),
     ("model.item_fields=[title,budget]", ["model.item_fields", "budget", "genres"]),
     ("model.item_fields=title", ["model.item_fields", "'title'", "list of strings"]),
@@ -112,7 +114,7 @@ def test_bad_value_in_the_file_itself(tmp_path):
 def test_good_values_pass_and_stay_plain(config_file):
     cfg = RunConfig.load(config_file, ["train.max_train_minutes=null", "train.warmup_epochs=1",
                                        "train.dev_split=''", "model.lora_target_modules=[q_proj,v_proj]",
-                                       "train.decoding=nucleus_0.95", "model.item_fields=[title,year]"])
+                                       "inference.decoding=nucleus_0.95", "model.item_fields=[title,year]"])
     assert cfg.train.max_train_minutes is None and cfg.train.warmup_epochs == 1.0
     assert isinstance(cfg.train.warmup_epochs, float)
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.train.dev_split == ""
@@ -148,7 +150,7 @@ def test_evaluate_options_that_parse():
 
 
 def test_default_decoding_needs_no_torch():
-    """Checking a config does not import torch (4 s) unless train.decoding is not the default."""
+    """Checking a config does not import torch (4 s) unless inference.decoding is not the default."""
     import subprocess
     import sys
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from pecrs.config import InferenceConfig
 from pecrs.data import REC_END, RECOMMENDER, SEEKER, Dialogue, Item, Turn
 from pecrs.evaluate import evaluate, recall_only
 from pecrs.samples import make_samples
+from pecrs.testing import WordTokenizer
 from pecrs.tokens import DialogueEncoder
-from test_encoder_layout import WordTokenizer
 
 N_ITEMS = 60
 ITEMS = [Item(str(i), f"Movie {i}", 2000 + i) for i in range(N_ITEMS)]
@@ -101,7 +102,7 @@ class StubModel:
         return [self.plan[tuple(context_ids[i, : context_len[i]].tolist())] for i in range(len(context_len))]
 
     def recommend(self, context_ids, context_items, context_len, catalog_vectors, m_inference, rerank=True,
-                  index=None, sort=True):
+                  chunk_size=1024, index=None, sort=True):
         tops, scores = [], []
         for order, _, _ in self._rows(context_ids, context_len):
             final = order[:m_inference]
@@ -136,7 +137,8 @@ def setup():
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_evaluate_numbers_by_hand(setup, batch_size):
     model, store, encoder, samples = setup
-    out = evaluate(model, store, encoder, samples, m_inference=N_ITEMS, batch_size=batch_size, generate=True)
+    out = evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=batch_size),
+                   generate=True)
     # Recall over s0, s1, s3 (s2 has no target): B at rank 1, E at rank 5, D at rank 30.
     assert out["n_samples"] == 4 and out["n_rec_samples"] == 3
     assert (out["recall@1"], out["recall@10"], out["recall@50"]) == pytest.approx((1 / 3, 2 / 3, 1.0))
@@ -166,7 +168,7 @@ def test_evaluate_numbers_by_hand(setup, batch_size):
 
 def test_recall_only_by_hand(setup):
     model, store, encoder, samples = setup
-    out = recall_only(model, store, encoder, samples, m_inference=N_ITEMS, batch_size=2)
+    out = recall_only(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=2))
     assert (out["recall@1"], out["recall@10"], out["recall@50"]) == pytest.approx((1 / 3, 2 / 3, 1.0))
     assert out["recall_mean"] == pytest.approx(np.mean([1 / 3, 2 / 3, 1.0]))
 
@@ -174,5 +176,5 @@ def test_recall_only_by_hand(setup):
 def test_m_inference_limits_the_candidates(setup):
     """With M = 20 recall candidates, D (rank 30) is never retrieved: recall@50 drops to 2/3."""
     model, store, encoder, samples = setup
-    out = evaluate(model, store, encoder, samples, m_inference=20, batch_size=4, generate=False)
+    out = evaluate(model, store, encoder, samples, InferenceConfig(m_inference=20, batch_size=4), generate=False)
     assert out["recall@50"] == pytest.approx(2 / 3) and out["rouge1"] is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pecrs.catalog import ItemStore
-from pecrs.config import RunConfig
+from pecrs.config import InferenceConfig, RunConfig
 from pecrs.evaluate import evaluate
 from pecrs.loaders import load_dataset
 from pecrs.pretrained import build_model, load_pretrained, save_pretrained
@@ -45,8 +45,8 @@ def test_smollm2_trains_recommends_and_responds(shared_datasets, tmp_path):
 
     save_pretrained(model, cfg, tmp_path / "ckpt")
     model, _ = load_pretrained(tmp_path / "ckpt")
-    result = evaluate(model, store, encoder, samples[:4], m_inference=16, batch_size=4,
-                      strategy="greedy", max_new_tokens=8)
+    result = evaluate(model, store, encoder, samples[:4],
+                      InferenceConfig(m_inference=16, batch_size=4, decoding="greedy"), max_new_tokens=8)
     for key in ("recall@1", "recall@10", "recall@50", "unique", "rouge1", "ppl", "dist2"):
         assert key in result
     assert 0 <= result["recall@50"] <= 1 and np.isfinite(result["ppl"])

@@ -7,6 +7,7 @@ scores such a ranking exactly as `evaluate` does (same `metrics.summarize` input
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -27,21 +28,20 @@ def test_samples(setup, config: RunConfig):
 
 def full_evaluation(setup, config: RunConfig, strategy: str | None = None, generate: bool = True) -> dict:
     t = config.train
-    result = evaluate(setup.model, setup.store, setup.encoder, test_samples(setup, config),
-                      m_inference=t.m_inference, batch_size=t.eval_batch_size, generate=generate,
-                      strategy=strategy or t.decoding, max_new_tokens=config.model.response_max_tokens,
-                      seed=t.seed)
+    inference = dataclasses.replace(config.inference, decoding=strategy or config.inference.decoding)
+    result = evaluate(setup.model, setup.store, setup.encoder, test_samples(setup, config), inference,
+                      generate=generate, max_new_tokens=config.model.response_max_tokens, seed=t.seed)
     result["examples"] = result.get("examples", [])[:5]
     result["split"] = t.test_split
-    result["decoding"] = strategy or t.decoding
-    result["m_inference"] = t.m_inference
+    result["decoding"] = inference.decoding
+    result["m_inference"] = inference.m_inference
     return result
 
 
 def rankings(setup, config: RunConfig):
     """(samples with a target, ranked [n, <=50] catalog indices, targets [n], seconds), at the
     config's M_inference."""
-    m = config.train.m_inference
+    m = config.inference.m_inference
     samples, ranked, targets, seconds = rankings_at(setup, config, [m])
     return samples, ranked[m], targets, seconds
 
@@ -53,7 +53,8 @@ def rankings_at(setup, config: RunConfig, m_values):
     setup.model.eval()
     encoded = setup.encoder.encode_all(samples)
     vectors = setup.store.all_vectors(setup.model)
-    ranked = rank_samples_at(setup.model, setup.store, encoded, vectors, m_values, config.train.eval_batch_size)
+    ranked = rank_samples_at(setup.model, setup.store, encoded, vectors, m_values, config.inference.batch_size,
+                             chunk_size=config.inference.rerank_chunk_size)
     targets = np.array([e.target for e in encoded], dtype=np.int64)
     return samples, ranked, targets, time.perf_counter() - started
 

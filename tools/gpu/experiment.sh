@@ -43,7 +43,7 @@ EXP_DIR=${EXP_DIR:-runs/experiments}
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/device.txt"
 args=(experiment "$NAME" --config "$CONFIG" --output-dir "$EXP_DIR" --quiet
       "inspired:train.dataset=$DATA" "redial:train.dataset=$DATA_REDIAL"
-      "train.max_train_minutes=${MINUTES:-7}" train.eval_batch_size=32)
+      "train.max_train_minutes=${MINUTES:-7}" inference.batch_size=32)
 [ "$PARTS" = "all" ] || args+=(--parts "$PARTS")
 [ -z "${ACCEPT_PARTIAL:-}" ] || args+=(--accept-partial)
 status=0

@@ -12,7 +12,7 @@ DATA=${DATA:-.devdata/inspired}
 (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo cpu) | tee "$OUT/device.txt"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/device.txt"
 python3 -m pecrs.cli train configs/inspired.yaml train.dataset=$DATA train.max_train_minutes=${MINUTES:-5} \
-  train.eval_batch_size=32 "$@" --output-dir "$RUN" --quiet 2>&1 | grep --line-buffered -v Warning | tee "$OUT/train.log"
+  inference.batch_size=32 "$@" --output-dir "$RUN" --quiet 2>&1 | grep --line-buffered -v Warning | tee "$OUT/train.log"
 cp "$RUN/metrics.jsonl" "$OUT/"
 ckpt=$RUN/best
 [ -d "$ckpt" ] || ckpt=$RUN/last

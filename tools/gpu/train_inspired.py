@@ -63,7 +63,7 @@ LOSS_KEYS = ("alpha", "beta", "gamma", "loss_normalization", "rerank_temperature
 DEFAULT_VARIANTS = "authors=configs/inspired-gpu.yaml paper=configs/inspired-gpu-paper.yaml"
 SMOKE = bool(os.environ.get("SMOKE"))
 # the smoke run's sizes on top of configs/tiny.yaml (a few seconds per process on 2 cores)
-SMOKE_OVERRIDES = ("train.max_train_samples=32 train.max_eval_samples=12 train.m_train=8 train.m_inference=32 "
+SMOKE_OVERRIDES = ("train.max_train_samples=32 train.max_eval_samples=12 train.m_train=8 inference.m_inference=32 "
                    "model.context_max_tokens=64 model.response_max_tokens=12")
 
 
