@@ -1,0 +1,104 @@
+"""The config's inference section: one place for M_inference, decoding, batch size, re-rank chunk
+and dtype, read by evaluation and serving alike; old configs and checkpoints still load."""
+import json
+import types
+
+import pytest
+import torch
+
+from pecrs.config import ConfigError, InferenceConfig, RunConfig
+from pecrs.pretrained import CONFIG_FILE
+from pecrs.testing import TURNS, make_tiny_run
+
+
+def test_old_train_keys_move_to_the_inference_section():
+    cfg = RunConfig.from_dict({"train": {"m_inference": 32, "decoding": "greedy", "eval_batch_size": 4,
+                                         "eval_generate": True, "epochs": 3}})
+    assert cfg.inference == InferenceConfig(m_inference=32, decoding="greedy", batch_size=4)
+    assert cfg.train.epochs == 3 and "m_inference" not in cfg.to_dict()["train"]
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"train\.m_inference \(32\) and inference\.m_inference \(31\) disagree"):
+        RunConfig.from_dict({"train": {"m_inference": 32}, "inference": {"m_inference": 31}})
+
+
+def test_an_old_name_on_the_command_line_overrides_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inference:\n  m_inference: 64\n  batch_size: 16\n")
+    cfg = RunConfig.load(path, ["train.m_inference=32", "train.eval_generate=true"])
+    assert (cfg.inference.m_inference, cfg.inference.batch_size) == (32, 16)
+
+
+def test_setting_an_unknown_attribute_fails_and_names_the_new_home():
+    cfg = RunConfig()
+    with pytest.raises(AttributeError, match=r"TrainConfig has no setting 'm_inference' \(it is inference\.m_inference"):
+        cfg.train.m_inference = 8
+    with pytest.raises(AttributeError, match="InferenceConfig has no setting 'm_infrence'"):
+        cfg.inference.m_infrence = 8
+
+
+def test_recommender_reads_the_checkpoint_inference_section(tmp_path):
+    from pecrs.recommender import Recommender
+
+    run, items = make_tiny_run(tmp_path)
+    meta_path = run / "best" / CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["inference"].update(m_inference=5, decoding="greedy", dtype="float32", rerank_chunk_size=2)
+    meta_path.write_text(json.dumps(meta))
+    rec = Recommender.from_pretrained(run, catalog=items, device="cpu", cache_dir=False)
+    assert (rec.m_inference, rec.decoding, rec.precision.dtype) == (5, "greedy", torch.float32)
+    assert rec.config.inference.rerank_chunk_size == 2
+    # The chunk only bounds memory: the same ranking as one pass over all candidates.
+    chunked = [r.item.id for r in rec.recommend(TURNS, k=5)]
+    rec.config.inference.rerank_chunk_size = 1024
+    assert chunked == [r.item.id for r in rec.recommend(TURNS, k=5)]
+    # Arguments override the section for this recommender only.
+    other = Recommender.from_pretrained(run, catalog=items, device="cpu", cache_dir=False, m_inference=7,
+                                        decoding="top_k")
+    assert (other.m_inference, other.decoding) == (7, "top_k")
+    # save_pretrained records the recommender's choices in the saved config's section.
+    rec.m_inference = 6
+    back = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"), device="cpu", cache_dir=False)
+    assert (back.config.inference.m_inference, back.decoding) == (6, "greedy")
+    with pytest.raises(ConfigError, match="inference.decoding"):
+        Recommender.from_pretrained(run, catalog=items, device="cpu", cache_dir=False, decoding="telepathy")
+
+
+def test_recommender_reads_a_checkpoint_saved_before_the_section(tmp_path):
+    """Older checkpoints: M_inference under train, a recommender's choices under "recommender"."""
+    from pecrs.recommender import Recommender
+
+    run, items = make_tiny_run(tmp_path)
+    meta_path = run / "best" / CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    inference = meta["config"].pop("inference")
+    meta["config"]["train"].update(m_inference=inference["m_inference"], eval_batch_size=8, eval_generate=False,
+                                   decoding="top_k")
+    meta["recommender"] = {"m_inference": 9, "decoding": "greedy"}
+    meta_path.write_text(json.dumps(meta))
+    rec = Recommender.from_pretrained(run, catalog=items, device="cpu", cache_dir=False)
+    assert (rec.m_inference, rec.decoding) == (9, "greedy")
+
+
+def test_pecrs_evaluate_takes_the_run_settings_and_its_flags(tmp_path, monkeypatch):
+    import pecrs.evaluate
+    import pecrs.setup
+    from pecrs.cli import main
+
+    run, _ = make_tiny_run(tmp_path)
+    meta_path = run / "best" / CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["inference"].update(m_inference=5, decoding="greedy", batch_size=3)
+    meta_path.write_text(json.dumps(meta))
+    seen = []
+    monkeypatch.setattr(pecrs.setup, "prepare", lambda config, model=None, **kw: types.SimpleNamespace(
+        model=model, store=None, encoder=None, samples={"test": []}))
+    monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: seen.append((a[4], kw)) or {})
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", "--output", str(tmp_path / "a.json")]) == 0
+    inference, kwargs = seen[-1]
+    assert (inference.m_inference, inference.decoding, inference.batch_size) == (5, "greedy", 3)
+    assert kwargs["max_new_tokens"] == 8  # the run's response length, as serving generates
+    assert json.loads((tmp_path / "a.json").read_text())["decoding"] == "greedy"
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", "--m-inference", "7", "--decoding", "top_k",
+                 "--batch-size", "2", "--output", str(tmp_path / "b.json")]) == 0
+    inference, _ = seen[-1]
+    assert (inference.m_inference, inference.decoding, inference.batch_size) == (7, "top_k", 2)
