@@ -47,12 +47,17 @@ def main(argv=None):
     from pecrs.backbone import cache_dir
     from pecrs.loaders import load_items
     from pecrs.precision import cpu_bf16_units, cpu_flags, resolve_dtype, to_inference_dtype
-    from pecrs.recommender import encode_catalog
+    from pecrs.catalog import ItemStore
     from pecrs.tokens import collate
 
     n_ctx = args.contexts or (3 if args.quick else 10)
     n_enc = args.encode_items or (8 if args.quick else 48)
     auto = resolve_dtype("auto", "cpu")
+
+    def encode_catalog(model, items):  # as Recommender encodes a catalog
+        store = ItemStore(items, model.tokenizer, m.item_fields, m.item_max_tokens)
+        return store.encode(model, adapted=m.item_encoding == "adapted")
+
     cfg = C.run_config(args.backbone)
     m = cfg.model
     ref = C.build(cfg, seed=0).eval()
@@ -78,7 +83,7 @@ def main(argv=None):
         vectors = torch.load(vec_path, weights_only=True)
     else:
         print(f"encoding {len(items)} items in float32 once (cached at {vec_path})", flush=True)
-        vectors = encode_catalog(ref, items, m.item_fields, m.item_max_tokens, m.item_encoding)
+        vectors = encode_catalog(ref, items)
         vec_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(vectors, vec_path)
 
@@ -87,7 +92,7 @@ def main(argv=None):
     sample = items[:n_enc]
     enc = {}
     for name in ("float32", "bfloat16"):
-        out, sec = C.timed(encode_catalog, variants[name], sample, m.item_fields, m.item_max_tokens, m.item_encoding)
+        out, sec = C.timed(encode_catalog, variants[name], sample)
         enc[name] = out
         encoding[name] = {"items_per_s": round(len(sample) / sec, 2), "seconds": round(sec, 2)}
     cos = torch.nn.functional.cosine_similarity(enc["bfloat16"], enc["float32"], dim=-1)

@@ -1,0 +1,121 @@
+"""Which items a recommender serves, and what went wrong reading them.
+
+A catalog is given as an items.jsonl path (or a folder holding one), a dict or list of `Item`s, or
+nothing: then the catalog saved with the checkpoint (`CATALOG_FILE`, written by
+`Recommender.save_pretrained`), else the catalog of the dataset the run trained on. A file is read
+strictly (`loaders.load_items`: the first bad line is an error naming file, line and field) or
+leniently (bad lines skipped, counted and reported in a `CatalogReport`), as a server that must
+start on a user's catalog prefers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import DataError, Item
+from .loaders import load_dataset, load_items, parse_item, parse_json_line, read_lines
+
+CATALOG_FILE = "items.jsonl"     # the catalog copy that Recommender.save_pretrained writes
+
+
+@dataclass
+class CatalogReport:
+    """Where a catalog came from and what was skipped while reading it (lenient reading only)."""
+    source: str
+    n_items: int
+    n_errors: int = 0
+    errors: list[str] = field(default_factory=list)   # the first few messages
+    vectors_from_cache: bool = False
+    cache_path: str | None = None
+    encode_seconds: float = 0.0
+
+    def summary(self) -> str:
+        vec = (f"vectors loaded from cache {self.cache_path}" if self.vectors_from_cache
+               else f"vectors encoded in {self.encode_seconds:.1f} s"
+               + (f", cached at {self.cache_path}" if self.cache_path else ""))
+        bad = f"; skipped {self.n_errors} bad line(s)" if self.n_errors else ""
+        return f"catalog {self.source}: {self.n_items} items{bad}; {vec}"
+
+
+def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], list[str], int]:
+    """An items.jsonl read like `loaders.load_items`, except that a bad line (malformed JSON, a
+    missing title, a wrong type, a duplicate id) is skipped and reported instead of raised.
+    Returns (items, the first `max_errors` messages, the number of bad lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path=str(path))
+    items: dict[str, Item] = {}
+    errors: list[str] = []
+    n_bad = 0
+    for n, line in enumerate(read_lines(path), 1):  # non-UTF-8 text: a DataError naming the file
+        if not line.strip():
+            continue
+        where = {"path": str(path), "line": n}
+        try:
+            item = parse_item(parse_json_line(line, where), where)
+            if item.id in items:
+                raise DataError(f"duplicate item id '{item.id}'", field="id", **where)
+            items[item.id] = item
+        except DataError as e:
+            n_bad += 1
+            if len(errors) < max_errors:
+                errors.append(str(e))
+    if not items:
+        raise DataError(f"no valid items ({n_bad} bad line(s); first: {errors[:1]})", path=str(path))
+    return items, errors, n_bad
+
+
+def write_items(items, path) -> None:
+    """An items.jsonl that `loaders.load_items` reads back to the same Items."""
+    with open(path, "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(json.dumps(asdict(it), ensure_ascii=False) + "\n")
+
+
+def _dataset_catalog(checkpoint: Path, dataset: str) -> tuple[dict[str, Item], str]:
+    """The catalog of the dataset a run trained on. Its path was written relative to the
+    directory training ran from, so it is looked up there, then above the checkpoint."""
+    ds = Path(dataset)
+    candidates = [ds] if ds.is_absolute() else [Path.cwd() / ds, *(p / ds for p in checkpoint.resolve().parents)]
+    for folder in candidates:
+        if (folder / CATALOG_FILE).is_file():
+            return load_items(folder / CATALOG_FILE), str(folder / CATALOG_FILE)
+        if folder.is_dir():
+            return load_dataset(folder).items, str(folder)
+    raise FileNotFoundError(f"the run's dataset '{dataset}' was not found (looked in the working directory "
+                            f"and above {checkpoint}); pass catalog=path/to/items.jsonl")
+
+
+def resolve_catalog(catalog, checkpoint: Path | None, dataset: str | None, strict: bool = True):
+    """(items, report) for a catalog given as a path, a dict or list of Items, or None."""
+    if catalog is None:
+        if checkpoint is not None and (checkpoint / CATALOG_FILE).is_file():
+            catalog = checkpoint / CATALOG_FILE
+        elif checkpoint is not None and dataset:
+            items, source = _dataset_catalog(checkpoint, dataset)
+            return items, CatalogReport(source, len(items))
+        else:
+            raise ValueError("no catalog: pass catalog=path/to/items.jsonl or a list of Items")
+    if isinstance(catalog, dict):
+        items = dict(catalog)
+        return items, CatalogReport("<dict>", len(items))
+    if isinstance(catalog, (list, tuple)):
+        items = {}
+        for it in catalog:
+            if not isinstance(it, Item):
+                raise TypeError(f"a catalog list holds Items, got {type(it).__name__}")
+            if it.id in items:
+                raise DataError(f"duplicate item id '{it.id}' in the catalog")
+            items[it.id] = it
+        if not items:
+            raise DataError("catalog is empty")
+        return items, CatalogReport("<list>", len(items))
+    path = Path(catalog)
+    if path.is_dir():
+        path = path / CATALOG_FILE
+    if strict:
+        items = load_items(path)
+        return items, CatalogReport(str(path), len(items))
+    items, errors, n_bad = read_items_lenient(path)
+    return items, CatalogReport(str(path), len(items), n_bad, errors)

@@ -1,0 +1,125 @@
+"""A catalog's item vectors (Eq. 1) without encoding it again.
+
+Encoding a catalog runs every item's text through the LM: minutes on a CPU for thousands of items.
+The vectors are therefore kept in two places, both checked against the catalog's ids:
+  * beside a checkpoint (`VECTORS_FILE`, safetensors, written by `Recommender.save_pretrained`
+    with the catalog copy; the shipped models load with nothing to encode);
+  * in a disk cache, PECRS_CACHE (default ~/.cache/pecrs)/catalogs/<key>.pt, the key hashing the
+    checkpoint files, the catalog contents, the item-text settings and the encoding precision,
+    so a second start on the same (checkpoint, catalog) loads instead of encoding.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .catalog_source import CATALOG_FILE
+
+log = logging.getLogger(__name__)
+
+VECTORS_FILE = "item_vectors.safetensors"  # a saved catalog's item vectors, beside the checkpoint
+CACHE_FORMAT = 1                 # bump when the cached payload or the encoding changes
+
+
+def _hash_files(folder: Path) -> str:
+    """Content hash of a checkpoint: every file but trainer state, READMEs and the catalog copy."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == CATALOG_FILE or path.suffix == ".pt" or path.name == "README.md":
+            continue
+        h.update(rel.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _hash_items(items) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps(asdict(it), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def catalog_cache_key(checkpoint: Path, items, model_config, dtype: torch.dtype = torch.float32) -> str:
+    """The cache file name of a catalog's vectors; `dtype`, the precision of the LM that encodes
+    them, is part of the key except for float32 (so caches written before it existed stay valid)."""
+    key = {"format": CACHE_FORMAT, "checkpoint": _hash_files(checkpoint), "catalog": _hash_items(items),
+           "fields": list(model_config.item_fields), "max_tokens": model_config.item_max_tokens,
+           "encoding": model_config.item_encoding}
+    if dtype != torch.float32:
+        key["dtype"] = str(dtype).removeprefix("torch.")
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    from .backbone import cache_dir
+
+    return cache_dir() / "catalogs"
+
+
+def _hash_ids(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def load_saved_vectors(checkpoint: Path, ids: list[str]) -> torch.Tensor | None:
+    """The item vectors saved beside a checkpoint's catalog, if they are that catalog's."""
+    from safetensors import safe_open
+
+    path = checkpoint / VECTORS_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("ids_sha256") != _hash_ids(ids):
+            log.warning("%s does not match the catalog %s: re-encoding", path, checkpoint / CATALOG_FILE)
+            return None
+        return f.get_tensor("vectors").float()
+
+
+def load_cached(path: Path, ids: list[str]) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: re-encode and overwrite it
+        log.warning("ignoring unreadable catalog cache %s: %s", path, e)
+        return None
+    if payload.get("ids") != ids:
+        return None
+    return payload["vectors"]
+
+
+def save_cached(path: Path, ids: list[str], vectors: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"format": CACHE_FORMAT, "ids": ids, "vectors": vectors.detach().float().cpu()}, tmp)
+    os.replace(tmp, tmp.with_name(path.name))
+
+
+def save_vectors(vectors: torch.Tensor, ids: list[str], path: Path, half: bool = False) -> None:
+    """`vectors` [N, d] of the catalog `ids` as safetensors at `path` (float16 when `half`), with
+    the ids' hash that `load_saved_vectors` checks."""
+    from safetensors.torch import save_file
+
+    vectors = vectors.detach().cpu().to(torch.float16 if half else torch.float32).contiguous()
+    save_file({"vectors": vectors}, path, metadata={"ids_sha256": _hash_ids(ids), "count": str(len(ids))})
+
+
+def find_cached(folder: Path, checkpoint: Path, items: dict, model_config,
+                dtype: torch.dtype) -> tuple[torch.Tensor | None, Path]:
+    """(vectors or None, cache path) for a catalog in the disk cache `folder`. Vectors encoded in
+    float32 serve every precision, bfloat16-encoded ones only bfloat16; the path returned is where
+    they were found, else where this precision's encoding is to be saved."""
+    for key_dtype in dict.fromkeys([torch.float32, dtype]):
+        path = folder / f"{catalog_cache_key(checkpoint, items.values(), model_config, key_dtype)}.pt"
+        vectors = load_cached(path, list(items))
+        if vectors is not None:
+            return vectors, path
+    return None, path
