@@ -61,7 +61,7 @@ def tiny_run(folder: Path) -> Path:
     from pecrs.config import RunConfig
     from pecrs.data import Item
     from pecrs.pretrained import build_model, save_pretrained
-    from pecrs.recommender import CATALOG_FILE, write_items
+    from pecrs.catalog_source import CATALOG_FILE, write_items
 
     cfg = RunConfig()
     cfg.model.backbone = "tiny-llama"
