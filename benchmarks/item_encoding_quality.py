@@ -1,11 +1,14 @@
 """Cached frozen-base vs adapted item encoding: quality and speed on the synthetic task of
-tests/test_learning.py (tiny random backbones, 300 steps, CPU). Run from the repo root:
+pecrs.testing (ITEMS, dialogues: what tests/test_learning.py trains on; tiny random backbones,
+300 steps, CPU).
     python benchmarks/item_encoding_quality.py
 """
-import time, numpy as np, torch
+import sys, time
+from pathlib import Path
+import numpy as np, torch
 torch.set_num_threads(1)
-import sys; sys.path.insert(0, "tests")
-from test_learning import ITEMS, dialogues
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, as in ann.py and _common.py
+from pecrs.testing import ITEMS, dialogues
 from pecrs.catalog import ItemStore
 from pecrs.config import RunConfig
 from pecrs.evaluate import rank_samples

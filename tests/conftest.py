@@ -1,5 +1,8 @@
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,21 @@ def shared_datasets() -> Path:
     if not SHARED.is_dir():
         (pytest.fail if IN_CI else pytest.skip)(f"datasets not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture
+def run_benchmark():
+    """run_benchmark(script, *args, tmp_path=...) runs benchmarks/<script>.py as the command line
+    does (benchmarks are scripts, not a package) on one thread, checks that it exits 0 and ends
+    with its SUMMARY line, and returns the JSON it wrote to tmp_path."""
+    def run(script: str, *args: str, tmp_path) -> dict:
+        out = tmp_path / f"{script}.json"
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *args, "--threads", "1",
+                               "--json-out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip().splitlines()[-1].startswith("SUMMARY ")
+        return json.loads(out.read_text())
+    return run
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,16 +10,7 @@ import pytest
 from conftest import REPO
 
 
-def run_benchmark(script: str, *args: str, tmp_path) -> dict:
-    out = tmp_path / f"{script}.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *args, "--threads", "1",
-                           "--json-out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("SUMMARY ")
-    return json.loads(out.read_text())
-
-
-def test_latency_reports_percentiles_and_the_attention_comparison(shared_datasets, tmp_path):
+def test_latency_reports_percentiles_and_the_attention_comparison(shared_datasets, tmp_path, run_benchmark):
     result = run_benchmark("latency", "--backbone", "tiny-llama", "--quick", "--catalogs", "inspired",
                            "--requests", "3", "--warmup", "1", tmp_path=tmp_path)
     entry = result["catalogs"]["inspired"]
@@ -32,7 +23,7 @@ def test_latency_reports_percentiles_and_the_attention_comparison(shared_dataset
     assert result["settings"]["m_inference"] == 700
 
 
-def test_train_step_prints_the_ratio(shared_datasets, tmp_path):
+def test_train_step_prints_the_ratio(shared_datasets, tmp_path, run_benchmark):
     result = run_benchmark("train_step", "--backbone", "tiny-llama", "--quick", "--repeats", "2",
                            "--m-train", "8", "--context", "32", "--response", "8", tmp_path=tmp_path)
     steps = result["seconds_per_step"]
@@ -42,7 +33,7 @@ def test_train_step_prints_the_ratio(shared_datasets, tmp_path):
     assert result["settings"]["pecrs_tokens_per_row"] > result["settings"]["plain_tokens_per_row"]
 
 
-def test_generation_reports_tokens_per_second(shared_datasets, tmp_path):
+def test_generation_reports_tokens_per_second(shared_datasets, tmp_path, run_benchmark):
     result = run_benchmark("generation", "--backbone", "tiny-llama", "--quick", "--max-new-tokens", "4",
                            "--strategies", "greedy", "top_k_50", tmp_path=tmp_path)
     rows = result["strategies"]
@@ -51,7 +42,7 @@ def test_generation_reports_tokens_per_second(shared_datasets, tmp_path):
 
 
 
-def test_gpu_epoch_runs_on_cpu_and_extrapolates(shared_datasets, tmp_path):
+def test_gpu_epoch_runs_on_cpu_and_extrapolates(shared_datasets, tmp_path, run_benchmark):
     """The GPU-session benchmark must not break unseen: device minutes are too scarce to debug it there."""
     result = run_benchmark("gpu_epoch", "--backbone", "tiny-llama", "--quick", "--max-train-samples", "40",
                            tmp_path=tmp_path)
@@ -98,13 +89,15 @@ def test_gpu_probe_quick_runs_the_train_step_and_reports_each_combination(shared
     assert result["setup_s"] > 0 and result["dev_eval_s"] > 0 and result["device"] == "cpu"
 
 
-def test_gpu_probe_choice_and_budget_rules():
+def test_gpu_probe_choice_and_budget_rules(monkeypatch):
     """The probe's choice: the fastest combination that ran in its own mode (fallbacks never
     count), a smaller batch within 10% of it preferred."""
     import importlib.util
 
+    # benchmarks are scripts, not a package: gpu_probe.py is loaded from its path, and its own
+    # `import _common` finds its neighbour as it does when run, for this test only
     spec = importlib.util.spec_from_file_location("gpu_probe", REPO / "benchmarks" / "gpu_probe.py")
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
 

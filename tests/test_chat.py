@@ -6,7 +6,7 @@ import pytest
 from pecrs.chat import chat, describe
 from pecrs.cli import main
 from pecrs.recommender import Recommender
-from test_recommender import make_tiny_run
+from pecrs.testing import make_tiny_run
 
 
 @pytest.fixture(scope="module")

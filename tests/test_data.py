@@ -1,6 +1,5 @@
 """Loaders, samples and stats: exact counts on the shared datasets, errors on bad input, and
 properties of the sample rules on random dialogues."""
-import csv
 import json
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from pecrs.data import ITEM, RECOMMENDER, ROLES, SEEKER, DataError, Dialogue, It
 from pecrs.loaders import detect_format, load_dataset, load_dialogues, load_items
 from pecrs.samples import make_samples
 from pecrs.stats import dataset_stats
+from pecrs.testing import TSV_HEADER, tsv_folder, write_jsonl
 
 DATA = Path(__file__).parents[2] / "shared" / "datasets"
 needs_data = pytest.mark.skipif(not (DATA / "inspired").is_dir() or not (DATA / "redial").is_dir(),
@@ -118,11 +118,6 @@ ITEMS = [{"id": "1", "title": "Heat", "year": 1995, "actors": ["Al Pacino"], "di
 GOOD = {"id": "d0", "turns": [{"role": "seeker", "text": "Hi, I liked [ITEM]", "items": ["1"]},
                               {"role": "recommender", "text": "Try [ITEM] and [ITEM]!",
                                "items": ["2", "1"]}]}
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 def make_folder(tmp_path, dialogues, items=ITEMS):
@@ -276,20 +271,7 @@ def test_bad_redial(tmp_path, conv, field):
     assert "test_data.jsonl:1" in msg and f"field '{field}'" in msg
 
 
-# ---- INSPIRED TSV on a tiny hand-made file -----------------------------------------------------
-
-TSV_HEADER = ["dialog_id", "utt_id", "speaker", "text", "text_with_placeholder", "movie_dict",
-              "genre_dict", "actor_dict", "director_dict"]
-
-
-def tsv_folder(tmp_path, rows, header=TSV_HEADER):
-    write_jsonl(tmp_path / "items.jsonl", [{"id": "1", "title": "Heat", "year": 1995}])
-    with open(tmp_path / "dev.tsv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(header)
-        w.writerows(rows)
-    return tmp_path
-
+# ---- INSPIRED TSV on a tiny hand-made file (pecrs.testing.tsv_folder) --------------------------
 
 def test_inspired_tsv_rules(tmp_path):
     movies = "{'Heat (1995)': 0, 'Gone (2012): 11}"  # malformed, as in the real dev file

@@ -36,8 +36,7 @@ import pytest
 import torch
 
 from pecrs.config import RunConfig
-
-from test_learning import ITEMS
+from pecrs.testing import ITEMS
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -137,7 +136,8 @@ def tiny_config(dataset: Path, batch_size: int) -> RunConfig:
     # step, also in one without a target. (Without them a single process skips the heads' update
     # in such a step, while several processes, which always lay them out, update with momentum.)
     t.static_shapes = True
-    t.m_train, t.m_inference, t.eval_batch_size, t.checkpoint_every = 6, 16, 8, 0
+    t.m_train, t.checkpoint_every = 6, 0
+    cfg.inference.m_inference, cfg.inference.batch_size = 16, 8
     return cfg
 
 

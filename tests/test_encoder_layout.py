@@ -1,47 +1,15 @@
 """DialogueEncoder (pecrs.tokens) on hand-made dialogues: which end of a long context is kept,
 where item slots go, where [SEP] / [REC] / [REC_END] sit, and where the response is cut.
 
-A word-level tokenizer (one token per word, per special token and per newline) makes every
-expected sequence writable by hand; one test repeats the key checks with a real BPE tokenizer."""
-import re
-
+A word-level tokenizer (pecrs.testing.WordTokenizer: one token per word, per special token and
+per newline) makes every expected sequence writable by hand; one test repeats the key checks with
+a real BPE tokenizer."""
 import pytest
 
 from pecrs.data import ITEM, REC, REC_END, RECOMMENDER, SEEKER, SEP, Dialogue, Turn
 from pecrs.samples import make_samples
+from pecrs.testing import WordTokenizer
 from pecrs.tokens import NO_ITEM, DialogueEncoder, collate
-
-
-class WordTokenizer:
-    """The slice of a Hugging Face tokenizer DialogueEncoder uses: words, [SPECIAL] tokens and
-    newlines are one token each; ids are handed out in first-seen order."""
-    pad_token, eos_token = "<pad>", "</s>"
-    _TOKEN = re.compile(r"\[[A-Z_]+\]|\n|[^\s\[]+|\[")
-
-    def __init__(self):
-        self.vocab: dict[str, int] = {}
-        for token in (self.pad_token, self.eos_token, ITEM, SEP, REC, REC_END):
-            self.convert_tokens_to_ids(token)
-        self.pad_token_id, self.eos_token_id = self.vocab[self.pad_token], self.vocab[self.eos_token]
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return self.vocab.setdefault(token, len(self.vocab))
-
-    def tokens(self, text: str) -> list[str]:
-        return self._TOKEN.findall(text)
-
-    def __call__(self, text, add_special_tokens=False):
-        def encode(t):
-            return [self.convert_tokens_to_ids(tok) for tok in self.tokens(t)]
-        return {"input_ids": [encode(t) for t in text] if isinstance(text, list) else encode(text)}
-
-    def convert_ids_to_tokens(self, ids) -> list[str]:
-        names = {i: t for t, i in self.vocab.items()}
-        return [names[int(i)] for i in ids]
-
-    def decode(self, ids, skip_special_tokens=False) -> str:
-        return " ".join(self.convert_ids_to_tokens(ids))
-
 
 CATALOG = {"heat": 7, "up": 3, "alien": 11}
 

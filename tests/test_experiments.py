@@ -2,11 +2,12 @@
 the tiny config, writes result.json / table.md (/ PNG) with values in range, and a rerun skips
 finished parts.
 
-Speed: the data are small copies of INSPIRED and ReDial (the first dialogues of each split and
-only the items they mention, plus 40 more), so preparing a catalog takes milliseconds instead of
-the ~10 s of ReDial's 6,924 items on 2 cores; one output folder is shared by the whole file, so a
-model is trained once and reused by every experiment that needs the same config (runs are
-addressed by their config's hash). The numbers only show that the pipeline works.
+Speed: the data are small copies of INSPIRED and ReDial (pecrs.testing.make_mini_datasets: the
+first dialogues of each split and only the items they mention, plus 40 more), so preparing a
+catalog takes milliseconds instead of the ~10 s of ReDial's 6,924 items on 2 cores; one output
+folder is shared by the whole file, so a model is trained once and reused by every experiment that
+needs the same config (runs are addressed by their config's hash). The numbers only show that the
+pipeline works.
 """
 import importlib.util
 import json
@@ -19,51 +20,13 @@ import pytest
 from pecrs.decoding import PRESETS
 from pecrs.experiments import run_experiment
 from pecrs.experiments.tables import ABLATIONS
+from pecrs.testing import make_mini_datasets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 SMALL = ["train.max_train_samples=16", "train.max_eval_samples=12", "train.epochs=1", "train.m_train=8",
-         "train.m_inference=32", "train.eval_batch_size=16", "model.response_max_tokens=12",
+         "inference.m_inference=32", "inference.batch_size=16", "model.response_max_tokens=12",
          "model.context_max_tokens=64"]
-
-
-def _first_lines(path: Path, n: int) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line for _, line in zip(range(n), f)]
-
-
-def _filter_items(src: Path, dst: Path, keep: set[str], extra: int = 40) -> None:
-    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
-    out = [line for i, line in enumerate(lines) if i < extra or json.loads(line)["id"] in keep]
-    dst.write_text("".join(out), encoding="utf-8")
-
-
-def make_mini_datasets(shared: Path, out: Path) -> Path:
-    """out/inspired (project JSON Lines) and out/redial (official ReDial layout), small."""
-    ins, red = out / "inspired", out / "redial"
-    ins.mkdir(parents=True)
-    keep: set[str] = set()
-    for split, n in (("train", 12), ("dev", 3), ("test", 4)):
-        lines = _first_lines(shared / "inspired" / f"{split}.jsonl", n)
-        for line in lines:
-            for turn in json.loads(line)["turns"]:
-                keep.update(turn["items"])
-        (ins / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
-    _filter_items(shared / "inspired" / "items.jsonl", ins / "items.jsonl", keep)
-
-    (red / "official").mkdir(parents=True)
-    keep = set()
-    for name, n in (("train_subset_data.jsonl", 10), ("test_data.jsonl", 4)):
-        lines = _first_lines(shared / "redial" / "official" / name, n)
-        for line in lines:
-            conv = json.loads(line)
-            keep.update(conv.get("movieMentions") or {})
-            for m in conv["messages"]:
-                keep.update(re.findall(r"@(\d+)", m["text"]))
-        (red / "official" / name).write_text("".join(lines), encoding="utf-8")
-    for name in ("items.jsonl", "items_sources.jsonl"):
-        _filter_items(shared / "redial" / name, red / name, keep)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -292,7 +255,7 @@ def test_zero_shot_prompt_keeps_the_latest_turns_within_budget():
 
 
 def test_partly_trained_label_says_how_far_training_got():
-    from pecrs.experiments.core import training_progress
+    from pecrs.experiments.runs import training_progress
 
     assert training_progress({"epoch": 0, "batch": 812, "epochs": 20}) == "812 batches into epoch 1/20"
     assert training_progress({"epoch": 3, "batch": 0, "epochs": 20}) == "3/20 epochs"

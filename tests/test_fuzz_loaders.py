@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from pecrs.data import ITEM, DataError
 from pecrs.loaders import load_dataset
+from pecrs.testing import TSV_HEADER
 
 FUZZ = settings(max_examples=int(os.environ.get("PECRS_FUZZ_EXAMPLES", "40")), deadline=None,
                 derandomize=os.environ.get("CI") == "true", database=None,
@@ -62,8 +63,6 @@ CONVERSATIONS = [
 ]
 MOVIES_CSV = [["movieId", "movieName", "nbMentions"], ["10", "Heat  (1995)", "3"], ["20", "Up (2009)", "1"],
               ["30", "Gone Girl ()", "1"]]
-TSV_HEADER = ["dialog_id", "utt_id", "speaker", "text", "text_with_placeholder", "movie_dict",
-              "genre_dict", "actor_dict", "director_dict"]
 MOVIES = "{'Heat (1995)': 0, 'Up (2009)': 1, 'Unknown (1999)': 2}"
 TSV = [TSV_HEADER,
        ["a", "1", "RECOMMENDER", "hello", "hello", MOVIES, "{}", "{}", "{}"],

@@ -13,6 +13,7 @@ import tarfile
 import pytest
 
 from conftest import REPO
+from pecrs.testing import make_mini_datasets
 
 MiB = 2**20
 
@@ -26,8 +27,6 @@ def driver():
 
 @pytest.fixture(scope="module")
 def mini_inspired(shared_datasets, tmp_path_factory):
-    from test_experiments import make_mini_datasets
-
     return make_mini_datasets(shared_datasets, tmp_path_factory.mktemp("data")) / "inspired"
 
 

@@ -8,29 +8,12 @@ import torch
 
 from pecrs.catalog import ItemStore
 from pecrs.config import RunConfig
-from pecrs.data import Dialogue, Item, Turn
 from pecrs.evaluate import rank_samples, rank_samples_at
 from pecrs.pretrained import build_model
 from pecrs.samples import make_samples
+from pecrs.testing import ITEMS, dialogues
 from pecrs.tokens import DialogueEncoder, collate
 from pecrs.train import total_loss, training_step_losses
-
-WORDS = ["apple", "river", "castle", "dragon", "robot", "ocean", "forest", "desert",
-         "pirate", "zombie", "wizard", "space", "jungle", "train", "music", "winter"]
-ITEMS = [Item(id=str(i), title=w.capitalize(), genres=(w,), plot=f"a story about the {w}")
-         for i, w in enumerate(WORDS)]
-
-
-def dialogues(seed: int, n: int) -> list[Dialogue]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for d in range(n):
-        k = int(rng.integers(len(WORDS)))
-        out.append(Dialogue(id=f"d{d}", turns=(
-            Turn("recommender", "Hi! What do you feel like?"),
-            Turn("seeker", f"Something with a {WORDS[k]} please"),
-            Turn("recommender", "You will love [ITEM]", (str(k),)))))
-    return out
 
 
 @pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama"])

@@ -7,17 +7,11 @@ import pytest
 from pecrs.cli import main
 from pecrs.data import DataError
 from pecrs.loaders import load_dataset, load_items
-from test_data import tsv_folder
+from pecrs.testing import tsv_folder, write_jsonl
 
 ITEMS = [{"id": "10", "title": "Heat", "year": 1995}, {"id": "20", "title": "Up", "year": 2009}]
 GOOD = {"id": "d0", "turns": [{"role": "seeker", "text": "Hi"},
                               {"role": "recommender", "text": "Try [ITEM]", "items": ["10"]}]}
-
-
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 def error(folder, **kwargs) -> DataError:

@@ -4,13 +4,13 @@ import logging
 
 import pytest
 import torch
-from test_recommender import TURNS, make_tiny_run
 
 from pecrs import precision
 from pecrs.cli import build_parser
 from pecrs.precision import (BF16_CPU_FLAGS, cpu_bf16_units, cpu_flags, cpu_model, inference_dtype,
                              resolve_dtype, to_inference_dtype)
 from pecrs.recommender import Recommender
+from pecrs.testing import TURNS, make_tiny_run
 
 # /proc/cpuinfo of the machine these tests were written on (AVX-512, no bfloat16 units), one core.
 NO_UNITS = """processor	: 0
@@ -206,7 +206,8 @@ def test_chat_flag_reaches_the_model(run, tmp_path, monkeypatch):
         assert rec.precision.dtype == dtype and inference_dtype(rec.model) == dtype
         proj = [p for n, p in rec.model.named_parameters() if n.endswith("q_proj.base_layer.weight")]
         assert proj and all(p.dtype == dtype for p in proj)
-    assert build_parser().parse_args(["serve", str(run_dir)]).dtype == "auto"
+    # No flag: the model's own inference.dtype decides ("auto" unless its config says otherwise).
+    assert build_parser().parse_args(["serve", str(run_dir)]).dtype is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", str(run_dir), "--dtype", "float16"])
 
@@ -247,13 +248,12 @@ def test_bfloat16_frozen_training_follows_float32():
     introduction: 7.86 -> 6.76, within 0.3%; benchmarks/bf16_training.py on INSPIRED: within 1%)."""
     import copy
 
-    from test_step import _setup
-
     from pecrs.step import cast_frozen, plan_step, step_losses
+    from pecrs.testing import step_setup
     from pecrs.tokens import collate
     from pecrs.train import total_loss
 
-    cfg, ref, store, _, encoded = _setup("tiny-llama")
+    cfg, ref, store, _, encoded = step_setup("tiny-llama")
     low = copy.deepcopy(ref)
     assert cast_frozen(low, torch.bfloat16) > 0
     batches = [collate(encoded[i:i + 4], ref.tokenizer.pad_token_id, ref.rec_end_id) for i in (0, 4)]
@@ -277,9 +277,7 @@ def test_bfloat16_frozen_training_follows_float32():
 
 # ---- the benchmarks still run (tiny backbone: a check against bit-rot, not a measurement) ---------
 
-def test_bf16_benchmarks_run(shared_datasets, tmp_path, monkeypatch):
-    from test_benchmarks import run_benchmark
-
+def test_bf16_benchmarks_run(shared_datasets, tmp_path, monkeypatch, run_benchmark):
     monkeypatch.setenv("PECRS_CACHE", str(tmp_path / "cache"))   # the catalog vectors it caches
 
     result = run_benchmark("bf16_agreement", "--backbone", "tiny-llama", "--quick", "--contexts", "2",

@@ -1,5 +1,5 @@
 """The library API (pecrs.recommender) and the retrieval indexes (pecrs.retrieval), on a tiny
-random checkpoint and a toy catalog. `make_tiny_run` is shared with test_serve/test_chat/test_web."""
+random checkpoint and a toy catalog (pecrs.testing.make_tiny_run)."""
 import json
 from pathlib import Path
 
@@ -7,44 +7,13 @@ import pytest
 import torch
 
 from pecrs.catalog import ItemStore
-from pecrs.config import RunConfig
-from pecrs.data import DataError, Dialogue, Item, Turn
-from pecrs.pretrained import build_model, save_pretrained
-from pecrs.recommender import (CATALOG_FILE, Recommender, _clip, encode_catalog,
-                               read_items_lenient, write_items)
+from pecrs.data import DataError, Dialogue, Turn
+from pecrs.catalog_source import CATALOG_FILE, read_items_lenient
+from pecrs.dialogue_input import clip_text
+from pecrs.recommender import Recommender
 from pecrs.retrieval import ExactIndex, FaissIndex, build_index
 from pecrs.samples import make_samples
-
-GENRES = ["Action", "Comedy", "Drama", "Horror"]
-
-
-def toy_items(n=12):
-    return [Item(id=str(i), title=f"Movie {i}", year=2000 + i, genres=(GENRES[i % 4],),
-                 actors=(f"Actor {i}",), plot=f"plot number {i}") for i in range(n)]
-
-
-def make_tiny_run(root: Path) -> tuple[Path, Path]:
-    """A run folder root/run with best/ (random tiny-llama PECRS) whose dataset root/data holds a
-    toy items.jsonl. Returns (run folder, items.jsonl)."""
-    data = root / "data"
-    data.mkdir(parents=True)
-    write_items(toy_items(), data / "items.jsonl")
-    cfg = RunConfig()
-    cfg.model.backbone = "tiny-llama"
-    cfg.model.lora_dropout = 0.0
-    cfg.model.item_max_tokens = 16
-    cfg.model.context_max_tokens = 64
-    cfg.model.response_max_tokens = 8
-    cfg.train.dataset = str(data)
-    cfg.train.m_inference = 8
-    model = build_model(cfg, seed=0)
-    torch.manual_seed(1)
-    with torch.no_grad():  # a non-zero adapter, so that LoRA on and off differ
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    save_pretrained(model, cfg, root / "run" / "best")
-    return root / "run", data / "items.jsonl"
+from pecrs.testing import TURNS, make_tiny_run, toy_items
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +26,6 @@ def rec(run, tmp_path_factory):
     run_dir, items = run
     return Recommender.from_pretrained(run_dir, catalog=items, device="cpu",
                                        cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-TURNS = [{"role": "seeker", "text": "Hi! I want a funny movie."},
-         {"role": "recommender", "text": "Did you see [ITEM]?", "items": ["3"]},
-         {"role": "seeker", "text": "Yes, something like that please"}]
 
 
 def test_recommend_ranks_the_catalog(rec):
@@ -200,10 +164,10 @@ def test_overlong_text_is_cut_to_the_budget(rec):
     same = rec.recommend([{"role": "seeker", "text": huge[-rec.max_text_chars:], "items": ["4"]}], k=3)
     assert [r.item.id for r in recs] == [r.item.id for r in same]
     # The cut never splits a placeholder and drops the ids of the placeholders it removes.
-    assert _clip("[ITEM] abc [ITEM] xy", ["a", "b"], 12) == ("bc [ITEM] xy", ["b"])
-    assert _clip("[ITEM] abc [ITEM] xy", ["a", "b"], 7) == ("[ITEM] xy", ["b"])   # kept whole
-    assert _clip("[ITEM] abc [ITEM] xy", ["a", "b"], 3) == (" xy", [])
-    assert _clip("short", [], 10) == ("short", [])
+    assert clip_text("[ITEM] abc [ITEM] xy", ["a", "b"], 12) == ("bc [ITEM] xy", ["b"])
+    assert clip_text("[ITEM] abc [ITEM] xy", ["a", "b"], 7) == ("[ITEM] xy", ["b"])   # kept whole
+    assert clip_text("[ITEM] abc [ITEM] xy", ["a", "b"], 3) == (" xy", [])
+    assert clip_text("short", [], 10) == ("short", [])
 
 
 def test_catalog_sources_and_disk_cache(run, rec, tmp_path):
@@ -229,7 +193,7 @@ def test_vectors_match_the_training_item_store(rec):
     m = rec.config.model
     store = ItemStore(rec.item_list, rec.model.tokenizer, m.item_fields, m.item_max_tokens).cache_base_states(rec.model)
     assert torch.allclose(store.all_vectors(rec.model), rec.vectors, atol=1e-5)
-    adapted = encode_catalog(rec.model, rec.item_list, m.item_fields, m.item_max_tokens, "adapted", batch_size=5)
+    adapted = store.encode(rec.model, adapted=True, batch_size=5)
     store.mode = "adapted"
     assert torch.allclose(store.all_vectors(rec.model), adapted, atol=1e-5)
 
@@ -307,7 +271,7 @@ def test_faiss_index_recall_and_api():
 
 def test_lenient_catalog_reader_reports_bad_bytes_and_deep_json(tmp_path):
     from pecrs.data import DataError
-    from pecrs.recommender import read_items_lenient
+    from pecrs.catalog_source import read_items_lenient
 
     path = tmp_path / "items.jsonl"
     path.write_bytes(b'{"id": "1", "title": "Alien"}\n' + b"[" * 100_000 + b"\n" + b'{"id": "2", "title": "Heat"}\n')

@@ -1,36 +1,11 @@
 """Training resumes after a crash and ends exactly where an uninterrupted run ends."""
 import json
-from dataclasses import asdict
 
 import torch
 from safetensors.torch import load_file
 
-from pecrs.config import RunConfig
+from pecrs.testing import tiny_config, write_dataset
 from pecrs.train import train
-
-from test_learning import ITEMS, dialogues
-
-
-def write_dataset(folder):
-    folder.mkdir()
-    with open(folder / "items.jsonl", "w") as f:
-        for it in ITEMS:
-            f.write(json.dumps(asdict(it)) + "\n")
-    for split, seed, n in (("train", 0, 12), ("dev", 1, 4)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for d in dialogues(seed, n):
-                turns = [{"role": t.role, "text": t.text, "items": list(t.items)} for t in d.turns]
-                f.write(json.dumps({"id": d.id, "turns": turns}) + "\n")
-
-
-def tiny_config(dataset) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.backbone, cfg.model.item_max_tokens = "tiny-llama", 16
-    cfg.model.context_max_tokens, cfg.model.response_max_tokens = 64, 16
-    t = cfg.train
-    t.dataset, t.epochs, t.batch_size, t.lr, t.warmup_epochs = str(dataset), 2, 4, 1e-3, 0.5
-    t.m_train, t.m_inference, t.checkpoint_every, t.eval_batch_size = 6, 16, 1, 8
-    return cfg
 
 
 def test_crash_then_resume_matches_uninterrupted_run(tmp_path):

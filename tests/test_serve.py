@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pecrs.recommender import Recommender  # noqa: E402
 from pecrs.serve import MAX_TEXT_CHARS, MAX_TURNS, create_app  # noqa: E402
-from test_recommender import make_tiny_run  # noqa: E402
+from pecrs.testing import make_tiny_run  # noqa: E402
 
 SEEKER = {"role": "seeker", "text": "I'd like a comedy for tonight"}
 

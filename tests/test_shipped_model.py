@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 import pecrs.pretrained as pretrained
 from pecrs.cli import main
-from pecrs.recommender import VECTORS_FILE, Recommender
-
-from test_recommender import make_tiny_run
+from pecrs.recommender import Recommender
+from pecrs.testing import make_tiny_run
+from pecrs.vector_cache import VECTORS_FILE
 
 DIALOGUE = [{"role": "seeker", "text": "Any film like Alien?"}]
 
@@ -45,12 +45,12 @@ def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):
     run, shipped = exported
     monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
     assert pretrained.checkpoint_dir("inspired") == shipped
-    import pecrs.recommender as recommender
+    from pecrs.catalog import ItemStore
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the shipped catalog must not be re-encoded")
 
-    monkeypatch.setattr(recommender, "encode_catalog", no_encoding)
+    monkeypatch.setattr(ItemStore, "encode", no_encoding)
     rec = Recommender.from_pretrained("inspired", device="cpu")
     assert rec.report.vectors_from_cache and rec.report.cache_path.endswith(VECTORS_FILE)
     monkeypatch.undo()
@@ -61,8 +61,8 @@ def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):
     assert a[:3] == b[:3]
     assert torch.allclose(rec.vectors, original.vectors, atol=2e-2, rtol=1e-2)
     # another catalog is encoded as usual (the shipped vectors are that catalog's only)
-    from pecrs.recommender import _load_saved_vectors
-    assert _load_saved_vectors(shipped, ["x", "y"]) is None
+    from pecrs.vector_cache import load_saved_vectors
+    assert load_saved_vectors(shipped, ["x", "y"]) is None
 
 
 def test_chat_without_a_run_folder_uses_the_shipped_default(exported, monkeypatch, capsys):

@@ -10,6 +10,7 @@ import pytest
 from pecrs import standardized as S
 from pecrs.cli import main
 from pecrs.data import ITEM, RECOMMENDER, SEEKER, DataError
+from pecrs.testing import make_tiny_run
 
 SEEKER_ID, REC_ID = 10, 20
 
@@ -262,8 +263,6 @@ def test_context_turns_layout():
 def tiny_run(tmp_path_factory):
     """make_tiny_run's random tiny-llama checkpoint, whose dataset folder is a small ReDial release:
     the toy catalog (ids 0-11) and conversations A, B, D plus one mentioning movie 50 (not in it)."""
-    from test_recommender import make_tiny_run
-
     root = tmp_path_factory.mktemp("standardized")
     run_dir, items = make_tiny_run(root)
     F = conv("F", [("S", "Anything like @0?"), ("R", "@50 or @11"), ("S", "Seen @11, liked it"), ("R", "Then @10")],

@@ -5,49 +5,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pecrs.catalog import ItemStore
 from pecrs.config import RunConfig
-from pecrs.pretrained import build_model
-from pecrs.samples import make_samples
 from pecrs.step import StepRunner, cast_frozen, item_slots, plan_step, scaled_lr, step_losses
-from pecrs.tokens import DialogueEncoder, collate, static_widths
+from pecrs.testing import step_setup
+from pecrs.tokens import collate, static_widths
 from pecrs.train import total_loss
-
-from pecrs.data import Dialogue, Turn
-from test_learning import ITEMS, WORDS
-
-
-def dialogues(n: int) -> list[Dialogue]:
-    """Dialogues of varied length; each has a recommender turn without an item and one with."""
-    out = []
-    for d in range(n):
-        k = d % len(WORDS)
-        chat = [Turn("seeker", f"Hello, I want something about {WORDS[k]} " + "and more " * (d % 5))]
-        out.append(Dialogue(id=f"d{d}", turns=(*chat,
-            Turn("recommender", "Sure, what else do you like?"),
-            Turn("seeker", f"I liked {WORDS[(k + 1) % len(WORDS)].capitalize()}", (str((k + 1) % len(WORDS)),)),
-            Turn("recommender", "Then try [ITEM]", (str(k),)))))
-    return out
-
-
-def _setup(backbone, m_train=6, **train):
-    cfg = RunConfig()
-    cfg.model.backbone, cfg.model.item_max_tokens, cfg.train.m_train = backbone, 16, m_train
-    cfg.model.lora_dropout = 0.0
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    model = build_model(cfg, seed=0)
-    # Non-uniform attention: random tiny models attend almost uniformly at init, which hides
-    # padding or masking differences below any tolerance; sharper queries/keys expose them.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(k in name for k in ("q_proj.base_layer.weight", "k_proj.base_layer.weight", "c_attn.base_layer.weight")):
-                p.mul_(8)
-    store = ItemStore(ITEMS, model.tokenizer, cfg.model.item_fields, 16).cache_base_states(model)
-    encoder = DialogueEncoder(model.tokenizer, store.index, 96, 12)
-    # Dialogues of varied length, some rows with a target and some without.
-    encoded = encoder.encode_all(make_samples(dialogues(12)))
-    return cfg, model, store, encoder, encoded
 
 
 def _losses(model, store, inputs, cfg):
@@ -76,7 +38,7 @@ class HostDataUse(TorchDispatchMode):
 @pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-gpt2"])
 @pytest.mark.parametrize("static", [False, True])
 def test_step_never_synchronises_nor_copies_from_the_host(backbone, static):
-    cfg, model, store, encoder, encoded = _setup(backbone)
+    cfg, model, store, encoder, encoded = step_setup(backbone)
     widths = static_widths(encoder) if static else (None, None)
     batch = collate(encoded[:4], model.tokenizer.pad_token_id, model.rec_end_id, *widths)
     inputs = plan_step(batch, len(store), cfg.train, torch.Generator().manual_seed(0),
@@ -95,7 +57,7 @@ def test_step_never_synchronises_nor_copies_from_the_host(backbone, static):
 
 @pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-gpt2"])
 def test_static_shapes_give_the_dynamic_losses(backbone):
-    cfg, model, store, encoder, encoded = _setup(backbone)
+    cfg, model, store, encoder, encoded = step_setup(backbone)
     model.train()
     pad, rec_end = model.tokenizer.pad_token_id, model.rec_end_id
     widths = static_widths(encoder)
@@ -116,7 +78,7 @@ def test_static_shapes_give_the_dynamic_losses(backbone):
 
 
 def test_batch_loss_is_the_mean_of_its_rows():
-    cfg, model, store, encoder, encoded = _setup("tiny-llama")
+    cfg, model, store, encoder, encoded = step_setup("tiny-llama")
     model.train()
     batch = collate(encoded[:8], model.tokenizer.pad_token_id, model.rec_end_id)
     inputs = plan_step(batch, len(store), cfg.train, torch.Generator().manual_seed(2), candidates=True)
@@ -175,7 +137,7 @@ def test_scaled_lr_square_root_rule():
 
 
 def test_compiled_step_equals_eager_and_failure_falls_back(caplog):
-    cfg, model, store, encoder, encoded = _setup("tiny-llama")
+    cfg, model, store, encoder, encoded = step_setup("tiny-llama")
     model.train()
     widths = static_widths(encoder)
     inputs = plan_step(collate(encoded[:4], model.tokenizer.pad_token_id, model.rec_end_id, *widths), len(store),
@@ -203,7 +165,7 @@ def test_compiled_step_equals_eager_and_failure_falls_back(caplog):
 
 
 def test_frozen_bfloat16_weights_keep_the_losses():
-    cfg, model, store, encoder, encoded = _setup("tiny-llama")
+    cfg, model, store, encoder, encoded = step_setup("tiny-llama")
     model.train()
     inputs = plan_step(collate(encoded[:4], model.tokenizer.pad_token_id, model.rec_end_id), len(store), cfg.train,
                        torch.Generator().manual_seed(4))

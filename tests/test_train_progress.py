@@ -7,9 +7,8 @@ import re
 import pytest
 
 import pecrs.train as train_module
+from pecrs.testing import tiny_config, write_dataset
 from pecrs.train import train
-
-from test_resume import tiny_config, write_dataset
 
 
 class CountingBar(train_module.tqdm):

@@ -13,7 +13,7 @@ import pytest
 
 from pecrs.recommender import Recommender
 from pecrs.serve import create_app
-from test_recommender import make_tiny_run
+from pecrs.testing import make_tiny_run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SAY = "I want a scary movie tonight"
