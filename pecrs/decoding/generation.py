@@ -1,0 +1,68 @@
+"""`generate`: decode responses from left-padded ``inputs_embeds`` with a strategy of presets.py.
+
+Positions
+---------
+With a 2-D ``attention_mask``, transformers 5 derives ``position_ids`` from the mask in ``generate``
+(``cumsum(mask) - 1``) for every model whose ``forward`` accepts ``position_ids`` (GPT-2 and Llama
+included), so left-padded batched decoding matches row-by-row decoding; this module therefore does not
+pass ``position_ids`` itself. (For RoPE models such as Llama a constant shift of positions does not change
+the output anyway; GPT-2's absolute position embeddings are what make this matter.)
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .diverse import diverse_beam_search
+from .outputs import new_tokens, special_ids, strip_special
+from .presets import resolve
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Seed torch's RNGs for the call and restore the previous RNG state afterwards."""
+    if seed is None:
+        yield
+        return
+    if device.type == "cpu":
+        fork = torch.random.fork_rng(devices=[])
+    else:  # also save and restore the accelerator's RNG (torch.manual_seed seeds every device)
+        fork = torch.random.fork_rng(devices=[device], device_type=device.type)
+    with fork:
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def generate(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, strategy: str | dict = "top_k",
+             max_new_tokens: int = 64, pad_token_id: int | None = None, eos_token_id=None,
+             seed: int | None = None) -> list[list[int]]:
+    """Decode responses from LEFT-padded ``inputs_embeds`` [B, L, d] with a 2-D ``attention_mask`` [B, L].
+
+    ``model`` is a Hugging Face causal LM (or a peft model wrapping one). ``strategy`` is a preset name, an
+    alias, or a dict of ``generate`` kwargs (see :data:`PRESETS`). ``pad_token_id``/``eos_token_id`` default
+    to the model's generation config. ``seed`` seeds torch's RNGs for this call only (the global RNG state
+    is restored afterwards), which makes the sampling strategies reproducible.
+
+    Returns the new token ids of each row, cut at the first EOS, with EOS and padding removed.
+    """
+    if inputs_embeds.dim() != 3 or attention_mask.dim() != 2 or attention_mask.shape != inputs_embeds.shape[:2]:
+        raise ValueError("expected inputs_embeds [B, L, d] and a 2-D attention_mask [B, L]")
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("inputs must be LEFT-padded (attention_mask[:, -1] must be 1 for every row)")
+    kwargs = resolve(strategy)
+    pad, eos = special_ids(model, pad_token_id, eos_token_id)
+    with _seeded(seed, inputs_embeds.device):
+        if (kwargs.get("num_beam_groups") or 1) > 1:
+            kwargs.setdefault("diversity_penalty", 0.0)
+            return diverse_beam_search(model, inputs_embeds, attention_mask, max_new_tokens=max_new_tokens,
+                                       pad_token_id=pad, eos_token_id=eos, **kwargs)
+        kwargs.pop("num_beam_groups", None)
+        kwargs.pop("diversity_penalty", None)
+        out = model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None,
+                             num_return_sequences=1, **kwargs)
+    if not isinstance(out, torch.Tensor):
+        out = out.sequences
+    return strip_special(new_tokens(out, inputs_embeds.shape[1], max_new_tokens), pad, eos)
