@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .data import DEFAULT_ITEM_FIELDS, Item
+from .decoding import ALIASES, PRESETS  # the preset names only: no torch
 
 
 class Section:
@@ -268,6 +269,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.frozen_dtype": ("auto", "float32", "bfloat16"),
     "train.step_mode": ("auto", "eager", "compile", "cudagraphs"),
     "train.loss_normalization": ("batch", "targets"),
+    "inference.decoding": tuple(sorted(ALIASES) + sorted(PRESETS)),
     "inference.dtype": ("auto", "float32", "bfloat16"),
 }
 _NON_EMPTY = {"model.backbone", "train.dataset", "train.train_split", "model.item_fields",
@@ -344,10 +346,6 @@ def check_value(key: str, value, hint):
     if key in _NON_EMPTY and not (value_out if isinstance(value_out, list) else str(value_out).strip()):
         raise ConfigError(f"config {key}: must not be empty, got {_show(value)}")
     choices = _CHOICES.get(key)
-    if key == "inference.decoding" and value_out != InferenceConfig.decoding:
-        from .decoding import ALIASES, PRESETS  # torch-heavy (4 s): not imported for the default
-
-        choices = tuple(sorted(ALIASES) + sorted(PRESETS))
     if choices is not None and value_out not in choices:
         raise ConfigError(f"config {key}: expected one of {', '.join(choices)}, got {_show(value)}")
     if key == "model.item_fields":
