@@ -215,6 +215,18 @@ class StepRunner:
         self.mode = "eager"
 
 
+def saved_grads(params) -> list[torch.Tensor | None]:
+    """Copies of the parameters' gradients, to put back with `restore_grads`."""
+    return [None if p.grad is None else p.grad.detach().clone() for p in params]
+
+
+def restore_grads(params, saved: list[torch.Tensor | None] | None) -> None:
+    """The gradients as `saved_grads` copied them (None: no gradients), undoing whatever a failed
+    forward or backward added since."""
+    for i, p in enumerate(params):
+        p.grad = None if saved is None or saved[i] is None else saved[i].clone()
+
+
 def scaled_lr(t: TrainConfig, effective_batch: int) -> float:
     """The learning rate for `effective_batch` samples per update. With `lr_reference_batch` set,
     `lr` is the rate tuned at that batch size and is scaled by sqrt(effective / reference), the

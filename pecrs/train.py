@@ -29,7 +29,8 @@ from .evaluate import recall_only
 from .setup import Setup, prepare, say
 from .model import PECRS
 from .pretrained import load_weights, recover_checkpoint, save_pretrained
-from .step import StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, scaled_lr, shard, step_losses
+from .step import (StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, restore_grads, saved_grads,
+                   scaled_lr, shard, step_losses)
 from .tokens import collate, static_widths
 
 STATE_FILE = "trainer_state.pt"
@@ -159,13 +160,16 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                 inputs = inputs.pin_memory()
             inputs = inputs.to(device, non_blocking=cuda)
             torch.manual_seed(seed)  # dropout
+            # A compiled step that fails reruns eagerly; the gradients that earlier micro-batches of
+            # this update accumulated are put back first (kept only while a compiled step can fail).
+            kept = saved_grads(params) if runner.compiled and t.grad_accum > 1 else None
             with accelerator.accumulate(model):
                 try:
                     losses, loss = _forward_backward(runner, store, inputs, config, accelerator, weights)
                 except Exception as error:
                     if not runner.compiled:
                         raise
-                    optimizer.zero_grad()
+                    restore_grads(params, kept)
                     runner.fall_back(error)
                     torch.manual_seed(seed)
                     losses, loss = _forward_backward(runner, store, inputs, config, accelerator, weights)

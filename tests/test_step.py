@@ -193,3 +193,46 @@ def test_config_mistakes_of_the_step_settings_are_caught_before_loading(tmp_path
     with pytest.raises(ValueError, match="needs bfloat16 autocast"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last").exists()
+
+
+def test_fallback_mid_update_keeps_the_earlier_micro_batches(tmp_path):
+    """grad_accum=2 and a compiled step that fails on the update's second micro-batch: the eager
+    rerun adds to the first micro-batch's gradients, so the run trains as an eager run does."""
+    import json
+
+    from torch._dynamo import register_backend
+    from safetensors.torch import load_file
+
+    from pecrs.testing import tiny_config, write_dataset
+    from pecrs.train import train
+
+    calls = {"n": 0}
+
+    @register_backend(name="pecrs_test_fails_on_second_call")
+    def fails_on_second_call(gm, example_inputs):
+        def run(*args):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("graph replay failed")
+            return gm.forward(*args)
+        return run
+
+    write_dataset(tmp_path / "data")
+    weights = {}
+    for mode in ("eager", "compile"):
+        cfg = tiny_config(tmp_path / "data")
+        t = cfg.train
+        t.epochs, t.batch_size, t.grad_accum, t.checkpoint_every, t.dev_split = 1, 2, 2, 0, ""
+        t.warmup_epochs = 0
+        t.max_train_samples, t.step_mode, t.compile_backend = 8, mode, "pecrs_test_fails_on_second_call"
+        cfg.model.lora_dropout = 0.0
+        train(cfg, tmp_path / mode, progress=False)
+        last = tmp_path / mode / "last"
+        weights[mode] = {**load_file(last / "adapter" / "adapter_model.safetensors"),
+                         **load_file(last / "heads.safetensors")}
+        if mode == "compile":
+            record = json.loads((tmp_path / mode / "metrics.jsonl").read_text().splitlines()[-1])
+            assert "graph replay failed" in record["step_mode_fallback"]
+    assert calls["n"] == 2  # the first micro-batch ran compiled, the second failed, the rest ran eager
+    for name, tensor in weights["eager"].items():
+        assert torch.allclose(tensor, weights["compile"][name], atol=1e-6), name
