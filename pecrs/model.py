@@ -1,7 +1,8 @@
 """The PECRS model (§3): one LoRA-adapted causal LM that encodes items, retrieves, re-ranks
 and generates.
 
-Reading order: the item encoder (Eq. 1), the scoring heads f and g, then `training_losses`,
+Reading order: the modules PECRS holds (the item encoder of Eq. 1, the heads f and g and the
+angular distance of Eq. 3 live in pecrs.heads), the items and scores, then `training_losses`,
 which lays one batch out as a single sequence per row,
 
     [ context ... [REC] | candidates v_1..v_C | (v_p [REC_END]) "Recommender:" response ]
@@ -21,54 +22,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .attention import SELF_ONLY_KWARG, use_candidate_attention
-from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache
+from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache, output_cache
 from .config import InferenceConfig, ModelConfig
 from .data import REC, REC_END, SEP
+from .heads import ItemEncoder, recall_logits, two_layer_mlp
 from .tokens import NO_ITEM, Batch
-
-
-
-def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sqrt(2 (1 - cos(a, b))) along the last dim, broadcasting (§3.3)."""
-    cos = F.cosine_similarity(a, b, dim=-1)
-    return torch.sqrt((2 * (1 - cos)).clamp_min(1e-12))
-
-
-def two_layer_mlp(d_in: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), nn.Linear(d_in, d_out))
-
-
-class ItemHead(nn.Module):
-    """h_item of Eq. 1: a residual MLP then a projection, from pooled LM states to v_j."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Linear(d // 2, d))
-        self.out = nn.Linear(d, d)
-
-    def forward(self, x):
-        return self.out(x + self.mlp(x))
-
-
-class ItemEncoder(nn.Module):
-    """Eq. 1: v_j = h_item(w^T I_j), with w a learned weight per token position."""
-
-    def __init__(self, d: int, max_tokens: int, pooling: bool = True, head: bool = True):
-        super().__init__()
-        self.pooling = pooling
-        self.pool_weights = nn.Parameter(torch.ones(max_tokens))  # ones: starts as mean pooling
-        self.head = ItemHead(d) if head else nn.Identity()
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """states [N, L, d] (LM token states of item texts), mask [N, L] -> item vectors [N, d]."""
-        states = states.to(self.pool_weights.dtype)
-        if self.pooling:
-            w = self.pool_weights[: states.shape[1]] * mask
-            pooled = torch.einsum("nl,nld->nd", w, states) / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        else:  # Table 5 "w/o item pooling": the state of the last item token
-            last = mask.long().sum(-1).clamp_min(1) - 1
-            pooled = states[torch.arange(states.shape[0], device=states.device), last]
-        return self.head(pooled)
 
 
 class PECRS(nn.Module):
@@ -159,16 +117,9 @@ class PECRS(nn.Module):
 
     # ----- scores ---------------------------------------------------------------------------
     def recall_scores(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """Eq. 3 logits: -angular(f(d_t), v) / temperature. queries [B, d] (already f-projected),
-        keys [B, C, d] or [N, d] (scored against every query)."""
-        if keys.dim() == 2:
-            q = F.normalize(queries, dim=-1)
-            k = F.normalize(keys, dim=-1)
-            cos = q @ k.T
-            dist = torch.sqrt((2 * (1 - cos)).clamp_min(1e-12))
-        else:
-            dist = angular_distance(queries.unsqueeze(1), keys)
-        return -dist / self.config.recall_temperature
+        """Eq. 3 logits at model.recall_temperature (pecrs.heads.recall_logits). queries [B, d]
+        (already f-projected), keys [B, C, d] -> [B, C] or [N, d] (every query) -> [B, N]."""
+        return recall_logits(queries, keys, self.config.recall_temperature)
 
     def rerank_scores(self, candidate_states: torch.Tensor) -> torch.Tensor:
         """Eq. 5 scores r = g(f(LM states of the candidates))."""
@@ -332,7 +283,7 @@ class PECRS(nn.Module):
         allowed = allowed | torch.eye(Lc, dtype=torch.bool, device=dev)
         out = self.run_decoder(emb, allowed, ar.expand(B, Lc), use_cache=keep_cache)
         h_rec = out.last_hidden_state[torch.arange(B, device=dev), context_len - 1]
-        return self.f(h_rec), _output_cache(out) if keep_cache else None
+        return self.f(h_rec), output_cache(out) if keep_cache else None
 
     def rerank_with_cache(self, cache, context_len: torch.Tensor, Lc: int, candidate_vectors: torch.Tensor,
                           chunk_size: int = InferenceConfig.rerank_chunk_size) -> torch.Tensor:
@@ -440,11 +391,3 @@ class PECRS(nn.Module):
         if len(newline) == 1 and newline[0] not in ids:
             ids.append(newline[0])
         return ids
-
-def _output_cache(output):
-    """The KV cache of a model output (its attribute name changed across transformers versions)."""
-    for name in ("cache", "past_key_values"):
-        value = getattr(output, name, None)
-        if value is not None:
-            return value
-    raise RuntimeError("the backbone returned no KV cache")

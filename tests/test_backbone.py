@@ -30,7 +30,9 @@ def _prepared(name, attn=None, lora=False):
 
 
 def test_tiny_tokenizer_is_deterministic_fast_and_padded():
-    from transformers import PreTrainedTokenizerFast  # noqa: F401  (import time is not ours)
+    import transformers
+
+    transformers.PreTrainedTokenizerFast  # loaded before the clock starts: import time is not ours
 
     bb.tiny._tiny_tokenizer_json.cache_clear()  # time the BPE training too
     start = time.perf_counter()
@@ -277,55 +279,87 @@ def test_additive_mask_shape_and_values():
     assert mask[0, 0, 0, 0] == 0 and mask[0, 0, 0, 1] == torch.finfo(torch.float32).min
 
 
-# --- splitting GGUF files for transfer -------------------------------------------------------------
+# --- splitting GGUF files for transfer (tools/split_gguf.py) --------------------------------------
 
 
-def test_split_and_join_round_trip(tmp_path):
+@pytest.fixture(scope="module")
+def split_tool():
+    # Loaded from its file (tools/ is not a package) and run in-process: a subprocess would pay
+    # the interpreter start again.
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "split_gguf.py")
+    spec = importlib.util.spec_from_file_location("split_gguf", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_split_and_join_round_trip(tmp_path, split_tool):
     source = tmp_path / "model.gguf"
     source.write_bytes(os.urandom(300_001))
-    manifest = bb.split_file(source, tmp_path / "parts", max_part_bytes=100_000)
+    manifest = split_tool.split_file(source, tmp_path / "parts", max_part_bytes=100_000)
     parts = sorted((tmp_path / "parts").glob("model.gguf.part*"))
     assert len(parts) == 4 and all(p.stat().st_size <= 100_000 for p in parts)
-    rebuilt = bb.join_parts(manifest)
+    rebuilt = split_tool.join_parts(manifest)
     assert rebuilt == tmp_path / "parts" / "model.gguf"
     assert rebuilt.read_bytes() == source.read_bytes()
 
     parts[1].write_bytes(b"corrupted")
     with pytest.raises(ValueError, match="sha256"):
-        bb.join_parts(manifest, tmp_path / "other.gguf")
+        split_tool.join_parts(manifest, tmp_path / "other.gguf")
     parts[2].unlink()
-    with pytest.raises(bb.BackboneNotAvailable, match="missing parts"):
-        bb.join_parts(manifest, tmp_path / "other.gguf")
+    with pytest.raises(FileNotFoundError, match="missing parts"):
+        split_tool.join_parts(manifest, tmp_path / "other.gguf")
+    assert not (tmp_path / "other.gguf").exists()
 
 
-def test_smollm2_env_path_joins_parts(tmp_path, monkeypatch):
+def test_smollm2_env_path_names_the_join(tmp_path, split_tool, monkeypatch):
+    """The library does not join parts: a missing PECRS_SMOLLM2_GGUF with parts beside it says how."""
     source = tmp_path / "src" / "SmolLM2.gguf"
     source.parent.mkdir()
     source.write_bytes(b"GGUF" + os.urandom(1000))
-    bb.split_file(source, tmp_path / ".gguf", max_part_bytes=600)
+    split_tool.split_file(source, tmp_path / ".gguf", max_part_bytes=600)
     target = tmp_path / ".gguf" / "SmolLM2.gguf"
     monkeypatch.setenv("PECRS_SMOLLM2_GGUF", str(target))
+    with pytest.raises(bb.BackboneNotAvailable, match="tools/split_gguf.py join"):
+        bb.smollm2_gguf_path()
+    split_tool.join_parts(split_tool.manifest_path(target))
     assert bb.smollm2_gguf_path() == target
     assert target.read_bytes() == source.read_bytes()
     monkeypatch.setenv("PECRS_SMOLLM2_GGUF", str(tmp_path / "absent.gguf"))
-    with pytest.raises(bb.BackboneNotAvailable):
+    with pytest.raises(bb.BackboneNotAvailable, match="absent.gguf does not exist.$"):
         bb.smollm2_gguf_path()
 
 
-def test_split_tool_cli(tmp_path):
-    # Loaded from its file (tools/ is not a package) and run in-process: a subprocess would pay
-    # the torch import again.
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", "split_gguf.py")
-    spec = importlib.util.spec_from_file_location("split_gguf", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-
+def test_split_tool_cli(tmp_path, split_tool, capsys):
     source = tmp_path / "x.gguf"
     source.write_bytes(os.urandom(5000))
-    tool.main(["split", "--src", str(source), "--dir", str(tmp_path / "d"), "--max-part-bytes", "3000"])
-    assert len(list((tmp_path / "d").glob("x.gguf.part*"))) == 2
-    tool.main(["join", "--dir", str(tmp_path / "d")])
+    split_tool.main(["split", "--src", str(source), "--dir", str(tmp_path / "d"), "--max-part-bytes", "3000"])
+    parts = sorted((tmp_path / "d").glob("x.gguf.part*"))
+    assert len(parts) == 2
+    part01 = parts[1].read_bytes()
+    parts[1].unlink()                               # the first call has landed, the second not yet
+    assert split_tool.main(["join", "--dir", str(tmp_path / "d"), "--if-complete"]) == 0
+    assert "waiting for x.gguf.part01" in capsys.readouterr().err and not (tmp_path / "d" / "x.gguf").exists()
+    with pytest.raises(SystemExit) as e:
+        split_tool.main(["join", "--dir", str(tmp_path / "d")])
+    assert e.value.code == 1 and "missing parts" in capsys.readouterr().err
+    parts[1].write_bytes(part01)
+    split_tool.main(["join", "--dir", str(tmp_path / "d"), "--if-complete"])
     assert (tmp_path / "d" / "x.gguf").read_bytes() == source.read_bytes()
+
+
+def test_gpu_env_joins_the_gguf_once_every_part_is_there(tmp_path, split_tool):
+    """tools/gpu/env.sh, sourced by every GPU script from the repo root, joins PECRS_SMOLLM2_GGUF."""
+    import subprocess
+
+    source = tmp_path / "g.gguf"
+    source.write_bytes(os.urandom(3000))
+    split_tool.split_file(source, tmp_path / ".gguf", max_part_bytes=2000)
+    target = tmp_path / ".gguf" / "g.gguf"
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PECRS_SMOLLM2_GGUF": str(target)}
+    subprocess.run(["bash", "-c", "set -euo pipefail; source tools/gpu/env.sh"], cwd=root, env=env, check=True)
+    assert target.read_bytes() == source.read_bytes()
 
 
 # --- the real backbone -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 from pecrs.catalog import ItemStore, sample_negatives, vector_slots
 from pecrs.config import RunConfig
 from pecrs.data import Dialogue, Item, Turn
-from pecrs.model import angular_distance
+from pecrs.heads import angular_distance
 from pecrs.pretrained import build_model, load_pretrained, save_pretrained
 from pecrs.samples import make_samples
 from pecrs.tokens import DialogueEncoder, collate

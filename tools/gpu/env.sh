@@ -11,5 +11,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
+# The GGUF arrives in parts (tools/split_gguf.py): joined here once every part has landed.
+if [ ! -f "$PECRS_SMOLLM2_GGUF" ] && [ -f "$PECRS_SMOLLM2_GGUF.manifest.json" ]; then
+  python3 tools/split_gguf.py join --if-complete --dir "$(dirname "$PECRS_SMOLLM2_GGUF")" --out "$PECRS_SMOLLM2_GGUF"
+fi
 export PECRS_CACHE=${PECRS_CACHE:-/tmp/pecrs-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export MPLBACKEND=Agg
