@@ -195,7 +195,7 @@ def test_to_inference_dtype_refuses_training_mode(run, tmp_path):
 # ---- the command line --------------------------------------------------------------------------
 
 def test_chat_flag_reaches_the_model(run, tmp_path, monkeypatch):
-    from pecrs.cli import _load_recommender
+    from pecrs.cli.serving import _load_recommender
 
     monkeypatch.setenv("PECRS_CACHE", str(tmp_path / "cache"))
     run_dir, items = run

@@ -83,7 +83,7 @@ def test_no_shipped_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_evaluating_a_shipped_model_writes_outside_the_package(exported, monkeypatch):
-    from pecrs.cli import _result_path
+    from pecrs.cli.train_eval import _result_path
 
     run, shipped = exported
     monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)

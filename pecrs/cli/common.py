@@ -1,0 +1,42 @@
+"""Argument types, the parser class and help text that more than one command group uses."""
+from __future__ import annotations
+
+import argparse
+
+DTYPE_HELP = ("precision of the LM: auto (default: bfloat16 on a GPU that supports it or a CPU with AMX / "
+              "AVX512-BF16, else float32), float32, bfloat16 (pecrs.precision; docs/performance.md)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def item_fields(text: str) -> str:
+    """A comma-separated list of item fields, checked as the config checks model.item_fields."""
+    from ..config import ConfigError, check_value
+
+    try:
+        check_value("model.item_fields", text.split(","), list[str])
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets `section.key=value` overrides follow the options (`pecrs train C --output-dir D x.y=1`,
+    `pecrs experiment NAME --config C x.y=1`). Every subcommand that takes overrides uses it."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixing", False):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False

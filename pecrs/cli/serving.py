@@ -1,0 +1,104 @@
+"""pecrs chat, pecrs serve and pecrs export: a trained model in the terminal, over HTTP, or
+written as a model to ship."""
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import DTYPE_HELP, positive_int
+
+
+# ---- pecrs chat / serve ------------------------------------------------------------------------
+
+def _load_recommender(args):
+    import torch
+
+    from ..recommender import Recommender
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"pecrs: loading {args.run_dir}", file=sys.stderr, flush=True)
+    rec = Recommender.from_pretrained(args.run_dir, catalog=args.catalog, device=args.device,
+                                      m_inference=args.m_inference, decoding=args.decoding,
+                                      strict_catalog=False, dtype=args.dtype, progress=True)
+    print(rec.report.summary(), file=sys.stderr)
+    for message in rec.report.errors:
+        print(f"  skipped: {message}", file=sys.stderr)
+    if rec.report.n_errors > len(rec.report.errors):
+        print(f"  ... and {rec.report.n_errors - len(rec.report.errors)} more", file=sys.stderr)
+    return rec
+
+
+def _add_recommender_args(p) -> None:
+    p.add_argument("run_dir", nargs="?", default="inspired",
+                   help="run folder (uses its best/ checkpoint), checkpoint folder, or the name of a model "
+                        "shipped with pecrs (default: inspired)")
+    p.add_argument("--catalog", help="items.jsonl to recommend from (default: the run's catalog); "
+                                     "bad lines are skipped and reported")
+    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the model's "
+                                      "inference.decoding, top_k unless set)")
+    p.add_argument("--m-inference", type=positive_int,
+                   help="candidates retrieved then re-ranked (default: the model's inference.m_inference)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=DTYPE_HELP)
+
+
+def _chat(args) -> int:
+    from ..chat import chat
+
+    return chat(_load_recommender(args), k_items=args.k_items, seed=args.seed)
+
+
+def add_chat_parser(subparsers) -> None:
+    p = subparsers.add_parser("chat", help="talk to a trained model in the terminal",
+                              description="You are the seeker, the model the recommender. Commands: "
+                                          "/top N, /reset, /quit. Reads stdin line by line.")
+    _add_recommender_args(p)
+    p.add_argument("--k-items", type=int, default=1, help="items injected per reply (default 1, as in the paper)")
+    p.add_argument("--seed", type=int, help="make sampled replies reproducible")
+    p.set_defaults(func=_chat)
+
+
+def _serve(args) -> int:
+    from ..serve import serve
+
+    rec = _load_recommender(args)
+    print(f"serving on http://{args.host}:{args.port}/ (API: /recommend, /respond, /items/ID, /health)",
+          file=sys.stderr)
+    serve(rec, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="HTTP API and chat page for a trained model",
+                              description="FastAPI server: POST /recommend, POST /respond, GET /items/ID, "
+                                          "GET /health, and a chat page at /.")
+    _add_recommender_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=_serve)
+
+
+# ---- pecrs export -----------------------------------------------------------------------------
+
+def _export(args) -> int:
+    from ..export import export
+
+    dest = export(args.run_dir, args.destination, catalog=args.catalog, device=args.device)
+    sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
+    print(json.dumps({"exported": str(dest), "bytes": sum(sizes.values()), "files": sizes}))
+    return 0
+
+
+def add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a trained run as a model to ship",
+                              description="float16 adapter and heads, the catalog and its item vectors, and a "
+                                          "MODEL_CARD.md (pecrs.export). Copied to pecrs/models/NAME it loads "
+                                          "as Recommender.from_pretrained('NAME').")
+    p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
+    p.add_argument("destination", help="folder to write (replaced if it exists)")
+    p.add_argument("--catalog", help="items.jsonl to ship (default: the run's catalog)")
+    p.add_argument("--device", help="where to encode the catalog (default: cuda when available)")
+    p.set_defaults(func=_export)

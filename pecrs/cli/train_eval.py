@@ -1,0 +1,185 @@
+"""pecrs train, pecrs evaluate (the paper's protocol and the standardized ReDial one) and
+pecrs baseline: the commands that train a run or score one."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .common import DTYPE_HELP, IntermixedParser, item_fields, positive_int
+
+
+# ---- pecrs train / evaluate ------------------------------------------------------------------
+
+def _train(args) -> int:
+    from ..config import RunConfig
+
+    config = RunConfig.load(args.config, args.overrides)   # checked before torch is even imported
+    from ..train import train
+
+    output = args.output_dir or f"runs/{Path(args.config).stem}"
+    state = train(config, output, progress=not args.quiet)
+    print(json.dumps({"output_dir": output, **{k: state[k] for k in ("epoch", "global_step", "best", "best_epoch")}}))
+    return 0
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train PECRS from a config",
+                              description="Train PECRS (one stage, §3.6). Rerun to resume from RUN/last.")
+    p.__class__ = IntermixedParser
+    p.add_argument("config", help="YAML config, e.g. configs/inspired.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=2")
+    p.add_argument("--output-dir", help="run folder (default runs/<config name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+
+def _evaluate(args) -> int:
+    if args.protocol == "standardized":
+        return _evaluate_standardized(args)
+    from ..evaluate import evaluate
+    from ..pretrained import checkpoint_dir, load_pretrained
+    from ..setup import prepare
+
+    ckpt = checkpoint_dir(args.run_dir)
+    model, config = load_pretrained(ckpt, backbone=args.backbone)
+    inference = _inference_settings(config, args)
+    from ..backbone import default_device
+
+    dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
+    setup = prepare(config, model=model, dataset=args.dataset, device=default_device(args.device))
+    if args.split not in setup.samples:
+        raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
+    samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]
+    result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
+                      max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
+                      progress=not args.json)
+    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
+              "m_inference": inference.m_inference, "dtype": dtype, **result}
+    out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
+    out.write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
+    else:
+        for key, value in result.items():
+            if key != "examples":
+                print(f"{key:>24}: {value}")
+    return 0
+
+
+def _inference_settings(config, args):
+    """The run's inference section (config.inference) with this command's flags applied: --m-inference,
+    --batch-size, --decoding, --dtype (unset: the run's value); --item-fields sets model.item_fields.
+    Checked as a config is, so a bad decoding name fails before anything loads."""
+    inference = config.inference
+    for flag in ("m_inference", "batch_size", "decoding", "dtype"):
+        if getattr(args, flag, None) is not None:
+            setattr(inference, flag, getattr(args, flag))
+    if getattr(args, "item_fields", None):
+        config.model.item_fields = args.item_fields.split(",")
+    config.validate()
+    return inference
+
+
+def _apply_dtype(model, dtype: str, device) -> str:
+    """`--dtype` for a model that `pecrs evaluate` loaded (pecrs.precision; logged once); returns
+    the dtype chosen, which the result JSON records."""
+    from ..precision import resolve_dtype, to_inference_dtype
+
+    choice = resolve_dtype(dtype, device)
+    to_inference_dtype(model.eval(), choice.dtype)
+    return choice.name
+
+
+def _result_path(ckpt: Path, filename: str) -> Path:
+    """Where an evaluation of `ckpt` is written: its run folder, or for a model shipped inside the
+    package (never written into) the working directory, as eval_<model>_<...>.json."""
+    from ..pretrained import is_shipped
+
+    return Path.cwd() / f"eval_{ckpt.name}_{filename[5:]}" if is_shipped(ckpt) else ckpt.parent / filename
+
+
+def add_evaluate_parser(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="evaluate a trained run",
+                              description="Recommendation and conversation metrics (§4.1) on one split.")
+    p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the run's "
+                                      "inference.decoding, top_k unless set)")
+    p.add_argument("--m-inference", type=positive_int,
+                   help="candidates retrieved then re-ranked (default: the run's inference.m_inference)")
+    p.add_argument("--batch-size", type=positive_int, help="default: the run's inference.batch_size")
+    p.add_argument("--max-samples", type=positive_int, help="evaluate the first N samples only")
+    p.add_argument("--no-generate", action="store_true", help="recommendation metrics and perplexity only")
+    p.add_argument("--dataset", help="dataset folder (default: the one the run trained on)")
+    p.add_argument("--item-fields", type=item_fields,
+                   help="comma-separated item fields, e.g. title,genres (Table 6)")
+    p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=DTYPE_HELP)
+    p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
+    p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
+                   help="pecrs: the paper's samples of --split (default); standardized: the standardized "
+                        "ReDial collection (Kostric & Balog, SIGIR '26) of the official test file in --dataset "
+                        "(default: the run's dataset), recommendation only; see pecrs.standardized")
+    p.set_defaults(func=_evaluate)
+
+
+# ---- pecrs evaluate --protocol standardized / pecrs baseline naive -----------------------------
+
+def _print_standardized(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    keys = list(result["full"])
+    print(f"{'':>24}  {'full':>10}  {'dedup':>10}")
+    for key in keys:
+        cells = [result[v][key] for v in ("full", "dedup")]
+        print(f"{key:>24}  " + "  ".join(f"{c:>10.4f}" if isinstance(c, float) else f"{c!s:>10}" for c in cells))
+
+
+def _evaluate_standardized(args) -> int:
+    from ..backbone import default_device
+    from ..pretrained import checkpoint_dir, load_pretrained
+    from ..standardized import evaluate_model, load_collection, restrict
+    from ..setup import prepare
+
+    ckpt = checkpoint_dir(args.run_dir)
+    model, config = load_pretrained(ckpt, backbone=args.backbone)
+    inference = _inference_settings(config, args)
+    dataset = args.dataset or config.train.dataset
+    collection = restrict(load_collection(dataset), args.max_samples)
+    dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
+    setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device))
+    result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
+                            m_inference=inference.m_inference, batch_size=inference.batch_size,
+                            progress=not args.json, log=lambda msg: print(msg, file=sys.stderr))
+    out = Path(args.output) if args.output else _result_path(ckpt, "eval_standardized.json")
+    out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
+                               "dtype": dtype, **result}, indent=2))
+    _print_standardized(result, args.json)
+    return 0
+
+
+def _baseline(args) -> int:
+    from ..standardized import catalog_ids, evaluate_naive, load_collection
+
+    collection = load_collection(args.dataset_dir)
+    _print_standardized(evaluate_naive(collection, catalog_ids(args.dataset_dir)), args.json)
+    return 0
+
+
+def add_baseline_parser(subparsers) -> None:
+    p = subparsers.add_parser("baseline", help="score a baseline that needs no model")
+    sub = p.add_subparsers(dest="baseline", required=True, metavar="NAME")
+    naive = sub.add_parser(
+        "naive", help="recommend the movies mentioned earlier, most recent first",
+        description="The naive baseline of the standardized ReDial evaluation (Kostric & Balog, SIGIR '26) on "
+                    "the official test file: R@1/10/50, SR and RDL on the full and de-duplicated collections.")
+    naive.add_argument("dataset_dir", help="ReDial folder with [official/]test_data.jsonl (or that file); its "
+                                           "items.jsonl or movies_with_mentions.csv gives the missing-from-catalog count")
+    naive.add_argument("--protocol", choices=("standardized",), default="standardized",
+                       help="evaluation protocol (default and only one: standardized)")
+    naive.add_argument("--json", action="store_true", help="print one JSON object {\"full\": ..., \"dedup\": ...}")
+    naive.set_defaults(func=_baseline)
