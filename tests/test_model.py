@@ -35,8 +35,8 @@ def toy_dialogues(n_items=12, n=24):
         k = d % n_items
         out.append(Dialogue(id=f"d{d}", turns=(
             Turn("recommender", "Hi, what do you like?"),
-            Turn("seeker", f"I want something like [ITEM] please", (str((k + 1) % n_items),)),
-            Turn("recommender", f"Try [ITEM] then", (str(k),)),
+            Turn("seeker", "I want something like [ITEM] please", (str((k + 1) % n_items),)),
+            Turn("recommender", "Try [ITEM] then", (str(k),)),
             Turn("seeker", "thanks"),
             Turn("recommender", "Enjoy!"),
         )))
