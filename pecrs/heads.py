@@ -25,11 +25,13 @@ def recall_logits(queries: torch.Tensor, keys: torch.Tensor, temperature: float)
     keys [B, C, d] (each row's own candidates) -> [B, C], or [N, d] (scored against every
     query, one matrix product) -> [B, N]."""
     if keys.dim() == 2:
-        cos = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T
-        dist = _angular_from_cosine(cos)
-    else:
-        dist = angular_distance(queries.unsqueeze(1), keys)
-    return -dist / temperature
+        return recall_from_cosine(F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T, temperature)
+    return -angular_distance(queries.unsqueeze(1), keys) / temperature
+
+
+def recall_from_cosine(cos: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 3's logit from a cosine already computed (pecrs.retrieval's indexes search by cosine)."""
+    return -_angular_from_cosine(cos) / temperature
 
 
 def two_layer_mlp(d_in: int, d_out: int) -> nn.Sequential:

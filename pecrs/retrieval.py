@@ -40,14 +40,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .heads import recall_from_cosine
+
 FAISS_THRESHOLD = 50_000   # catalogs at least this large get a FaissIndex under kind="auto"
 KINDS = ("auto", "exact", "faiss")
 MIN_PQ_ITEMS = 1_000       # fewer items: FaissIndex uses a flat candidate index
-
-
-def recall_from_cosine(cos: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Eq. 3's logit from a cosine: -sqrt(2 (1 - cos)) / temperature (as PECRS.recall_scores)."""
-    return -torch.sqrt((2 * (1 - cos)).clamp_min(1e-12)) / temperature
 
 
 class ExactIndex:
