@@ -9,7 +9,7 @@ import torch
 
 import pecrs.pretrained
 from pecrs.config import RunConfig
-from pecrs.experiments.core import batch_timing
+from pecrs.experiments.runs import batch_timing
 from pecrs.pretrained import (CONFIG_FILE, build_model, checkpoint_complete, load_weights,
                               recover_checkpoint, save_pretrained)
 

@@ -12,7 +12,11 @@ table9_10            genre of the top-1 recommendation vs random                
 fig3                 R@50 over an M_train x M_inference grid (fig3.png)              --config
 fig4                 R@50 by number of turns before the response (fig4.png)          --config
 
-See `pecrs.experiments.core` for parts, keys, resuming and the output files, and docs/results.md.
+How a run is cut into resumable parts, keyed, resumed and written out: parts.py (start there),
+keys.py (what decides a number), runs.py (training runs, checkpoints), caches.py (models kept
+between parts), provenance.py, json_files.py, reports.py (result.json, table.md, figures),
+markdown.py (cells); the experiments themselves: tables.py, analysis.py, zeroshot.py, on
+measures.py; registry: runner.py; the paper's numbers: paper.py. See also docs/results.md.
 Overrides are `section.key=value` for every dataset, or `inspired:section.key=value` /
 `redial:section.key=value` for one of them.
 """

@@ -6,8 +6,11 @@ import numpy as np
 
 from .. import metrics
 from . import paper
-from .core import (Context, Report, copy_config, dataset_label, eval_part, fmt, md_table, paper as pcell, pyplot,
-                   save_png, training_part)
+from .keys import copy_config, dataset_label
+from .markdown import fmt, md_table, paper as pcell
+from .parts import Context
+from .reports import Report, pyplot, save_png
+from .runs import eval_part, training_part
 from .measures import rankings, rankings_at, recommendation, target_ranks
 from .tables import training_note
 

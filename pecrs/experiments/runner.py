@@ -9,8 +9,10 @@ from typing import Callable
 
 from ..config import RunConfig
 from . import ALIASES, EXPERIMENT_NAMES, NAMES, analysis, tables, zeroshot
-from .core import (DATASET_LABELS, Context, clear_caches, dataset_fingerprint, dataset_key, dataset_label, merge, records,
-                   run_parts, select, write_outputs)
+from .caches import clear_caches
+from .keys import DATASET_LABELS, dataset_fingerprint, dataset_key, dataset_label
+from .parts import Context, merge, records, run_parts, select
+from .reports import write_outputs
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from ..decoding import PRESETS
 from . import paper
-from .core import (Context, Part, Report, copy_config, dataset_fingerprint, dataset_label, eval_part, fmt,
-                   md_table, paper as pcell, training_in_progress, training_part, training_progress)
+from .keys import copy_config, dataset_fingerprint, dataset_label
+from .markdown import fmt, md_table, paper as pcell
+from .parts import Context, Part
+from .reports import Report
+from .runs import eval_part, training_in_progress, training_part, training_progress
 from .measures import full_evaluation, naive_baseline, rankings, recommendation
 
 KS = (1, 10, 50)
@@ -99,7 +102,7 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
           md_table(["Dataset", "Model", "RG-1", "RG-2", "F-1", "PPL", "Dist@2", "Dist@3", "Dist@4", "responses"],
                    conv_rows), "",
           "ROUGE and F-1 (of [ITEM] presence) x100; one generated response per recommender turn, decoding "
-          f"`{ctx.configs[ctx.primary].train.decoding}`. The paper gives INSPIRED conversation numbers only as "
+          f"`{ctx.configs[ctx.primary].inference.decoding}`. The paper gives INSPIRED conversation numbers only as "
           "RG-1/RG-2 in Table 7.", "", "Training:", ""]
     md += [f"- {training_note(recs, f'{key}-train', ctx, cfg)}" for key, cfg in ctx.configs.items()]
     return Report(summary=summary, markdown="\n".join(md))

@@ -23,7 +23,10 @@ from .. import metrics
 from ..config import RunConfig
 from ..data import ITEM, RECOMMENDER
 from . import paper
-from .core import NOT_RUN, Context, NotAvailable, Part, Report, dataset_label, fmt, md_table, paper as pcell
+from .keys import dataset_label
+from .markdown import NOT_RUN, fmt, md_table, paper as pcell
+from .parts import Context, NotAvailable, Part, records
+from .reports import Report
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 PROMPT_VERSION = 1
@@ -138,7 +141,7 @@ def zero_shot(model_name: str, config: RunConfig, progress: bool = False) -> dic
     tok.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses = [""] * len(prompts)
-    bs = max(1, t.eval_batch_size)
+    bs = max(1, config.inference.batch_size)
     with torch.no_grad():
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
@@ -202,7 +205,6 @@ def plan_table7(ctx: Context):
 
 def pecrs_from_main(ctx: Context) -> dict | None:
     """Our trained PECRS on the same data, if the `main` experiment measured it in the same folder."""
-    from .core import records
     from .tables import plan_main
 
     main_ctx = Context(name="main", root=ctx.root, configs={ctx.primary: ctx.configs[ctx.primary]},

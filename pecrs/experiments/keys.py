@@ -1,0 +1,99 @@
+"""Which dataset a config names, and the keys that say whether a stored number is still current.
+
+A part's key hashes everything that decides its numbers: the config (its dataset replaced by a
+fingerprint of the dataset's files), the training run it uses, its own settings; not the time
+budget, checkpointing cadence or evaluation batch size. A training run's key leaves out, as
+well, the settings only evaluation reads, so evaluations that differ only there share one model.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+from ..config import RunConfig
+from ..loaders import dataset_files, detect_format
+
+# Settings that never change a part's numbers: left out of every key.
+_IGNORED_TRAIN_KEYS = ("max_train_minutes", "checkpoint_every", "eval_batch_size")
+# ...and, for a training run, the settings only evaluation reads.
+_EVAL_ONLY_TRAIN_KEYS = ("decoding", "eval_generate", "test_split")
+
+DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
+
+
+def copy_config(config: RunConfig, **changes) -> RunConfig:
+    """A deep copy with `section.key` changes applied, e.g. {"train.alpha": 0.0}."""
+    new = RunConfig.from_dict(copy.deepcopy(config.to_dict()))
+    for dotted, value in changes.items():
+        section, _, name = dotted.partition(".")
+        target = getattr(new, section)
+        if not hasattr(target, name):
+            raise ValueError(f"unknown config key {dotted}")
+        setattr(target, name, copy.deepcopy(value))
+    return new
+
+
+def dataset_key(config: RunConfig) -> str:
+    name = Path(config.train.dataset).name.lower()
+    for key in DATASET_LABELS:
+        if key in name:
+            return key
+    return name or "dataset"
+
+
+def dataset_label(config: RunConfig) -> str:
+    """INSPIRED, ReDial-subset (only the train subset is here), ReDial (full release), or the folder name."""
+    key = dataset_key(config)
+    if key == "redial":
+        folder = Path(config.train.dataset)
+        if (folder / "train_data.jsonl").is_file() or (folder / "official" / "train_data.jsonl").is_file():
+            return "ReDial"
+    return DATASET_LABELS.get(key, Path(config.train.dataset).name)
+
+
+@functools.lru_cache(maxsize=32)
+def _fingerprint(path: str, stamp: tuple) -> dict:
+    folder = Path(path)
+    try:
+        fmt = detect_format(folder)
+    except ValueError:
+        return {"path": path}
+    h = hashlib.sha1()
+    for f in sorted(dataset_files(folder, fmt), key=lambda f: str(f.relative_to(folder))):
+        h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"name": folder.name, "format": fmt, "sha1": h.hexdigest()[:16]}
+
+
+def dataset_fingerprint(path: str) -> dict:
+    """The dataset's name, format and a hash of the files its loader reads: the same data copied
+    elsewhere (the GPU machine's .devdata/) gives the same fingerprint, other data another."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return {"path": str(path)}
+    stamp = tuple(sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()))
+    return _fingerprint(str(folder.resolve()), stamp)
+
+
+def digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _normalized(config: RunConfig, drop: tuple[str, ...]) -> dict:
+    d = config.to_dict()
+    d["train"]["dataset"] = dataset_fingerprint(config.train.dataset)
+    for k in drop:
+        d["train"].pop(k, None)
+    return d
+
+
+def train_key(config: RunConfig) -> str:
+    return digest(_normalized(config, _IGNORED_TRAIN_KEYS + _EVAL_ONLY_TRAIN_KEYS))
+
+
+def part_key(part) -> str:
+    """The key of a `parts.Part` (its kind, training run, config and own settings)."""
+    cfg = _normalized(part.config, _IGNORED_TRAIN_KEYS) if part.config is not None else None
+    return digest({"kind": part.kind, "train": part.train_key, "config": cfg, "spec": part.spec})

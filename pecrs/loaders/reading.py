@@ -1,0 +1,93 @@
+"""Reading dataset files as text: lines, JSON Lines objects and CSV/TSV rows.
+
+Every reader here turns what is wrong with a file (missing, not UTF-8, malformed JSON, a row too
+short) into a `DataError` naming the file and line, so the format loaders above it only check
+fields.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..data import DataError
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError("file not found", path=str(path))
+    return path
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as text (UTF-8, a leading byte-order mark dropped); bytes that are not
+    UTF-8 are a DataError naming the line and column where they start."""
+    data = _require_file(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {column} ({e.reason})",
+                        path=str(path), line=line) from None
+
+
+def parse_json_line(line: str, where: dict) -> dict:
+    """One JSON Lines line as an object; anything else (malformed or too deeply nested JSON, an
+    integer too long to convert, not an object) is a DataError at `where` ({"path", "line"})."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:  # e.msg may end in "at" ("Unterminated string starting at")
+        at = "" if e.msg.endswith(" at") else " at"
+        raise DataError(f"malformed JSON: {e.msg}{at} column {e.colno}", **where) from None
+    except RecursionError:
+        raise DataError("malformed JSON: nested too deeply", **where) from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"malformed JSON: {e}", **where) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
+    return obj
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (split at \\n only), non-UTF-8 bytes a DataError."""
+    return _read_text(path).split("\n")
+
+
+def read_jsonl(path: Path):
+    """Yield (line number, object) for each non-blank line; malformed JSON is a DataError."""
+    for n, line in enumerate(read_lines(path), 1):
+        if line.strip():  # a trailing newline or blank separator line is harmless
+            yield n, parse_json_line(line, {"path": str(path), "line": n})
+
+
+def read_csv(path: Path, delimiter: str, columns) -> csv.DictReader:
+    """A DictReader over the whole file (see _read_text) that has every name in `columns`."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    try:
+        fieldnames = reader.fieldnames or []
+    except csv.Error as e:
+        raise DataError(f"malformed header: {e}", path=str(path), line=1) from None
+    for col in columns:
+        if col not in fieldnames:
+            raise DataError("missing column", path=str(path), line=1, field=col)
+    return reader
+
+
+def csv_rows(reader: csv.DictReader, path: Path, columns):
+    """Yield (line number, row) with every name in `columns` present: a row too short to have
+    one, or a line the csv module cannot read, is a DataError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"malformed row: {e}", path=str(path), line=reader.line_num) from None
+        for col in columns:
+            if row.get(col) is None:
+                n = sum(v is not None for k, v in row.items() if k is not None)
+                raise DataError(f"row has {n} field(s), too few to reach this column",
+                                path=str(path), line=reader.line_num, field=col)
+        yield reader.line_num, row
