@@ -279,3 +279,30 @@ def test_gpu_wrapper_script_runs_an_experiment_and_returns_its_files(mini_data, 
     result = json.loads((out / "fig4" / "result.json").read_text())
     assert {k: v["status"] for k, v in result["parts"].items()} == {"train": "ran", "test": "ran"}
     assert (out / "device.txt").read_text().startswith("cpu") and (out / "experiment.log").is_file()
+
+
+def test_keys_hold_what_decides_the_numbers(tmp_path):
+    """A training run's key ignores evaluation-only settings (so Table 8's decodings share one
+    model) but not M_inference (dev selection ranks with it); no key holds batch or chunk sizes."""
+    from types import SimpleNamespace
+
+    from pecrs.config import RunConfig
+    from pecrs.experiments.keys import copy_config, part_key, train_key
+    from pecrs.testing import write_dataset
+
+    write_dataset(tmp_path / "data")
+    base = RunConfig.from_dict({"train": {"dataset": str(tmp_path / "data")}})
+
+    def keys(**changes):
+        cfg = copy_config(base, **changes)
+        return train_key(cfg), part_key(SimpleNamespace(kind="eval", train_key=train_key(cfg), config=cfg, spec={}))
+
+    same = keys()
+    for change in ({"inference.batch_size": 64}, {"inference.rerank_chunk_size": 7}, {"train.checkpoint_every": 3}):
+        assert keys(**change) == same, change
+    for change in ({"inference.decoding": "greedy"}, {"inference.dtype": "float32"}, {"train.test_split": "dev"}):
+        train, part = keys(**change)
+        assert train == same[0] and part != same[1], change
+    for change in ({"inference.m_inference": 100}, {"train.lr": 1e-4}):
+        train, part = keys(**change)
+        assert train != same[0] and part != same[1], change

@@ -2,8 +2,10 @@
 
 A part's key hashes everything that decides its numbers: the config (its dataset replaced by a
 fingerprint of the dataset's files), the training run it uses, its own settings; not the time
-budget, checkpointing cadence or evaluation batch size. A training run's key leaves out, as
-well, the settings only evaluation reads, so evaluations that differ only there share one model.
+budget, checkpointing cadence, evaluation batch size or re-rank chunk. A training run's key
+leaves out, as well, the settings only evaluation reads (the test split, the decoding, the LM
+precision at inference), so evaluations that differ only there share one model. M_inference
+stays in it: dev selection ranks with it.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from pathlib import Path
 from ..config import RunConfig
 from ..loaders import dataset_files, detect_format
 
-# Settings that never change a part's numbers: left out of every key.
-_IGNORED_TRAIN_KEYS = ("max_train_minutes", "checkpoint_every", "eval_batch_size")
+# Settings ("section.name") that never change a part's numbers: left out of every key.
+IGNORED_SETTINGS = ("train.max_train_minutes", "train.checkpoint_every", "inference.batch_size",
+                    "inference.rerank_chunk_size")
 # ...and, for a training run, the settings only evaluation reads.
-_EVAL_ONLY_TRAIN_KEYS = ("decoding", "eval_generate", "test_split")
+EVAL_ONLY_SETTINGS = ("train.test_split", "inference.decoding", "inference.dtype")
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
@@ -84,16 +87,17 @@ def digest(obj) -> str:
 def _normalized(config: RunConfig, drop: tuple[str, ...]) -> dict:
     d = config.to_dict()
     d["train"]["dataset"] = dataset_fingerprint(config.train.dataset)
-    for k in drop:
-        d["train"].pop(k, None)
+    for setting in drop:
+        section, _, name = setting.partition(".")
+        d[section].pop(name, None)
     return d
 
 
 def train_key(config: RunConfig) -> str:
-    return digest(_normalized(config, _IGNORED_TRAIN_KEYS + _EVAL_ONLY_TRAIN_KEYS))
+    return digest(_normalized(config, IGNORED_SETTINGS + EVAL_ONLY_SETTINGS))
 
 
 def part_key(part) -> str:
     """The key of a `parts.Part` (its kind, training run, config and own settings)."""
-    cfg = _normalized(part.config, _IGNORED_TRAIN_KEYS) if part.config is not None else None
+    cfg = _normalized(part.config, IGNORED_SETTINGS) if part.config is not None else None
     return digest({"kind": part.kind, "train": part.train_key, "config": cfg, "spec": part.spec})
