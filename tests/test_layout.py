@@ -78,3 +78,22 @@ def test_no_module_over_the_line_budget():
     long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_readme_names_real_files_and_settings():
+    """Every `pecrs/...` path the README names exists, every `section.setting` it names is one, and
+    its inference table lists the whole inference section."""
+    import dataclasses
+    import re
+
+    from pecrs.config import LEGACY_TRAIN_KEYS, RunConfig
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    paths = [p for p in re.findall(r"`(pecrs/[\w./]+)`", readme) if not p.endswith("/NAME")]  # NAME: a placeholder
+    missing = [p for p in paths if not (PACKAGE.parent / p).exists()]
+    assert not missing, f"README names files that do not exist: {missing}"
+    config = RunConfig()
+    settings = {f"{s}.{f.name}" for s in ("model", "train", "inference") for f in dataclasses.fields(getattr(config, s))}
+    named = set(re.findall(r"`((?:model|train|inference)\.\w+)", readme)) - {f"train.{k}" for k in LEGACY_TRAIN_KEYS}
+    assert named <= settings, f"README names settings that do not exist: {sorted(named - settings)}"
+    assert {s for s in settings if s.startswith("inference.")} <= named
