@@ -6,7 +6,7 @@ from pathlib import Path
 from ..data import ROLES, DataError, DatasetBundle, Dialogue, Item
 from .dialogues import make_turn, order_splits, require_dialogues
 from .items import as_id, load_items
-from .reading import read_jsonl
+from .reading import check_record, read_jsonl
 
 
 def jsonl_split_files(folder: Path) -> dict[str, Path]:
@@ -42,16 +42,10 @@ def load_dialogues(path, items: dict[str, Item]) -> list[Dialogue]:
         turns = []
         for t, raw in enumerate(raw_turns):
             f = f"turns[{t}]"
-            if not isinstance(raw, dict):
-                raise DataError("expected an object", field=f, **where)
-            for key in ("role", "text"):
-                if key not in raw:
-                    raise DataError("missing required field", field=f"{f}.{key}", **where)
+            check_record(raw, f, ("role", "text"), where)
             if raw["role"] not in ROLES:
                 raise DataError(f"unknown role {raw['role']!r} (expected one of {list(ROLES)})",
                                 field=f"{f}.role", **where)
-            if not isinstance(raw["text"], str):
-                raise DataError("expected a string", field=f"{f}.text", **where)
             ids = raw.get("items") or []
             if not isinstance(ids, list):
                 raise DataError("expected a list of item ids", field=f"{f}.items", **where)

@@ -50,6 +50,19 @@ def parse_json_line(line: str, where: dict) -> dict:
     return obj
 
 
+def check_record(raw, field: str, required: tuple[str, ...], where: dict) -> dict:
+    """`raw` if it is a JSON object holding every `required` key, with a string "text" if it has
+    one; else a DataError naming the file, line and field (e.g. "turns[3].text")."""
+    if not isinstance(raw, dict):
+        raise DataError("expected an object", field=field, **where)
+    for key in required:
+        if key not in raw:
+            raise DataError("missing required field", field=f"{field}.{key}", **where)
+    if "text" in raw and not isinstance(raw["text"], str):
+        raise DataError("expected a string", field=f"{field}.text", **where)
+    return raw
+
+
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file (split at \\n only), non-UTF-8 bytes a DataError."""
     return _read_text(path).split("\n")

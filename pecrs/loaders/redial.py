@@ -28,7 +28,7 @@ from pathlib import Path
 from ..data import ITEM, RECOMMENDER, SEEKER, DataError, DatasetBundle, Dialogue, Item
 from .dialogues import make_turn, require_dialogues
 from .items import as_id, load_items, norm_title, split_title_year
-from .reading import csv_rows, read_csv, read_jsonl
+from .reading import check_record, csv_rows, read_csv, read_jsonl
 
 REDIAL_SPLIT_FILES = {
     "train": ("train_data.jsonl", "train_subset_data.jsonl"),  # full release preferred
@@ -126,17 +126,11 @@ def _redial_dialogue(conv: dict, where: dict, items: dict[str, Item], mentions: 
     merged: list[list] = []  # [role, text]
     for m, msg in enumerate(messages):
         f = f"messages[{m}]"
-        if not isinstance(msg, dict):
-            raise DataError("expected an object", field=f, **where)
-        for key in ("senderWorkerId", "text"):
-            if key not in msg:
-                raise DataError("missing required field", field=f"{f}.{key}", **where)
+        check_record(msg, f, ("senderWorkerId", "text"), where)
         sender = as_id(msg["senderWorkerId"], where, f"{f}.senderWorkerId")
         if sender not in roles:
             raise DataError(f"sender {msg['senderWorkerId']!r} is neither the initiator nor the "
                             "respondent (unknown role)", field=f"{f}.senderWorkerId", **where)
-        if not isinstance(msg["text"], str):
-            raise DataError("expected a string", field=f"{f}.text", **where)
         role = roles[sender]
         if merged and merged[-1][0] == role:
             merged[-1][1] += " " + msg["text"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataError
-from ..loaders import load_items, read_jsonl
+from ..loaders import check_record, load_items, read_jsonl
 
 VARIANTS = ("full", "dedup")
 TEST_FILE = "test_data.jsonl"
@@ -114,16 +114,10 @@ def parse_conversation(obj: dict, where: dict) -> Conversation:
     messages, mentions = [], []
     for m, msg in enumerate(raw):
         field = f"messages[{m}]"
-        if not isinstance(msg, dict):
-            raise DataError("expected an object", field=field, **where)
-        for key in ("senderWorkerId", "text"):
-            if key not in msg:
-                raise DataError("missing required field", field=f"{field}.{key}", **where)
+        check_record(msg, field, ("senderWorkerId", "text"), where)
         if msg["senderWorkerId"] not in workers:
             raise DataError(f"sender {msg['senderWorkerId']!r} is neither the respondent nor the initiator",
                             field=f"{field}.senderWorkerId", **where)
-        if not isinstance(msg["text"], str):
-            raise DataError("expected a string", field=f"{field}.text", **where)
         messages.append((msg["senderWorkerId"] == obj["respondentWorkerId"], msg["text"]))
         mentions.append(message_mentions(msg["text"], names))
     return Conversation(id=str(obj["conversationId"]), line=where.get("line") or 0, messages=tuple(messages),
