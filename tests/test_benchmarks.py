@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_latency_reports_percentiles_and_the_attention_comparison(shared_datasets, tmp_path, run_benchmark):

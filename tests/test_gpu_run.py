@@ -9,11 +9,13 @@ import re
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from pecrs.testing import make_mini_datasets
+
+REPO = Path(__file__).resolve().parents[1]
 
 MiB = 2**20
 
