@@ -97,7 +97,8 @@ class TrainConfig(Section):
 class InferenceConfig(Section):
     """How a trained model ranks and replies. Dev selection during training, `pecrs evaluate`, the
     experiments and serving (`Recommender`, chat, HTTP) all read these, so what is evaluated is
-    what is served; a command-line flag or keyword argument overrides one value for one call."""
+    what is served; a command-line flag or keyword argument overrides one value for one call.
+    (dtype is read by `pecrs evaluate` and serving; training and the experiments keep their own.)"""
     m_inference: int = 700                  # candidates retrieved by recall, then re-ranked (§3.6, §4.1)
     decoding: str = "top_k"                 # response decoding: a preset of pecrs.decoding
     batch_size: int = 8                     # dialogue contexts per evaluation batch
@@ -180,6 +181,7 @@ class RunConfig:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict) or not all(isinstance(raw.get(s) or {}, dict) for s in SECTIONS):
             raise ConfigError(f"{path}: a config is a mapping with sections {_SECTION_NAMES}")
+        raw = _move_legacy_keys(raw)  # so that an override by either name replaces the value
         for item in overrides:
             key, sep, value = item.partition("=")
             section, dot, name = key.partition(".")
@@ -190,7 +192,6 @@ class RunConfig:
             except yaml.YAMLError:
                 parsed = value  # not YAML: kept as text, so the type check names it
             if section == "train" and name in LEGACY_TRAIN_KEYS:  # an old name overrides the new setting
-                raw = _move_legacy_keys(raw)
                 if LEGACY_TRAIN_KEYS[name] is None:
                     continue
                 section, name = "inference", LEGACY_TRAIN_KEYS[name]
@@ -216,6 +217,8 @@ def _move_legacy_keys(raw: dict) -> dict:
     train = raw.get("train")
     if not isinstance(train, dict) or not set(train) & set(LEGACY_TRAIN_KEYS):
         return raw
+    if not isinstance(raw.get("inference") or {}, dict):
+        raise ConfigError(f"config section 'inference' must be a mapping of key: value, got {_show(raw['inference'])}")
     train, inference = dict(train), dict(raw.get("inference") or {})
     for old, new in LEGACY_TRAIN_KEYS.items():
         if old not in train:

@@ -23,7 +23,7 @@ Input (a list of turns or a `Dialogue`) is checked and cut by `pecrs.dialogue_in
 comes from `pecrs.catalog_source` and its vectors, when they were computed before, from
 `pecrs.vector_cache` (beside the checkpoint, or a disk cache keyed by checkpoint and catalog).
 
-Precision (`dtype`, pecrs.precision): "auto" (default) runs the LM in bfloat16 where the hardware
+Precision (`dtype`, pecrs.precision): "auto" (inference.dtype's default) runs the LM in bfloat16 where the hardware
 multiplies it natively (a GPU that supports it, a CPU with AMX or AVX512-BF16) and in float32
 elsewhere; "float32" / "bfloat16" force one. In bfloat16 the decoder's frozen linear weights are
 stored in bfloat16 and run under autocast; LoRA, the heads, the catalog vectors and the recall
@@ -127,30 +127,31 @@ class Recommender:
         catalog: an items.jsonl path (or a folder holding one), a dict or list of Items, or None:
         the catalog saved with the checkpoint, else the catalog of the dataset the run trained on.
         device: None picks "cuda" when available. m_inference, decoding, dtype: None takes the
-        checkpoint's inference section (config.inference; `save_pretrained` records this
-        recommender's values there). index: "auto", "exact" or "faiss" (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/
-        catalogs; False: no cache). strict_catalog=False skips and reports bad catalog lines.
+        checkpoint's inference section (config.inference). index: "auto", "exact" or "faiss"
+        (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/catalogs;
+        False: no cache). strict_catalog=False skips and reports bad catalog lines.
         dtype: "auto" (bfloat16 where the device multiplies it natively, else float32), "float32"
-        or "bfloat16" (pecrs.precision; the choice and its reason are logged once).
+        or "bfloat16" (pecrs.precision; the choice and its reason are logged once). It is this
+        call's choice: `save_pretrained` keeps the checkpoint's own inference.dtype.
         """
-        from .precision import resolve_dtype
         from .config import RunConfig
+        from .decoding import resolve
+        from .precision import resolve_dtype
         from .pretrained import checkpoint_dir, load_pretrained, read_meta
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
         meta = read_meta(ckpt)
-        # The checkpoint's inference section, this call's arguments over it; checkpoints saved
-        # before that section existed kept a recommender's choices under "recommender".
+        # The checkpoint's inference section, this call's arguments over it. A recommender's
+        # choices that the section cannot hold (a dict of generate kwargs as decoding), and all of
+        # them in checkpoints saved before the section existed, are under "recommender".
         inference = RunConfig.from_dict(meta["config"]).inference
-        legacy = meta.get("recommender", {})
-        inference.m_inference = m_inference or legacy.get("m_inference") or inference.m_inference
-        inference.decoding = decoding or legacy.get("decoding") or inference.decoding
-        inference.dtype = dtype or inference.dtype
-        RunConfig(inference=inference).validate()  # before loading: a bad value fails in no time
+        saved = meta.get("recommender", {})
+        m_inference = m_inference or saved.get("m_inference") or inference.m_inference
+        decoding = decoding or saved.get("decoding") or inference.decoding
+        resolve(decoding)  # before loading: a bad value fails in no time
         device = default_device(device)
-        precision = resolve_dtype(inference.dtype, device)
+        precision = resolve_dtype(dtype or inference.dtype, device)
         model, config = load_pretrained(ckpt, backbone=backbone)
-        config.inference = inference
         model.to(device).eval()
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
         vectors = load_saved_vectors(ckpt, list(items)) if catalog is None else None
@@ -162,8 +163,8 @@ class Recommender:
             vectors, path = find_cached(folder, ckpt, items, config.model, precision.dtype)
             report.cache_path = str(path)  # where they were found, else where this model's encoding goes
             report.vectors_from_cache = vectors is not None
-        rec = cls(model, config, items, vectors, index=index, report=report, checkpoint=ckpt, dtype=precision,
-                  progress=progress)
+        rec = cls(model, config, items, vectors, m_inference=m_inference, decoding=decoding, index=index,
+                  report=report, checkpoint=ckpt, dtype=precision, progress=progress)
         if report.cache_path and not report.vectors_from_cache:
             save_cached(Path(report.cache_path), list(items), rec.vectors)
         log.info(report.summary())
@@ -172,12 +173,17 @@ class Recommender:
     def save_pretrained(self, directory, half: bool = False, extra: dict | None = None) -> Path:
         """The checkpoint (pretrained.save_pretrained) plus items.jsonl, the catalog, its item
         vectors (so loading it encodes nothing), and this recommender's m_inference and decoding
-        (in the saved config's inference section); `from_pretrained(directory)` gives it back. half=True stores adapter, heads and vectors in
-        float16 (the shipped model, `pecrs export`)."""
+        (in the saved config's inference section; a decoding given as a dict of generate kwargs
+        under "recommender"); `from_pretrained(directory)` gives it back. half=True stores
+        adapter, heads and vectors in float16 (the shipped model, `pecrs export`)."""
         from .pretrained import halve_weights, save_pretrained
 
         config = copy.deepcopy(self.config)
-        config.inference.m_inference, config.inference.decoding = self.m_inference, self.decoding
+        config.inference.m_inference = self.m_inference
+        if isinstance(self.decoding, str):
+            config.inference.decoding = self.decoding
+        else:
+            extra = {"recommender": {"decoding": self.decoding}, **(extra or {})}
         directory = Path(save_pretrained(self.model, config, directory, extra=extra))
         write_items(self.item_list, directory / CATALOG_FILE)
         save_vectors(self.vectors, list(self.items), directory / VECTORS_FILE, half=half)

@@ -21,11 +21,17 @@ def test_old_train_keys_move_to_the_inference_section():
         RunConfig.from_dict({"train": {"m_inference": 32}, "inference": {"m_inference": 31}})
 
 
-def test_an_old_name_on_the_command_line_overrides_the_file(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("inference:\n  m_inference: 64\n  batch_size: 16\n")
-    cfg = RunConfig.load(path, ["train.m_inference=32", "train.eval_generate=true"])
-    assert (cfg.inference.m_inference, cfg.inference.batch_size) == (32, 16)
+def test_overrides_by_either_name_replace_the_file_value_in_either_place(tmp_path):
+    new, old = tmp_path / "new.yaml", tmp_path / "old.yaml"
+    new.write_text("inference:\n  m_inference: 64\n  batch_size: 16\n")
+    old.write_text("train:\n  m_inference: 64\n  eval_batch_size: 16\n")
+    for path in (new, old):
+        cfg = RunConfig.load(path, ["train.m_inference=32", "train.eval_generate=true"])
+        assert (cfg.inference.m_inference, cfg.inference.batch_size) == (32, 16)
+        cfg = RunConfig.load(path, ["inference.batch_size=8"])
+        assert (cfg.inference.m_inference, cfg.inference.batch_size) == (64, 8)
+    with pytest.raises(ConfigError, match="section 'inference' must be a mapping"):
+        RunConfig.from_dict({"train": {"m_inference": 5}, "inference": [1]})
 
 
 def test_setting_an_unknown_attribute_fails_and_names_the_new_home():
@@ -59,8 +65,24 @@ def test_recommender_reads_the_checkpoint_inference_section(tmp_path):
     rec.m_inference = 6
     back = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"), device="cpu", cache_dir=False)
     assert (back.config.inference.m_inference, back.decoding) == (6, "greedy")
-    with pytest.raises(ConfigError, match="inference.decoding"):
+    with pytest.raises(ValueError, match="unknown decoding strategy"):
         Recommender.from_pretrained(run, catalog=items, device="cpu", cache_dir=False, decoding="telepathy")
+
+
+def test_a_call_precision_and_a_dict_decoding_do_not_change_the_saved_section(tmp_path):
+    """`pecrs export` loads in float32 to save exact vectors: the model it writes keeps the run's
+    inference.dtype ("auto"). A decoding given as generate kwargs is kept beside the config."""
+    from pecrs.recommender import Recommender
+
+    run, items = make_tiny_run(tmp_path)
+    greedy = {"do_sample": False, "num_beams": 1}
+    rec = Recommender.from_pretrained(run, catalog=items, device="cpu", cache_dir=False, dtype="float32",
+                                      decoding=greedy)
+    saved = rec.save_pretrained(tmp_path / "saved")
+    meta = json.loads((saved / CONFIG_FILE).read_text())
+    assert meta["config"]["inference"]["dtype"] == "auto" and meta["config"]["inference"]["decoding"] == "top_k"
+    back = Recommender.from_pretrained(saved, device="cpu", cache_dir=False)
+    assert back.decoding == greedy and back.respond(TURNS).text == rec.respond(TURNS).text
 
 
 def test_recommender_reads_a_checkpoint_saved_before_the_section(tmp_path):

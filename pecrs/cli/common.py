@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-DTYPE_HELP = ("precision of the LM: auto (default: bfloat16 on a GPU that supports it or a CPU with AMX / "
-              "AVX512-BF16, else float32), float32, bfloat16 (pecrs.precision; docs/performance.md)")
+DTYPE_HELP = ("precision of the LM: auto (bfloat16 on a GPU that supports it or a CPU with AMX / AVX512-BF16, "
+              "else float32), float32, bfloat16 (default: the model's inference.dtype, auto unless set; "
+              "pecrs.precision; docs/performance.md)")
 
 
 def positive_int(text: str) -> int:

@@ -154,6 +154,7 @@ def _evaluate_standardized(args) -> int:
     setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device))
     result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
                             m_inference=inference.m_inference, batch_size=inference.batch_size,
+                            chunk_size=inference.rerank_chunk_size,
                             progress=not args.json, log=lambda msg: print(msg, file=sys.stderr))
     out = Path(args.output) if args.output else _result_path(ckpt, "eval_standardized.json")
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,

@@ -2,10 +2,12 @@
 
 A part's key hashes everything that decides its numbers: the config (its dataset replaced by a
 fingerprint of the dataset's files), the training run it uses, its own settings; not the time
-budget, checkpointing cadence, evaluation batch size or re-rank chunk. A training run's key
-leaves out, as well, the settings only evaluation reads (the test split, the decoding, the LM
-precision at inference), so evaluations that differ only there share one model. M_inference
-stays in it: dev selection ranks with it.
+budget, checkpointing cadence, evaluation batch size or re-rank chunk (nor inference.dtype: the
+experiments evaluate in float32). A training run's key leaves out, as well, the settings only
+evaluation reads (the test split, the decoding), so evaluations that differ only there share one
+model; M_inference stays in it, dev selection ranks with it. Keys hash the inference settings
+where they stood before the config had an inference section (train.m_inference, train.decoding),
+so run folders and stored parts made before keep their keys.
 """
 from __future__ import annotations
 
@@ -18,11 +20,10 @@ from pathlib import Path
 from ..config import RunConfig
 from ..loaders import dataset_files, detect_format
 
-# Settings ("section.name") that never change a part's numbers: left out of every key.
-IGNORED_SETTINGS = ("train.max_train_minutes", "train.checkpoint_every", "inference.batch_size",
-                    "inference.rerank_chunk_size")
+# Train settings that never change a part's numbers: left out of every key.
+IGNORED_SETTINGS = ("max_train_minutes", "checkpoint_every")
 # ...and, for a training run, the settings only evaluation reads.
-EVAL_ONLY_SETTINGS = ("train.test_split", "inference.decoding", "inference.dtype")
+EVAL_ONLY_SETTINGS = ("test_split", "decoding", "eval_generate")
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
@@ -85,11 +86,14 @@ def digest(obj) -> str:
 
 
 def _normalized(config: RunConfig, drop: tuple[str, ...]) -> dict:
+    """The config as keys hash it: the dataset as its fingerprint, the inference settings that
+    decide numbers in their former train-section places, the `drop`ped train settings left out."""
     d = config.to_dict()
+    inference = d.pop("inference")
+    d["train"].update(m_inference=inference["m_inference"], decoding=inference["decoding"], eval_generate=False)
     d["train"]["dataset"] = dataset_fingerprint(config.train.dataset)
-    for setting in drop:
-        section, _, name = setting.partition(".")
-        d[section].pop(name, None)
+    for name in drop:
+        d["train"].pop(name, None)
     return d
 
 

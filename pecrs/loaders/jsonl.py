@@ -6,7 +6,7 @@ from pathlib import Path
 from ..data import ROLES, DataError, DatasetBundle, Dialogue, Item
 from .dialogues import make_turn, order_splits, require_dialogues
 from .items import as_id, load_items
-from .reading import check_record, read_jsonl
+from .reading import check_record, check_text, read_jsonl
 
 
 def jsonl_split_files(folder: Path) -> dict[str, Path]:
@@ -46,6 +46,7 @@ def load_dialogues(path, items: dict[str, Item]) -> list[Dialogue]:
             if raw["role"] not in ROLES:
                 raise DataError(f"unknown role {raw['role']!r} (expected one of {list(ROLES)})",
                                 field=f"{f}.role", **where)
+            check_text(raw, f, where)
             ids = raw.get("items") or []
             if not isinstance(ids, list):
                 raise DataError("expected a list of item ids", field=f"{f}.items", **where)

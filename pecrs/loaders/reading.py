@@ -51,16 +51,21 @@ def parse_json_line(line: str, where: dict) -> dict:
 
 
 def check_record(raw, field: str, required: tuple[str, ...], where: dict) -> dict:
-    """`raw` if it is a JSON object holding every `required` key, with a string "text" if it has
-    one; else a DataError naming the file, line and field (e.g. "turns[3].text")."""
+    """`raw` if it is a JSON object holding every `required` key; else a DataError naming the
+    file, line and field (e.g. "turns[3].role")."""
     if not isinstance(raw, dict):
         raise DataError("expected an object", field=field, **where)
     for key in required:
         if key not in raw:
             raise DataError("missing required field", field=f"{field}.{key}", **where)
-    if "text" in raw and not isinstance(raw["text"], str):
-        raise DataError("expected a string", field=f"{field}.text", **where)
     return raw
+
+
+def check_text(raw: dict, field: str, where: dict) -> str:
+    """raw["text"] if it is a string; else a DataError naming field.text."""
+    if not isinstance(raw["text"], str):
+        raise DataError("expected a string", field=f"{field}.text", **where)
+    return raw["text"]
 
 
 def read_lines(path: Path) -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..data import ITEM, RECOMMENDER, SEEKER, DataError, DatasetBundle, Dialogue, Item
 from .dialogues import make_turn, require_dialogues
 from .items import as_id, load_items, norm_title, split_title_year
-from .reading import check_record, csv_rows, read_csv, read_jsonl
+from .reading import check_record, check_text, csv_rows, read_csv, read_jsonl
 
 REDIAL_SPLIT_FILES = {
     "train": ("train_data.jsonl", "train_subset_data.jsonl"),  # full release preferred
@@ -131,6 +131,7 @@ def _redial_dialogue(conv: dict, where: dict, items: dict[str, Item], mentions: 
         if sender not in roles:
             raise DataError(f"sender {msg['senderWorkerId']!r} is neither the initiator nor the "
                             "respondent (unknown role)", field=f"{f}.senderWorkerId", **where)
+        check_text(msg, f, where)
         role = roles[sender]
         if merged and merged[-1][0] == role:
             merged[-1][1] += " " + msg["text"]

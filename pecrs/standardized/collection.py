@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataError
-from ..loaders import check_record, load_items, read_jsonl
+from ..loaders import check_record, check_text, load_items, read_jsonl
 
 VARIANTS = ("full", "dedup")
 TEST_FILE = "test_data.jsonl"
@@ -118,6 +118,7 @@ def parse_conversation(obj: dict, where: dict) -> Conversation:
         if msg["senderWorkerId"] not in workers:
             raise DataError(f"sender {msg['senderWorkerId']!r} is neither the respondent nor the initiator",
                             field=f"{field}.senderWorkerId", **where)
+        check_text(msg, field, where)
         messages.append((msg["senderWorkerId"] == obj["respondentWorkerId"], msg["text"]))
         mentions.append(message_mentions(msg["text"], names))
     return Conversation(id=str(obj["conversationId"]), line=where.get("line") or 0, messages=tuple(messages),

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ..config import InferenceConfig
 from ..data import ITEM, RECOMMENDER, SEEKER, Sample, Turn
 from ..loaders import split_title_year
 from .collection import AT_MENTION, Collection, Conversation
@@ -56,7 +57,8 @@ def instance_samples(collection: Collection, item_index: Mapping[str, int]) -> l
 
 
 def rank_instances(model, store, encoder, collection: Collection, *, m_inference: int, batch_size: int = 8,
-                   progress: bool = False, index=None) -> np.ndarray:
+                   progress: bool = False, index=None, chunk_size: int = InferenceConfig.rerank_chunk_size
+                   ) -> np.ndarray:
     """Catalog indices [n_instances, 50] best first: each instance's context ranked once by
     `pecrs.evaluate.rank_samples` (retrieve M_inference by recall, re-rank), as `pecrs evaluate` does."""
     from ..evaluate import rank_samples
@@ -67,15 +69,16 @@ def rank_instances(model, store, encoder, collection: Collection, *, m_inference
         return np.zeros((0, max(KS)), dtype=np.int64)
     vectors = store.all_vectors(model)
     return rank_samples(model, store, encoded, vectors, m_inference, batch_size, keep=max(KS),
-                        progress=progress, index=index)
+                        progress=progress, index=index, chunk_size=chunk_size)
 
 
 def evaluate_model(model, store, encoder, collection: Collection, *, m_inference: int, batch_size: int = 8,
-                   progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+                   progress: bool = False, log: Callable[[str], None] | None = None,
+                   chunk_size: int = InferenceConfig.rerank_chunk_size) -> dict:
     """The protocol's metrics of a PECRS model on both variants ({"full": ..., "dedup": ...});
     `store` is the catalog it ranks (ground-truth movies not in it are misses, and counted)."""
     ranked = rank_instances(model, store, encoder, collection, m_inference=m_inference, batch_size=batch_size,
-                            progress=progress)
+                            progress=progress, chunk_size=chunk_size)
     codes = item_codes(collection, store.ids)
     result = score_all(collection, ranked, codes, store.ids)
     if log and result["full"]["n_missing_from_catalog"]:
