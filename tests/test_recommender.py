@@ -253,7 +253,7 @@ def test_faiss_index_recall_and_api():
     vectors = torch.randn(5000, 32, generator=g)
     queries = torch.randn(8, 32, generator=g)
     exact, approx = ExactIndex(vectors, 0.1), FaissIndex(vectors, 0.1, k_factor=8)
-    (s1, i1), (s2, i2) = exact.search(queries, 50), approx.search(queries, 50)
+    (_, i1), (s2, i2) = exact.search(queries, 50), approx.search(queries, 50)
     assert i2.shape == (8, 50) and i2.dtype == torch.long and s2.dtype == torch.float32
     recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(i1, i2)) / i1.numel()
     assert recall >= 0.95
