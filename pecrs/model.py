@@ -232,13 +232,16 @@ class PECRS(nn.Module):
             losses["recall"] = losses["rerank"] = zero
 
         # Generation: the LM head on the generation segment only (Eq. 7, mean per response).
-        logits = self.causal_lm.get_output_embeddings()(h[:, Lc + C:])
-        token_nll = F.cross_entropy(logits.float().transpose(1, 2), batch.gen_labels, reduction="none",
+        logits = self.causal_lm.get_output_embeddings()(h[:, Lc + C:]).float()
+        token_nll = F.cross_entropy(logits.transpose(1, 2), batch.gen_labels, reduction="none",
                                     ignore_index=-100)
         counted = (batch.gen_labels != -100)
-        token_loss = token_nll if not label_smoothing else F.cross_entropy(
-            logits.float().transpose(1, 2), batch.gen_labels, reduction="none", ignore_index=-100,
-            label_smoothing=label_smoothing)
+        token_loss = token_nll
+        if label_smoothing:
+            # torch's label smoothing, (1 - e)·NLL + e·mean over the vocabulary of -log p, from the
+            # NLL above and one mean: the [B, Lg, V] log-probabilities are not computed twice.
+            uniform_nll = logits.logsumexp(-1) - logits.mean(-1)
+            token_loss = (1 - label_smoothing) * token_nll + label_smoothing * uniform_nll * counted
         losses["gen"] = (token_loss.sum(1) / counted.sum(1).clamp_min(1)).mean()
         losses["gen_nll_sum"] = token_nll.sum().detach()
         losses["gen_tokens"] = counted.sum().detach()

@@ -147,6 +147,32 @@ def test_training_pass_matches_inference_and_isolates_segments(setup):
 
 
 @torch.no_grad()
+def test_label_smoothing_is_torchs_and_perplexity_stays_unsmoothed(setup):
+    """The generation loss with label smoothing e equals F.cross_entropy(label_smoothing=e) on the
+    same logits, and the summed NLL reported for perplexity does not change with e."""
+    cfg, model, store, encoder, samples = setup
+    batch = _batch(model, encoder, samples[:3])
+    negs = torch.tensor([[1, 2, 5, 8]] * 3)
+    vectors, row = batch_item_vectors(model, store, batch.target, negs, batch.context_items, batch.gen_items)
+    plain = model.training_losses(batch, vectors, row, negs[:, :0], negs[:, :0], score_items=False)
+    smoothed = model.training_losses(batch, vectors, row, negs[:, :0], negs[:, :0], score_items=False,
+                                     label_smoothing=0.1)
+    # The same logits through torch's label smoothing: run the decoder as training_losses does.
+    captured = {}
+    head = model.causal_lm.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, i, out: captured.setdefault("logits", out.float()))
+    model.training_losses(batch, vectors, row, negs[:, :0], negs[:, :0], score_items=False)
+    hook.remove()
+    labels = batch.gen_labels
+    ce = torch.nn.functional.cross_entropy(captured["logits"].transpose(1, 2), labels, reduction="none",
+                                           ignore_index=-100, label_smoothing=0.1)
+    expected = (ce.sum(1) / (labels != -100).sum(1).clamp_min(1)).mean()
+    assert torch.allclose(smoothed["gen"], expected, atol=1e-5)
+    assert not torch.allclose(smoothed["gen"], plain["gen"])
+    assert torch.allclose(smoothed["gen_nll_sum"], plain["gen_nll_sum"])
+
+
+@torch.no_grad()
 def test_generation_without_target_ignores_rec_token(setup):
     cfg, model, store, encoder, samples = setup
     no_target = [s for s in samples if s.target is None][:1]
