@@ -23,6 +23,7 @@ expected to be slower than float32: the figures say by how much.
 from __future__ import annotations
 
 import _common as C
+from pecrs.config import InferenceConfig  # plain data, no torch
 
 TARGETS = {"top1_agreement": 0.90, "top50_overlap": 0.95}
 
@@ -32,7 +33,7 @@ def main(argv=None):
     p.add_argument("--backbone", default="smollm2-135m-instruct")
     p.add_argument("--contexts", type=int, default=None, help="timed test contexts (default 10, quick 3)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--m-inference", type=int, default=700)
+    p.add_argument("--m-inference", type=int, default=InferenceConfig.m_inference)
     p.add_argument("--encode-items", type=int, default=None, help="items encoded in both dtypes (default 48, quick 8)")
     p.add_argument("--no-merged", action="store_true", help="skip the LoRA-merged bfloat16 variant")
     args = p.parse_args(argv)

@@ -21,6 +21,7 @@ benchmarks/bf16_agreement.py.
 from __future__ import annotations
 
 import _common as C
+from pecrs.config import InferenceConfig  # plain data, no torch
 
 TARGETS = {"recall_only": 0.3, "recall_rerank": 1.0}
 
@@ -29,7 +30,7 @@ def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--backbone", default="smollm2-135m-instruct")
     p.add_argument("--catalogs", nargs="+", default=["inspired", "redial"])
-    p.add_argument("--m-inference", type=int, default=700)
+    p.add_argument("--m-inference", type=int, default=InferenceConfig.m_inference)
     p.add_argument("--requests", type=int, default=None, help="timed requests per mode (default 30, quick 6)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=None, help="rerank chunk size (default: the library's)")
@@ -42,11 +43,8 @@ def main(argv=None):
                         "often the ranking agrees with float32")
     args = p.parse_args(argv)
     threads = C.set_threads(args.threads)
-    import inspect
-
     import numpy as np
     import torch
-    from pecrs.model import PECRS
     from pecrs.tokens import collate
 
     n_req = args.requests or (6 if args.quick else 30)
@@ -58,7 +56,7 @@ def main(argv=None):
     if args.int8 and args.dtype == "bfloat16":
         p.error("--int8 quantises the float32 model: it takes --dtype float32 (auto means float32 with it)")
     precision = resolve_dtype("float32" if args.int8 else args.dtype, "cpu")
-    chunk = args.chunk_size or inspect.signature(PECRS.recommend).parameters["chunk_size"].default
+    chunk = args.chunk_size or InferenceConfig.rerank_chunk_size
     reference = None
     if args.int8:
         import copy
