@@ -113,7 +113,7 @@ class Recommender:
         self.m_inference = m_inference or config.inference.m_inference
         self.decoding = decoding
         self.checkpoint = checkpoint
-        self.encoder = dialogue_encoder(model, config, self.item_index)
+        self.encoder = dialogue_encoder(model, config, self.item_index, memoize=False)
         self.max_text_chars = CHARS_PER_TOKEN * m.context_max_tokens
         self._lock = threading.Lock()
 
@@ -197,7 +197,6 @@ class Recommender:
 
     def _context(self, turns):
         ids, slots = self.encoder.encode_context(turns)
-        self.encoder._text_cache.clear()  # it memoises texts for training; a server must not keep them
         dev = self.model.device
         return (torch.tensor([ids], device=dev), torch.tensor([slots], device=dev),
                 torch.tensor([len(ids)], device=dev))

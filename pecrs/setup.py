@@ -70,8 +70,9 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     return Setup(config, model, bundle, store, encoder, samples)
 
 
-def dialogue_encoder(model: PECRS, config: RunConfig, item_index: dict[str, int]) -> DialogueEncoder:
+def dialogue_encoder(model: PECRS, config: RunConfig, item_index: dict[str, int],
+                     memoize: bool = True) -> DialogueEncoder:
     """The dialogue layout of §3.2 for `model`'s tokenizer and a catalog's row index (train,
-    evaluation and serving lay dialogues out with this one call)."""
+    evaluation and serving lay dialogues out with this one call; serving memoises no text)."""
     m = config.model
-    return DialogueEncoder(model.tokenizer, item_index, m.context_max_tokens, m.response_max_tokens)
+    return DialogueEncoder(model.tokenizer, item_index, m.context_max_tokens, m.response_max_tokens, memoize)

@@ -35,8 +35,11 @@ class DialogueEncoder:
     """Turns `Sample`s into `EncodedSample`s for one tokenizer and one catalog."""
 
     def __init__(self, tokenizer, item_index: dict[str, int], context_max_tokens: int = 256,
-                 response_max_tokens: int = 64):
+                 response_max_tokens: int = 64, memoize: bool = True):
+        """memoize: keep every text's token ids (a dataset's turns recur in many samples); a
+        server, whose texts come from users and do not recur, keeps none."""
         self.tokenizer = tokenizer
+        self.memoize = memoize
         self.item_index = item_index
         self.context_max_tokens = context_max_tokens
         self.response_max_tokens = response_max_tokens
@@ -52,11 +55,12 @@ class DialogueEncoder:
 
     def _text_ids(self, texts: list[str]) -> list[list[int]]:
         """Tokenise many texts in one call (fast tokenizers batch in Rust), memoised."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        known = self._text_cache if self.memoize else {}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
         if missing:
             batch = self.tokenizer([" " + t for t in missing], add_special_tokens=False)["input_ids"]
-            self._text_cache.update(zip(missing, batch))
-        return [self._text_cache[t] for t in texts]
+            known.update(zip(missing, batch))
+        return [known[t] for t in texts]
 
     def _item(self, item_id: str) -> int:
         try:

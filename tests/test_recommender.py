@@ -280,3 +280,17 @@ def test_lenient_catalog_reader_reports_bad_bytes_and_deep_json(tmp_path):
     path.write_bytes(b'{"id": "1", "title": "Caf\xe9"}\n')
     with pytest.raises(DataError, match="items.jsonl"):
         read_items_lenient(path)
+
+
+def test_serving_keeps_no_user_text_while_a_dataset_encoder_memoises(rec):
+    """A server's texts come from users: its encoder tokenises them per call and keeps none (a
+    memo would grow with every request); a training encoder memoises the dataset's recurring turns."""
+    from pecrs.setup import dialogue_encoder
+
+    rec.recommend(TURNS, k=2)
+    rec.respond([{"role": "seeker", "text": "something else entirely"}])
+    assert rec.encoder._text_cache == {}
+    training = dialogue_encoder(rec.model, rec.config, rec.item_index)
+    training.encode_context(rec.turns(TURNS))
+    assert set(training._text_cache) == {t["text"] for t in TURNS}
+    assert training.encode_context(rec.turns(TURNS)) == rec.encoder.encode_context(rec.turns(TURNS))
