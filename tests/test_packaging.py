@@ -39,3 +39,6 @@ def test_wheel_contains_configs_and_shipped_models(tmp_path):
                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
         assert f"pecrs/models/demo/{rel}" in names, rel
     assert "pecrs/web/index.html" in names or any(n.startswith("pecrs/web/") for n in names)
+    # Every module of every subpackage (cli/, loaders/, metrics/, ...), so an installed pecrs runs.
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "pecrs").rglob("*.py") if "models" not in p.parts}
+    assert modules <= names, sorted(modules - names)
