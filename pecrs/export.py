@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 from pathlib import Path
 
 import torch
 
 from .config import RunConfig
+from .experiments.json_files import read_json
+from .experiments.provenance import git_revision
 from .pretrained import checkpoint_dir, read_meta
 
 CARD_FILE = "MODEL_CARD.md"
@@ -36,12 +37,12 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None) 
     ckpt = checkpoint_dir(run)
     # float32: the shipped item vectors must not carry a bfloat16 encoder's rounding.
     rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False, dtype="float32")
-    provenance = {"source": str(ckpt), "git_revision": git_revision(), "hardware": hardware(),
+    provenance = {"source": str(ckpt), "git_revision": git_revision() or "unknown", "hardware": hardware(),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__}
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
     run_dir = ckpt.parent if ckpt.name == "best" else ckpt
     card = model_card(destination.name, read_meta(destination), _read_jsonl(run_dir / "metrics.jsonl"),
-                      _read_json(run_dir / "eval_test.json"), destination)
+                      read_json(run_dir / "eval_test.json"), destination)
     (destination / CARD_FILE).write_text(card)
     return destination
 
@@ -96,15 +97,6 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
     return "\n".join(lines) + "\n"
 
 
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def hardware() -> str:
     from .precision import cpu_model
 
@@ -113,10 +105,6 @@ def hardware() -> str:
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
