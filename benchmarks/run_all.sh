@@ -26,5 +26,6 @@ run latency_int8 latency --int8 "$@" || status=1
 run catalog_encoding catalog_encoding "$@" || status=1
 run item_encoding item_encoding "$@" || status=1
 run generation generation "$@" || status=1
+run first_recommendation first_recommendation "$@" || status=1
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $status

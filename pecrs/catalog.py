@@ -1,6 +1,9 @@
 """The item catalog as the model sees it: tokenised item texts, their LM token states and
 their vectors (Eq. 1).
 
+A shipped model also carries its catalog's vectors: `use_saved_vectors` makes the store read
+those (no LM pass), so `pecrs evaluate` of that model scores exactly the vectors serving uses.
+
 Two ways to get item token states (issue: measure both, pick the default):
 - "cached": states come once from the frozen base LM (LoRA off) and are kept in memory, so a
   training step only pools and projects them (cheap);
@@ -24,6 +27,7 @@ class ItemStore:
                         padding="longest", return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
         self.states: torch.Tensor | None = None   # [N, L, d] when cached
+        self.saved: torch.Tensor | None = None    # [N, d] when the vectors came with a shipped model
         self.mode = "adapted"
 
     def __len__(self) -> int:
@@ -39,6 +43,14 @@ class ItemStore:
         self.mode = "cached"
         return self
 
+    def use_saved_vectors(self, vectors: torch.Tensor) -> "ItemStore":
+        """Read every item's vector from `vectors` [N, d] (those saved with a model for this very
+        catalog, row i = self.items[i]) instead of computing them: inference only."""
+        if vectors.shape[0] != len(self):
+            raise ValueError(f"{vectors.shape[0]} saved vectors for a catalog of {len(self)} items")
+        self.saved, self.mode = vectors.float(), "saved"
+        return self
+
     def to(self, device) -> "ItemStore":
         """Keep token ids, masks and cached states on `device` (in place), so that gathering a
         step's items is a device-side index, not a host-to-device copy."""
@@ -46,6 +58,8 @@ class ItemStore:
         self.attention_mask = self.attention_mask.to(device)
         if self.states is not None:
             self.states = self.states.to(device)
+        if self.saved is not None:
+            self.saved = self.saved.to(device)
         return self
 
     def token_states(self, model, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +71,10 @@ class ItemStore:
         return model.item_token_states(self.input_ids[idx], mask, adapted=True), mask
 
     def vectors(self, model, indices: torch.Tensor) -> torch.Tensor:
-        """Item vectors v (Eq. 1) for catalog indices, with gradient into the item encoder."""
+        """Item vectors v (Eq. 1) for catalog indices, with gradient into the item encoder (in
+        "saved" mode: the shipped vectors, no gradient)."""
+        if self.mode == "saved":
+            return self.saved[indices.to(self.saved.device)].to(model.device)
         states, mask = self.token_states(model, indices)
         return model.item_vectors(states, mask)
 

@@ -64,6 +64,7 @@ class TrainConfig(Section):
     test_split: str = "test"
     max_train_samples: int | None = None   # a slice of the train split (tiny runs)
     max_eval_samples: int | None = None
+    targets_only: bool = False              # train on the samples that recommend an item only (CPU-budget runs)
     epochs: int = 20
     batch_size: int = 2                     # per device
     grad_accum: int = 1                     # effective batch = batch_size * grad_accum * devices

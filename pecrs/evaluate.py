@@ -118,10 +118,12 @@ def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
 
 
 def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample],
-             inference: InferenceConfig | None = None, *, generate: bool = True, max_new_tokens: int = 64,
-             seed: int = 0, progress: bool = False, index=None) -> dict:
+             inference: InferenceConfig | None = None, *, generate: bool = True, perplexity: bool = True,
+             max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None) -> dict:
     """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
-    `inference`: M_inference, decoding, batch size and re-rank chunk (None: the defaults)."""
+    `inference`: M_inference, decoding, batch size and re-rank chunk (None: the defaults).
+    generate=False: no responses (ROUGE, F-1, Dist are None); perplexity=False: no PPL (a forward
+    pass over every sample: on a CPU, most of a recall-only evaluation's time)."""
     inference = inference or InferenceConfig()
     m_inference, batch_size, strategy = inference.m_inference, inference.batch_size, inference.decoding
     model.eval()
@@ -130,14 +132,19 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     catalog_vectors = store.all_vectors(model)
     # LoRA folded into the weights for the whole evaluation (model.merged_lora); unfolded after.
     with model.merged_lora():
-        ranked = rank_samples(model, store, encoded, catalog_vectors, m_inference, batch_size,
-                              progress=progress, index=index, chunk_size=inference.rerank_chunk_size)
         rec_rows = np.array([s.target is not None for s in samples], dtype=bool)
+        # Generation needs a recommendation for every turn; the recall metrics only for the rows
+        # with a target (28% of INSPIRED's test samples).
+        rank_rows = np.arange(len(samples)) if generate else np.flatnonzero(rec_rows)
+        ranked_rows = rank_samples(model, store, [encoded[i] for i in rank_rows], catalog_vectors, m_inference,
+                                   batch_size, progress=progress, index=index, chunk_size=inference.rerank_chunk_size)
+        ranked = np.zeros((len(samples), ranked_rows.shape[1]), dtype=ranked_rows.dtype)
+        ranked[rank_rows] = ranked_rows
         targets = np.array([e.target for e in encoded])[rec_rows]
         seen = np.array([s.target_seen_before for s in samples])[rec_rows]
         naive = naive_ranking([s for s, r in zip(samples, rec_rows) if r], store.index)
         result = {}
-        nll, count = response_nll(model, store, encoded, batch_size, progress)
+        nll, count = response_nll(model, store, encoded, batch_size, progress) if perplexity else (None, None)
         gen_args = {}
         if generate:
             # One response per recommender turn: the first sample of each turn (repeated=False).

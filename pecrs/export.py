@@ -30,8 +30,9 @@ CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_r
                 "unique", "rouge1", "rouge2", "f1_item", "ppl", "dist2", "dist3", "dist4")
 
 
-def export(run: str | Path, destination: str | Path, catalog=None, device=None) -> Path:
-    """Write the shipped form of `run` (a run folder or checkpoint) to `destination`."""
+def export(run: str | Path, destination: str | Path, catalog=None, device=None, notes: str | None = None) -> Path:
+    """Write the shipped form of `run` (a run folder or checkpoint) to `destination`. `notes`:
+    markdown for the card's "About this model" (how and why it was trained, what it is not)."""
     from .recommender import Recommender
 
     ckpt = checkpoint_dir(run)
@@ -42,12 +43,13 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None) 
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
     run_dir = ckpt.parent if ckpt.name == "best" else ckpt
     card = model_card(destination.name, read_meta(destination), _read_jsonl(run_dir / "metrics.jsonl"),
-                      read_json(run_dir / "eval_test.json"), destination)
+                      read_json(run_dir / "eval_test.json"), destination, notes)
     (destination / CARD_FILE).write_text(card)
     return destination
 
 
-def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, folder: Path) -> str:
+def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, folder: Path,
+               notes: str | None = None) -> str:
     """MODEL_CARD.md: what a user needs to judge the model before trusting its recommendations."""
     config, export_info = meta["config"], meta.get("export", {})
     m, t = config["model"], config["train"]
@@ -56,15 +58,18 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
     inference.decoding = meta.get("recommender", {}).get("decoding", inference.decoding)
     lines = [f"# pecrs model card: {name}", "",
              "PECRS (Ravaut et al., EACL 2024): one LoRA-adapted language model that retrieves, re-ranks and "
-             "writes the recommender's reply.", "",
-             "## Data and settings", "",
+             "writes the recommender's reply.", ""]
+    if notes:
+        lines += ["## About this model", "", notes.strip(), ""]
+    lines += ["## Data and settings", "",
              f"- Backbone: `{m['backbone']}` ({meta['model_type']}, hidden size {meta['hidden_size']}), frozen; "
              f"LoRA r={m['lora_r']}, alpha={m['lora_alpha']}, targets {m['lora_target_modules'] or 'attention projections'}",
              f"- Data: `{t['dataset']}` (train split `{t['train_split']}`, checkpoint chosen on `{t['dev_split'] or 'the last epoch'}`)",
              f"- Training: {t['epochs']} epochs planned, batch {t['batch_size']} x {t['grad_accum']}, lr {t['lr']}"
              f"{' (reference batch ' + str(t['lr_reference_batch']) + ')' if t.get('lr_reference_batch') else ''}, "
              f"M_train {t['m_train']}, loss weights alpha/beta/gamma {t['alpha']}/{t['beta']}/{t['gamma']} "
-             f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`",
+             f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`"
+             f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}",
              f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`",
              f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "
              f"`{export_info.get('git_revision', '?')}` on {export_info.get('hardware', '?')} (torch {export_info.get('torch', '?')})",
@@ -77,6 +82,11 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
                          f"{_pct(r.get('dev_recall@10'))} | {_pct(r.get('dev_recall@50'))} |")
     else:
         lines.append("No metrics.jsonl was found beside the checkpoint.")
+    stops = [r for r in curve if "stopped" in r]
+    if stops:
+        stop = stops[-1]
+        lines.append(f"\nTraining stopped early ({stop['stopped']}) at epoch {stop.get('epoch')}, batch "
+                     f"{stop.get('batch')}, after {stop.get('seconds', 0) / 60:.0f} minutes.")
     lines += ["", "## Test metrics", ""]
     if test:
         lines += ["| metric | value |", "|---|---|"]

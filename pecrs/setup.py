@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from .catalog import ItemStore
+from .catalog_source import CATALOG_FILE
 from .config import RunConfig
-from .data import DatasetBundle, Sample
-from .loaders import load_dataset
+from .data import DatasetBundle, Item, Sample
+from .loaders import load_dataset, load_items
 from .model import PECRS
 from .pretrained import build_model
 from .samples import make_samples
 from .tokens import DialogueEncoder
+from .vector_cache import load_saved_vectors
 
 
 @dataclass
@@ -41,10 +44,13 @@ def say(message: str, enabled: bool = True) -> None:
 
 
 def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None = None,
-            device: str | torch.device | None = None, progress: bool = False) -> Setup:
+            device: str | torch.device | None = None, progress: bool = False,
+            saved_vectors_from: Path | None = None) -> Setup:
     """Data, catalog and model of a run. `device`: where the model goes *before* the catalog's
     item states are computed (encoding a catalog on a CPU when a GPU is there wastes minutes).
-    `progress`: status lines and a bar over the catalog encoding (stderr)."""
+    `progress`: status lines and a bar over the catalog encoding (stderr). `saved_vectors_from`
+    (inference only): a checkpoint whose saved item vectors are used when they are this
+    catalog's (a shipped model), so nothing is encoded and evaluation scores what serving serves."""
     m, t = config.model, config.train
     if model is None:
         say(f"loading backbone {m.backbone}", progress)
@@ -54,13 +60,21 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     say(f"loading dataset {dataset or t.dataset}", progress)
     bundle = load_dataset(dataset or t.dataset)
     store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens)
-    if m.item_encoding == "cached":
+    saved = saved_catalog_vectors(Path(saved_vectors_from), store.items) if saved_vectors_from else None
+    if saved is not None:
+        say(f"{len(store):,} item vectors from {saved_vectors_from}", progress)
+        store.use_saved_vectors(saved.to(model.device))
+    elif m.item_encoding == "cached":
         say(f"encoding {len(store):,} items with the frozen base LM (once)", progress)
         store.cache_base_states(model, progress=progress)
     elif m.item_encoding != "adapted":
         raise ValueError(f"model.item_encoding must be 'cached' or 'adapted', not '{m.item_encoding}'")
     encoder = dialogue_encoder(model, config, store.index)
     samples = {name: make_samples(dialogues) for name, dialogues in bundle.splits.items()}
+    if t.targets_only and t.train_split in samples:
+        # Recall, re-ranking and the [ITEM] reply are learned from these rows only (28% of
+        # INSPIRED's training samples): a short run spends all its steps on them.
+        samples[t.train_split] = [s for s in samples[t.train_split] if s.target is not None]
     if t.max_train_samples and t.train_split in samples:
         samples[t.train_split] = samples[t.train_split][: t.max_train_samples]
     if t.max_eval_samples:
@@ -68,6 +82,15 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
             if name in samples:
                 samples[name] = samples[name][: t.max_eval_samples]
     return Setup(config, model, bundle, store, encoder, samples)
+
+
+def saved_catalog_vectors(checkpoint: Path, items: list[Item]) -> torch.Tensor | None:
+    """The item vectors saved with `checkpoint` when its saved catalog is exactly `items` (same
+    ids, texts and order: a catalog edited since, or another one, is encoded instead)."""
+    saved_catalog = checkpoint / CATALOG_FILE
+    if not saved_catalog.is_file() or list(load_items(saved_catalog).values()) != list(items):
+        return None
+    return load_saved_vectors(checkpoint, [it.id for it in items])
 
 
 def dialogue_encoder(model: PECRS, config: RunConfig, item_index: dict[str, int],

@@ -43,6 +43,22 @@ def test_generation_reports_tokens_per_second(shared_datasets, tmp_path, run_ben
 
 
 
+def test_first_recommendation_times_a_fresh_process_of_an_exported_model(tmp_path, run_benchmark):
+    from pecrs.cli import main
+    from pecrs.testing import make_tiny_run
+
+    run, _ = make_tiny_run(tmp_path / "run")
+    assert main(["export", str(run), str(tmp_path / "model")]) == 0
+    result = run_benchmark("first_recommendation", "--model", str(tmp_path / "model"), "--quick", tmp_path=tmp_path)
+    (start,) = result["runs"]
+    assert start["vectors_from_cache"] and len(start["recommended"]) == 5   # shipped vectors, nothing encoded
+    assert 0 < start["first_recommendation_s"] < start["first_reply_s"]
+    phases = start["import_s"] + start["load_s"] + start["recommend_s"]
+    assert phases < start["first_recommendation_s"]   # the wall clock also holds interpreter start-up
+    assert result["first_recommendation_s"]["median"] == start["first_recommendation_s"]
+    assert result["target_s"] == 30.0
+
+
 def test_gpu_epoch_runs_on_cpu_and_extrapolates(shared_datasets, tmp_path, run_benchmark):
     """The GPU-session benchmark must not break unseen: device minutes are too scarce to debug it there."""
     result = run_benchmark("gpu_epoch", "--backbone", "tiny-llama", "--quick", "--max-train-samples", "40",

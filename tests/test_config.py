@@ -1,5 +1,6 @@
 """Config loading: overrides anywhere on the command line, and every value checked (type, range,
 choices) before any model or data is loaded, with the key, the value and what was expected."""
+import json
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,28 @@ def test_cli_bad_config_fails_before_torch_is_imported(config_file):
     done = subprocess.run([sys.executable, "-c", code, "train", str(config_file), "--output-dir", "/tmp/never",
                            "train.epochs=abc"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "train.epochs" in done.stderr and "'abc'" in done.stderr, done.stderr
+
+
+def test_targets_only_keeps_the_recommending_train_samples_and_a_new_key(tmp_path):
+    """train.targets_only drops the train samples without a target (dev and test keep them all);
+    at its default it leaves every stored experiment key as it was."""
+    from pecrs.experiments.keys import train_key
+    from pecrs.setup import prepare
+    from pecrs.testing import tiny_config, write_dataset
+
+    write_dataset(tmp_path / "data")
+    with open(tmp_path / "data" / "train.jsonl", "a") as f:   # a recommender turn without an item
+        f.write(json.dumps({"id": "chit-chat", "turns": [{"role": "seeker", "text": "Hello"},
+                                                         {"role": "recommender", "text": "Hi, what do you like?"}]}) + "\n")
+    cfg = tiny_config(tmp_path / "data")
+    everything = prepare(cfg).samples
+    cfg.train.targets_only = True
+    filtered = prepare(cfg).samples
+    kept = [s for s in everything["train"] if s.target is not None]
+    assert 0 < len(kept) < len(everything["train"])
+    assert [(s.dialogue_id, s.turn_index, s.target) for s in filtered["train"]] == \
+        [(s.dialogue_id, s.turn_index, s.target) for s in kept]
+    assert len(filtered["dev"]) == len(everything["dev"])
+    assert train_key(cfg) != train_key(RunConfig.from_dict({**cfg.to_dict(), "train": {
+        **cfg.to_dict()["train"], "targets_only": False}}))
+    assert train_key(RunConfig.load("configs/inspired.yaml")) == "96b9c7cdfd3d"

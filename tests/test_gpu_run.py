@@ -84,6 +84,9 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     with tarfile.open(out / "shipped.tar") as tar:
         names = set(tar.getnames())
     assert {"shipped/MODEL_CARD.md", "shipped/heads.safetensors", "shipped/item_vectors.safetensors"} <= names
+    with tarfile.open(out / "shipped.tar") as tar:   # the card says how the model was trained
+        card = tar.extractfile("shipped/MODEL_CARD.md").read().decode()
+    assert "## About this model\n\nTrained on one GPU by `tools/gpu/train_inspired.sh`" in card
     assert not (out / "shipped").exists()
 
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert {"inspired", "redial", "tiny", "inspired-gpu"} <= set(packaged_configs())
+    assert {"inspired", "redial", "tiny", "inspired-gpu", "inspired-cpu"} <= set(packaged_configs())
     assert RunConfig.load("tiny").model.backbone == "tiny-llama"
     assert RunConfig.load("inspired.yaml", ["train.epochs=3"]).train.epochs == 3
     (tmp_path / "tiny.yaml").write_text("model:\n  backbone: tiny-gpt2\n")
@@ -24,19 +24,22 @@ def test_wheel_contains_configs_and_shipped_models(tmp_path):
     shutil.copytree(REPO / "pecrs", src / "pecrs", ignore=shutil.ignore_patterns("__pycache__", "models"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
+    # A real export (whatever files `pecrs export` writes must all reach the wheel).
+    from pecrs.cli import main
+    from pecrs.testing import make_tiny_run
+
+    run, _ = make_tiny_run(tmp_path / "run")
     model = src / "pecrs" / "models" / "demo"
-    (model / "adapter").mkdir(parents=True)
-    for rel in ("pecrs_config.json", "heads.safetensors", "items.jsonl", "item_vectors.safetensors", "MODEL_CARD.md",
-                "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
-        (model / rel).write_text("x")
+    assert main(["export", str(run), str(model)]) == 0
+    exported = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file())
+    assert {"heads.safetensors", "item_vectors.safetensors", "tokenizer/tokenizer.json"} <= set(exported)
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("pecrs-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in ("inspired", "redial", "tiny", "inspired-gpu"):
         assert f"pecrs/configs/{config}.yaml" in names
-    for rel in ("pecrs_config.json", "heads.safetensors", "items.jsonl", "item_vectors.safetensors", "MODEL_CARD.md",
-                "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+    for rel in exported:
         assert f"pecrs/models/demo/{rel}" in names, rel
     assert "pecrs/web/index.html" in names or any(n.startswith("pecrs/web/") for n in names)
     # Every module of every subpackage (cli/, loaders/, metrics/, ...), so an installed pecrs runs.

@@ -1,6 +1,8 @@
 """The shipped-model path: `pecrs export` writes a small float16 model with its catalog's vectors,
 and a model under pecrs/models/NAME loads by name with nothing re-encoded."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,10 +22,13 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("ship")
     run, _ = make_tiny_run(root)
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 3.2, "dev_recall@1": 0.1,
-                                                   "dev_recall@10": 0.3, "dev_recall@50": 0.6}) + "\n")
+                                                   "dev_recall@10": 0.3, "dev_recall@50": 0.6}) + "\n"
+                                       + json.dumps({"stopped": "max_train_minutes", "epoch": 2, "batch": 7,
+                                                     "seconds": 600.0}) + "\n")
     (run / "eval_test.json").write_text(json.dumps({"split": "test", "recall@1": 0.05, "rouge1": 0.3}))
     models = root / "models"
-    assert main(["export", str(run), str(models / "inspired")]) == 0
+    (root / "notes.md").write_text("Trained on a laptop, for a demo.\n")
+    assert main(["export", str(run), str(models / "inspired"), "--notes", str(root / "notes.md")]) == 0
     return run, models / "inspired"
 
 
@@ -36,7 +41,9 @@ def test_export_is_half_precision_with_vectors_and_a_card(exported):
     assert load_file(shipped / VECTORS_FILE)["vectors"].dtype == torch.float16
     card = (shipped / "MODEL_CARD.md").read_text()
     for needed in ("tiny-llama", "Dev curve", "| 1 | 3.200 | 10.0 | 30.0 | 60.0 |", "| recall@1 | 0.05 |",
-                   "Limitations", "git", "item_vectors.safetensors"):
+                   "Limitations", "git", "item_vectors.safetensors",
+                   "## About this model\n\nTrained on a laptop, for a demo.",
+                   "stopped early (max_train_minutes) at epoch 2, batch 7, after 10 minutes"):
         assert needed in card, needed
     assert json.loads((shipped / "pecrs_config.json").read_text())["export"]["source"].endswith("best")
 
@@ -97,3 +104,47 @@ def test_a_stray_folder_does_not_hide_the_shipped_model(exported, monkeypatch, t
     monkeypatch.chdir(tmp_path)
     (tmp_path / "inspired").mkdir()
     assert pretrained.checkpoint_dir("inspired") == shipped
+
+
+def _with_test_split(data):
+    """A test.jsonl beside the tiny run's catalog (toy item ids "0".."11")."""
+    turns = [{"role": "seeker", "text": "I want a funny movie"},
+             {"role": "recommender", "text": "Try [ITEM]", "items": ["3"]},
+             {"role": "seeker", "text": "Seen it, another?"},
+             {"role": "recommender", "text": "Then [ITEM]", "items": ["5"]}]
+    (data / "test.jsonl").write_text(json.dumps({"id": "d1", "turns": turns}) + "\n")
+    return data
+
+
+def test_evaluating_a_shipped_model_scores_its_shipped_vectors(exported, monkeypatch, tmp_path, capsys):
+    """`pecrs evaluate inspired` reads the vectors the model ships with (what serving uses) instead of
+    encoding the catalog; a catalog edited since, or other item fields, are encoded as usual."""
+    from pecrs.catalog import ItemStore
+    from pecrs.pretrained import load_pretrained
+    from pecrs.setup import prepare
+
+    run, shipped = exported
+    data = _with_test_split(Path(shutil.copytree(run.parent / "data", tmp_path / "data")))
+    monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
+    monkeypatch.chdir(tmp_path)
+    encoded = []
+    original = ItemStore.cache_base_states
+    monkeypatch.setattr(ItemStore, "cache_base_states", lambda self, *a, **k: encoded.append(1) or original(self, *a, **k))
+    assert main(["evaluate", "inspired", "--dataset", str(data), "--no-generate", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert encoded == [] and result["n_rec_samples"] == 2
+    # The store hands out exactly the shipped vectors.
+    model, config = load_pretrained(shipped)
+    setup = prepare(config, model=model, dataset=str(data), saved_vectors_from=shipped)
+    assert setup.store.mode == "saved" and encoded == []
+    assert torch.equal(setup.store.all_vectors(model), load_file(shipped / VECTORS_FILE)["vectors"].float())
+    # Other item fields (Table 6), or a catalog whose text changed: encoded, never the stale vectors.
+    assert main(["evaluate", "inspired", "--dataset", str(data), "--no-generate", "--json", "--device", "cpu",
+                 "--item-fields", "title"]) == 0
+    assert encoded == [1]
+    lines = (data / "items.jsonl").read_text().splitlines()
+    edited = json.loads(lines[0])
+    edited["title"] += " (director's cut)"
+    (data / "items.jsonl").write_text("\n".join([json.dumps(edited), *lines[1:]]) + "\n")
+    setup = prepare(config, model=model, dataset=str(data), saved_vectors_from=shipped)
+    assert setup.store.mode == "cached" and encoded == [1, 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from .common import DTYPE_HELP, positive_int
 
@@ -86,10 +87,18 @@ def add_serve_parser(subparsers) -> None:
 def _export(args) -> int:
     from ..export import export
 
-    dest = export(args.run_dir, args.destination, catalog=args.catalog, device=args.device)
+    notes = read_notes(args.notes) if args.notes else None
+    dest = export(args.run_dir, args.destination, catalog=args.catalog, device=args.device, notes=notes)
     sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
     print(json.dumps({"exported": str(dest), "bytes": sum(sizes.values()), "files": sizes}))
     return 0
+
+
+def read_notes(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"pecrs export: --notes {path}: {e}") from None
 
 
 def add_export_parser(subparsers) -> None:
@@ -101,4 +110,6 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("destination", help="folder to write (replaced if it exists)")
     p.add_argument("--catalog", help="items.jsonl to ship (default: the run's catalog)")
     p.add_argument("--device", help="where to encode the catalog (default: cuda when available)")
+    p.add_argument("--notes", help="a markdown file quoted in MODEL_CARD.md under 'About this model' "
+                                   "(how and why it was trained, what it is not)")
     p.set_defaults(func=_export)

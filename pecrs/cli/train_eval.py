@@ -47,16 +47,19 @@ def _evaluate(args) -> int:
     from ..backbone import default_device
 
     dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
-    setup = prepare(config, model=model, dataset=args.dataset, device=default_device(args.device))
+    setup = prepare(config, model=model, dataset=args.dataset, device=default_device(args.device),
+                    saved_vectors_from=None if getattr(args, "item_fields", None) else ckpt)
     if args.split not in setup.samples:
         raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
     samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]
     result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
+                      perplexity=not args.no_ppl,
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
                       progress=not args.json)
     result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
               "m_inference": inference.m_inference, "dtype": dtype, **result}
     out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
@@ -112,6 +115,8 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, help="default: the run's inference.batch_size")
     p.add_argument("--max-samples", type=positive_int, help="evaluate the first N samples only")
     p.add_argument("--no-generate", action="store_true", help="recommendation metrics and perplexity only")
+    p.add_argument("--no-ppl", action="store_true", help="no perplexity (with --no-generate: recall only, "
+                                                        "the fastest check of a model)")
     p.add_argument("--dataset", help="dataset folder (default: the one the run trained on)")
     p.add_argument("--item-fields", type=item_fields,
                    help="comma-separated item fields, e.g. title,genres (Table 6)")
@@ -151,12 +156,14 @@ def _evaluate_standardized(args) -> int:
     dataset = args.dataset or config.train.dataset
     collection = restrict(load_collection(dataset), args.max_samples)
     dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
-    setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device))
+    setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device),
+                    saved_vectors_from=None if getattr(args, "item_fields", None) else ckpt)
     result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
                             m_inference=inference.m_inference, batch_size=inference.batch_size,
                             chunk_size=inference.rerank_chunk_size,
                             progress=not args.json, log=lambda msg: print(msg, file=sys.stderr))
     out = Path(args.output) if args.output else _result_path(ckpt, "eval_standardized.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
                                "dtype": dtype, **result}, indent=2))
     _print_standardized(result, args.json)

@@ -25,6 +25,9 @@ IGNORED_SETTINGS = ("max_train_minutes", "checkpoint_every")
 # ...and, for a training run, the settings only evaluation reads.
 EVAL_ONLY_SETTINGS = ("test_split", "decoding", "eval_generate")
 
+# Train settings added after keys were first stored: left out of a key while at their default.
+SETTINGS_ADDED_LATER = {"targets_only": False}
+
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
 
@@ -94,6 +97,9 @@ def _normalized(config: RunConfig, drop: tuple[str, ...]) -> dict:
     d["train"]["dataset"] = dataset_fingerprint(config.train.dataset)
     for name in drop:
         d["train"].pop(name, None)
+    for name, default in SETTINGS_ADDED_LATER.items():   # keys made before a setting existed stay valid
+        if d["train"].get(name) == default:
+            d["train"].pop(name, None)
     return d
 
 

@@ -545,8 +545,9 @@ def stages(run: Run) -> int:
     export = os.environ.get("EXPORT_SUBCOMMAND", "export")    # another name: the tests' way to the fallback
     help_code, _ = run.call("export-help", [py, "-m", "pecrs.cli", export, "--help"], 30)
     if help_code == 0:
-        code, _ = run.call("export", [py, "-m", "pecrs.cli", export, str(runs / name), str(out / "shipped")],
-                           run.left() - budget["end_reserve_s"])
+        notes = Path(__file__).with_name("model_notes.md")   # the card's "About this model"
+        code, _ = run.call("export", [py, "-m", "pecrs.cli", export, str(runs / name), str(out / "shipped"),
+                                      "--notes", str(notes)], run.left() - budget["end_reserve_s"])
         status = "ok" if code == 0 else "failed" if code is not None else "timed out"
         message = None if code == 0 else "pecrs export failed (see run.log)"
     else:
