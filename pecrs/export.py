@@ -90,7 +90,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
     lines += ["", "## Test metrics", ""]
     if test:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {test[k]} |" for k in CARD_METRICS if k in test]
+        lines += [f"| {k} | {test[k]} |" for k in CARD_METRICS if test.get(k) is not None]   # unmeasured: left out
         lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({test.get('n_rec_samples', '?')} "
                      f"samples with a target, decoding `{test.get('decoding', '?')}`).")
     else:
