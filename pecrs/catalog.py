@@ -96,6 +96,21 @@ class ItemStore:
         return torch.cat(out)
 
     @torch.no_grad()
+    def base_pooled_states(self, model, batch_size: int = 64) -> torch.Tensor:
+        """Every item's pooled frozen-base state w^T I_j [N, d] float32 (LoRA off, whatever the
+        mode): what `model.item_standardize` fits its statistics on before training."""
+        out = []
+        for start in range(0, len(self), batch_size):
+            mask = self.attention_mask[start:start + batch_size]
+            if self.states is not None:
+                states = self.states[start:start + batch_size]
+            else:
+                states = model.item_token_states(self.input_ids[start:start + batch_size], mask, adapted=False,
+                                                 batch_size=batch_size)
+            out.append(model.item_encoder.pool(states.to(model.device), mask.to(model.device)).float())
+        return torch.cat(out) if out else torch.zeros(0, model.hidden_size)
+
+    @torch.no_grad()
     def all_vectors(self, model, batch_size: int = 256) -> torch.Tensor:
         """Every item's vector, for inference: computed once per catalog and checkpoint."""
         out = []

@@ -51,6 +51,9 @@ class ModelConfig(Section):
     item_encoding: str = "cached"
     item_pooling: bool = True      # Table 5 "w/o item pooling": use the last token state instead
     item_head: bool = True         # Table 5 "w/o item head": no h_item MLP
+    # Beyond the paper: pooled item states centred and scaled per dimension by the training
+    # catalog's statistics (fixed at the start of training, pecrs.heads.ItemEncoder) before h_item.
+    item_standardize: bool = False
     recall_temperature: float = 0.1  # scores are -angular_distance / temperature
     context_max_tokens: int = 256
     response_max_tokens: int = 64

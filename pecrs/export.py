@@ -69,6 +69,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"{' (reference batch ' + str(t['lr_reference_batch']) + ')' if t.get('lr_reference_batch') else ''}, "
              f"M_train {t['m_train']}, loss weights alpha/beta/gamma {t['alpha']}/{t['beta']}/{t['gamma']} "
              f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`"
+             f"{' (pooled states standardized)' if m.get('item_standardize') else ''}"
              f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}",
              f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`",
              f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "

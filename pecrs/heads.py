@@ -54,21 +54,53 @@ class ItemHead(nn.Module):
 class ItemEncoder(nn.Module):
     """Eq. 1: v_j = h_item(w^T I_j), with w a learned weight per token position.
     pooling=False (Table 5 "w/o item pooling") takes the last item token's state instead;
-    head=False leaves out h_item."""
+    head=False leaves out h_item.
 
-    def __init__(self, d: int, max_tokens: int, pooling: bool = True, head: bool = True):
+    standardize=True (beyond the paper, `model.item_standardize`) centres and scales the pooled
+    state per dimension, (w^T I_j - mu) / sigma, with mu and sigma statistics of the training
+    catalog fixed before training (`fit_standardization`) and saved with the heads. An affine map
+    in front of h_item, so the model can express nothing new; what it changes is how fast h_item
+    learns. LM states are anisotropic: SmolLM2's mean-pooled item states share a mean vector of
+    norm 30 (the states' norm is 32.5, two outlier dimensions), so all items start ~0.9
+    cosine-similar and one pass of recall training at lr 1e-4 does not pull them apart
+    (docs/results.md, "Why recall barely learned")."""
+
+    def __init__(self, d: int, max_tokens: int, pooling: bool = True, head: bool = True,
+                 standardize: bool = False):
         super().__init__()
         self.pooling = pooling
         self.pool_weights = nn.Parameter(torch.ones(max_tokens))  # ones: starts as mean pooling
         self.head = ItemHead(d) if head else nn.Identity()
+        self.standardize = standardize
+        if standardize:  # identity until fit_standardization; saved in heads.safetensors
+            self.register_buffer("pooled_mean", torch.zeros(d))
+            self.register_buffer("pooled_scale", torch.ones(d))
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """states [N, L, d] (LM token states of item texts), mask [N, L] -> item vectors [N, d]."""
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """w^T I_j: states [N, L, d], mask [N, L] -> pooled states [N, d] (before standardizing)."""
         states = states.to(self.pool_weights.dtype)
         if self.pooling:
             w = self.pool_weights[: states.shape[1]] * mask
-            pooled = torch.einsum("nl,nld->nd", w, states) / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        else:  # the state of the last item token
-            last = mask.long().sum(-1).clamp_min(1) - 1
-            pooled = states[torch.arange(states.shape[0], device=states.device), last]
+            return torch.einsum("nl,nld->nd", w, states) / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        last = mask.long().sum(-1).clamp_min(1) - 1  # the state of the last item token
+        return states[torch.arange(states.shape[0], device=states.device), last]
+
+    @torch.no_grad()
+    def fit_standardization(self, pooled: torch.Tensor) -> None:
+        """mu and sigma from the pooled states [N, d] of a catalog (sigma floored at 1e-3 of its
+        largest value, and at 1e-6, so a constant dimension is not blown up)."""
+        if not self.standardize:
+            raise ValueError("this item encoder was built without standardize")
+        if pooled.shape[0] < 2:
+            raise ValueError(f"item standardization needs a catalog of at least 2 items, not {pooled.shape[0]}")
+        pooled = pooled.float()
+        scale = pooled.std(0)
+        self.pooled_mean.copy_(pooled.mean(0))
+        self.pooled_scale.copy_(scale.clamp_min(max(1e-3 * float(scale.max()), 1e-6)))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """states [N, L, d] (LM token states of item texts), mask [N, L] -> item vectors [N, d]."""
+        pooled = self.pool(states, mask)
+        if self.standardize:
+            pooled = (pooled - self.pooled_mean) / self.pooled_scale
         return self.head(pooled)

@@ -37,7 +37,8 @@ class PECRS(nn.Module):
         self.config = config
         d = self.causal_lm.config.hidden_size
         self.hidden_size = d
-        self.item_encoder = ItemEncoder(d, config.item_max_tokens, config.item_pooling, config.item_head)
+        self.item_encoder = ItemEncoder(d, config.item_max_tokens, config.item_pooling, config.item_head,
+                                        config.item_standardize)
         self.f = two_layer_mlp(d, d)   # projection head shared by recall query and rerank (§3.3)
         self.g = two_layer_mlp(d, 1)   # rerank score
         self.rec_end_id = tokenizer.convert_tokens_to_ids("[REC_END]")

@@ -99,6 +99,12 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     store.to(device)
     mode = resolve_step_mode(t.step_mode, device, static)
 
+    # Before any step and before the model is wrapped; a resumed run reads them back from last/.
+    if config.model.item_standardize and not (out / "last" / STATE_FILE).is_file():
+        say("fitting the item standardization on the catalog's pooled states", show)
+        with accelerator.autocast():  # bfloat16 frozen weights run under autocast
+            model.item_encoder.fit_standardization(store.base_pooled_states(model))
+
     params = [p for p in model.parameters() if p.requires_grad]
     effective_batch = rows_per_step * t.grad_accum
     lr = scaled_lr(t, effective_batch)

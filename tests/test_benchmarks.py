@@ -1,6 +1,7 @@
 """The benchmark scripts still run and print what docs/performance.md reads from them (tiny
 backbones, a couple of repeats: a check against bit-rot, not a measurement)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -140,3 +141,22 @@ def test_gpu_probe_choice_and_budget_rules(monkeypatch):
     with probe.alarm(5):
         pass
     assert not probe.ALARM["fired"]
+
+
+def test_recall_probe_trains_both_variants(shared_datasets, tmp_path, run_benchmark):
+    result = run_benchmark("recall_probe", "--backbone", "tiny-llama", "--max-train", "40", "--passes", "1", "2",
+                           "--features", str(tmp_path / "features.pt"), tmp_path=tmp_path)
+    assert result["train_samples"] == 40 and result["dev_samples"] > 100
+    runs = {(r["passes"], r["standardize"]): r for r in result["runs"]}
+    assert set(runs) == {(1, False), (1, True), (2, False), (2, True)}
+    assert runs[(1, True)]["updates"] == 10 and runs[(2, False)]["updates"] == 20
+    assert runs[(1, True)]["chance_loss"] == pytest.approx(math.log(601), abs=1e-3)
+    for r in result["runs"]:
+        assert 0 <= r["dev_recall@1"] <= r["dev_recall@10"] <= r["dev_recall@50"] <= r["dev_recall@700"] <= 100
+    # Standardizing decorrelates the items from the very start (a shared mean is what it removes).
+    assert runs[(1, True)]["item_cosine_mean"] < runs[(1, False)]["item_cosine_mean"]
+    assert (tmp_path / "features.pt").is_file()
+    # The cached features are reused only for the same backbone, slice and dataset.
+    again = run_benchmark("recall_probe", "--backbone", "tiny-llama", "--max-train", "20", "--passes", "1",
+                          "--features", str(tmp_path / "features.pt"), tmp_path=tmp_path)
+    assert again["train_samples"] == 20

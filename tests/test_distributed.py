@@ -128,6 +128,7 @@ def tiny_config(dataset: Path, batch_size: int) -> RunConfig:
     m, t = cfg.model, cfg.train
     m.backbone, m.item_max_tokens, m.context_max_tokens, m.response_max_tokens = "tiny-llama", 16, 64, 16
     m.lora_dropout = 0.0            # dropout masks would differ between the two layouts
+    m.item_standardize = True       # fitted before the model is wrapped, identical in every process
     t.dataset, t.epochs, t.batch_size, t.lr = str(dataset), 1, batch_size, 1e-3
     t.warmup_epochs = 0             # a warm-up would make the first update's learning rate 0
     t.max_train_samples = 9         # batches of 4, 4 and 1 rows: the last leaves one process without rows
@@ -253,6 +254,7 @@ def test_checkpoint_written_by_rank_0_loads(runs):
     single, ranks, single_out, ddp_out = runs
     model, config = load_pretrained(ddp_out / "last")
     assert config.train.batch_size == PER_PROCESS
+    assert model.item_encoder.standardize and float(model.item_encoder.pooled_mean.abs().sum()) > 0
     trained = [p for p in model.parameters() if p.requires_grad]
     final = ranks[0]["steps"][-1]["weights"]
     assert len(trained) == len(final)

@@ -25,8 +25,8 @@ IGNORED_SETTINGS = ("max_train_minutes", "checkpoint_every")
 # ...and, for a training run, the settings only evaluation reads.
 EVAL_ONLY_SETTINGS = ("test_split", "decoding", "eval_generate")
 
-# Train settings added after keys were first stored: left out of a key while at their default.
-SETTINGS_ADDED_LATER = {"targets_only": False}
+# Settings added after keys were first stored ("section.name"): left out of a key while at their default.
+SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": False}
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
@@ -97,9 +97,10 @@ def _normalized(config: RunConfig, drop: tuple[str, ...]) -> dict:
     d["train"]["dataset"] = dataset_fingerprint(config.train.dataset)
     for name in drop:
         d["train"].pop(name, None)
-    for name, default in SETTINGS_ADDED_LATER.items():   # keys made before a setting existed stay valid
-        if d["train"].get(name) == default:
-            d["train"].pop(name, None)
+    for dotted, default in SETTINGS_ADDED_LATER.items():   # keys made before a setting existed stay valid
+        section, _, name = dotted.partition(".")
+        if d[section].get(name) == default:
+            d[section].pop(name, None)
     return d
 
 
