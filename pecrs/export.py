@@ -75,14 +75,16 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "
              f"`{export_info.get('git_revision', '?')}` on {export_info.get('hardware', '?')} (torch {export_info.get('torch', '?')})",
              "", "## Dev curve", ""]
-    epochs = [r for r in curve if "epoch" in r and "stopped" not in r]
+    # Epoch ends, and the dev evaluation of a run stopped by its deadline mid-epoch.
+    epochs = [r for r in curve if "epoch" in r and ("stopped" not in r or "dev_recall@1" in r)]
     if epochs:
         lines += ["| epoch | train loss | dev R@1 | dev R@10 | dev R@50 |", "|---|---|---|---|---|"]
         for r in epochs:
-            lines.append(f"| {r['epoch']} | {r.get('train_loss', float('nan')):.3f} | {_pct(r.get('dev_recall@1'))} | "
+            label = f"{r['epoch']} (stopped at batch {r.get('batch')})" if "stopped" in r else f"{r['epoch']}"
+            lines.append(f"| {label} | {r.get('train_loss', float('nan')):.3f} | {_pct(r.get('dev_recall@1'))} | "
                          f"{_pct(r.get('dev_recall@10'))} | {_pct(r.get('dev_recall@50'))} |")
     else:
-        lines.append("No metrics.jsonl was found beside the checkpoint.")
+        lines.append("No dev evaluation was found in metrics.jsonl beside the checkpoint.")
     stops = [r for r in curve if "stopped" in r]
     if stops:
         stop = stops[-1]
@@ -91,7 +93,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
     lines += ["", "## Test metrics", ""]
     if test:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {test[k]} |" for k in CARD_METRICS if test.get(k) is not None]   # unmeasured: left out
+        lines += [f"| {k} | {_metric(k, test[k])} |" for k in CARD_METRICS if test.get(k) is not None]  # unmeasured: left out
         lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({test.get('n_rec_samples', '?')} "
                      f"samples with a target, decoding `{test.get('decoding', '?')}`).")
     else:
@@ -116,6 +118,14 @@ def hardware() -> str:
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _metric(name: str, value) -> str:
+    """Recall (a share of samples) in percent, as the paper's tables print it; other metrics as
+    `pecrs evaluate` reports them, to four significant digits."""
+    if "recall" in name:
+        return f"{_pct(value)}%"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -24,7 +24,8 @@ def exported(tmp_path_factory):
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 3.2, "dev_recall@1": 0.1,
                                                    "dev_recall@10": 0.3, "dev_recall@50": 0.6}) + "\n"
                                        + json.dumps({"stopped": "max_train_minutes", "epoch": 2, "batch": 7,
-                                                     "seconds": 600.0}) + "\n")
+                                                     "seconds": 600.0, "train_loss": 2.5, "dev_recall@1": 0.2,
+                                                     "dev_recall@10": 0.4, "dev_recall@50": 0.7}) + "\n")
     (run / "eval_test.json").write_text(json.dumps({"split": "test", "recall@1": 0.05, "rouge1": 0.3}))
     models = root / "models"
     (root / "notes.md").write_text("Trained on a laptop, for a demo.\n")
@@ -40,7 +41,8 @@ def test_export_is_half_precision_with_vectors_and_a_card(exported):
     assert adapter and all(v.dtype == torch.float16 for v in adapter.values())
     assert load_file(shipped / VECTORS_FILE)["vectors"].dtype == torch.float16
     card = (shipped / "MODEL_CARD.md").read_text()
-    for needed in ("tiny-llama", "Dev curve", "| 1 | 3.200 | 10.0 | 30.0 | 60.0 |", "| recall@1 | 0.05 |",
+    for needed in ("tiny-llama", "Dev curve", "| 1 | 3.200 | 10.0 | 30.0 | 60.0 |", "| 2 (stopped at batch 7) | 2.500 | 20.0 | 40.0 | 70.0 |",
+                   "| recall@1 | 5.0% |", "| rouge1 | 0.3 |",
                    "Limitations", "git", "item_vectors.safetensors",
                    "## About this model\n\nTrained on a laptop, for a demo.",
                    "stopped early (max_train_minutes) at epoch 2, batch 7, after 10 minutes"):
