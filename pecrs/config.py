@@ -76,6 +76,11 @@ class TrainConfig(Section):
     warmup_epochs: float = 1.0
     warmup_steps: int | None = None         # set: warm-up in optimiser updates (overrides warmup_epochs)
     weight_decay: float = 0.0
+    # Beyond the paper: the four special-token rows ([ITEM], [SEP], [REC], [REC_END]) learn at
+    # lr x this. They start at the mean embedding; at a LoRA learning rate [ITEM] stays unlikely
+    # (p ~ 2e-5 where a reply names a movie, after 446 updates at 1e-4) and the model writes
+    # years in its place (docs/results.md, "Why the replies were numbers").
+    special_token_lr_scale: float = 1.0
     alpha: float = 0.15                     # recall loss weight
     beta: float = 0.85                      # rerank loss weight
     gamma: float = 1.0                      # generation loss weight
@@ -259,7 +264,7 @@ _BOUNDS: dict[str, str] = {
     "train.max_train_samples": ">= 0", "train.max_eval_samples": ">= 0",
     "train.epochs": ">= 1", "train.batch_size": ">= 1", "train.grad_accum": ">= 1",
     "train.lr": "> 0", "train.lr_reference_batch": ">= 1", "train.warmup_epochs": ">= 0",
-    "train.warmup_steps": ">= 0", "train.weight_decay": ">= 0",
+    "train.warmup_steps": ">= 0", "train.weight_decay": ">= 0", "train.special_token_lr_scale": "> 0",
     "train.alpha": ">= 0", "train.beta": ">= 0", "train.gamma": ">= 0",
     "train.m_train": ">= 1", "train.recall_pool": ">= 1", "train.rerank_temperature": "> 0",
     "train.label_smoothing": ">= 0, < 1",

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .attention import SELF_ONLY_KWARG, use_candidate_attention
 from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache, output_cache
 from .config import InferenceConfig, ModelConfig
-from .data import REC, REC_END, SEP
+from .data import ITEM, REC, REC_END, SEP
 from .heads import ItemEncoder, recall_logits, two_layer_mlp
 from .tokens import NO_ITEM, Batch
 
@@ -367,13 +367,20 @@ class PECRS(nn.Module):
     def generate(self, context_ids, context_items, context_len, item_vectors, recommended,
                  prompt_ids: list[int], strategy="top_k", max_new_tokens: int = 64,
                  seed: int | None = None) -> list[list[int]]:
-        """Generate responses with the recommended item injected (§3.6). Returns new token ids."""
+        """Generate responses with the recommended item injected (§3.6). Returns new token ids.
+
+        A reply holds at most as many [ITEM] slots as items were injected (one, as in the paper;
+        beyond the paper): every slot is filled with an injected item's title, so a further one
+        can only repeat a title, and a barely trained model otherwise repeats "[ITEM] [ITEM] ..."
+        (docs/results.md, "Why the replies were numbers")."""
         from .decoding import generate
 
         embeds, attn = self.generation_inputs(context_ids, context_items, context_len, item_vectors,
                                               recommended, prompt_ids)
+        slots = recommended.view(len(context_ids), -1).shape[1]
         return generate(self.causal_lm, embeds, attn, strategy, max_new_tokens=max_new_tokens,
-                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.end_of_turn_ids, seed=seed)
+                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.end_of_turn_ids, seed=seed,
+                        token_budget={self.tokenizer.convert_tokens_to_ids(ITEM): slots})
 
     def decode_reply(self, ids: list[int]) -> str:
         """A generated reply as text: special tokens other than [ITEM] removed, whitespace collapsed.

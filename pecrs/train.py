@@ -48,6 +48,19 @@ def training_step_losses(model: PECRS, store: ItemStore, batch, config: RunConfi
     return step_losses(model, store, inputs.to(model.device), config.train)
 
 
+def parameter_groups(model: PECRS, lr: float, special_token_lr_scale: float = 1.0) -> list[dict]:
+    """The optimiser's parameter groups: the special-token rows (peft's trainable-token delta) at
+    lr x special_token_lr_scale, every other trainable parameter (LoRA, heads) at lr. The
+    scheduler scales both groups alike, so the ratio holds through warm-up and decay. A scale of
+    1 keeps one group, so that runs saved before the setting existed resume as they were."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    special = [p for name, p in trainable if "trainable_tokens_delta" in name]
+    rest = [p for name, p in trainable if "trainable_tokens_delta" not in name]
+    if special_token_lr_scale == 1.0 or not special:
+        return [{"params": [p for _, p in trainable], "lr": lr}]
+    return [{"params": rest, "lr": lr}, {"params": special, "lr": lr * special_token_lr_scale}]
+
+
 def total_loss(losses: dict, config: RunConfig) -> torch.Tensor:
     """Eq. 7: α·recall + β·rerank + γ·generation."""
     t = config.train
@@ -110,7 +123,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     lr = scaled_lr(t, effective_batch)
     # Fused AdamW on GPUs: one kernel for all parameters instead of several per tensor (a PECRS
     # step on a small backbone is dominated by kernel launches, docs/results.md).
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, fused=cuda)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, t.special_token_lr_scale), lr=lr,
+                                  weight_decay=t.weight_decay, fused=cuda)
     # A compiled step with static shapes skips the short last batch of each epoch (see below).
     drop_short = static and mode != "eager"
     batches_per_epoch = len(encoded) // rows_per_step if drop_short and len(encoded) > rows_per_step \

@@ -160,3 +160,24 @@ def test_recall_probe_trains_both_variants(shared_datasets, tmp_path, run_benchm
     again = run_benchmark("recall_probe", "--backbone", "tiny-llama", "--max-train", "20", "--passes", "1",
                           "--features", str(tmp_path / "features.pt"), tmp_path=tmp_path)
     assert again["train_samples"] == 20
+
+
+def test_item_token_probe_measures_and_trains_the_rows(shared_datasets, tmp_path, run_benchmark):
+    from pecrs.config import RunConfig
+    from pecrs.pretrained import build_model, save_pretrained
+
+    cfg = RunConfig()
+    cfg.model.backbone, cfg.model.item_max_tokens = "tiny-llama", 16
+    cfg.train.dataset = str(shared_datasets / "inspired")
+    save_pretrained(build_model(cfg, seed=0), cfg, tmp_path / "ckpt")
+    result = run_benchmark("item_token_probe", str(tmp_path / "ckpt"), "--samples", "6", "--train-steps", "4",
+                           "--every", "2", "--lr", "0.05", tmp_path=tmp_path)
+    assert result["turns"] == 6
+    before = result["model"]
+    assert before["positions"] >= 6 and 0 < before["mean_p_item"] < 1
+    # At init the adapter is zero and the rows are the base ones: the model is the base LM.
+    assert before["mean_p_item"] == pytest.approx(result["base_lm"]["mean_p_item"], rel=1e-4)
+    curve = result["rows_only"]["curve"]
+    assert [c["updates"] for c in curve] == [2, 4]
+    # Training the [ITEM] row on replies that name items makes [ITEM] more likely there.
+    assert curve[-1]["mean_p_item"] > 2 * before["mean_p_item"]

@@ -344,3 +344,36 @@ def test_peft_wrapped_model(gpt2):
 def test_module_exports():
     for name in decoding.__all__:
         assert hasattr(decoding, name)
+
+
+def test_token_budget_by_hand():
+    from pecrs.decoding.generation import TokenBudget
+
+    generated = torch.tensor([[5, 7, 7], [5, 6, 8], [7, 9, 9]])
+    scores = torch.zeros(3, 10)
+    out = TokenBudget(7, 2)(generated, scores.clone())
+    assert out[0, 7] == float("-inf") and out[1, 7] == 0 and out[2, 7] == 0   # only row 0 spent its two
+    assert torch.equal(out[:, :7], scores[:, :7]) and torch.equal(out[:, 8:], scores[:, 8:])
+
+
+def _favouring(model, token):
+    """The model, its LM head biased so that every step's best token is `token` (a barely trained
+    PECRS repeating "[ITEM] [ITEM] ...")."""
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        if head.bias is None:
+            head.bias = torch.nn.Parameter(torch.zeros(VOCAB))
+        head.bias.zero_()
+        head.bias[token] = 1e4
+    return model
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "top_k", "diverse_beam"])
+def test_token_budget_caps_a_repeated_token(strategy):
+    model = _favouring(_llama(), 7)
+    emb, mask = _inputs()
+    plain = generate(model, emb, mask, strategy, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=EOS, seed=0)
+    assert all(row.count(7) == NEW for row in plain)
+    capped = generate(model, emb, mask, strategy, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=EOS, seed=0,
+                      token_budget={7: 1})
+    assert all(row.count(7) == 1 and row[0] == 7 for row in capped)

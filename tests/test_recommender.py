@@ -114,6 +114,24 @@ def test_served_and_evaluated_replies_end_by_the_same_rule(rec, monkeypatch):
     assert served.raw_text == evaluated[0]
 
 
+def test_a_reply_has_no_more_item_slots_than_items_injected(rec, monkeypatch):
+    """PECRS.generate caps [ITEM] at the number of injected items, served and evaluated alike."""
+    import pecrs.decoding as decoding
+
+    budgets = []
+    real = decoding.generate
+
+    def spy(*args, **kwargs):
+        budgets.append(kwargs["token_budget"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "generate", spy)
+    item = rec.model.tokenizer.convert_tokens_to_ids("[ITEM]")
+    assert rec.respond(TURNS, decoding="greedy").raw_text.count("[ITEM]") <= 1
+    assert rec.respond(TURNS, decoding="greedy", k_items=3).raw_text.count("[ITEM]") <= 3
+    assert budgets == [{item: 1}, {item: 3}]
+
+
 def test_several_items_per_turn(rec):
     items = [rec.items["1"], rec.items["2"]]
     r = Recommender._fill("Try [ITEM] or [ITEM], and [ITEM] again.", items)

@@ -128,7 +128,7 @@ def _greedy_scores(out, eos: list[int], length_penalty: float) -> torch.Tensor:
     return total / length.clamp(min=1) ** length_penalty
 
 
-def _run_groups(model, inputs_embeds, attention_mask, kwargs, max_new_tokens, pad, eos):
+def _run_groups(model, inputs_embeds, attention_mask, kwargs, max_new_tokens, pad, eos, processors=()):
     """Run the groups one after another; returns [(sequences [B, T_g] list, scores [B], recorder)]."""
     kwargs = dict(kwargs)
     groups = int(kwargs.pop("num_beam_groups"))
@@ -149,7 +149,7 @@ def _run_groups(model, inputs_embeds, attention_mask, kwargs, max_new_tokens, pa
         out = model.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
             pad_token_id=pad, eos_token_id=eos or None, num_beams=group_size, do_sample=False,
-            num_return_sequences=1, logits_processor=LogitsProcessorList([processor]),
+            num_return_sequences=1, logits_processor=LogitsProcessorList([processor, *processors]),
             stopping_criteria=StoppingCriteriaList([recorder]), return_dict_in_generate=True,
             output_scores=True, output_logits=group_size == 1, **kwargs,
         )
@@ -183,14 +183,15 @@ def diverse_beam_groups(model, inputs_embeds: torch.Tensor, attention_mask: torc
                         num_beams: int = BEAM_WIDTH, num_beam_groups: int = NUM_BEAM_GROUPS,
                         diversity_penalty: float = 1.0, max_new_tokens: int = 64,
                         pad_token_id: int | None = None, eos_token_id=None, per_row: bool = True,
-                        **generate_kwargs) -> list[list[tuple[list[int], float]]]:
+                        processors=(), **generate_kwargs) -> list[list[tuple[list[int], float]]]:
     """Every group's best beam: ``result[row][group] = (token ids, score)`` (ids cut at EOS, EOS and
-    padding removed; score = the group's ``sequences_scores``, diversity penalties included)."""
+    padding removed; score = the group's ``sequences_scores``, diversity penalties included).
+    ``processors``: more logits processors, applied after the diversity penalty in every group."""
     kwargs = _diverse_kwargs(num_beams, num_beam_groups, diversity_penalty, generate_kwargs)
     pad, eos = special_ids(model, pad_token_id, eos_token_id)
     result = []
     for emb, mask in _rows(inputs_embeds, attention_mask, per_row):
-        groups = _run_groups(model, emb, mask, kwargs, max_new_tokens, pad, eos)
+        groups = _run_groups(model, emb, mask, kwargs, max_new_tokens, pad, eos, processors)
         for i in range(emb.shape[0]):
             result.append([(strip_special([seqs[i]], pad, eos)[0], float(scores[i])) for seqs, scores, _ in groups])
     return result

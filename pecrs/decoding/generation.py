@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .diverse import diverse_beam_search
 from .outputs import new_tokens, special_ids, strip_special
@@ -34,16 +35,35 @@ def _seeded(seed: int | None, device: torch.device):
         yield
 
 
+class TokenBudget(LogitsProcessor):
+    """Bans `token_id` from a row once the row has generated it `limit` times (one comparison
+    and one masked write per step for the whole batch, beams included: no loop over rows).
+    transformers passes processors the tokens generated so far (none of the prompt when
+    generating from embeddings), so the count is of the reply's own tokens."""
+
+    def __init__(self, token_id: int, limit: int):
+        self.token_id, self.limit = int(token_id), int(limit)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        spent = (input_ids == self.token_id).sum(1) >= self.limit
+        column = scores[:, self.token_id]
+        scores[:, self.token_id] = torch.where(spent, torch.full_like(column, float("-inf")), column)
+        return scores
+
+
 @torch.no_grad()
 def generate(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, strategy: str | dict = "top_k",
              max_new_tokens: int = 64, pad_token_id: int | None = None, eos_token_id=None,
-             seed: int | None = None) -> list[list[int]]:
+             seed: int | None = None, token_budget: dict[int, int] | None = None) -> list[list[int]]:
     """Decode responses from LEFT-padded ``inputs_embeds`` [B, L, d] with a 2-D ``attention_mask`` [B, L].
 
     ``model`` is a Hugging Face causal LM (or a peft model wrapping one). ``strategy`` is a preset name, an
     alias, or a dict of ``generate`` kwargs (see :data:`PRESETS`). ``pad_token_id``/``eos_token_id`` default
     to the model's generation config. ``seed`` seeds torch's RNGs for this call only (the global RNG state
     is restored afterwards), which makes the sampling strategies reproducible.
+
+    ``token_budget`` {token id: n} lets a row generate each listed token at most n times (PECRS: no
+    more [ITEM] slots than items injected, `PECRS.generate`).
 
     Returns the new token ids of each row, cut at the first EOS, with EOS and padding removed.
     """
@@ -53,13 +73,16 @@ def generate(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, s
         raise ValueError("inputs must be LEFT-padded (attention_mask[:, -1] must be 1 for every row)")
     kwargs = resolve(strategy)
     pad, eos = special_ids(model, pad_token_id, eos_token_id)
+    processors = [TokenBudget(token, limit) for token, limit in (token_budget or {}).items()]
     with _seeded(seed, inputs_embeds.device):
         if (kwargs.get("num_beam_groups") or 1) > 1:
             kwargs.setdefault("diversity_penalty", 0.0)
             return diverse_beam_search(model, inputs_embeds, attention_mask, max_new_tokens=max_new_tokens,
-                                       pad_token_id=pad, eos_token_id=eos, **kwargs)
+                                       pad_token_id=pad, eos_token_id=eos, processors=processors, **kwargs)
         kwargs.pop("num_beam_groups", None)
         kwargs.pop("diversity_penalty", None)
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         out = model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                              max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None,
                              num_return_sequences=1, **kwargs)

@@ -26,7 +26,8 @@ IGNORED_SETTINGS = ("max_train_minutes", "checkpoint_every")
 EVAL_ONLY_SETTINGS = ("test_split", "decoding", "eval_generate")
 
 # Settings added after keys were first stored ("section.name"): left out of a key while at their default.
-SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": False}
+SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": False,
+                        "train.special_token_lr_scale": 1.0}
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
