@@ -368,11 +368,7 @@ class PECRS(nn.Module):
                  prompt_ids: list[int], strategy="top_k", max_new_tokens: int = 64,
                  seed: int | None = None) -> list[list[int]]:
         """Generate responses with the recommended item injected (§3.6). Returns new token ids.
-
-        A reply holds at most as many [ITEM] slots as items were injected (one, as in the paper;
-        beyond the paper): every slot is filled with an injected item's title, so a further one
-        can only repeat a title, and a barely trained model otherwise repeats "[ITEM] [ITEM] ..."
-        (docs/results.md, "Why the replies were numbers")."""
+        At most one [ITEM] slot per injected item: a further one could only repeat a title (README)."""
         from .decoding import generate
 
         embeds, attn = self.generation_inputs(context_ids, context_items, context_len, item_vectors,
