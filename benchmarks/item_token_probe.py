@@ -25,11 +25,19 @@ import _common as C
 import torch
 
 
-def item_positions(model, store, encoded, item_id: int, batch_size: int = 8) -> dict:
-    """p([ITEM]) at the reference [ITEM] positions of `encoded`, its rank, the argmax tokens."""
+def generation_losses(model, store, encoded) -> dict:
+    """The teacher-forced generation losses of `encoded` (no items scored), as `training_losses` gives them."""
     from pecrs.catalog import vector_slots
     from pecrs.tokens import collate
 
+    batch = collate(encoded, model.tokenizer.pad_token_id, model.rec_end_id)
+    items, row = vector_slots(len(store), batch.target, batch.context_items, batch.gen_items)
+    empty = torch.zeros(len(batch.target), 0, dtype=torch.long)
+    return batch, model.training_losses(batch, store.vectors(model, items), row, empty, empty, score_items=False)
+
+
+def item_positions(model, store, encoded, item_id: int, batch_size: int = 8) -> dict:
+    """p([ITEM]) at the reference [ITEM] positions of `encoded`, its rank, the argmax tokens."""
     captured = {}
     hook = model.causal_lm.get_output_embeddings().register_forward_hook(
         lambda module, inputs, output: captured.__setitem__("logits", output))
@@ -37,10 +45,7 @@ def item_positions(model, store, encoded, item_id: int, batch_size: int = 8) -> 
     try:
         with torch.no_grad():
             for start in range(0, len(encoded), batch_size):
-                batch = collate(encoded[start:start + batch_size], model.tokenizer.pad_token_id, model.rec_end_id)
-                items, row = vector_slots(len(store), batch.target, batch.context_items, batch.gen_items)
-                empty = torch.zeros(len(batch.target), 0, dtype=torch.long)
-                model.training_losses(batch, store.vectors(model, items), row, empty, empty, score_items=False)
+                batch, _ = generation_losses(model, store, encoded[start:start + batch_size])
                 p = captured["logits"].float().softmax(-1)[batch.gen_labels == item_id]   # [n, V]
                 probs.append(p[:, item_id])
                 ranks.append((p > p[:, item_id:item_id + 1]).sum(-1))
@@ -58,9 +63,6 @@ def item_positions(model, store, encoded, item_id: int, batch_size: int = 8) -> 
 
 def train_rows(model, store, train, test, item_id: int, args) -> list[dict]:
     """Train the special-token rows alone on the generation loss; measure every args.every updates."""
-    from pecrs.catalog import vector_slots
-    from pecrs.tokens import collate
-
     rows = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -71,10 +73,7 @@ def train_rows(model, store, train, test, item_id: int, args) -> list[dict]:
     curve, started = [], time.perf_counter()
     for step in range(1, args.train_steps + 1):
         chunk = [train[(4 * (step - 1) + i) % len(train)] for i in range(4)]
-        batch = collate(chunk, model.tokenizer.pad_token_id, model.rec_end_id)
-        items, row = vector_slots(len(store), batch.target, batch.context_items, batch.gen_items)
-        empty = torch.zeros(len(batch.target), 0, dtype=torch.long)
-        loss = model.training_losses(batch, store.vectors(model, items), row, empty, empty, score_items=False)["gen"]
+        loss = generation_losses(model, store, chunk)[1]["gen"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
