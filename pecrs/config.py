@@ -110,6 +110,7 @@ class InferenceConfig(Section):
     (dtype is read by `pecrs evaluate` and serving; training and the experiments keep their own.)"""
     m_inference: int = 700                  # candidates retrieved by recall, then re-ranked (§3.6, §4.1)
     decoding: str = "top_k"                 # response decoding: a preset of pecrs.decoding
+    no_repeat_ngram: int = 0                # n > 0: no n-gram of n tokens twice in a reply (0: as the paper)
     batch_size: int = 8                     # dialogue contexts per evaluation batch
     rerank_chunk_size: int = 1024           # candidates re-ranked per pass (bounds activation memory)
     dtype: str = "auto"                     # LM precision: "auto" (bf16 where native), "float32", "bfloat16"
@@ -272,6 +273,7 @@ _BOUNDS: dict[str, str] = {
     "train.eval_every_epochs": ">= 1",
     "train.checkpoint_every": ">= 0", "train.max_train_minutes": "> 0",
     "inference.m_inference": ">= 1", "inference.batch_size": ">= 1", "inference.rerank_chunk_size": ">= 1",
+    "inference.no_repeat_ngram": ">= 0",
 }
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 ITEM_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Item) if f.name != "id")

@@ -19,6 +19,7 @@ from . import metrics
 from .catalog import ItemStore, vector_slots
 from .config import InferenceConfig
 from .data import ITEM, Sample
+from .decoding import without_repeats
 from .tokens import DialogueEncoder, collate
 
 TOP_K_KEPT = 50
@@ -121,11 +122,12 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
              inference: InferenceConfig | None = None, *, generate: bool = True, perplexity: bool = True,
              max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None) -> dict:
     """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
-    `inference`: M_inference, decoding, batch size and re-rank chunk (None: the defaults).
+    `inference`: M_inference, decoding and no_repeat_ngram, batch size and re-rank chunk (None: the defaults).
     generate=False: no responses (ROUGE, F-1, Dist are None); perplexity=False: no PPL (a forward
     pass over every sample: on a CPU, most of a recall-only evaluation's time)."""
     inference = inference or InferenceConfig()
-    m_inference, batch_size, strategy = inference.m_inference, inference.batch_size, inference.decoding
+    m_inference, batch_size = inference.m_inference, inference.batch_size
+    strategy = without_repeats(inference.decoding, inference.no_repeat_ngram)
     model.eval()
     started = time.perf_counter()
     encoded = encoder.encode_all(samples)

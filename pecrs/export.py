@@ -30,14 +30,17 @@ CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_r
                 "unique", "rouge1", "rouge2", "f1_item", "ppl", "dist2", "dist3", "dist4")
 
 
-def export(run: str | Path, destination: str | Path, catalog=None, device=None, notes: str | None = None) -> Path:
+def export(run: str | Path, destination: str | Path, catalog=None, device=None, notes: str | None = None,
+           no_repeat_ngram: int | None = None) -> Path:
     """Write the shipped form of `run` (a run folder or checkpoint) to `destination`. `notes`:
-    markdown for the card's "About this model" (how and why it was trained, what it is not)."""
+    markdown for the card's "About this model" (how and why it was trained, what it is not).
+    no_repeat_ngram: the shipped inference.no_repeat_ngram (None: the run's)."""
     from .recommender import Recommender
 
     ckpt = checkpoint_dir(run)
     # float32: the shipped item vectors must not carry a bfloat16 encoder's rounding.
-    rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False, dtype="float32")
+    rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False, dtype="float32",
+                                      no_repeat_ngram=no_repeat_ngram)
     provenance = {"source": str(ckpt), "git_revision": git_revision() or "unknown", "hardware": hardware(),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__}
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
@@ -71,7 +74,8 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`"
              f"{' (pooled states standardized)' if m.get('item_standardize') else ''}"
              f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}",
-             f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`",
+             f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`"
+             f"{f', no {inference.no_repeat_ngram}-gram twice in a reply' if inference.no_repeat_ngram else ''}",
              f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "
              f"`{export_info.get('git_revision', '?')}` on {export_info.get('hardware', '?')} (torch {export_info.get('torch', '?')})",
              "", "## Dev curve", ""]
@@ -80,16 +84,24 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
     if epochs:
         lines += ["| epoch | train loss | dev R@1 | dev R@10 | dev R@50 |", "|---|---|---|---|---|"]
         for r in epochs:
-            label = f"{r['epoch']} (stopped at batch {r.get('batch')})" if "stopped" in r else f"{r['epoch']}"
+            label = (f"{r['epoch']} (stopped at batch {r.get('batch')})" if "stopped" in r else
+                     f"{r['epoch']} (resumed at batch {r['train_from_batch']})" if "train_from_batch" in r else
+                     f"{r['epoch']}")
             lines.append(f"| {label} | {r.get('train_loss', float('nan')):.3f} | {_pct(r.get('dev_recall@1'))} | "
                          f"{_pct(r.get('dev_recall@10'))} | {_pct(r.get('dev_recall@50'))} |")
     else:
         lines.append("No dev evaluation was found in metrics.jsonl beside the checkpoint.")
-    stops = [r for r in curve if "stopped" in r]
+    stops = [i for i, r in enumerate(curve) if "stopped" in r]
     if stops:
-        stop = stops[-1]
-        lines.append(f"\nTraining stopped early ({stop['stopped']}) at epoch {stop.get('epoch')}, batch "
-                     f"{stop.get('batch')}, after {stop.get('seconds', 0) / 60:.0f} minutes.")
+        stop = curve[stops[-1]]
+        where = (f"({stop['stopped']}) at epoch {stop.get('epoch')}, batch {stop.get('batch')}, after "
+                 f"{stop.get('seconds', 0) / 60:.0f} minutes")
+        # A rerun of the same command resumes from last/: a later epoch end means the run went on.
+        if any("epoch" in r and "stopped" not in r for r in curve[stops[-1] + 1:]):
+            lines.append(f"\nTraining stopped {where}, then resumed from that checkpoint and went on; "
+                         "a resumed row's train loss covers the batches since the resume.")
+        else:
+            lines.append(f"\nTraining stopped early {where}.")
     lines += ["", "## Test metrics", ""]
     if test:
         lines += ["| metric | value |", "|---|---|"]

@@ -78,8 +78,9 @@ class Recommender:
     def __init__(self, model, config, catalog, vectors: torch.Tensor | None = None, *,
                  m_inference: int | None = None, decoding=None, index: str = "auto",
                  report: CatalogReport | None = None, checkpoint: Path | None = None, dtype=None,
-                 progress: bool = False):
-        """m_inference, decoding: None takes the config's inference section (config.inference).
+                 progress: bool = False, no_repeat_ngram: int | None = None):
+        """m_inference, decoding, no_repeat_ngram: None takes the config's inference section
+        (config.inference; no_repeat_ngram n > 0: no n-gram twice in a reply, pecrs.decoding).
         dtype: "auto", "float32", "bfloat16" (pecrs.precision) to put the model in that precision
         before anything runs, or None to use it as given. progress: a status line and a bar on
         stderr while the catalog is encoded (minutes on a CPU)."""
@@ -89,6 +90,10 @@ class Recommender:
         from .retrieval import build_index
 
         resolve(decoding)  # fail early on an unknown strategy
+        if no_repeat_ngram is None:
+            no_repeat_ngram = config.inference.no_repeat_ngram
+        if isinstance(no_repeat_ngram, bool) or not isinstance(no_repeat_ngram, int) or no_repeat_ngram < 0:
+            raise ValueError(f"no_repeat_ngram must be an integer >= 0 (0: off), got {no_repeat_ngram!r}")
         self.model = model.eval()
         if dtype is not None:
             self.precision = dtype if isinstance(dtype, Precision) else resolve_dtype(dtype, model.device)
@@ -112,6 +117,7 @@ class Recommender:
         self.index = build_index(self.vectors, index, temperature=m.recall_temperature)
         self.m_inference = m_inference or config.inference.m_inference
         self.decoding = decoding
+        self.no_repeat_ngram = no_repeat_ngram
         self.checkpoint = checkpoint
         self.encoder = dialogue_encoder(model, config, self.item_index, memoize=False)
         self.max_text_chars = CHARS_PER_TOKEN * m.context_max_tokens
@@ -121,13 +127,13 @@ class Recommender:
     def from_pretrained(cls, run_dir_or_checkpoint, catalog=None, device=None, m_inference: int | None = None,
                         decoding=None, *, index: str = "auto", backbone: str | None = None,
                         cache_dir=None, strict_catalog: bool = True, dtype=None,
-                        progress: bool = False) -> "Recommender":
+                        progress: bool = False, no_repeat_ngram: int | None = None) -> "Recommender":
         """Load a run folder (its best/ checkpoint) or a checkpoint folder.
 
         catalog: an items.jsonl path (or a folder holding one), a dict or list of Items, or None:
         the catalog saved with the checkpoint, else the catalog of the dataset the run trained on.
-        device: None picks "cuda" when available. m_inference, decoding, dtype: None takes the
-        checkpoint's inference section (config.inference). index: "auto", "exact" or "faiss"
+        device: None picks "cuda" when available. m_inference, decoding, no_repeat_ngram, dtype: None
+        takes the checkpoint's inference section (config.inference). index: "auto", "exact" or "faiss"
         (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/catalogs;
         False: no cache). strict_catalog=False skips and reports bad catalog lines.
         dtype: "auto" (bfloat16 where the device multiplies it natively, else float32), "float32"
@@ -164,7 +170,8 @@ class Recommender:
             report.cache_path = str(path)  # where they were found, else where this model's encoding goes
             report.vectors_from_cache = vectors is not None
         rec = cls(model, config, items, vectors, m_inference=m_inference, decoding=decoding, index=index,
-                  report=report, checkpoint=ckpt, dtype=precision, progress=progress)
+                  report=report, checkpoint=ckpt, dtype=precision, progress=progress,
+                  no_repeat_ngram=no_repeat_ngram)
         if report.cache_path and not report.vectors_from_cache:
             save_cached(Path(report.cache_path), list(items), rec.vectors)
         log.info(report.summary())
@@ -172,14 +179,15 @@ class Recommender:
 
     def save_pretrained(self, directory, half: bool = False, extra: dict | None = None) -> Path:
         """The checkpoint (pretrained.save_pretrained) plus items.jsonl, the catalog, its item
-        vectors (so loading it encodes nothing), and this recommender's m_inference and decoding
-        (in the saved config's inference section; a decoding given as a dict of generate kwargs
+        vectors (so loading it encodes nothing), and this recommender's m_inference, decoding and
+        no_repeat_ngram (in the saved config's inference section; a decoding given as a dict of generate kwargs
         under "recommender"); `from_pretrained(directory)` gives it back. half=True stores
         adapter, heads and vectors in float16 (the shipped model, `pecrs export`)."""
         from .pretrained import halve_weights, save_pretrained
 
         config = copy.deepcopy(self.config)
         config.inference.m_inference = self.m_inference
+        config.inference.no_repeat_ngram = self.no_repeat_ngram
         if isinstance(self.decoding, str):
             config.inference.decoding = self.decoding
         else:
@@ -222,13 +230,14 @@ class Recommender:
     def respond(self, dialogue, decoding=None, k_items: int = 1, seed: int | None = None,
                 max_new_tokens: int | None = None) -> Response:
         """The recommender's next turn: the top k_items re-ranked items are injected and the
-        response generated (`decoding`: a pecrs.decoding preset name or kwargs dict; `seed`
-        makes sampling reproducible; max_new_tokens defaults to the training response length)."""
-        from .decoding import resolve
+        response generated (`decoding`: a pecrs.decoding preset name or kwargs dict, with this
+        recommender's no_repeat_ngram; `seed` makes sampling reproducible; max_new_tokens defaults
+        to the training response length)."""
+        from .decoding import resolve, without_repeats
 
         if not isinstance(k_items, int) or k_items < 1:
             raise ValueError(f"k_items must be a positive integer, got {k_items!r}")
-        strategy = decoding or self.decoding
+        strategy = without_repeats(decoding or self.decoding, self.no_repeat_ngram)
         resolve(strategy)
         turns = self.turns(dialogue)
         with self._lock:

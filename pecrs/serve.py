@@ -186,7 +186,8 @@ def create_app(recommender) -> FastAPI:
     def health():
         return {"status": "ok", "items": len(recommender), "checkpoint": str(recommender.checkpoint),
                 "decoding": recommender.decoding if isinstance(recommender.decoding, str) else "custom",
-                "decodings": DECODINGS, "m_inference": recommender.m_inference,
+                "decodings": DECODINGS, "no_repeat_ngram": recommender.no_repeat_ngram,
+                "m_inference": recommender.m_inference,
                 "index": type(recommender.index).__name__, "device": str(recommender.model.device)}
 
     @app.get("/items/{item_id}")

@@ -75,3 +75,22 @@ def test_cli_chat_reads_stdin(run, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["chat", str(run_dir)]) == 0
     assert "loaded from cache" in capsys.readouterr().err
+
+
+def test_cli_chat_no_repeat_ngram_flag(run, monkeypatch, tmp_path):
+    from pecrs.recommender import Recommender
+
+    run_dir, _ = run
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path))
+    loaded = []
+    real = Recommender.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        loaded.append(real(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(Recommender, "from_pretrained", classmethod(spy))
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["chat", str(run_dir), "--no-repeat-ngram", "3"]) == 0
+    assert main(["chat", str(run_dir)]) == 0
+    assert [rec.no_repeat_ngram for rec in loaded] == [3, 0]     # flag, then the run's setting (0)

@@ -68,6 +68,7 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("inference.decoding=telepathy", ["inference.decoding", "'telepathy'", "top_k"]),
     ("inference.dtype=fp8", ["inference.dtype", "'fp8'", "auto, float32, bfloat16"]),
     ("inference.m_inference=0", ["inference.m_inference", ">= 1"]),
+    ("inference.no_repeat_ngram=-1", ["inference.no_repeat_ngram", "-1", ">= 0"]),
     ("model.item_encoding=frozen", ["model.item_encoding", "'frozen'", "cached, adapted"]),
     ("model.item_fields=[title,budget]", ["model.item_fields", "budget", "genres"]),
     ("model.item_fields=title", ["model.item_fields", "'title'", "list of strings"]),

@@ -7,7 +7,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
 from pecrs import decoding
 from pecrs.decoding import (ALIASES, PRESETS, HammingDiversityLogitsProcessor, StepChoiceRecorder,
                             diverse_beam_groups, diverse_beam_search, generate, hamming_penalty, resolve,
-                            strip_special)
+                            strip_special, without_repeats)
 
 VOCAB, D = 300, 64
 PAD, EOS = 0, 2
@@ -377,3 +377,34 @@ def test_token_budget_caps_a_repeated_token(strategy):
     capped = generate(model, emb, mask, strategy, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=EOS, seed=0,
                       token_budget={7: 1})
     assert all(row.count(7) == 1 and row[0] == 7 for row in capped)
+
+
+# ------------------------------------------------------------------------------- no repeated n-grams
+
+def test_without_repeats_adds_the_ngram_rule_to_any_strategy():
+    assert without_repeats("top_k", 0) == "top_k"                   # off: the paper's preset untouched
+    assert without_repeats("top_k", 3) == {**PRESETS["top_k_50"], "no_repeat_ngram_size": 3}
+    assert without_repeats({"num_beams": 2, "no_repeat_ngram_size": 5}, 3)["no_repeat_ngram_size"] == 5
+    with pytest.raises(ValueError, match="unknown decoding strategy"):
+        without_repeats("no-such-preset", 3)
+
+
+def _repeated_ngram(row: list[int], n: int) -> bool:
+    grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "top_k", "diverse_beam"])
+def test_no_repeat_ngram_stops_a_loop(strategy):
+    """A model that favours two tokens loops "7 9 7 9 ..." (a briefly trained PECRS repeating a
+    phrase); with no_repeat_ngram 2 no bigram occurs twice in any row, whatever the strategy."""
+    model = _favouring(_llama(), 7)
+    with torch.no_grad():
+        model.get_output_embeddings().bias[9] = 1e4 - 1
+    emb, mask = _inputs()
+    kw = dict(max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=EOS, seed=0, token_budget={7: NEW // 2})
+    plain = generate(model, emb, mask, strategy, **kw)
+    assert all(_repeated_ngram(row, 2) for row in plain)
+    guarded = generate(model, emb, mask, without_repeats(strategy, 2), **kw)
+    assert not any(_repeated_ngram(row, 2) for row in guarded)
+    assert all(len(row) == NEW for row in guarded)      # still a full reply: other tokens take the slots

@@ -48,10 +48,12 @@ def test_recommender_reads_the_checkpoint_inference_section(tmp_path):
     run, items = make_tiny_run(tmp_path)
     meta_path = run / "best" / CONFIG_FILE
     meta = json.loads(meta_path.read_text())
-    meta["config"]["inference"].update(m_inference=5, decoding="greedy", dtype="float32", rerank_chunk_size=2)
+    meta["config"]["inference"].update(m_inference=5, decoding="greedy", dtype="float32", rerank_chunk_size=2,
+                                       no_repeat_ngram=3)
     meta_path.write_text(json.dumps(meta))
     rec = Recommender.from_pretrained(run, catalog=items, device="cpu", cache_dir=False)
     assert (rec.m_inference, rec.decoding, rec.precision.dtype) == (5, "greedy", torch.float32)
+    assert rec.no_repeat_ngram == 3
     assert rec.config.inference.rerank_chunk_size == 2
     # The chunk only bounds memory: the same ranking as one pass over all candidates.
     chunked = [r.item.id for r in rec.recommend(TURNS, k=5)]
@@ -109,7 +111,7 @@ def test_pecrs_evaluate_takes_the_run_settings_and_its_flags(tmp_path, monkeypat
     run, _ = make_tiny_run(tmp_path)
     meta_path = run / "best" / CONFIG_FILE
     meta = json.loads(meta_path.read_text())
-    meta["config"]["inference"].update(m_inference=5, decoding="greedy", batch_size=3)
+    meta["config"]["inference"].update(m_inference=5, decoding="greedy", batch_size=3, no_repeat_ngram=3)
     meta_path.write_text(json.dumps(meta))
     seen = []
     monkeypatch.setattr(pecrs.setup, "prepare", lambda config, model=None, **kw: types.SimpleNamespace(
@@ -118,9 +120,14 @@ def test_pecrs_evaluate_takes_the_run_settings_and_its_flags(tmp_path, monkeypat
     assert main(["evaluate", str(run), "--device", "cpu", "--json", "--output", str(tmp_path / "a.json")]) == 0
     inference, kwargs = seen[-1]
     assert (inference.m_inference, inference.decoding, inference.batch_size) == (5, "greedy", 3)
+    assert inference.no_repeat_ngram == 3
     assert kwargs["max_new_tokens"] == 8  # the run's response length, as serving generates
-    assert json.loads((tmp_path / "a.json").read_text())["decoding"] == "greedy"
+    written = json.loads((tmp_path / "a.json").read_text())
+    assert (written["decoding"], written["no_repeat_ngram"]) == ("greedy", 3)
     assert main(["evaluate", str(run), "--device", "cpu", "--json", "--m-inference", "7", "--decoding", "top_k",
-                 "--batch-size", "2", "--output", str(tmp_path / "b.json")]) == 0
+                 "--batch-size", "2", "--no-repeat-ngram", "0", "--output", str(tmp_path / "b.json")]) == 0
     inference, _ = seen[-1]
     assert (inference.m_inference, inference.decoding, inference.batch_size) == (7, "top_k", 2)
+    assert inference.no_repeat_ngram == 0
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run), "--no-repeat-ngram", "-1"])

@@ -132,6 +132,38 @@ def test_a_reply_has_no_more_item_slots_than_items_injected(rec, monkeypatch):
     assert budgets == [{item: 1}, {item: 3}]
 
 
+def test_no_repeat_ngram_reaches_generation_served_and_evaluated(run, rec, monkeypatch):
+    """inference.no_repeat_ngram is applied to whatever strategy a reply uses, in Recommender.respond
+    and in evaluate alike; 0 leaves the preset as the paper has it."""
+    import pecrs.decoding as decoding
+    from pecrs.config import InferenceConfig
+    from pecrs.evaluate import evaluate
+
+    strategies = []
+    real = decoding.generate
+
+    def spy(model, embeds, mask, strategy, **kwargs):
+        strategies.append(strategy)
+        return real(model, embeds, mask, strategy, **kwargs)
+
+    monkeypatch.setattr(decoding, "generate", spy)
+    rec.respond(TURNS, decoding="greedy")
+    rec.no_repeat_ngram = 3
+    try:
+        rec.respond(TURNS, decoding="greedy")
+    finally:
+        rec.no_repeat_ngram = 0
+    samples = make_samples([Dialogue("d", (*rec.turns(TURNS), Turn("recommender", "ok")))])[-1:]
+    m = rec.config.model
+    store = ItemStore(rec.item_list, rec.model.tokenizer, m.item_fields, m.item_max_tokens)
+    inference = InferenceConfig(m_inference=8, decoding="greedy", no_repeat_ngram=4)
+    evaluate(rec.model, store, rec.encoder, samples, inference, perplexity=False, max_new_tokens=4)
+    assert strategies == ["greedy", {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 3},
+                          {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 4}]
+    with pytest.raises(ValueError, match="no_repeat_ngram must be an integer >= 0"):
+        Recommender(rec.model, rec.config, rec.items, rec.vectors, no_repeat_ngram=-1)
+
+
 def test_several_items_per_turn(rec):
     items = [rec.items["1"], rec.items["2"]]
     r = Recommender._fill("Try [ITEM] or [ITEM], and [ITEM] again.", items)
@@ -218,14 +250,17 @@ def test_vectors_match_the_training_item_store(rec):
 
 def test_save_pretrained_round_trip(rec, tmp_path):
     rec.m_inference, saved_decoding = 10, rec.decoding
-    rec.decoding = "greedy"
+    rec.decoding, rec.no_repeat_ngram = "greedy", 3
     try:
         out = rec.save_pretrained(tmp_path / "saved")
     finally:
-        rec.m_inference, rec.decoding = 8, saved_decoding
+        rec.m_inference, rec.decoding, rec.no_repeat_ngram = 8, saved_decoding, 0
     assert (out / CATALOG_FILE).is_file() and (out / "pecrs_config.json").is_file()
     back = Recommender.from_pretrained(out, cache_dir=False)   # catalog from the saved copy
     assert back.items == rec.items and back.m_inference == 10 and back.decoding == "greedy"
+    assert back.no_repeat_ngram == 3
+    assert Recommender.from_pretrained(out, cache_dir=False, no_repeat_ngram=0).no_repeat_ngram == 0
+    back.no_repeat_ngram = 0
     assert torch.allclose(back.vectors, rec.vectors, atol=1e-6)
     back.m_inference = rec.m_inference
     assert [r.item.id for r in back.recommend(TURNS, k=5)] == [r.item.id for r in rec.recommend(TURNS, k=5)]

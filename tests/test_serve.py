@@ -29,6 +29,7 @@ def client(rec):
 def test_health_and_page(client):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["items"] == 12 and "top_k" in h["decodings"]
+    assert h["no_repeat_ngram"] == 0
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/respond" in page.text

@@ -29,7 +29,8 @@ def exported(tmp_path_factory):
     (run / "eval_test.json").write_text(json.dumps({"split": "test", "recall@1": 0.05, "rouge1": 0.3}))
     models = root / "models"
     (root / "notes.md").write_text("Trained on a laptop, for a demo.\n")
-    assert main(["export", str(run), str(models / "inspired"), "--notes", str(root / "notes.md")]) == 0
+    assert main(["export", str(run), str(models / "inspired"), "--notes", str(root / "notes.md"),
+                 "--no-repeat-ngram", "3"]) == 0
     return run, models / "inspired"
 
 
@@ -45,9 +46,27 @@ def test_export_is_half_precision_with_vectors_and_a_card(exported):
                    "| recall@1 | 5.0% |", "| rouge1 | 0.3 |",
                    "Limitations", "git", "item_vectors.safetensors",
                    "## About this model\n\nTrained on a laptop, for a demo.",
-                   "stopped early (max_train_minutes) at epoch 2, batch 7, after 10 minutes"):
+                   "stopped early (max_train_minutes) at epoch 2, batch 7, after 10 minutes",
+                   "no 3-gram twice in a reply"):
         assert needed in card, needed
-    assert json.loads((shipped / "pecrs_config.json").read_text())["export"]["source"].endswith("best")
+    meta = json.loads((shipped / "pecrs_config.json").read_text())
+    assert meta["export"]["source"].endswith("best") and meta["config"]["inference"]["no_repeat_ngram"] == 3
+
+
+def test_the_card_tells_a_resumed_run_from_a_stopped_one(exported):
+    from pecrs.export import model_card
+
+    _, shipped = exported
+    stop = {"stopped": "max_train_minutes", "epoch": 1, "batch": 357, "seconds": 4200.0, "train_loss": 10.2,
+            "dev_recall@1": 0.09, "dev_recall@10": 0.18, "dev_recall@50": 0.27}
+    finish = {"epoch": 1, "global_step": 574, "train_loss": 9.8, "train_from_batch": 358,
+              "dev_recall@1": 0.08, "dev_recall@10": 0.22, "dev_recall@50": 0.28}
+    meta = pretrained.read_meta(shipped)
+    stopped = model_card("m", meta, [stop], None, shipped)
+    resumed = model_card("m", meta, [stop, finish], None, shipped)
+    assert "Training stopped early (max_train_minutes) at epoch 1, batch 357, after 70 minutes." in stopped
+    assert "stopped early" not in resumed and "then resumed from that checkpoint" in resumed
+    assert "| 1 (resumed at batch 358) | 9.800 | 8.0 | 22.0 | 28.0 |" in resumed
 
 
 def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):

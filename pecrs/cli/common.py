@@ -8,6 +8,20 @@ DTYPE_HELP = ("precision of the LM: auto (bfloat16 on a GPU that supports it or 
               "pecrs.precision; docs/performance.md)")
 
 
+NO_REPEAT_HELP = ("no n-gram of N tokens twice in one reply, against a briefly trained model's loops "
+                  "(0: off, the paper's decoding; default: the model's inference.no_repeat_ngram)")
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import DTYPE_HELP, positive_int
+from .common import DTYPE_HELP, NO_REPEAT_HELP, non_negative_int, positive_int
 
 
 # ---- pecrs chat / serve ------------------------------------------------------------------------
@@ -21,6 +21,7 @@ def _load_recommender(args):
     print(f"pecrs: loading {args.run_dir}", file=sys.stderr, flush=True)
     rec = Recommender.from_pretrained(args.run_dir, catalog=args.catalog, device=args.device,
                                       m_inference=args.m_inference, decoding=args.decoding,
+                                      no_repeat_ngram=args.no_repeat_ngram,
                                       strict_catalog=False, dtype=args.dtype, progress=True)
     print(rec.report.summary(), file=sys.stderr)
     for message in rec.report.errors:
@@ -38,6 +39,7 @@ def _add_recommender_args(p) -> None:
                                      "bad lines are skipped and reported")
     p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the model's "
                                       "inference.decoding, top_k unless set)")
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N", help=NO_REPEAT_HELP)
     p.add_argument("--m-inference", type=positive_int,
                    help="candidates retrieved then re-ranked (default: the model's inference.m_inference)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
@@ -88,7 +90,8 @@ def _export(args) -> int:
     from ..export import export
 
     notes = read_notes(args.notes) if args.notes else None
-    dest = export(args.run_dir, args.destination, catalog=args.catalog, device=args.device, notes=notes)
+    dest = export(args.run_dir, args.destination, catalog=args.catalog, device=args.device, notes=notes,
+                  no_repeat_ngram=args.no_repeat_ngram)
     sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
     print(json.dumps({"exported": str(dest), "bytes": sum(sizes.values()), "files": sizes}))
     return 0
@@ -112,4 +115,7 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("--device", help="where to encode the catalog (default: cuda when available)")
     p.add_argument("--notes", help="a markdown file quoted in MODEL_CARD.md under 'About this model' "
                                    "(how and why it was trained, what it is not)")
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",
+                   help="the shipped model's inference.no_repeat_ngram: no n-gram of N tokens twice in one "
+                        "reply (default: the run's, 0 unless set)")
     p.set_defaults(func=_export)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import DTYPE_HELP, IntermixedParser, item_fields, positive_int
+from .common import DTYPE_HELP, NO_REPEAT_HELP, IntermixedParser, item_fields, non_negative_int, positive_int
 
 
 # ---- pecrs train / evaluate ------------------------------------------------------------------
@@ -57,6 +57,7 @@ def _evaluate(args) -> int:
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
                       progress=not args.json)
     result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
+              "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "dtype": dtype, **result}
     out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,10 +73,10 @@ def _evaluate(args) -> int:
 
 def _inference_settings(config, args):
     """The run's inference section (config.inference) with this command's flags applied: --m-inference,
-    --batch-size, --decoding, --dtype (unset: the run's value); --item-fields sets model.item_fields.
+    --batch-size, --decoding, --no-repeat-ngram, --dtype (unset: the run's value); --item-fields sets model.item_fields.
     Checked as a config is, so a bad decoding name fails before anything loads."""
     inference = config.inference
-    for flag in ("m_inference", "batch_size", "decoding", "dtype"):
+    for flag in ("m_inference", "batch_size", "decoding", "no_repeat_ngram", "dtype"):
         if getattr(args, flag, None) is not None:
             setattr(inference, flag, getattr(args, flag))
     if getattr(args, "item_fields", None):
@@ -110,6 +111,7 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the run's "
                                       "inference.decoding, top_k unless set)")
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N", help=NO_REPEAT_HELP)
     p.add_argument("--m-inference", type=positive_int,
                    help="candidates retrieved then re-ranked (default: the run's inference.m_inference)")
     p.add_argument("--batch-size", type=positive_int, help="default: the run's inference.batch_size")

@@ -7,14 +7,15 @@ turns a name into ``model.generate`` keyword arguments, and runs them, returning
 One module a concern, in the order a call goes through them:
 
 * presets.py: the strategies of Table 8 (`PRESETS`, `ALIASES`) and `resolve` (a name -> ``generate``
-  kwargs). It needs no torch: `pecrs.decoding.presets` lists and checks strategy names cheaply.
+  kwargs), `without_repeats` (any strategy, no n-gram twice). It needs no torch:
+  `pecrs.decoding.presets` lists and checks strategy names cheaply.
 * generation.py: `generate`, the entry point: checks the inputs, seeds, runs the strategy.
 * diverse.py: diverse (group) beam search with Hamming diversity, built on transformers' beam search.
 * outputs.py: from ``model.generate`` output to response ids (pad/EOS ids, `strip_special`).
 """
 from importlib import import_module
 
-from .presets import ALIASES, BEAM_WIDTH, NUM_BEAM_GROUPS, PRESETS, SAMPLING_TEMPERATURE, resolve
+from .presets import ALIASES, BEAM_WIDTH, NUM_BEAM_GROUPS, PRESETS, SAMPLING_TEMPERATURE, resolve, without_repeats
 
 __all__ = [
     "PRESETS",
@@ -23,6 +24,7 @@ __all__ = [
     "BEAM_WIDTH",
     "NUM_BEAM_GROUPS",
     "resolve",
+    "without_repeats",
     "generate",
     "diverse_beam_search",
     "diverse_beam_groups",

@@ -11,6 +11,7 @@ the output anyway; GPT-2's absolute position embeddings are what make this matte
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -18,6 +19,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from .diverse import diverse_beam_search
 from .outputs import new_tokens, special_ids, strip_special
 from .presets import resolve
+
+# transformers warns that no_repeat_ngram_size with inputs_embeds sees the new tokens only: that is
+# the intent here (no phrase twice in the reply; the context may well repeat itself), so not news.
+warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
 
 
 @contextlib.contextmanager

@@ -34,6 +34,11 @@ Choices made here:
   would not happen with the same 1.15 temperature and no top-k cut.
 * aliases: ``top_k`` → ``top_k_50`` (the paper's default, §4.1), ``nucleus`` → ``nucleus_0.95``,
   ``diverse_beam`` → ``diverse_beam_1.0``.
+
+Beyond the paper, `without_repeats` adds transformers' ``no_repeat_ngram_size`` to any strategy
+(``inference.no_repeat_ngram``; 0, the default, leaves the paper's decoding as it is): a model trained
+briefly can loop on a phrase ("It's a comedy, but it's also a comedy. It's a comedy, ...") until the
+64-token limit, and a reply that never repeats an n-gram cannot.
 """
 from __future__ import annotations
 
@@ -111,3 +116,12 @@ def resolve(strategy: str | dict) -> dict:
         if kwargs.get("do_sample"):
             raise ValueError("diverse beam search (num_beam_groups > 1) does not sample: set do_sample=False")
     return kwargs
+
+
+def without_repeats(strategy: str | dict, no_repeat_ngram: int) -> str | dict:
+    """`strategy` with no n-gram of `no_repeat_ngram` tokens generated twice in one reply (counted over
+    the reply's own tokens: generation from embeddings passes processors no prompt ids). 0 returns
+    `strategy` itself; a dict that sets its own ``no_repeat_ngram_size`` keeps it."""
+    if not no_repeat_ngram:
+        return strategy
+    return {"no_repeat_ngram_size": int(no_repeat_ngram), **resolve(strategy)}

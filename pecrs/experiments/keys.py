@@ -4,8 +4,8 @@ A part's key hashes everything that decides its numbers: the config (its dataset
 fingerprint of the dataset's files), the training run it uses, its own settings; not the time
 budget, checkpointing cadence, evaluation batch size or re-rank chunk (nor inference.dtype: the
 experiments evaluate in float32). A training run's key leaves out, as well, the settings only
-evaluation reads (the test split, the decoding), so evaluations that differ only there share one
-model; M_inference stays in it, dev selection ranks with it. Keys hash the inference settings
+evaluation reads (the test split, the decoding, no_repeat_ngram), so evaluations that differ only
+there share one model; M_inference stays in it, dev selection ranks with it. Keys hash the inference settings
 where they stood before the config had an inference section (train.m_inference, train.decoding),
 so run folders and stored parts made before keep their keys.
 """
@@ -23,11 +23,11 @@ from ..loaders import dataset_files, detect_format
 # Train settings that never change a part's numbers: left out of every key.
 IGNORED_SETTINGS = ("max_train_minutes", "checkpoint_every")
 # ...and, for a training run, the settings only evaluation reads.
-EVAL_ONLY_SETTINGS = ("test_split", "decoding", "eval_generate")
+EVAL_ONLY_SETTINGS = ("test_split", "decoding", "no_repeat_ngram", "eval_generate")
 
 # Settings added after keys were first stored ("section.name"): left out of a key while at their default.
 SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": False,
-                        "train.special_token_lr_scale": 1.0}
+                        "train.special_token_lr_scale": 1.0, "train.no_repeat_ngram": 0}
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
@@ -94,7 +94,8 @@ def _normalized(config: RunConfig, drop: tuple[str, ...]) -> dict:
     decide numbers in their former train-section places, the `drop`ped train settings left out."""
     d = config.to_dict()
     inference = d.pop("inference")
-    d["train"].update(m_inference=inference["m_inference"], decoding=inference["decoding"], eval_generate=False)
+    d["train"].update(m_inference=inference["m_inference"], decoding=inference["decoding"],
+                      no_repeat_ngram=inference["no_repeat_ngram"], eval_generate=False)
     d["train"]["dataset"] = dataset_fingerprint(config.train.dataset)
     for name in drop:
         d["train"].pop(name, None)
