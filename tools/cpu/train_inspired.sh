@@ -10,6 +10,6 @@ cd "$(dirname "$0")/../.."
 RUN=${1:-runs/cpu-inspired}
 pecrs train configs/inspired-cpu.yaml --output-dir "$RUN" train.max_train_minutes=100
 pecrs evaluate "$RUN" --no-generate --no-ppl --json --device cpu
-pecrs export "$RUN" "$RUN/shipped" --notes tools/cpu/model_notes.md --device cpu
-rm -rf pecrs/models/inspired && mkdir -p pecrs/models && cp -r "$RUN/shipped" pecrs/models/inspired
+pecrs export "$RUN" "$RUN/inspired" --notes tools/cpu/model_notes.md --device cpu
+rm -rf pecrs/models/inspired && mkdir -p pecrs/models && cp -r "$RUN/inspired" pecrs/models/inspired
 python benchmarks/first_recommendation.py --repeats 1
