@@ -122,7 +122,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
              inference: InferenceConfig | None = None, *, generate: bool = True, perplexity: bool = True,
              max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None) -> dict:
     """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
-    `inference`: M_inference, decoding and no_repeat_ngram, batch size and re-rank chunk (None: the defaults).
+    `inference`: M_inference, decoding and no_repeat_ngram, batch size, re-rank chunk (None: defaults).
     generate=False: no responses (ROUGE, F-1, Dist are None); perplexity=False: no PPL (a forward
     pass over every sample: on a CPU, most of a recall-only evaluation's time)."""
     inference = inference or InferenceConfig()

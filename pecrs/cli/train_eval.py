@@ -73,7 +73,8 @@ def _evaluate(args) -> int:
 
 def _inference_settings(config, args):
     """The run's inference section (config.inference) with this command's flags applied: --m-inference,
-    --batch-size, --decoding, --no-repeat-ngram, --dtype (unset: the run's value); --item-fields sets model.item_fields.
+    --batch-size, --decoding, --no-repeat-ngram, --dtype (unset: the run's value); --item-fields sets
+    model.item_fields.
     Checked as a config is, so a bad decoding name fails before anything loads."""
     inference = config.inference
     for flag in ("m_inference", "batch_size", "decoding", "no_repeat_ngram", "dtype"):

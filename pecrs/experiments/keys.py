@@ -5,9 +5,9 @@ fingerprint of the dataset's files), the training run it uses, its own settings;
 budget, checkpointing cadence, evaluation batch size or re-rank chunk (nor inference.dtype: the
 experiments evaluate in float32). A training run's key leaves out, as well, the settings only
 evaluation reads (the test split, the decoding, no_repeat_ngram), so evaluations that differ only
-there share one model; M_inference stays in it, dev selection ranks with it. Keys hash the inference settings
-where they stood before the config had an inference section (train.m_inference, train.decoding),
-so run folders and stored parts made before keep their keys.
+there share one model; M_inference stays in it, dev selection ranks with it. Keys hash the
+inference settings where they stood before the config had an inference section
+(train.m_inference, train.decoding), so run folders and stored parts made before keep their keys.
 """
 from __future__ import annotations
 
