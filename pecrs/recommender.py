@@ -44,6 +44,7 @@ import torch
 from .backbone import default_device
 from .catalog import ItemStore
 from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_items
+from .config import check_value
 from .data import ITEM, RECOMMENDER, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
 from .setup import dialogue_encoder, say
@@ -92,8 +93,7 @@ class Recommender:
         resolve(decoding)  # fail early on an unknown strategy
         if no_repeat_ngram is None:
             no_repeat_ngram = config.inference.no_repeat_ngram
-        if isinstance(no_repeat_ngram, bool) or not isinstance(no_repeat_ngram, int) or no_repeat_ngram < 0:
-            raise ValueError(f"no_repeat_ngram must be an integer >= 0 (0: off), got {no_repeat_ngram!r}")
+        check_value("inference.no_repeat_ngram", no_repeat_ngram, int)  # the config's own check
         self.model = model.eval()
         if dtype is not None:
             self.precision = dtype if isinstance(dtype, Precision) else resolve_dtype(dtype, model.device)
@@ -180,8 +180,8 @@ class Recommender:
     def save_pretrained(self, directory, half: bool = False, extra: dict | None = None) -> Path:
         """The checkpoint (pretrained.save_pretrained) plus items.jsonl, the catalog, its item
         vectors (so loading it encodes nothing), and this recommender's m_inference, decoding and
-        no_repeat_ngram (in the saved config's inference section; a decoding given as a dict of generate kwargs
-        under "recommender"); `from_pretrained(directory)` gives it back. half=True stores
+        no_repeat_ngram (in the saved config's inference section; a decoding given as a dict of
+        generate kwargs under "recommender"); `from_pretrained(directory)` gives it back. half=True stores
         adapter, heads and vectors in float16 (the shipped model, `pecrs export`)."""
         from .pretrained import halve_weights, save_pretrained
 

@@ -160,7 +160,7 @@ def test_no_repeat_ngram_reaches_generation_served_and_evaluated(run, rec, monke
     evaluate(rec.model, store, rec.encoder, samples, inference, perplexity=False, max_new_tokens=4)
     assert strategies == ["greedy", {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 3},
                           {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 4}]
-    with pytest.raises(ValueError, match="no_repeat_ngram must be an integer >= 0"):
+    with pytest.raises(ValueError, match="inference.no_repeat_ngram: expected an integer >= 0"):
         Recommender(rec.model, rec.config, rec.items, rec.vectors, no_repeat_ngram=-1)
 
 

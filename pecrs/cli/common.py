@@ -12,24 +12,21 @@ NO_REPEAT_HELP = ("no n-gram of N tokens twice in one reply, against a briefly t
                   "(0: off, the paper's decoding; default: the model's inference.no_repeat_ngram)")
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
-    return value
+def _int_at_least(minimum: int, described: str):
+    """An argparse type: an integer >= `minimum`, else an error that says `described`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {described}, got '{text}'")
+        return value
+    return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def item_fields(text: str) -> str:
