@@ -84,6 +84,9 @@ def test_main_tables_2_and_3_then_rerun_skips(run, root):
     assert md.count("PECRS, ours (tiny-llama)") == 4 and md.count("| Naive baseline") == 2
     saved = json.loads((root / "main" / "result.json").read_text())
     assert saved["parts"]["redial-test"]["record"]["provenance"]["hardware"]["torch"]
+    # the test result names the decoding that produced its replies, n-gram rule included
+    test_result = saved["parts"]["inspired-test"]["record"]["result"]
+    assert (test_result["decoding"], test_result["no_repeat_ngram"]) == ("top_k", 0)
     assert saved["datasets"]["redial"]["label"] == "ReDial-subset"
 
     stamps = {p: p.stat().st_mtime_ns for p in (root / "main" / "parts").glob("*.json")}

@@ -34,6 +34,7 @@ def full_evaluation(setup, config: RunConfig, strategy: str | None = None, gener
     result["examples"] = result.get("examples", [])[:5]
     result["split"] = t.test_split
     result["decoding"] = inference.decoding
+    result["no_repeat_ngram"] = inference.no_repeat_ngram
     result["m_inference"] = inference.m_inference
     return result
 
