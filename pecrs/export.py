@@ -68,7 +68,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"- Backbone: `{m['backbone']}` ({meta['model_type']}, hidden size {meta['hidden_size']}), frozen; "
              f"LoRA r={m['lora_r']}, alpha={m['lora_alpha']}, targets {m['lora_target_modules'] or 'attention projections'}",
              f"- Data: `{t['dataset']}` (train split `{t['train_split']}`, checkpoint chosen on `{t['dev_split'] or 'the last epoch'}`)",
-             f"- Training: {t['epochs']} epochs planned, batch {t['batch_size']} x {t['grad_accum']}, lr {t['lr']}"
+             f"- Training: {t['epochs']} epoch{'s' if t['epochs'] != 1 else ''} planned, batch {t['batch_size']} x {t['grad_accum']}, lr {t['lr']}"
              f"{' (reference batch ' + str(t['lr_reference_batch']) + ')' if t.get('lr_reference_batch') else ''}, "
              f"M_train {t['m_train']}, loss weights alpha/beta/gamma {t['alpha']}/{t['beta']}/{t['gamma']} "
              f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`"

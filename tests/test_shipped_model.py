@@ -67,6 +67,10 @@ def test_the_card_tells_a_resumed_run_from_a_stopped_one(exported):
     assert "Training stopped early (max_train_minutes) at epoch 1, batch 357, after 70 minutes." in stopped
     assert "stopped early" not in resumed and "then resumed from that checkpoint" in resumed
     assert "| 1 (resumed at batch 358) | 9.800 | 8.0 | 22.0 | 28.0 |" in resumed
+    meta["config"]["train"]["epochs"] = 2
+    assert "- Training: 2 epochs planned," in model_card("m", meta, [stop], None, shipped)
+    meta["config"]["train"]["epochs"] = 1
+    assert "- Training: 1 epoch planned," in model_card("m", meta, [stop], None, shipped)
 
 
 def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):
