@@ -102,3 +102,23 @@ def test_a_resumed_run_that_finishes_is_not_reported_as_stopped(tmp_path):
     state = train(cfg, tmp_path / "run", progress=False)
     assert state["epoch"] == 1 and not state.get("stopped_early")
     assert not train(cfg, tmp_path / "run", progress=False).get("stopped_early")  # nothing left to do
+
+
+def test_a_finished_run_resumed_with_more_epochs_trains_them_on_the_longer_schedule(tmp_path):
+    """tools/cpu/train_inspired.sh's second pass: a one-epoch run whose schedule ended at lr 0,
+    rerun with train.epochs=2, must re-plan the linear decay over both epochs (lr > 0 again in
+    epoch 2), not keep the ended one (lr 0: the second pass would change nothing)."""
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.epochs, cfg.train.warmup_epochs = 1, 0.0
+    train(cfg, tmp_path / "run", progress=False)
+    adapter = tmp_path / "run" / "last" / "adapter" / "adapter_model.safetensors"
+    after_one = load_file(adapter)
+    cfg.train.epochs = 2
+    state = train(cfg, tmp_path / "run", progress=False)
+    assert (state["epoch"], state["global_step"]) == (2, 6)
+    after_two = load_file(adapter)
+    assert any(not torch.equal(after_one[k], after_two[k]) for k in after_one)
+    scheduler = torch.load(tmp_path / "run" / "last" / "trainer_state.pt", weights_only=True)["scheduler"]
+    assert scheduler["last_epoch"] == 6 and scheduler["_last_lr"][0] == 0.0  # the re-planned decay's end
