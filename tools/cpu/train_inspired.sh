@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The interim shipped model, reproduced on a CPU (about four hours on 2 cores): train
+# The interim shipped model, reproduced on a CPU (about four and a half hours on 2 cores): train
 # configs/inspired-cpu.yaml, evaluate its recall on INSPIRED's test split (recall, dedup recall;
 # no perplexity: its teacher-forced pass over all 993 test responses is the longest part on 2 cores),
 # export it with its card (tools/cpu/model_notes.md quoted under "About this model") and copy it
