@@ -100,6 +100,9 @@ class TrainConfig(Section):
     eval_every_epochs: int = 1
     checkpoint_every: int = 200             # batches between mid-epoch checkpoints (0: epoch ends only)
     max_train_minutes: float | None = None  # stop (resumably) once training has run this long
+    # Fine-tuning: start from a checkpoint's adapter and heads (a run folder, a checkpoint folder or a
+    # shipped model's name), with a fresh optimiser and schedule. Its model section must equal this one.
+    init_from: str | None = None
 
 
 @dataclass

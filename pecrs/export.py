@@ -59,6 +59,8 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
     inference = RunConfig.from_dict(config).inference  # (older checkpoints: read from train / "recommender")
     inference.m_inference = meta.get("recommender", {}).get("m_inference", inference.m_inference)
     inference.decoding = meta.get("recommender", {}).get("decoding", inference.decoding)
+    subset = f"; the first {t['max_train_samples']:,} training samples" if t.get("max_train_samples") else ""
+    start = f"; fine-tuned from `{t['init_from']}`" if t.get("init_from") else ""
     lines = [f"# pecrs model card: {name}", "",
              "PECRS (Ravaut et al., EACL 2024): one LoRA-adapted language model that retrieves, re-ranks and "
              "writes the recommender's reply.", ""]
@@ -73,7 +75,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"M_train {t['m_train']}, loss weights alpha/beta/gamma {t['alpha']}/{t['beta']}/{t['gamma']} "
              f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`"
              f"{' (pooled states standardized)' if m.get('item_standardize') else ''}"
-             f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}",
+             f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}{subset}{start}",
              f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`"
              f"{f', no {inference.no_repeat_ngram}-gram twice in a reply' if inference.no_repeat_ngram else ''}",
              f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "

@@ -17,6 +17,7 @@ puts the newest complete one back.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -220,3 +221,19 @@ def load_weights(model: PECRS, directory: str | Path) -> None:
     missing = [k for k in missing if not k.startswith("lm.")]
     if missing or unexpected:
         raise ValueError(f"{directory / HEADS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def init_from_checkpoint(model: PECRS, config: RunConfig, name_or_path: str | Path) -> Path:
+    """Start training from a checkpoint (train.init_from): its adapter and heads go into `model`,
+    built from `config`. The checkpoint's model section must equal config.model but for where the
+    backbone is read from, else a ValueError names the fields that differ. Returns the folder."""
+    directory = checkpoint_dir(name_or_path)
+    theirs = dataclasses.asdict(RunConfig.from_dict(read_meta(directory)["config"]).model)
+    ours = dataclasses.asdict(config.model)
+    differ = [k for k in sorted(set(theirs) | set(ours)) if k != "backbone" and theirs.get(k) != ours.get(k)]
+    if differ:
+        raise ValueError(f"train.init_from={name_or_path}: {directory / CONFIG_FILE} was trained with other model "
+                         f"settings: " + ", ".join(f"model.{k} is {theirs.get(k)!r} there, {ours.get(k)!r} here"
+                                                  for k in differ))
+    load_weights(model, directory)
+    return directory

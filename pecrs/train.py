@@ -28,7 +28,7 @@ from .config import RunConfig
 from .evaluate import recall_only
 from .setup import Setup, prepare, say
 from .model import PECRS
-from .pretrained import load_weights, recover_checkpoint, save_pretrained
+from .pretrained import init_from_checkpoint, load_weights, recover_checkpoint, save_pretrained
 from .step import (StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, restore_grads, saved_grads,
                    scaled_lr, shard, step_losses)
 from .tokens import collate, static_widths
@@ -113,7 +113,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     mode = resolve_step_mode(t.step_mode, device, static)
 
     # Before any step and before the model is wrapped; a resumed run reads them back from last/.
-    if config.model.item_standardize and not (out / "last" / STATE_FILE).is_file():
+    resuming = (out / "last" / STATE_FILE).is_file()
+    if t.init_from and not resuming:  # the checkpoint's heads carry its item standardization
+        say(f"starting from {init_from_checkpoint(model, config, t.init_from)}", show)
+    elif config.model.item_standardize and not resuming:
         say("fitting the item standardization on the catalog's pooled states", show)
         with accelerator.autocast():  # bfloat16 frozen weights run under autocast
             model.item_encoder.fit_standardization(store.base_pooled_states(model))
