@@ -39,3 +39,16 @@ def test_init_from_starts_from_the_checkpoint_and_a_model_mismatch_is_named(tmp_
     cfg.model.lora_r = cfg.model.lora_r * 2
     with pytest.raises(ValueError, match=r"model\.lora_r is \d+ there, \d+ here"):
         train(cfg, tmp_path / "mismatch", progress=False, stop_after_steps=1)
+
+
+def test_a_stopped_fine_tune_resumes_instead_of_starting_over(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.epochs = 1
+    train(cfg, tmp_path / "first", progress=False)
+    cfg.train.init_from = str(tmp_path / "first")
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "resumed", progress=False, stop_after_steps=2)
+    train(cfg, tmp_path / "resumed", progress=False)   # reloading the checkpoint here would undo 2 steps
+    assert same_weights(tmp_path / "straight" / "last", tmp_path / "resumed" / "last")
