@@ -1,4 +1,6 @@
 """train.init_from: fine-tuning starts from a checkpoint's adapter and heads, not from fresh ones."""
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,28 +14,40 @@ WEIGHTS = ("heads.safetensors", "adapter/adapter_model.safetensors")
 
 
 def same_weights(a, b) -> bool:
-    return all(torch.equal(load_file(a / n)[k], load_file(b / n)[k]) for n in WEIGHTS for k in load_file(a / n))
+    for name in WEIGHTS:
+        ours, theirs = load_file(a / name), load_file(b / name)
+        if ours.keys() != theirs.keys() or not all(torch.equal(ours[k], theirs[k]) for k in ours):
+            return False
+    return True
 
 
-def test_init_from_starts_from_the_checkpoint_and_a_model_mismatch_is_named(tmp_path):
-    data = tmp_path / "data"
-    write_dataset(data)
-    cfg = tiny_config(data)
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """A finished one-epoch tiny run to fine-tune from, and its config."""
+    root = tmp_path_factory.mktemp("init_from")
+    write_dataset(root / "data")
+    cfg = tiny_config(root / "data")
     cfg.train.epochs = 1
-    train(cfg, tmp_path / "first", progress=False)
+    train(cfg, root / "first", progress=False)
+    return root / "first", cfg
+
+
+def test_init_from_starts_from_the_checkpoint_and_a_model_mismatch_is_named(first, tmp_path):
+    source, cfg = first
+    cfg = copy.deepcopy(cfg)
     # One update inside the warm-up's first step moves nothing (lr 0 there): what last/ holds
     # after it is what the run started from.
     cfg.train.warmup_steps = 5
     cfg.train.seed = 7  # a fresh start would initialise differently from the first run
     train(cfg, tmp_path / "fresh", progress=False, stop_after_steps=1)
-    cfg.train.init_from = str(tmp_path / "first")
+    cfg.train.init_from = str(source)
     train(cfg, tmp_path / "tuned", progress=False, stop_after_steps=1)
-    assert same_weights(tmp_path / "first" / "best", tmp_path / "tuned" / "last")
-    assert not same_weights(tmp_path / "first" / "best", tmp_path / "fresh" / "last")
+    assert same_weights(source / "best", tmp_path / "tuned" / "last")
+    assert not same_weights(source / "best", tmp_path / "fresh" / "last")
     # the model card says where the weights started
     tuned = tmp_path / "tuned" / "last"
     card = model_card("tuned", read_meta(tuned), [], None, tuned)
-    assert f"fine-tuned from `{tmp_path / 'first'}`" in card
+    assert f"fine-tuned from `{source}`" in card
     assert "fine-tuned" not in model_card("fresh", read_meta(tmp_path / "fresh" / "last"), [], None, tuned)
 
     cfg.model.lora_r = cfg.model.lora_r * 2
@@ -41,13 +55,10 @@ def test_init_from_starts_from_the_checkpoint_and_a_model_mismatch_is_named(tmp_
         train(cfg, tmp_path / "mismatch", progress=False, stop_after_steps=1)
 
 
-def test_a_stopped_fine_tune_resumes_instead_of_starting_over(tmp_path):
-    data = tmp_path / "data"
-    write_dataset(data)
-    cfg = tiny_config(data)
-    cfg.train.epochs = 1
-    train(cfg, tmp_path / "first", progress=False)
-    cfg.train.init_from = str(tmp_path / "first")
+def test_a_stopped_fine_tune_resumes_instead_of_starting_over(first, tmp_path):
+    source, cfg = first
+    cfg = copy.deepcopy(cfg)
+    cfg.train.init_from = str(source)
     train(cfg, tmp_path / "straight", progress=False)
     train(cfg, tmp_path / "resumed", progress=False, stop_after_steps=2)
     train(cfg, tmp_path / "resumed", progress=False)   # reloading the checkpoint here would undo 2 steps
