@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -153,6 +154,16 @@ def test_only_lora_and_special_rows_train(name):
         hidden = torch.randn(1, 1, model.config.hidden_size)
         logits = head(hidden)[0, 0, special]
         assert torch.allclose(logits, hidden[0, 0] @ embed(special).T, atol=1e-5)
+
+
+def test_applying_lora_emits_no_future_warning():
+    """peft reads a property that transformers 5 deprecated: users saw a FutureWarning at every
+    load (`pecrs chat`, `evaluate`) that they could do nothing about."""
+    model, tokenizer = bb.load_backbone("tiny-llama")
+    ids = bb.add_special_tokens(model, tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        bb.apply_lora(model, ids)
 
 
 def test_lora_targets_attention_only():

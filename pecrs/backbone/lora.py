@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -116,7 +117,12 @@ def apply_lora(
         bias="none",
         trainable_token_indices=ids,
     )
-    return use_row_trainable_tokens(get_peft_model(model, config))
+    with warnings.catch_warnings():
+        # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` (transformers 5):
+        # a FutureWarning on every model load that users cannot act on.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
+    return use_row_trainable_tokens(peft_model)
 
 
 # Performance (docs/performance.md): peft's TrainableTokensLayer rebuilds the *whole* matrix on
