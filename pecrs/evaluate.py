@@ -167,6 +167,9 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
                 for j, (i, t) in enumerate(zip(turn_rows[:20], clean[:20]))]
         summary = metrics.summarize(ranked=ranked[rec_rows], targets=targets, seen_before=seen, naive_ranked=naive,
                                     total_nll=nll, total_tokens=count, n_samples=len(samples), **gen_args)
+        # Tables 9-10 (Appendix B): is the top-1 at least of the target's genre?
+        summary["genres"] = metrics.top1_genre_accuracy(ranked[rec_rows, 0], targets,
+                                                        [it.genres for it in store.items])
         summary["seconds"] = round(time.perf_counter() - started, 2)
         return {**summary, **result}
 

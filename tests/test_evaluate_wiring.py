@@ -6,6 +6,8 @@ count for recall, which are dropped by dedup recall (the target_seen_before flag
 repeated flag), which rows the re-rank scores reorder, which samples are generated for (one per
 recommender turn, with that sample's top-1 item injected), and which samples the perplexity covers
 (all of them)."""
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -197,3 +199,23 @@ def test_without_generation_only_the_rows_with_a_target_are_ranked(setup):
     keys = [k for k in full if "recall" in k or k in ("unique", "n_rec_samples", "n_dedup_samples")]
     assert {k: fast[k] for k in keys} == {k: full[k] for k in keys}
     assert fast["ppl"] is None and full["ppl"] == pytest.approx(math.exp(9 / 15))
+
+
+def test_genres_of_the_top1_by_hand(setup):
+    """Tables 9-10 in evaluate(): s0 top-1 B = target (Comedy), s1 top-1 B for target E (Comedy vs
+    Drama: wrong genre), s3 top-1 7 for target D (both Horror first: right genre, wrong item)."""
+    model, store, encoder, samples = setup
+    genres = {B: ("Comedy",), E: ("Drama",), D: ("Horror",), 7: ("Horror", "Drama")}
+    store.items = [dataclasses.replace(it, genres=genres.get(i, ("Action",))) for i, it in enumerate(store.items)]
+    out = evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=4),
+                   generate=False, perplexity=False)
+    g = out["genres"]
+    assert (g["n_samples"], g["n_wrong"], g["n_skipped"]) == (3, 2, 0)
+    assert g["accuracy"] == pytest.approx(2 / 3) and g["wrong_genre_rate"] == pytest.approx(1 / 2)
+    # A random wrong item has the target's first genre with (items of that genre - 1) / (60 - 1).
+    assert g["random_genre_rate"] == pytest.approx((0 + 0 + 1 / 59) / 3)
+    assert g["per_genre"]["Horror"] == pytest.approx({"items_share": 2 / 60, "test_share": 1 / 3, "n": 1,
+                                                      "accuracy": 1.0})
+    # A genre without test samples has no accuracy: None, not NaN, so the JSON stays valid.
+    assert g["per_genre"]["Action"]["n"] == 0 and g["per_genre"]["Action"]["accuracy"] is None
+    json.dumps(out, allow_nan=False)

@@ -160,11 +160,8 @@ def plan_table9_10(ctx: Context):
     for key, cfg in ctx.configs.items():
         def body(setup, cfg=cfg):
             samples, ranked, targets, seconds = rankings(setup, cfg)
-            items = setup.store.items
             top1 = ranked[:, 0] if ranked.size else np.full(len(targets), -1)
-            analysis = metrics.genre_accuracy(
-                [items[int(i)].genres if i >= 0 else () for i in top1], [items[int(t)].genres for t in targets],
-                top1 == targets, [it.genres for it in items])
+            analysis = metrics.top1_genre_accuracy(top1, targets, [it.genres for it in setup.store.items])
             return {**recommendation(setup, samples, ranked, targets), "genres": analysis, "seconds": seconds}
 
         parts.append(training_part(ctx, f"{key}-train", cfg, describe=f"train on {dataset_label(cfg)}"))

@@ -29,7 +29,7 @@ One module a concern:
 * summary.py: `summarize`, the evaluation JSON dict built from all of the above.
 """
 from .generation import distinct_n, distinct_ratio_n, item_f1, perplexity, rouge_1_2
-from .genres import genre_accuracy
+from .genres import genre_accuracy, top1_genre_accuracy
 from .ranking import (DEFAULT_KS, dedup_recall_at_k, items_by_last_mention, naive_baseline_ranking, recall_at_k,
                       unique_items)
 from .summary import summarize
@@ -47,5 +47,6 @@ __all__ = [
     "distinct_ratio_n",
     "perplexity",
     "genre_accuracy",
+    "top1_genre_accuracy",
     "summarize",
 ]

@@ -92,3 +92,20 @@ def genre_accuracy(pred_genres: Sequence[Sequence[str]], target_genres: Sequence
         "n_wrong": int(wrong_a.sum()),
         "n_skipped": n_skipped,
     }
+
+
+def top1_genre_accuracy(top1, targets, catalog_genres: Sequence[Sequence[str]]) -> dict:
+    """`genre_accuracy` for catalog indices, as `pecrs evaluate` and the table9_10 experiment report
+    it: top1 [n] the top-1 recommendation of each sample with a target (-1: none), targets [n],
+    catalog_genres[i] the genres of item i. NaN (a genre with no test sample) becomes None, so
+    the dict is JSON-ready."""
+    top1, targets = np.asarray(top1).reshape(-1), np.asarray(targets).reshape(-1)
+    result = genre_accuracy([catalog_genres[i] if i >= 0 else () for i in top1],
+                            [catalog_genres[t] for t in targets], top1 == targets, catalog_genres)
+    return _nan_to_none(result)
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    return None if isinstance(value, float) and np.isnan(value) else value
