@@ -104,14 +104,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
                          "a resumed row's train loss covers the batches since the resume.")
         else:
             lines.append(f"\nTraining stopped early {where}.")
-    lines += ["", "## Test metrics", ""]
-    if test:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_metric(k, test[k])} |" for k in CARD_METRICS if test.get(k) is not None]  # unmeasured: left out
-        lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({test.get('n_rec_samples', '?')} "
-                     f"samples with a target, decoding `{test.get('decoding', '?')}`).")
-    else:
-        lines.append("Not evaluated on a test split (no eval_test.json beside the run).")
+    lines += ["", *card_test_metrics(test)]
     sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
     lines += ["", "## Limitations", "",
               "- Recommends only items of its catalog; another catalog (`--catalog`) is encoded on first use, and "
@@ -132,6 +125,26 @@ def hardware() -> str:
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def card_test_metrics(test: dict | None) -> list[str]:
+    """The card's "## Test metrics" lines from a `pecrs evaluate --json` result (None: not evaluated)."""
+    lines = ["## Test metrics", ""]
+    if not test:
+        return lines + ["Not evaluated on a test split (no eval_test.json beside the run)."]
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_metric(k, test[k])} |" for k in CARD_METRICS if test.get(k) is not None]  # unmeasured: left out
+    samples = f"{test.get('n_rec_samples', '?')} samples with a target"
+    if test.get("n_gen_samples") is not None:
+        samples += f", {test['n_gen_samples']} replies generated"
+    lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({samples}, decoding "
+                 f"`{test.get('decoding', '?')}`, no_repeat_ngram {test.get('no_repeat_ngram', 0)}).")
+    genres = test.get("genres") or {}
+    if genres.get("accuracy") is not None:
+        lines.append(f"Genre of the top-1 (Tables 9-10): the target's first genre in {_pct(genres['accuracy'])}% of "
+                     f"samples; among wrong top-1 items {_pct(genres.get('wrong_genre_rate'))}%, against "
+                     f"{_pct(genres.get('random_genre_rate'))}% for a random wrong item.")
+    return lines
 
 
 def _metric(name: str, value) -> str:

@@ -53,6 +53,21 @@ def test_export_is_half_precision_with_vectors_and_a_card(exported):
     assert meta["export"]["source"].endswith("best") and meta["config"]["inference"]["no_repeat_ngram"] == 3
 
 
+def test_the_card_quotes_replies_and_genres_when_evaluated():
+    from pecrs.export import card_test_metrics
+
+    full = {"split": "test", "recall@1": 0.097, "rouge1": 13.2, "n_rec_samples": 279, "n_gen_samples": 960,
+            "decoding": "top_k", "no_repeat_ngram": 3,
+            "genres": {"accuracy": 0.328, "wrong_genre_rate": 0.32, "random_genre_rate": 0.185}}
+    text = "\n".join(card_test_metrics(full))
+    assert "| recall@1 | 9.7% |" in text and "| rouge1 | 13.2 |" in text
+    assert "(279 samples with a target, 960 replies generated, decoding `top_k`, no_repeat_ngram 3)" in text
+    assert "first genre in 32.8% of samples; among wrong top-1 items 32.0%, against 18.5%" in text
+    recall_only = "\n".join(card_test_metrics({"split": "test", "recall@1": 0.1, "n_rec_samples": 279}))
+    assert "replies generated" not in recall_only and "Genre" not in recall_only
+    assert "Not evaluated" in "\n".join(card_test_metrics(None))
+
+
 def test_the_card_tells_a_resumed_run_from_a_stopped_one(exported):
     from pecrs.export import model_card
 
