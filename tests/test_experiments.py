@@ -84,6 +84,7 @@ def test_main_tables_2_and_3_then_rerun_skips(run, root):
     assert md.count("PECRS, ours (tiny-llama)") == 4 and md.count("| Naive baseline") == 2
     saved = json.loads((root / "main" / "result.json").read_text())
     assert saved["parts"]["redial-test"]["record"]["provenance"]["hardware"]["torch"]
+    assert saved["parts"]["redial-test"]["record"]["provenance"]["hardware"]["cpu"]  # the CPU model, named
     # the test result names the decoding that produced its replies, n-gram rule included
     test_result = saved["parts"]["inspired-test"]["record"]["result"]
     assert (test_result["decoding"], test_result["no_repeat_ngram"]) == ("top_k", 0)

@@ -173,6 +173,9 @@ def test_evaluating_a_shipped_model_scores_its_shipped_vectors(exported, monkeyp
     assert main(["evaluate", "inspired", "--dataset", str(data), "--no-generate", "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert encoded == [] and result["n_rec_samples"] == 2
+    # Every result says where it was measured: the CPU's model name, not just "cpu".
+    from pecrs.precision import cpu_model
+    assert result["measured"]["hardware"]["cpu"] == cpu_model() and result["measured"]["date"]
     # The store hands out exactly the shipped vectors.
     model, config = load_pretrained(shipped)
     setup = prepare(config, model=model, dataset=str(data), saved_vectors_from=shipped)

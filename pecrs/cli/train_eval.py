@@ -56,9 +56,12 @@ def _evaluate(args) -> int:
                       perplexity=not args.no_ppl,
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
                       progress=not args.json)
+    from ..experiments.provenance import git_revision, hardware, now
+
     result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
               "no_repeat_ngram": inference.no_repeat_ngram,
-              "m_inference": inference.m_inference, "dtype": dtype, **result}
+              "m_inference": inference.m_inference, "dtype": dtype, **result,
+              "measured": {"date": now(), "git_revision": git_revision(), "hardware": hardware()}}
     out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -67,7 +70,7 @@ def _evaluate(args) -> int:
     else:
         # The per-genre table (Tables 9-10) stays in the file; its three rates are printed.
         genres = result.get("genres") or {}
-        shown = {**{k: v for k, v in result.items() if k not in ("examples", "genres")},
+        shown = {**{k: v for k, v in result.items() if k not in ("examples", "genres", "measured")},
                  **{f"genre_{k}": genres.get(k) for k in ("accuracy", "wrong_genre_rate", "random_genre_rate")}}
         for key, value in shown.items():
             print(f"{key:>24}: {value}")

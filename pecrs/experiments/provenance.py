@@ -16,9 +16,12 @@ def now() -> str:
 def hardware() -> dict:
     import torch
 
+    from ..precision import cpu_bf16_units, cpu_model
+
+    # The CPU's model and its bfloat16 units: speeds differ several-fold between this project's machines.
     info = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
+            "cpu": cpu_model(), "cpu_bf16_units": cpu_bf16_units(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     try:
         import transformers
 
@@ -37,7 +40,7 @@ def hardware_summary(hw: dict | None) -> str:
         return "unknown"
     if hw.get("cuda"):
         return f"{hw.get('gpu')} (x{hw.get('gpu_count', 1)})"
-    return f"CPU, {hw.get('torch_threads')} torch thread(s) of {hw.get('cpu_count')} cores"
+    return f"{hw.get('cpu') or 'CPU'}, {hw.get('torch_threads')} torch thread(s) of {hw.get('cpu_count')} cores"
 
 
 def git_revision() -> str | None:
