@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .summary import _json_number
+
 NAN = float("nan")
 
 
@@ -106,6 +108,5 @@ def top1_genre_accuracy(top1, targets, catalog_genres: Sequence[Sequence[str]]) 
 
 
 def _nan_to_none(value):
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    return None if isinstance(value, float) and np.isnan(value) else value
+    # Numbers as `summarize` writes them (NaN -> None, numpy -> Python), nested dicts kept.
+    return {k: _nan_to_none(v) for k, v in value.items()} if isinstance(value, dict) else _json_number(value)
