@@ -1,6 +1,6 @@
 """bfloat16 inference against float32: latency and ranking agreement on INSPIRED test contexts (issue 12).
 
-    python benchmarks/bf16_agreement.py [--quick] [--contexts 10] [--no-merged]
+    python benchmarks/bf16_agreement.py [--quick] [--contexts 10] [--no-merged] [--model inspired]
 
 Prints the CPU model, its bfloat16 flags (amx_bf16, avx512_bf16) and the dtype `auto` picks
 there (pecrs.precision), then per variant p50 latencies (one request = one test context, B=1,
@@ -12,11 +12,13 @@ agreement of each bfloat16 variant's rankings with float32's:
   bfloat16_merged    the same with LoRA first folded into the float32 weights (--no-merged skips it)
 Agreement: top-1 of the re-ranked list the same as float32's; overlap of the recall top-50 and of
 the re-ranked top-50 (targets: top-1 >= 0.90, top-50 overlap >= 0.95); mean cosine of the recall
-queries. The model is the default backbone (SmolLM2-135M) with seeded random heads and a seeded
-non-zero LoRA (B ~ N(0, 0.02)): no trained checkpoint exists yet, so this measures numerical
-perturbation, not recommendation quality. Catalog vectors: the INSPIRED catalog encoded once by the
-float32 model (cached under PECRS_CACHE/bench/), the vectors a bfloat16 Recommender uses when they
-are cached; the first --encode-items items are also encoded in bfloat16 to time catalog encoding
+queries. The model: without --model, the default backbone (SmolLM2-135M) with seeded random heads
+and a seeded non-zero LoRA (B ~ N(0, 0.02)), which measures numerical perturbation only (untrained
+heads score candidates close together, so their order is fragile); with --model, a trained model
+(a shipped model's name or a run/checkpoint folder), the question that matters for serving.
+Catalog vectors: the model's saved vectors when they are the INSPIRED catalog's (the shipped
+model), else the catalog encoded once by the float32 model (the random model's are cached under
+PECRS_CACHE/bench/): the vectors a bfloat16 Recommender uses. The first --encode-items items are also encoded in bfloat16 to time catalog encoding
 and compare the vectors. On a CPU without bfloat16 units bfloat16 runs on an emulated path and is
 expected to be slower than float32: the figures say by how much.
 """
@@ -36,6 +38,9 @@ def main(argv=None):
     p.add_argument("--m-inference", type=int, default=InferenceConfig.m_inference)
     p.add_argument("--encode-items", type=int, default=None, help="items encoded in both dtypes (default 48, quick 8)")
     p.add_argument("--no-merged", action="store_true", help="skip the LoRA-merged bfloat16 variant")
+    p.add_argument("--model", default=None,
+                   help="a trained model: a shipped model's name (inspired) or a run/checkpoint folder "
+                        "(default: random heads and LoRA on --backbone)")
     args = p.parse_args(argv)
     threads = C.set_threads(args.threads)
     import copy
@@ -59,14 +64,22 @@ def main(argv=None):
         store = ItemStore(items, model.tokenizer, m.item_fields, m.item_max_tokens)
         return store.encode(model, adapted=m.item_encoding == "adapted")
 
-    cfg = C.run_config(args.backbone)
+    if args.model:
+        from pecrs.pretrained import checkpoint_dir, load_pretrained
+        from pecrs.setup import saved_catalog_vectors
+
+        checkpoint = checkpoint_dir(args.model)
+        ref, cfg = load_pretrained(checkpoint)
+        ref.eval()
+    else:
+        cfg = C.run_config(args.backbone)
+        ref = C.build(cfg, seed=0).eval()
+        torch.manual_seed(1)
+        with torch.no_grad():  # a non-zero adapter: merged and kept LoRA differ only then
+            for name, prm in ref.named_parameters():
+                if "lora_B" in name:
+                    prm.normal_(0, 0.02)
     m = cfg.model
-    ref = C.build(cfg, seed=0).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():  # a non-zero adapter: merged and kept LoRA differ only then
-        for name, prm in ref.named_parameters():
-            if "lora_B" in name:
-                prm.normal_(0, 0.02)
     variants = {"float32": ref}
     low = copy.deepcopy(ref)
     to_inference_dtype(low, torch.bfloat16)
@@ -80,7 +93,13 @@ def main(argv=None):
     # Catalog vectors by the float32 model, cached across runs (the model is seeded, so the same).
     key = hashlib.sha256(f"{args.backbone}|seed0|lora0.02|{len(items)}|{m.item_fields}|{m.item_max_tokens}".encode()).hexdigest()[:16]
     vec_path = cache_dir() / "bench" / f"bf16_agreement_{key}.pt"
-    if vec_path.is_file():
+    saved = saved_catalog_vectors(checkpoint, items) if args.model else None
+    if saved is not None:
+        vectors = saved.float()
+    elif args.model:
+        print(f"encoding {len(items)} items in float32", flush=True)
+        vectors = encode_catalog(ref, items)
+    elif vec_path.is_file():
         vectors = torch.load(vec_path, weights_only=True)
     else:
         print(f"encoding {len(items)} items in float32 once (cached at {vec_path})", flush=True)
@@ -140,14 +159,16 @@ def main(argv=None):
             row["recall_top50"], row["rerank_top50"]) >= TARGETS["top50_overlap"]
         agreement[name] = row
     flags = cpu_flags()
-    result = {"benchmark": "bf16_agreement", "backbone": args.backbone,
+    result = {"benchmark": "bf16_agreement", "backbone": m.backbone, "model": args.model,
               "cpu": C.cpu_model(), "bf16_units": cpu_bf16_units(),
               "isa_flags": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
                             if f in flags],
               "auto_dtype": str(auto.dtype).removeprefix("torch."), "auto_reason": auto.reason,
               "settings": {"m_inference": args.m_inference, "batch_size": 1, "threads": threads, "contexts": n_ctx,
                            "warmup": args.warmup, "catalog_items": len(items), "encode_items": n_enc,
-                           "heads": "seeded random", "lora_B": "seeded N(0, 0.02)",
+                           "heads": f"trained ({checkpoint})" if args.model else "seeded random",
+                           "lora_B": "trained" if args.model else "seeded N(0, 0.02)",
+                           "catalog_vectors": "saved with the model" if saved is not None else "encoded in float32",
                            "pecrs_cache": os.environ.get("PECRS_CACHE", "~/.cache/pecrs")},
               "latency_p50_s": latency, "agreement_with_float32": agreement, "catalog_encoding": encoding,
               "targets": TARGETS}

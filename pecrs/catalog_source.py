@@ -62,7 +62,9 @@ def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], lis
             if len(errors) < max_errors:
                 errors.append(str(e))
     if not items:
-        raise DataError(f"no valid items ({n_bad} bad line(s); first: {errors[:1]})", path=str(path))
+        if not n_bad:
+            raise DataError("the catalog holds no items", path=str(path))
+        raise DataError(f"no valid items ({n_bad} bad line(s); first: {errors[0]})", path=str(path))
     return items, errors, n_bad
 
 

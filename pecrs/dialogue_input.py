@@ -59,6 +59,11 @@ def to_turns(dialogue, item_index: dict[str, int], max_chars: int | None = None)
             raise DataError(f"expected a string, got {type(text).__name__}", field=f"{where}.text")
         if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
             raise DataError(f"expected a list of item ids, got {items!r}", field=f"{where}.items")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: undecodable bytes read with surrogateescape
+            raise DataError(f"text is not valid Unicode (character {e.start} cannot be encoded as UTF-8)",
+                            field=f"{where}.text") from None
         for token in RESERVED:
             if token in text:
                 raise DataError(f"text contains the reserved token {token}", field=f"{where}.text")

@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbone import add_special_tokens, apply_lora, ensure_pad_token, load_backbone
@@ -68,6 +69,7 @@ def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extr
     must load with torch.load(weights_only=True). pecrs_config.json is written last, listing them,
     so that `checkpoint_complete` can tell a finished temporary folder from a half-written one."""
     directory = Path(directory)
+    check_replaceable(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -86,6 +88,23 @@ def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extr
     os.replace(tmp / (CONFIG_FILE + ".part"), tmp / CONFIG_FILE)
     _replace_dir(tmp, directory)
     return directory
+
+
+def check_replaceable(directory: Path, sources: tuple[Path, ...] = ()) -> None:
+    """Saving replaces `directory` whole, so it must be new, empty or a pecrs checkpoint: a
+    FileExistsError names it otherwise (a run folder, its parent, a file), and a ValueError when it
+    is one of `sources` (the checkpoint being saved, its run folder) or a folder holding one
+    (`pecrs export RUN RUN`)."""
+    dest = directory.resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        if dest == src or dest in src.parents:
+            raise ValueError(f"{directory}: would replace {source}, which is being saved from; choose another folder")
+    if directory.is_file() or directory.is_symlink():
+        raise FileExistsError(f"{directory} is a file; saving a model needs a folder it can replace")
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / CONFIG_FILE).is_file():
+        raise FileExistsError(f"{directory} exists and is not a pecrs checkpoint (no {CONFIG_FILE}); saving would "
+                              f"replace everything in it: remove it or choose another folder")
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -183,7 +202,13 @@ def read_meta(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a pecrs checkpoint: {CONFIG_FILE} is missing")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable pecrs config ({e}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path}: no 'config' object; the checkpoint is damaged")
+    return meta
 
 
 def load_pretrained(directory: str | Path, backbone: str | None = None) -> tuple[PECRS, RunConfig]:
@@ -212,15 +237,29 @@ def load_weights(model: PECRS, directory: str | Path) -> None:
     from peft.utils import load_peft_weights
 
     directory = Path(directory)
-    result = set_peft_model_state_dict(model.lm, load_peft_weights(str(directory / ADAPTER_DIR)))
+    # A damaged file or one from another model: the error names the file, not a state-dict key dump.
+    try:
+        result = set_peft_model_state_dict(model.lm, load_peft_weights(str(directory / ADAPTER_DIR)))
+    except (RuntimeError, OSError, SafetensorError) as e:
+        raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights cannot be loaded into this model "
+                         f"({_first_line(e)})") from None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights do not fit this model: {unexpected[:5]}")
-    heads = load_file(directory / HEADS_FILE)
-    missing, unexpected = model.load_state_dict(heads, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(load_file(directory / HEADS_FILE), strict=False)
+    except (RuntimeError, OSError, SafetensorError) as e:
+        raise ValueError(f"{directory / HEADS_FILE}: head weights cannot be loaded into this model "
+                         f"({_first_line(e)})") from None
     missing = [k for k in missing if not k.startswith("lm.")]
     if missing or unexpected:
         raise ValueError(f"{directory / HEADS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _first_line(error: Exception) -> str:
+    """torch's size-mismatch errors run to one line per tensor: the first two say what is wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2]) + (f" (+{len(lines) - 2} more)" if len(lines) > 2 else "")
 
 
 def init_from_checkpoint(model: PECRS, config: RunConfig, name_or_path: str | Path) -> Path:
@@ -228,12 +267,18 @@ def init_from_checkpoint(model: PECRS, config: RunConfig, name_or_path: str | Pa
     built from `config`. The checkpoint's model section must equal config.model but for where the
     backbone is read from, else a ValueError names the fields that differ. Returns the folder."""
     directory = checkpoint_dir(name_or_path)
+    check_same_model(config, directory, f"train.init_from={name_or_path}")
+    load_weights(model, directory)
+    return directory
+
+
+def check_same_model(config: RunConfig, directory: Path, what: str) -> None:
+    """A ValueError naming every model.* setting of `config` (but where the backbone is read from)
+    that differs from the checkpoint in `directory`: its weights would not fit, or would mean
+    something else (another item text, another context length). `what` starts the message."""
     theirs = dataclasses.asdict(RunConfig.from_dict(read_meta(directory)["config"]).model)
     ours = dataclasses.asdict(config.model)
     differ = [k for k in sorted(set(theirs) | set(ours)) if k != "backbone" and theirs.get(k) != ours.get(k)]
     if differ:
-        raise ValueError(f"train.init_from={name_or_path}: {directory / CONFIG_FILE} was trained with other model "
-                         f"settings: " + ", ".join(f"model.{k} is {theirs.get(k)!r} there, {ours.get(k)!r} here"
-                                                  for k in differ))
-    load_weights(model, directory)
-    return directory
+        raise ValueError(f"{what}: {directory / CONFIG_FILE} was trained with other model settings: "
+                         + ", ".join(f"model.{k} is {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ))

@@ -53,8 +53,17 @@ WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 class TurnIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["seeker", "recommender"]
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    text: str = Field(max_length=MAX_TEXT_CHARS)
     items: list[str] = Field(default_factory=list, max_length=MAX_ITEMS_PER_TURN)
+
+    @field_validator("text")
+    @classmethod
+    def _seeker_says_something(cls, text, info):
+        # A recommender turn may be empty: /respond returns the model's reply as the next request's
+        # turn, and a model can end a reply at once.
+        if not text and info.data.get("role") == "seeker":
+            raise ValueError("a seeker turn's text is empty")
+        return text
 
 
 class RecommendRequest(BaseModel):
@@ -157,6 +166,11 @@ def create_app(recommender) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            # FastAPI reads a body as JSON only when it says so; name the header, not a "dict" error.
+            return JSONResponse({"detail": clip(f"send the body as JSON with Content-Type: application/json "
+                                                f"(got {media_type or 'no Content-Type'})")}, status_code=415)
         errors = exc.errors()
         detail = [_short_error(e) for e in errors[:MAX_ERRORS]]
         if len(errors) > MAX_ERRORS:
@@ -190,7 +204,7 @@ def create_app(recommender) -> FastAPI:
                 "m_inference": recommender.m_inference,
                 "index": type(recommender.index).__name__, "device": str(recommender.model.device)}
 
-    @app.get("/items/{item_id}")
+    @app.get("/items/{item_id:path}")  # :path, so that ids holding "/" resolve too
     def get_item(item_id: str):
         item = recommender.items.get(item_id)
         if item is None:

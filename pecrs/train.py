@@ -28,7 +28,7 @@ from .config import RunConfig
 from .evaluate import recall_only
 from .setup import Setup, prepare, say
 from .model import PECRS
-from .pretrained import init_from_checkpoint, load_weights, recover_checkpoint, save_pretrained
+from .pretrained import check_same_model, init_from_checkpoint, load_weights, recover_checkpoint, save_pretrained
 from .step import (StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, restore_grads, saved_grads,
                    scaled_lr, shard, step_losses)
 from .tokens import collate, static_widths
@@ -86,6 +86,15 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     device = accelerator.device
     cuda = device.type == "cuda"
     show = progress and accelerator.is_main_process
+    last = out / "last"
+    if accelerator.is_main_process:  # a crash between the two renames of a save loses nothing
+        recover_checkpoint(last)
+        recover_checkpoint(out / "best")
+    accelerator.wait_for_everyone()
+    # Resuming (a run folder with last/): the same model or nothing; config.yaml is only rewritten after.
+    resuming = (last / STATE_FILE).is_file()
+    if resuming:
+        check_same_model(config, last, f"resuming {out} (another --output-dir starts a new run)")
     if accelerator.is_main_process:
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -95,6 +104,12 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                          f"mixed precision here is '{precision}'")
     setup = prepare(config, device=device, progress=show)
     model, store, encoder = setup.model, setup.store, setup.encoder
+    have = ", ".join(sorted(setup.samples)) or "none"
+    if t.train_split not in setup.samples:
+        raise ValueError(f"train.train_split: {t.dataset} has no split '{t.train_split}' (it has {have})")
+    if t.dev_split not in setup.samples:
+        say(f"no split '{t.dev_split}' in {t.dataset} (it has {have}): no dev selection, best/ is the latest model",
+            accelerator.is_main_process)
     train_samples = setup.samples[t.train_split]
     if not train_samples:
         raise ValueError(f"split '{t.train_split}' of {t.dataset} has no samples to train on")
@@ -113,7 +128,6 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     mode = resolve_step_mode(t.step_mode, device, static)
 
     # Before any step and before the model is wrapped; a resumed run reads them back from last/.
-    resuming = (out / "last" / STATE_FILE).is_file()
     if t.init_from and not resuming:  # the checkpoint's heads carry its item standardization
         say(f"starting from {init_from_checkpoint(model, config, t.init_from)}", show)
     elif config.model.item_standardize and not resuming:
@@ -144,12 +158,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         "mixed_precision": precision, "frozen_dtype": frozen, "step_mode": runner.mode}}))
 
     state = {"epoch": 0, "batch": 0, "global_step": 0, "best": -1.0, "best_epoch": None}
-    last = out / "last"
-    if accelerator.is_main_process:  # a crash between the two renames of a save loses nothing
-        recover_checkpoint(last)
-        recover_checkpoint(out / "best")
-    accelerator.wait_for_everyone()
-    if (last / STATE_FILE).is_file():
+    if resuming:
         state = _resume(core, optimizer, scheduler, last)
         accelerator.print(f"resuming from {last}: epoch {state['epoch']}, batch {state['batch']}")
 

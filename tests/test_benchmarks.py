@@ -181,3 +181,15 @@ def test_item_token_probe_measures_and_trains_the_rows(shared_datasets, tmp_path
     assert [c["updates"] for c in curve] == [2, 4]
     # Training the [ITEM] row on replies that name items makes [ITEM] more likely there.
     assert curve[-1]["mean_p_item"] > 2 * before["mean_p_item"]
+
+
+def test_evaluation_batches_ranks_both_ways_alike(shared_datasets, tmp_path, run_benchmark):
+    from pecrs.testing import make_tiny_run
+
+    run, _ = make_tiny_run(tmp_path / "run")
+    result = run_benchmark("evaluation_batches", "--model", str(run), "--samples", "10", "--batch-size", "4",
+                           tmp_path=tmp_path)
+    assert result["settings"]["samples"] == 10 and set(result["seconds"]) == {"sample_order", "length_sorted"}
+    tokens = result["test_targets_context_tokens"]
+    assert tokens["real"] <= tokens["length_sorted"] < tokens["sample_order"]
+    assert result["samples_whose_top50_differ"] <= 1   # padding moves float rounding only

@@ -94,3 +94,25 @@ def test_cli_chat_no_repeat_ngram_flag(run, monkeypatch, tmp_path):
     assert main(["chat", str(run_dir), "--no-repeat-ngram", "3"]) == 0
     assert main(["chat", str(run_dir)]) == 0
     assert [rec.no_repeat_ngram for rec in loaded] == [3, 0]     # flag, then the run's setting (0)
+
+
+@pytest.mark.parametrize("command, flag, value, message", [
+    ("chat", "--device", "gpu", "expected a device such as cpu, cuda"),
+    ("evaluate", "--device", "cuda:99", "cuda:99"),
+    ("chat", "--threads", "-1", "expected a positive integer"),
+    ("chat", "--k-items", "0", "expected a positive integer"),
+    ("chat", "--seed", str(2**64), "expected a seed from 0 to 2**32 - 1"),
+    ("chat", "--seed", "-1", "expected a seed from 0 to 2**32 - 1"),
+    ("serve", "--port", "99999", "expected a port from 0 to 65535"),
+])
+def test_bad_flags_fail_before_a_model_loads(command, flag, value, message, capsys, monkeypatch):
+    """Checked by argparse, so the chat never starts (and loses nothing) on a flag that fails later."""
+    import pecrs.recommender
+    from pecrs.cli import main
+
+    monkeypatch.setattr(pecrs.recommender.Recommender, "from_pretrained",
+                        classmethod(lambda *a, **kw: pytest.fail("the model was loaded")))
+    run = ["inspired"] if command == "evaluate" else []
+    with pytest.raises(SystemExit) as e:
+        main([command, *run, flag, value])
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -219,3 +219,15 @@ def test_genres_of_the_top1_by_hand(setup):
     # A genre without test samples has no accuracy: None, not NaN, so the JSON stays valid.
     assert g["per_genre"]["Action"]["n"] == 0 and g["per_genre"]["Action"]["accuracy"] is None
     json.dumps(out, allow_nan=False)
+
+
+def test_length_sorted_batches_cover_every_row_once_shortest_first():
+    from pecrs.evaluate import length_sorted_batches
+
+    lengths = [5, 1, 9, 1, 7, 3, 3]
+    batches = length_sorted_batches(lengths, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert [[lengths[i] for i in b] for b in batches] == [[1, 1, 3], [3, 5, 7], [9]]
+    assert batches[0].tolist() == [1, 3, 5]          # ties keep their order (a stable sort)
+    assert length_sorted_batches([], 4) == []

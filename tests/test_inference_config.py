@@ -131,3 +131,16 @@ def test_pecrs_evaluate_takes_the_run_settings_and_its_flags(tmp_path, monkeypat
     assert inference.no_repeat_ngram == 0
     with pytest.raises(SystemExit):
         main(["evaluate", str(run), "--no-repeat-ngram", "-1"])
+
+
+def test_pecrs_evaluate_checks_its_output_path_before_evaluating(tmp_path, monkeypatch, capsys):
+    import pecrs.evaluate
+    from pecrs.cli import main
+
+    run, items = make_tiny_run(tmp_path)
+    ran = []
+    monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: ran.append(1) or {})
+    for output in (tmp_path, items / "x.json"):   # a folder; a path under a file
+        assert main(["evaluate", str(run), "--device", "cpu", "--json", "--output", str(output)]) == 2
+        assert f"--output {output}" in capsys.readouterr().err
+    assert not ran

@@ -44,7 +44,7 @@ def test_training_lifts_recall_far_above_chance(backbone, seed=int(os.environ.ge
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        rerank_losses.append(float(losses["rerank"]))
+        rerank_losses.append(losses["rerank"].item())
         if step == 200:
             model.eval()
             ranked = rank_samples(model, store, test, store.all_vectors(model), 16, 16, rerank=False)

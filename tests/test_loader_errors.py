@@ -200,3 +200,9 @@ def test_line_helpers_for_other_readers(tmp_path):
     path.write_bytes(b"ok\n\x80\n")
     with pytest.raises(DataError, match=r"x\.jsonl:2: not UTF-8 text: byte 0x80 at column 1"):
         read_lines(path)
+
+
+def test_a_file_given_for_a_dataset_folder_is_named(tmp_path):
+    items = write_jsonl(tmp_path / "items.jsonl", [])
+    with pytest.raises(DataError, match="a dataset is a folder, not a file: give the folder that holds items.jsonl"):
+        load_dataset(items)

@@ -288,6 +288,13 @@ def test_bf16_benchmarks_run(shared_datasets, tmp_path, monkeypatch, run_benchma
     for row in result["agreement_with_float32"].values():
         assert 0 <= row["top1"] <= 1 and row["query_cosine"] > 0.99
     assert result["catalog_encoding"]["vector_cosine_mean_min"][1] > 0.99
+    # --model: a trained checkpoint's own backbone, heads and LoRA (not --backbone's random ones).
+    run, _ = make_tiny_run(tmp_path / "trained")
+    trained = run_benchmark("bf16_agreement", "--model", str(run), "--quick", "--contexts", "2",
+                            "--encode-items", "4", "--no-merged", tmp_path=tmp_path)
+    assert trained["backbone"] == "tiny-llama" and trained["model"] == str(run)
+    assert trained["settings"]["heads"].startswith("trained") and trained["settings"]["lora_B"] == "trained"
+    assert set(trained["agreement_with_float32"]) == {"bfloat16"}
     train = run_benchmark("bf16_training", "--quick", "--steps", "3", tmp_path=tmp_path)
     assert len(train["loss_curves"]["float32"]) == len(train["loss_curves"]["bfloat16"]) == 3
     assert train["max_rel_diff"] < 0.05 and train["settings"]["frozen_tensors_cast"] > 0

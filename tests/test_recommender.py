@@ -189,6 +189,7 @@ def test_several_items_per_turn(rec):
     ([{"role": "seeker", "text": "I like [ITEM]"}], "1 [ITEM] placeholder(s) but 0 item id(s)"),
     ([{"role": "seeker", "text": "I like [ITEM]", "items": ["nope"]}], "item id 'nope' is not in the catalog"),
     ([{"role": "seeker", "text": "hi [REC]"}], "reserved token [REC]"),
+    ([{"role": "seeker", "text": "hello \udcff world"}], "turns[0].text"),   # undecodable bytes, surrogateescape
     ([Turn("seeker", "ok"), 5], "turns[1]"),
 ])
 def test_bad_dialogues_are_clear_errors(rec, dialogue, message):
@@ -287,7 +288,10 @@ def test_lenient_catalog_reading(tmp_path):
     assert n_bad == 6 and len(errors) == 3
     assert "malformed JSON" in errors[0] and ":2" in errors[0] and "field 'title'" in errors[1]
     path.write_text('{"id": "x"}\n')
-    with pytest.raises(DataError, match="no valid items"):
+    with pytest.raises(DataError, match=r"no valid items \(1 bad line\(s\); first: .*items\.jsonl:1 field 'title'"):
+        read_items_lenient(path)
+    path.write_text("\n")
+    with pytest.raises(DataError, match="the catalog holds no items"):
         read_items_lenient(path)
 
 

@@ -122,3 +122,31 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them_on_the_longer_sched
     assert any(not torch.equal(after_one[k], after_two[k]) for k in after_one)
     scheduler = torch.load(tmp_path / "run" / "last" / "trainer_state.pt", weights_only=True)["scheduler"]
     assert scheduler["last_epoch"] == 6 and scheduler["_last_lr"][0] == 0.0  # the re-planned decay's end
+
+
+def test_resuming_with_other_model_settings_is_refused_before_anything_changes(tmp_path):
+    """Rerunning `pecrs train` into a run folder with last/ resumes it: with another model section the
+    weights would not fit (lora_r) or would mean something else (context length), so it stops with
+    every differing setting named, and the run's config.yaml still describes its checkpoint."""
+    import pytest
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after_steps=1).get("stopped_early")
+    config_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    cfg.model.lora_r, cfg.model.context_max_tokens = cfg.model.lora_r * 2, cfg.model.context_max_tokens - 1
+    with pytest.raises(ValueError, match=r"resuming .*model\.context_max_tokens is .*model\.lora_r is"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml
+
+
+def test_a_missing_train_split_is_named(tmp_path):
+    import pytest
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.train_split = "nope"
+    with pytest.raises(ValueError, match=r"train\.train_split: .* has no split 'nope' \(it has .*train"):
+        train(cfg, tmp_path / "run", progress=False)

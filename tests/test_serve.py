@@ -57,9 +57,11 @@ def test_respond_and_continue(client, rec):
     assert [i["id"] for i in data["recommended"]] == [it.id for it in expected.recommended]
     assert data["turn"] == {"role": "recommender", "text": expected.raw_text,
                             "items": [it.id for it in expected.items]}
-    # The returned turn is a valid turn of the next request.
+    # The returned turn is a valid turn of the next request, even when the model said nothing.
     more = {"turns": [SEEKER, data["turn"], {"role": "seeker", "text": "Thanks!"}], "seed": 1}
     assert client.post("/respond", json=more).status_code == 200
+    silent = {"role": "recommender", "text": "", "items": []}
+    assert client.post("/respond", json={**more, "turns": [SEEKER, silent, more["turns"][2]]}).status_code == 200
 
 
 def test_items(client):
@@ -112,6 +114,12 @@ def test_malformed_bodies(client):
     assert r.status_code == 422
     r = client.post("/recommend", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
     assert r.status_code == 413
+    body = b'{"turns": [{"role": "seeker", "text": "hi"}]}'
+    for media_type in ("text/plain", "application/x-www-form-urlencoded"):   # curl -d sends the second
+        r = client.post("/recommend", content=body, headers={"content-type": media_type})
+        assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"], media_type
+    assert client.post("/recommend", content=body, headers={"content-type": "application/json; charset=utf-8"}
+                       ).status_code == 200
     assert client.get("/health").status_code == 200      # still up
 
 
@@ -173,3 +181,19 @@ def test_cli_serve_other_catalog_reports_bad_lines(tmp_path, monkeypatch, capsys
     catalog.write_text("not json\n")
     assert main(["serve", str(run_dir), "--catalog", str(catalog)]) == 2    # nothing usable: an error
     assert "no valid items" in capsys.readouterr().err
+
+
+def test_an_item_id_with_a_slash_resolves(tmp_path):
+    import dataclasses
+
+    from pecrs.catalog_source import write_items
+    from pecrs.testing import toy_items
+
+    run_dir, _ = make_tiny_run(tmp_path)
+    items = [dataclasses.replace(it, id=f"imdb/{it.id}") for it in toy_items()]
+    write_items(items, tmp_path / "slashed.jsonl")
+    slashed = Recommender.from_pretrained(run_dir, catalog=tmp_path / "slashed.jsonl", device="cpu", cache_dir=False)
+    with TestClient(create_app(slashed)) as c:
+        for path in ("/items/imdb/3", "/items/imdb%2F3"):   # as typed, and as the page encodes it
+            r = c.get(path)
+            assert r.status_code == 200 and r.json()["title"] == "Movie 3", path

@@ -53,6 +53,19 @@ def test_export_is_half_precision_with_vectors_and_a_card(exported):
     assert meta["export"]["source"].endswith("best") and meta["config"]["inference"]["no_repeat_ngram"] == 3
 
 
+def test_export_never_replaces_its_run_or_a_folder_that_is_not_a_model(exported, capsys):
+    run, shipped = exported
+    stray = run.parent / "notes.md"
+    before = sorted(p.relative_to(run.parent) for p in run.parent.rglob("*"))
+    for destination, message in ((run, "being saved from"), (run / "best", "being saved from"),
+                                 (run.parent, "being saved from"), (run.parent / "data", "is not a pecrs checkpoint"),
+                                 (stray, "is a file")):
+        assert main(["export", str(run), str(destination)]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.relative_to(run.parent) for p in run.parent.rglob("*")) == before   # nothing lost
+    assert main(["export", str(run), str(shipped), "--no-repeat-ngram", "3"]) == 0     # a model: replaced
+
+
 def test_the_card_quotes_replies_and_genres_when_evaluated():
     from pecrs.export import card_test_metrics
 
@@ -191,3 +204,25 @@ def test_evaluating_a_shipped_model_scores_its_shipped_vectors(exported, monkeyp
     (data / "items.jsonl").write_text("\n".join([json.dumps(edited), *lines[1:]]) + "\n")
     setup = prepare(config, model=model, dataset=str(data), saved_vectors_from=shipped)
     assert setup.store.mode == "cached" and encoded == [1, 1]
+
+
+def test_a_damaged_or_foreign_checkpoint_names_its_file(tmp_path):
+    from safetensors.torch import save_file
+
+    run, _ = make_tiny_run(tmp_path)
+    best = run / "best"
+    heads = load_file(best / "heads.safetensors")
+    foreign = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) if k.startswith("g.") else v for k, v in heads.items()}
+    save_file(foreign, best / "heads.safetensors")                # another model's heads
+    with pytest.raises(ValueError, match=r"heads\.safetensors: head weights cannot be loaded .*size mismatch"):
+        pretrained.load_pretrained(best)
+    (best / "heads.safetensors").write_bytes(b"\x08\x00")          # a truncated file
+    with pytest.raises(ValueError, match=r"heads\.safetensors: head weights cannot be loaded"):
+        pretrained.load_pretrained(best)
+    adapter = next((best / "adapter").glob("*.safetensors"))
+    adapter.write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"adapter: adapter weights cannot be loaded"):
+        pretrained.load_pretrained(best)
+    (best / "pecrs_config.json").write_text('{"config": ')
+    with pytest.raises(ValueError, match=r"pecrs_config\.json: not a readable pecrs config"):
+        pretrained.load_pretrained(best)

@@ -41,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"pecrs: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C ends a chat or a long run: no traceback
+        print(file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # Output piped into a reader that stopped early (`pecrs data stats X | head`): not an
         # error. Point stdout at devnull so Python's exit-time flush does not complain again.

@@ -12,14 +12,14 @@ NO_REPEAT_HELP = ("no n-gram of N tokens twice in one reply, against a briefly t
                   "(0: off, the paper's decoding; default: the model's inference.no_repeat_ngram)")
 
 
-def _int_at_least(minimum: int, described: str):
-    """An argparse type: an integer >= `minimum`, else an error that says `described`."""
+def _int_at_least(minimum: int, described: str, maximum: int | None = None):
+    """An argparse type: an integer >= `minimum` (and <= `maximum`), else an error that says `described`."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {described}, got '{text}'")
         return value
     return parse
@@ -27,6 +27,28 @@ def _int_at_least(minimum: int, described: str):
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
+seed_int = _int_at_least(0, "a seed from 0 to 2**32 - 1", 2**32 - 1)   # the HTTP API's range too
+port_int = _int_at_least(0, "a port from 0 to 65535", 65535)
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a torch device this machine has ("cpu", "cuda", "cuda:1", ...), checked
+    before a model loads rather than failing inside torch after."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got '{text}'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"'{text}': this machine has no CUDA GPU torch can use")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"'{text}': this machine has {count} CUDA GPU(s)")
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got '{text}'")
+    return text
 
 
 def item_fields(text: str) -> str:

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import DTYPE_HELP, NO_REPEAT_HELP, non_negative_int, positive_int
+from .common import DTYPE_HELP, NO_REPEAT_HELP, device_name, non_negative_int, port_int, positive_int, seed_int
 
 
 # ---- pecrs chat / serve ------------------------------------------------------------------------
@@ -42,8 +42,8 @@ def _add_recommender_args(p) -> None:
     p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N", help=NO_REPEAT_HELP)
     p.add_argument("--m-inference", type=positive_int,
                    help="candidates retrieved then re-ranked (default: the model's inference.m_inference)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=DTYPE_HELP)
 
 
@@ -58,8 +58,8 @@ def add_chat_parser(subparsers) -> None:
                               description="You are the seeker, the model the recommender. Commands: "
                                           "/top N, /reset, /quit. Reads stdin line by line.")
     _add_recommender_args(p)
-    p.add_argument("--k-items", type=int, default=1, help="items injected per reply (default 1, as in the paper)")
-    p.add_argument("--seed", type=int, help="make sampled replies reproducible")
+    p.add_argument("--k-items", type=positive_int, default=1, help="items injected per reply (default 1, as in the paper)")
+    p.add_argument("--seed", type=seed_int, help="make sampled replies reproducible")
     p.set_defaults(func=_chat)
 
 
@@ -79,7 +79,7 @@ def add_serve_parser(subparsers) -> None:
                                           "GET /health, and a chat page at /.")
     _add_recommender_args(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_int, default=8000)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_serve)
 
@@ -110,9 +110,10 @@ def add_export_parser(subparsers) -> None:
                                           "MODEL_CARD.md (pecrs.export). Copied to pecrs/models/NAME it loads "
                                           "as Recommender.from_pretrained('NAME').")
     p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
-    p.add_argument("destination", help="folder to write (replaced if it exists)")
+    p.add_argument("destination", help="folder to write: a new or empty one, or an earlier export (replaced); "
+                                        "never the run itself or a folder holding it")
     p.add_argument("--catalog", help="items.jsonl to ship (default: the run's catalog)")
-    p.add_argument("--device", help="where to encode the catalog (default: cuda when available)")
+    p.add_argument("--device", type=device_name, help="where to encode the catalog (default: cuda when available)")
     p.add_argument("--notes", help="a markdown file quoted in MODEL_CARD.md under 'About this model' "
                                    "(how and why it was trained, what it is not)")
     p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",

@@ -3,10 +3,12 @@ pecrs baseline: the commands that train a run or score one."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from .common import DTYPE_HELP, NO_REPEAT_HELP, IntermixedParser, item_fields, non_negative_int, positive_int
+from .common import (DTYPE_HELP, NO_REPEAT_HELP, IntermixedParser, device_name, item_fields, non_negative_int,
+                     positive_int)
 
 
 # ---- pecrs train / evaluate ------------------------------------------------------------------
@@ -42,6 +44,7 @@ def _evaluate(args) -> int:
     from ..setup import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
+    out = _output_path(args.output, ckpt, f"eval_{args.split}.json")  # checked before minutes of work
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     from ..backbone import default_device
@@ -62,8 +65,6 @@ def _evaluate(args) -> int:
               "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "dtype": dtype, **result,
               "measured": {"date": now(), "git_revision": git_revision(), "hardware": hardware()}}
-    out = Path(args.output) if args.output else _result_path(ckpt, f"eval_{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
@@ -102,6 +103,21 @@ def _apply_dtype(model, dtype: str, device) -> str:
     return choice.name
 
 
+def _output_path(output: str | None, ckpt: Path, filename: str) -> Path:
+    """Where the result JSON goes (--output, else `_result_path`), its folder created now: a path
+    that cannot be written fails before the evaluation runs, not after."""
+    out = Path(output) if output else _result_path(ckpt, filename)
+    try:
+        if out.is_dir():
+            raise IsADirectoryError(f"{out} is a folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+            raise PermissionError(f"{out} is not writable")
+    except OSError as e:
+        raise ValueError(f"--output {out}: cannot write the result there ({e})") from None
+    return out
+
+
 def _result_path(ckpt: Path, filename: str) -> Path:
     """Where an evaluation of `ckpt` is written: its run folder, or for a model shipped inside the
     package (never written into) the working directory, as eval_<model>_<...>.json."""
@@ -130,7 +146,7 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--item-fields", type=item_fields,
                    help="comma-separated item fields, e.g. title,genres (Table 6)")
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=DTYPE_HELP)
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
     p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
@@ -160,6 +176,7 @@ def _evaluate_standardized(args) -> int:
     from ..setup import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
+    out = _output_path(args.output, ckpt, "eval_standardized.json")
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     dataset = args.dataset or config.train.dataset
@@ -171,8 +188,6 @@ def _evaluate_standardized(args) -> int:
                             m_inference=inference.m_inference, batch_size=inference.batch_size,
                             chunk_size=inference.rerank_chunk_size,
                             progress=not args.json, log=lambda msg: print(msg, file=sys.stderr))
-    out = Path(args.output) if args.output else _result_path(ckpt, "eval_standardized.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
                                "dtype": dtype, **result}, indent=2))
     _print_standardized(result, args.json)

@@ -12,6 +12,13 @@ FORMATS = ("jsonl", "redial", "inspired-tsv")
 _FILES = {"jsonl": jsonl_files, "redial": redial_files, "inspired-tsv": inspired_tsv_files}
 
 
+def _missing_folder(folder: Path) -> DataError:
+    if folder.is_file():
+        return DataError(f"a dataset is a folder, not a file: give the folder that holds {folder.name}",
+                         path=str(folder))
+    return DataError("dataset folder not found", path=str(folder))
+
+
 def detect_format(folder) -> str:
     """Which loader fits `folder`: ReDial if it (or its official/) holds ReDial's file names
     (train_data.jsonl, test_data.jsonl, ...), else JSON Lines if it holds a split *.jsonl next to
@@ -19,7 +26,7 @@ def detect_format(folder) -> str:
     wins), else INSPIRED TSV if it (or official/) holds *.tsv files."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError("dataset folder not found", path=str(folder))
+        raise _missing_folder(folder)
     if redial_split_files(folder):
         return "redial"
     if jsonl_split_files(folder):
@@ -35,7 +42,7 @@ def _format(folder: Path, fmt: str | None) -> str:
     if fmt is None:
         return detect_format(folder)
     if not folder.is_dir():
-        raise DataError("dataset folder not found", path=str(folder))
+        raise _missing_folder(folder)
     return fmt
 
 
