@@ -24,7 +24,6 @@ still correct because the caller's 4D mask already encodes the pattern.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
 
 import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
@@ -65,12 +64,16 @@ def _fallback(module):
     return _stock_attention(type(module), module.config._attn_implementation.removeprefix(_PREFIX))
 
 
-@lru_cache(maxsize=None)
+_STOCK: dict = {}  # (module type, name) -> function; a plain dict, which torch.compile traces as is
+
+
 def _stock_attention(module_type, name: str):
     """The implementation the model had: a registered one (sdpa), or the model file's eager."""
-    if name == "eager":
-        return getattr(importlib.import_module(module_type.__module__), "eager_attention_forward")
-    return ALL_ATTENTION_FUNCTIONS[name]
+    key = (module_type, name)
+    if key not in _STOCK:
+        _STOCK[key] = (getattr(importlib.import_module(module_type.__module__), "eager_attention_forward")
+                       if name == "eager" else ALL_ATTENTION_FUNCTIONS[name])
+    return _STOCK[key]
 
 
 def use_candidate_attention(model) -> bool:

@@ -206,3 +206,24 @@ def test_a_file_given_for_a_dataset_folder_is_named(tmp_path):
     items = write_jsonl(tmp_path / "items.jsonl", [])
     with pytest.raises(DataError, match="a dataset is a folder, not a file: give the folder that holds items.jsonl"):
         load_dataset(items)
+
+
+def test_redial_readers_agree_on_duplicates_and_null_mentions(tmp_path):
+    """pecrs.loaders.redial (`pecrs data`, train, evaluate) and pecrs.standardized (`pecrs baseline`)
+    read the same official file: a duplicate conversationId is an error in both, null movieMentions
+    means no mentions in both."""
+    from pecrs.standardized import load_collection
+
+    folder = redial_folder(tmp_path / "dup", conv())
+    path = folder / "official" / "test_data.jsonl"
+    write_jsonl(path, [conv(), conv()])
+    with pytest.raises(DataError, match=r"duplicate conversationId '7' \(first on line 1\)") as e:
+        load_dataset(folder)
+    assert e.value.line == 2
+    with pytest.raises(DataError, match="duplicate conversationId '7'"):
+        load_collection(path)
+    plain = conv(movieMentions=None, messages=[{"senderWorkerId": 1, "text": "hi"},
+                                               {"senderWorkerId": 2, "text": "hello"}])
+    folder = redial_folder(tmp_path / "null", plain)
+    assert len(load_dataset(folder).splits["test"]) == 1
+    assert load_collection(folder / "official" / "test_data.jsonl")

@@ -269,7 +269,7 @@ def test_bfloat16_frozen_training_follows_float32():
             loss.backward()
             opt.step()
             opt.zero_grad()
-            curves[name].append(float(loss))
+            curves[name].append(loss.item())
     a, b = curves["float32"], curves["bfloat16"]
     assert a[-2] + a[-1] < 0.9 * (a[0] + a[1]) and b[-2] + b[-1] < 0.9 * (b[0] + b[1])
     assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.03, (a, b)

@@ -186,10 +186,15 @@ def load_redial(folder, mentions: str = "pecrs") -> DatasetBundle:
     skipped: Counter = Counter()
     splits = {}
     for split, path in files.items():
-        splits[split] = require_dialogues([
-            _redial_dialogue(conv, {"path": str(path), "line": n}, items, mentions, pecrs_table,
-                             skipped)
-            for n, conv in read_jsonl(path)], path)
+        dialogues, first_line = [], {}
+        for n, conv in read_jsonl(path):
+            dialogue = _redial_dialogue(conv, {"path": str(path), "line": n}, items, mentions, pecrs_table, skipped)
+            if dialogue.id in first_line:  # as the standardized protocol's reader (pecrs.standardized)
+                raise DataError(f"duplicate conversationId '{dialogue.id}' (first on line {first_line[dialogue.id]})",
+                                path=str(path), line=n, field="conversationId")
+            first_line[dialogue.id] = n
+            dialogues.append(dialogue)
+        splits[split] = require_dialogues(dialogues, path)
     return DatasetBundle(name=folder.name, items=items, splits=splits, fmt="redial",
                          skipped=dict(skipped))
 

@@ -103,7 +103,7 @@ def parse_conversation(obj: dict, where: dict) -> Conversation:
         if key not in obj:
             raise DataError("missing required field", field=key, **where)
     names = obj["movieMentions"]
-    if names == []:
+    if names == [] or names is None:  # as pecrs.loaders.redial reads them: no mentions
         names = {}
     if not isinstance(names, dict):
         raise DataError(f"expected an object, got {type(names).__name__}", field="movieMentions", **where)
