@@ -43,6 +43,7 @@ def main(argv=None):
     test = [s for s in setup.samples["test"] if s.target is not None]
     encoded_all = setup.encoder.encode_all(test)
     encoded = encoded_all[:n]
+    n = len(encoded)  # the split may hold fewer
     vectors = setup.store.all_vectors(model)
     m, bs = config.inference.m_inference, args.batch_size
     kw = dict(chunk_size=config.inference.rerank_chunk_size)

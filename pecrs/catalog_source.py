@@ -64,7 +64,7 @@ def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], lis
     if not items:
         if not n_bad:
             raise DataError("the catalog holds no items", path=str(path))
-        raise DataError(f"no valid items ({n_bad} bad line(s); first: {errors[0]})", path=str(path))
+        raise DataError(f"no valid items ({n_bad} bad line(s); first: {errors[0] if errors else 'not kept'})", path=str(path))
     return items, errors, n_bad
 
 

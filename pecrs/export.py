@@ -23,7 +23,7 @@ import torch
 from .config import RunConfig
 from .experiments.json_files import read_json
 from .experiments.provenance import git_revision
-from .pretrained import check_replaceable, checkpoint_dir, read_meta
+from .pretrained import CONFIG_FILE, check_replaceable, checkpoint_dir, read_meta
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_recall@10", "dedup_recall@50",
@@ -39,6 +39,9 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
 
     ckpt = checkpoint_dir(run)
     check_replaceable(Path(destination), sources=(ckpt, ckpt.parent) if ckpt.name == "best" else (ckpt,))
+    if (Path(destination) / CONFIG_FILE).is_file() and "export" not in read_meta(destination):
+        raise FileExistsError(f"{destination} is a training checkpoint, not an earlier export: exporting would "
+                              f"replace it; choose another folder")
     # float32: the shipped item vectors must not carry a bfloat16 encoder's rounding.
     rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False, dtype="float32",
                                       no_repeat_ngram=no_repeat_ngram)

@@ -96,11 +96,15 @@ def check_replaceable(directory: Path, sources: tuple[Path, ...] = ()) -> None:
     is one of `sources` (the checkpoint being saved, its run folder) or a folder holding one
     (`pecrs export RUN RUN`)."""
     dest = directory.resolve()
+    # Saving also deletes DEST.tmp and DEST.old (the atomic replace): none may be a source either.
+    replaced = (dest, dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old"))
     for source in sources:
         src = Path(source).resolve()
-        if dest == src or dest in src.parents:
+        if any(r == src or r in src.parents for r in replaced):
             raise ValueError(f"{directory}: would replace {source}, which is being saved from; choose another folder")
-    if directory.is_file() or directory.is_symlink():
+    if directory.is_symlink():
+        raise FileExistsError(f"{directory} is a symbolic link; saving replaces a folder, give the folder itself")
+    if directory.is_file():
         raise FileExistsError(f"{directory} is a file; saving a model needs a folder it can replace")
     if directory.is_dir() and any(directory.iterdir()) and not (directory / CONFIG_FILE).is_file():
         raise FileExistsError(f"{directory} exists and is not a pecrs checkpoint (no {CONFIG_FILE}); saving would "
@@ -242,7 +246,7 @@ def load_weights(model: PECRS, directory: str | Path) -> None:
         result = set_peft_model_state_dict(model.lm, load_peft_weights(str(directory / ADAPTER_DIR)))
     except (RuntimeError, OSError, SafetensorError) as e:
         raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights cannot be loaded into this model "
-                         f"({_first_line(e)})") from None
+                         f"({_brief(e)})") from None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights do not fit this model: {unexpected[:5]}")
@@ -250,13 +254,13 @@ def load_weights(model: PECRS, directory: str | Path) -> None:
         missing, unexpected = model.load_state_dict(load_file(directory / HEADS_FILE), strict=False)
     except (RuntimeError, OSError, SafetensorError) as e:
         raise ValueError(f"{directory / HEADS_FILE}: head weights cannot be loaded into this model "
-                         f"({_first_line(e)})") from None
+                         f"({_brief(e)})") from None
     missing = [k for k in missing if not k.startswith("lm.")]
     if missing or unexpected:
         raise ValueError(f"{directory / HEADS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def _first_line(error: Exception) -> str:
+def _brief(error: Exception) -> str:
     """torch's size-mismatch errors run to one line per tensor: the first two say what is wrong."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(lines[:2]) + (f" (+{len(lines) - 2} more)" if len(lines) > 2 else "")

@@ -166,12 +166,13 @@ def create_app(recommender) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json" and not media_type.endswith("+json"):
+        body_unread = any(tuple(e.get("loc", ())) == ("body",) for e in errors)
+        if body_unread and media_type != "application/json" and not media_type.endswith("+json"):
             # FastAPI reads a body as JSON only when it says so; name the header, not a "dict" error.
             return JSONResponse({"detail": clip(f"send the body as JSON with Content-Type: application/json "
                                                 f"(got {media_type or 'no Content-Type'})")}, status_code=415)
-        errors = exc.errors()
         detail = [_short_error(e) for e in errors[:MAX_ERRORS]]
         if len(errors) > MAX_ERRORS:
             detail.append({"loc": ["body"], "msg": f"... and {len(errors) - MAX_ERRORS} more errors",

@@ -107,7 +107,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     have = ", ".join(sorted(setup.samples)) or "none"
     if t.train_split not in setup.samples:
         raise ValueError(f"train.train_split: {t.dataset} has no split '{t.train_split}' (it has {have})")
-    if t.dev_split not in setup.samples:
+    if t.dev_split and t.dev_split not in setup.samples:  # '' (the ReDial experiments): no dev, by choice
         say(f"no split '{t.dev_split}' in {t.dataset} (it has {have}): no dev selection, best/ is the latest model",
             accelerator.is_main_process)
     train_samples = setup.samples[t.train_split]

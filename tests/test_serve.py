@@ -120,6 +120,8 @@ def test_malformed_bodies(client):
         assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"], media_type
     assert client.post("/recommend", content=body, headers={"content-type": "application/json; charset=utf-8"}
                        ).status_code == 200
+    r = client.post("/recommend", json={"turns": [SEEKER], "k": 0})     # a JSON body with a bad field: 422
+    assert r.status_code == 422 and ("body", "k") in _locs(r)
     assert client.get("/health").status_code == 200      # still up
 
 

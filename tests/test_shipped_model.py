@@ -56,14 +56,28 @@ def test_export_is_half_precision_with_vectors_and_a_card(exported):
 def test_export_never_replaces_its_run_or_a_folder_that_is_not_a_model(exported, capsys):
     run, shipped = exported
     stray = run.parent / "notes.md"
+    shutil.copytree(run / "best", run / "last")                     # a training checkpoint, not an export
+    (run.parent / "link").symlink_to(shipped, target_is_directory=True)
     before = sorted(p.relative_to(run.parent) for p in run.parent.rglob("*"))
     for destination, message in ((run, "being saved from"), (run / "best", "being saved from"),
                                  (run.parent, "being saved from"), (run.parent / "data", "is not a pecrs checkpoint"),
-                                 (stray, "is a file")):
+                                 (stray, "is a file"), (run / "last", "a training checkpoint, not an earlier export"),
+                                 (run.parent / "link", "is a symbolic link")):
         assert main(["export", str(run), str(destination)]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.relative_to(run.parent) for p in run.parent.rglob("*")) == before   # nothing lost
-    assert main(["export", str(run), str(shipped), "--no-repeat-ngram", "3"]) == 0     # a model: replaced
+    assert main(["export", str(run), str(shipped), "--no-repeat-ngram", "3"]) == 0     # an export: replaced
+    shutil.rmtree(run / "last")
+    (run.parent / "link").unlink()
+
+
+def test_saving_never_deletes_its_source_through_the_tmp_and_old_siblings(tmp_path):
+    run, _ = make_tiny_run(tmp_path)
+    old = run / "m.old"
+    shutil.copytree(run / "best", old)
+    with pytest.raises(ValueError, match="being saved from"):
+        pretrained.check_replaceable(run / "m", sources=(old,))
+    assert (old / "pecrs_config.json").is_file()
 
 
 def test_the_card_quotes_replies_and_genres_when_evaluated():

@@ -22,8 +22,9 @@ from .presets import resolve
 
 # transformers warns that no_repeat_ngram_size with inputs_embeds sees the new tokens only: that is
 # the intent here (no phrase twice in the reply; the context may well repeat itself), so not news.
-# Silenced around each call, so that it holds whatever filters the caller (or pytest) has set.
-NGRAM_PROMPT_WARNING = "Passing `no_repeat_ngram_size` with `inputs_embeds`"
+# (A module-level filter, not catch_warnings per call: that is not thread-safe and resets the
+# registry of warnings already shown. pytest, which resets filters per test, has it in pyproject.)
+warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
 
 
 @contextlib.contextmanager
@@ -80,8 +81,7 @@ def generate(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, s
     kwargs = resolve(strategy)
     pad, eos = special_ids(model, pad_token_id, eos_token_id)
     processors = [TokenBudget(token, limit) for token, limit in (token_budget or {}).items()]
-    with _seeded(seed, inputs_embeds.device), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=NGRAM_PROMPT_WARNING)
+    with _seeded(seed, inputs_embeds.device):
         if (kwargs.get("num_beam_groups") or 1) > 1:
             kwargs.setdefault("diversity_penalty", 0.0)
             return diverse_beam_search(model, inputs_embeds, attention_mask, max_new_tokens=max_new_tokens,

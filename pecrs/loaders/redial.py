@@ -114,7 +114,9 @@ def _redial_dialogue(conv: dict, where: dict, items: dict[str, Item], mentions: 
     if not isinstance(form, (dict, list)):
         raise DataError(f"expected an object, got {type(form).__name__}",
                         field="respondentQuestions", **where)
-    names = conv.get("movieMentions") or {}
+    names = conv.get("movieMentions")
+    if names is None or names == []:  # as pecrs.standardized reads them: no mentions
+        names = {}
     if not isinstance(names, dict):
         raise DataError(f"expected an object, got {type(names).__name__}", field="movieMentions", **where)
     for movie_id, name in names.items():
