@@ -116,3 +116,13 @@ def test_bad_flags_fail_before_a_model_loads(command, flag, value, message, caps
     with pytest.raises(SystemExit) as e:
         main([command, *run, flag, value])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_command_without_a_traceback(monkeypatch, capsys):
+    import pecrs.cli.serving
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pecrs.cli.serving, "_load_recommender", interrupted)
+    assert main(["chat"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
