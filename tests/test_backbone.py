@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 import warnings
@@ -321,6 +322,21 @@ def test_split_and_join_round_trip(tmp_path, split_tool):
     with pytest.raises(FileNotFoundError, match="missing parts"):
         split_tool.join_parts(manifest, tmp_path / "other.gguf")
     assert not (tmp_path / "other.gguf").exists()
+
+
+def test_split_compresses_and_joins_old_uncompressed_manifests(tmp_path, split_tool):
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"GGUF" + bytes(range(16)) * 20_000)            # compressible, as quantised weights partly are
+    manifest = split_tool.split_file(source, tmp_path / "gz", max_part_bytes=100_000)
+    info = json.loads(manifest.read_text())
+    assert info["compression"] == "gzip" and info["size"] == source.stat().st_size
+    assert sum(p.stat().st_size for p in (tmp_path / "gz").glob("model.gguf.part*")) < source.stat().st_size // 10
+    assert split_tool.join_parts(manifest).read_bytes() == source.read_bytes()
+    plain = split_tool.split_file(source, tmp_path / "plain", max_part_bytes=100_000, compress=False)
+    info = json.loads(plain.read_text())
+    del info["compression"]                                             # a manifest written before compression
+    plain.write_text(json.dumps(info))
+    assert split_tool.join_parts(plain).read_bytes() == source.read_bytes()
 
 
 def test_smollm2_env_path_names_the_join(tmp_path, split_tool, monkeypatch):

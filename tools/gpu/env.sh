@@ -15,5 +15,10 @@ export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct
 if [ ! -f "$PECRS_SMOLLM2_GGUF" ] && [ -f "$PECRS_SMOLLM2_GGUF.manifest.json" ]; then
   python3 tools/split_gguf.py join --if-complete --dir "$(dirname "$PECRS_SMOLLM2_GGUF")" --out "$PECRS_SMOLLM2_GGUF"
 fi
+# .git does not travel: the revision --prepare recorded goes into the result files and the model card.
+if [ -f .devdata/revision.txt ] && [ -z "${PECRS_GIT_REVISION:-}" ]; then
+  rev=$(sed -n 's/.*revision=\([0-9a-f]\{7\}\)[0-9a-f]* dirty=\([a-z]*\).*/\1 \2/p' .devdata/revision.txt)
+  [ -n "$rev" ] && export PECRS_GIT_REVISION="${rev% *}$([ "${rev#* }" = true ] && echo +dirty)"
+fi
 export PECRS_CACHE=${PECRS_CACHE:-/tmp/pecrs-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export MPLBACKEND=Agg

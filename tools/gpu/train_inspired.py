@@ -516,7 +516,7 @@ def stages(run: Run) -> int:
 
     # ---- test ----
     started = time.time()
-    eval_json = runs / "eval_test.json"
+    eval_json = runs / name / "eval_test.json"   # where `pecrs export` reads it for the model card
     # float32: the test figures are the reference ones (auto would pick bfloat16 on the GPU).
     eval_cmd = [py, "-m", "pecrs.cli", "evaluate", str(ckpt), "--json", "--dtype", "float32", "--batch-size",
                 os.environ.get("EVAL_BATCH", "16" if SMOKE else "256"), "--output", str(eval_json),
