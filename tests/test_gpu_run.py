@@ -195,3 +195,15 @@ def test_each_device_call_stays_under_the_64_mib_limit(shared_datasets, tmp_path
                   ("items.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"))
     calls = sizes.call_sizes(REPO, gguf_dir=tmp_path, **{".whl": 2 * MiB, ".devdata": devdata})
     assert max(calls.values()) < sizes.MARGIN, {k: round(v / MiB, 1) for k, v in calls.items()}
+
+
+def test_the_revision_travels_without_git(monkeypatch):
+    """On the GPU machine .git is absent: tools/gpu/env.sh exports what --prepare recorded and the
+    result files and the model card read it from there."""
+    from pecrs.experiments import provenance
+
+    monkeypatch.setattr(provenance, "_git_revision", lambda: None)
+    monkeypatch.setenv("PECRS_GIT_REVISION", "4d82eb9+dirty")
+    assert provenance.git_revision() == "4d82eb9+dirty"
+    monkeypatch.delenv("PECRS_GIT_REVISION")
+    assert provenance.git_revision() is None
