@@ -28,8 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".gguf"
-# Largest part `split_file` writes: the device tool carries at most 64 MiB per call.
-MAX_PART_BYTES = 60 * 1024 * 1024 - 1
+# Largest part `split_file` writes: the device tool carries at most 64 MiB per call, the 13.6 MiB
+# working tree included (tools/gpu/call_sizes.py).
+MAX_PART_BYTES = 50_000_000
 
 
 def manifest_path(file: Path) -> Path:

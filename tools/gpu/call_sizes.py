@@ -4,7 +4,7 @@ A call sends the whole working tree (tracked files and untracked ones git does n
 MiB with the shipped model) plus the ignored paths it carries (docs/gpu.md, section 2):
 
     call 1 (--land)   .gguf/<name>.part00, .gguf/<name>.manifest.json, .whl/
-    call 2            .gguf/<name>.part01, .devdata/
+    call 2            .gguf/<name>.part01, .devdata/inspired/, .devdata/revision.txt
 
     python tools/gpu/call_sizes.py        # after --prepare: prints both, exits 1 over the margin
 
@@ -25,7 +25,7 @@ MARGIN = 62 * 2**20          # what a call may send here: 2 MiB for files that a
 
 def carried(gguf_dir: str = ".gguf", name: str = GGUF_NAME) -> dict[int, list[str]]:
     return {1: [f"{gguf_dir}/{name}.part00", f"{gguf_dir}/{name}.manifest.json", ".whl"],
-            2: [f"{gguf_dir}/{name}.part01", ".devdata"]}
+            2: [f"{gguf_dir}/{name}.part01", ".devdata/inspired", ".devdata/revision.txt"]}
 
 
 def path_bytes(path: Path) -> int:
@@ -42,7 +42,7 @@ def tree_bytes(root: Path = ROOT) -> int:
 
 def call_sizes(root: Path = ROOT, gguf_dir: Path | None = None, **allowances: int) -> dict[int, int]:
     """Bytes each call sends: the tree plus its carried paths (`gguf_dir`: where the parts are,
-    default root/.gguf). `allowances` ({".whl": bytes, ".devdata": bytes}) stand in for carried
+    default root/.gguf). `allowances` ({".whl": bytes, ".devdata/inspired": bytes}) stand in for carried
     folders not prepared yet."""
     tree = tree_bytes(root)
     out = {}

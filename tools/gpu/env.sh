@@ -11,7 +11,14 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
-# The GGUF arrives in parts (tools/split_gguf.py): joined here once every part has landed.
+# The GGUF arrives in parts (tools/split_gguf.py): joined here once every part has landed. A later
+# part without call 1's files means the machine was recycled between the calls (docs/gpu.md).
+if [ ! -f "$PECRS_SMOLLM2_GGUF" ] && [ -f "$PECRS_SMOLLM2_GGUF.part01" ] \
+   && { [ ! -f "$PECRS_SMOLLM2_GGUF.manifest.json" ] || [ ! -f "$PECRS_SMOLLM2_GGUF.part00" ]; }; then
+  echo "call 1's files (part00, manifest, .whl) are not on this machine: it was recycled after call 1."
+  echo "Rerun call 1 (--land), then this call at once with CALL_BUDGET_S from its reply (docs/gpu.md)."
+  ls -la "$(dirname "$PECRS_SMOLLM2_GGUF")" 2>&1; exit 3
+fi
 if [ ! -f "$PECRS_SMOLLM2_GGUF" ] && [ -f "$PECRS_SMOLLM2_GGUF.manifest.json" ]; then
   python3 tools/split_gguf.py join --if-complete --dir "$(dirname "$PECRS_SMOLLM2_GGUF")" --out "$PECRS_SMOLLM2_GGUF"
 fi

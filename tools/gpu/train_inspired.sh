@@ -10,7 +10,8 @@
 #                  checks .whl/ (gguf, nltk, defusedxml, rouge_score, 1.8 MiB) and what each call sends
 #                  (tools/gpu/call_sizes.py: the 13.6 MiB tree + its carried paths, < 62 of 64 MiB)
 #   call 1:      bash tools/gpu/train_inspired.sh --land      carry part00, manifest, .whl  (~60 MiB)
-#   call 2:      bash tools/gpu/train_inspired.sh             carry part01, .devdata        (~61 MiB)
+#   call 2:      bash tools/gpu/train_inspired.sh             carry part01, .devdata/inspired,
+#                                                             .devdata/revision.txt   (~61 MiB)
 #                (issue it at once: the machine goes back ~30 s after call 1; if it was recycled
 #                in between, call 2 says so and exits 3: rerun call 1, then call 2, docs/gpu.md)
 #
@@ -27,7 +28,7 @@
 #     result files                         END_RESERVE_S=15
 #   files back + give_back                                      <= 30
 #   total                                                       <= 780
-# Size call 2 from call 1's reply: CALL_BUDGET_S = min(540, lease.budget_left_s - 120) and
+# Size call 2 from call 1's reply: CALL_BUDGET_S = min(540, lease.budget_left_s - 150) and
 # timeout_s = CALL_BUDGET_S + 60; training absorbs the difference.
 #
 # SMOKE=1: the same flow on the CPU with configs/tiny.yaml and tiny budgets (tests/test_gpu_run.py).
@@ -67,11 +68,6 @@ if [ "${1:-}" = "--land" ]; then
 fi
 
 if [ -z "${SMOKE:-}" ] && [ ! -f ".gguf/$GGUF_NAME" ]; then
-  if [ ! -f ".gguf/$GGUF_NAME.manifest.json" ] || [ ! -f ".gguf/$GGUF_NAME.part00" ]; then
-    echo "call 1's files (part00, manifest, .whl) are not on this machine: it was recycled after call 1."
-    echo "Rerun call 1 (--land), then this call at once with CALL_BUDGET_S from its reply (docs/gpu.md)."
-    ls -la .gguf 2>&1; exit 3
-  fi
   python3 tools/split_gguf.py join || { echo "GGUF join failed: is part01 here? (ls .gguf)"; ls -la .gguf; exit 1; }
 fi
 [ -f .devdata/revision.txt ] && cat .devdata/revision.txt
