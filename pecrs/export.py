@@ -38,7 +38,8 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
     from .recommender import Recommender
 
     ckpt = checkpoint_dir(run)
-    check_replaceable(Path(destination), sources=(ckpt, ckpt.parent) if ckpt.name == "best" else (ckpt,))
+    run_dir = ckpt.parent if ckpt.name == "best" else ckpt
+    check_replaceable(Path(destination), sources=(ckpt, run_dir))
     if (Path(destination) / CONFIG_FILE).is_file() and "export" not in read_meta(destination):
         raise FileExistsError(f"{destination} is a training checkpoint, not an earlier export: exporting would "
                               f"replace it; choose another folder")
@@ -48,7 +49,6 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
     provenance = {"source": str(ckpt), "git_revision": git_revision() or "unknown", "hardware": hardware(),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__}
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
-    run_dir = ckpt.parent if ckpt.name == "best" else ckpt
     card = model_card(destination.name, read_meta(destination), _read_jsonl(run_dir / "metrics.jsonl"),
                       read_json(run_dir / "eval_test.json"), destination, notes)
     (destination / CARD_FILE).write_text(card)

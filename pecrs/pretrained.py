@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -241,29 +242,28 @@ def load_weights(model: PECRS, directory: str | Path) -> None:
     from peft.utils import load_peft_weights
 
     directory = Path(directory)
-    # A damaged file or one from another model: the error names the file, not a state-dict key dump.
-    try:
+    with _naming(directory / ADAPTER_DIR, "adapter"):
         result = set_peft_model_state_dict(model.lm, load_peft_weights(str(directory / ADAPTER_DIR)))
-    except (RuntimeError, OSError, SafetensorError) as e:
-        raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights cannot be loaded into this model "
-                         f"({_brief(e)})") from None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights do not fit this model: {unexpected[:5]}")
-    try:
+    with _naming(directory / HEADS_FILE, "head"):
         missing, unexpected = model.load_state_dict(load_file(directory / HEADS_FILE), strict=False)
-    except (RuntimeError, OSError, SafetensorError) as e:
-        raise ValueError(f"{directory / HEADS_FILE}: head weights cannot be loaded into this model "
-                         f"({_brief(e)})") from None
     missing = [k for k in missing if not k.startswith("lm.")]
     if missing or unexpected:
         raise ValueError(f"{directory / HEADS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def _brief(error: Exception) -> str:
-    """torch's size-mismatch errors run to one line per tensor: the first two say what is wrong."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:2]) + (f" (+{len(lines) - 2} more)" if len(lines) > 2 else "")
+@contextmanager
+def _naming(path: Path, what: str):
+    """A damaged file or one from another model: a ValueError that names the file, with the first
+    two lines of torch's error (a size mismatch runs to one line per tensor), not a key dump."""
+    try:
+        yield
+    except (RuntimeError, OSError, SafetensorError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        brief = " ".join(lines[:2]) + (f" (+{len(lines) - 2} more)" if len(lines) > 2 else "")
+        raise ValueError(f"{path}: {what} weights cannot be loaded into this model ({brief})") from None
 
 
 def init_from_checkpoint(model: PECRS, config: RunConfig, name_or_path: str | Path) -> Path:

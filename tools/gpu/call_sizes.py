@@ -23,9 +23,8 @@ LIMIT = 64 * 2**20
 MARGIN = 62 * 2**20          # what a call may send here: 2 MiB for files that appear before it runs
 
 
-def carried(gguf_dir: str = ".gguf", name: str = GGUF_NAME) -> dict[int, list[str]]:
-    return {1: [f"{gguf_dir}/{name}.part00", f"{gguf_dir}/{name}.manifest.json", ".whl"],
-            2: [f"{gguf_dir}/{name}.part01", ".devdata/inspired", ".devdata/revision.txt"]}
+CARRIED = {1: [f".gguf/{GGUF_NAME}.part00", f".gguf/{GGUF_NAME}.manifest.json", ".whl"],
+           2: [f".gguf/{GGUF_NAME}.part01", ".devdata/inspired", ".devdata/revision.txt"]}
 
 
 def path_bytes(path: Path) -> int:
@@ -44,19 +43,13 @@ def call_sizes(root: Path = ROOT, gguf_dir: Path | None = None, **allowances: in
     """Bytes each call sends: the tree plus its carried paths (`gguf_dir`: where the parts are,
     default root/.gguf). `allowances` ({".whl": bytes, ".devdata/inspired": bytes}) stand in for carried
     folders not prepared yet."""
-    tree = tree_bytes(root)
-    out = {}
-    for call, paths in carried().items():
-        total = tree
-        for rel in paths:
-            if rel in allowances:
-                total += allowances[rel]
-            elif rel.startswith(".gguf/") and gguf_dir is not None:
-                total += path_bytes(gguf_dir / rel.removeprefix(".gguf/"))
-            else:
-                total += path_bytes(root / rel)
-        out[call] = total
-    return out
+    tree, gguf_dir = tree_bytes(root), gguf_dir or root / ".gguf"
+
+    def size(rel: str) -> int:
+        if rel in allowances:
+            return allowances[rel]
+        return path_bytes(gguf_dir / Path(rel).name if rel.startswith(".gguf/") else root / rel)
+    return {call: tree + sum(size(rel) for rel in paths) for call, paths in CARRIED.items()}
 
 
 def main() -> int:
