@@ -24,8 +24,13 @@ def describe(item: Item) -> str:
     return f"{item.display()}{genres}"
 
 
-def chat(recommender, lines=None, out=None, decoding=None, k_items: int = 1, seed: int | None = None) -> int:
-    """Run the conversation loop over `lines` (default stdin), writing to `out` (default stdout)."""
+def chat(recommender, lines=None, out=None, decoding=None, k_items: int = 1, seed: int | None = None,
+         link_titles: bool = True, exclude_mentioned: bool = True) -> int:
+    """Run the conversation loop over `lines` (default stdin), writing to `out` (default stdout).
+    link_titles: catalog titles typed in a line become [ITEM] mentions, as in training
+    (`Recommender.link_titles`), and are shown as "(read as: ...)". exclude_mentioned: never
+    recommend a movie the conversation named (a person asking for "something like X" has seen X;
+    the paper's protocol, whose references often repeat an earlier movie, does not exclude)."""
     lines = sys.stdin if lines is None else lines
     out = sys.stdout if out is None else out
     interactive = hasattr(lines, "isatty") and lines.isatty()
@@ -53,22 +58,30 @@ def chat(recommender, lines=None, out=None, decoding=None, k_items: int = 1, see
                 history.clear()
                 say("(new conversation)")
             elif command == "/top":
-                _show_top(recommender, history, arg.strip(), say)
+                _show_top(recommender, history, arg.strip(), say, exclude_mentioned)
             elif command == "/help":
                 say(textwrap.dedent(__doc__.split("\n\n")[1]).rstrip())
             else:
                 say(f"unknown command {command}; commands: {COMMANDS}")
             continue
-        history.append(Turn(SEEKER, line))
+        try:
+            text, items = recommender.link_titles(line) if link_titles else (line, [])
+        except ValueError as e:   # a typed "[ITEM]": no id goes with it
+            say(f"(not sent: {e})")
+            continue
+        history.append(Turn(SEEKER, text, tuple(items)))
         try:
             turn += 1
             response = recommender.respond(history, decoding=decoding, k_items=k_items,
-                                           seed=None if seed is None else seed + turn)
+                                           seed=None if seed is None else seed + turn,
+                                           exclude_mentioned=exclude_mentioned)
         except DataError as e:
             history.pop()
             say(f"(not sent: {e})")
             continue
         history.append(response.turn)
+        if items:
+            say(f"  (read as: {'; '.join(recommender.item(i).display() for i in items)})")
         say(f"recommender> {response.text}")
         for item in dict.fromkeys(response.items):
             say(f"  * {describe(item)}")
@@ -78,7 +91,7 @@ def chat(recommender, lines=None, out=None, decoding=None, k_items: int = 1, see
     return 0
 
 
-def _show_top(recommender, history, arg: str, say) -> None:
+def _show_top(recommender, history, arg: str, say, exclude_mentioned: bool) -> None:
     try:
         n = int(arg) if arg else 5
         if n < 1:
@@ -89,5 +102,10 @@ def _show_top(recommender, history, arg: str, say) -> None:
     if not history:
         say("(say something first: recommendations follow the conversation)")
         return
-    for rec in recommender.recommend(history, k=n):
+    try:
+        ranked = recommender.recommend(history, k=n, exclude_mentioned=exclude_mentioned)
+    except DataError as e:   # every item excluded (a tiny catalog)
+        say(f"({e})")
+        return
+    for rec in ranked:
         say(f"{rec.rank:>3}. {describe(rec.item)}  (score {rec.score:.3f})")

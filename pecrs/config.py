@@ -117,6 +117,7 @@ class InferenceConfig(Section):
     batch_size: int = 8                     # dialogue contexts per evaluation batch
     rerank_chunk_size: int = 1024           # candidates re-ranked per pass (bounds activation memory)
     dtype: str = "auto"                     # LM precision: "auto" (bf16 where native), "float32", "bfloat16"
+    exclude_mentioned: bool = False         # never recommend an item the context mentions (False: as the paper)
 
 
 # Settings that lived under `train` before the inference section existed: configs and checkpoints

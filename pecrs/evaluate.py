@@ -20,7 +20,8 @@ from .catalog import ItemStore, vector_slots
 from .config import InferenceConfig
 from .data import ITEM, Sample
 from .decoding import without_repeats
-from .tokens import DialogueEncoder, collate
+from .samples import mentioned_items
+from .tokens import DialogueEncoder, collate, pad_rows
 
 TOP_K_KEPT = 50
 
@@ -35,17 +36,26 @@ def length_sorted_batches(lengths, size: int) -> list[np.ndarray]:
 
 def rank_samples(model, store: ItemStore, encoded, catalog_vectors, m_inference: int, batch_size: int,
                  rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False, index=None,
-                 chunk_size: int = InferenceConfig.rerank_chunk_size) -> np.ndarray:
+                 chunk_size: int = InferenceConfig.rerank_chunk_size, exclude=None) -> np.ndarray:
     """Catalog indices [n, keep] best first for every encoded sample."""
     return rank_samples_at(model, store, encoded, catalog_vectors, [m_inference], batch_size, rerank, keep,
-                           progress, index, chunk_size)[m_inference]
+                           progress, index, chunk_size, exclude)[m_inference]
+
+
+def mentioned_indices(samples, index) -> list[list[int]]:
+    """Per sample, the catalog indices of the items its context mentions (`mentioned_items`): the
+    `exclude` of rank_samples under inference.exclude_mentioned, as `Recommender` excludes them."""
+    return [[index[i] for i in mentioned_items(s.context) if i in index] for s in samples]
 
 
 @torch.no_grad()
 def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values, batch_size: int,
                     rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False,
-                    index=None, chunk_size: int = InferenceConfig.rerank_chunk_size) -> dict[int, np.ndarray]:
+                    index=None, chunk_size: int = InferenceConfig.rerank_chunk_size,
+                    exclude=None) -> dict[int, np.ndarray]:
     """{M_inference: catalog indices [n, keep] best first} for several M_inference from one pass.
+    exclude: per encoded sample, catalog indices it must not be recommended (`mentioned_indices`);
+    a row left with fewer than `keep` items ends in -1.
 
     A candidate's re-rank score depends only on the context and that candidate (§3.5: candidates
     attend to the context, not to each other), so re-ranking the largest M once and keeping, for
@@ -66,7 +76,8 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
         batch = collate([encoded[i] for i in rows], tok.pad_token_id, model.rec_end_id).to(model.device)
         top, scores = model.recommend(batch.context_ids, batch.context_items, batch.context_len, catalog_vectors,
                                       m_inference=m_values[-1], rerank=rerank, chunk_size=chunk_size, index=index,
-                                      sort=False)
+                                      sort=False, exclude=None if exclude is None else pad_rows(
+                                          [exclude[i] for i in rows]).to(model.device))
         for m in m_values:
             candidates = top[:, :m]
             if rerank:  # recall order -> re-rank order among the first m candidates
@@ -151,7 +162,9 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         # with a target (28% of INSPIRED's test samples).
         rank_rows = np.arange(len(samples)) if generate else np.flatnonzero(rec_rows)
         ranked_rows = rank_samples(model, store, [encoded[i] for i in rank_rows], catalog_vectors, m_inference,
-                                   batch_size, progress=progress, index=index, chunk_size=inference.rerank_chunk_size)
+                                   batch_size, progress=progress, index=index, chunk_size=inference.rerank_chunk_size,
+                                   exclude=mentioned_indices([samples[i] for i in rank_rows], store.index)
+                                   if inference.exclude_mentioned else None)
         ranked = np.zeros((len(samples), ranked_rows.shape[1]), dtype=ranked_rows.dtype)
         ranked[rank_rows] = ranked_rows
         targets = np.array([e.target for e in encoded])[rec_rows]
@@ -191,10 +204,12 @@ def recall_only(model, store, encoder, samples, inference: InferenceConfig | Non
     """R@1/10/50 and their mean (the dev-selection score of §4.1), no generation."""
     inference = inference or InferenceConfig()
     model.eval()
-    encoded = encoder.encode_all([s for s in samples if s.target is not None])
+    with_target = [s for s in samples if s.target is not None]
+    encoded = encoder.encode_all(with_target)
     vectors = store.all_vectors(model)
     ranked = rank_samples(model, store, encoded, vectors, inference.m_inference, inference.batch_size,
-                          progress=progress, chunk_size=inference.rerank_chunk_size)
+                          progress=progress, chunk_size=inference.rerank_chunk_size,
+                          exclude=mentioned_indices(with_target, store.index) if inference.exclude_mentioned else None)
     out = metrics.recall_at_k(ranked, np.array([e.target for e in encoded]))
     out["recall_mean"] = float(np.mean([out["recall@1"], out["recall@10"], out["recall@50"]]))
     return out

@@ -26,6 +26,7 @@ from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute
 from .config import InferenceConfig, ModelConfig
 from .data import ITEM, REC, REC_END, SEP
 from .heads import ItemEncoder, recall_logits, two_layer_mlp
+from .retrieval import search_excluding
 from .tokens import NO_ITEM, Batch
 
 
@@ -316,20 +317,19 @@ class PECRS(nn.Module):
     def recommend(self, context_ids, context_items, context_len, catalog_vectors: torch.Tensor,
                   m_inference: int = InferenceConfig.m_inference, rerank: bool = True,
                   chunk_size: int = InferenceConfig.rerank_chunk_size,
-                  index=None, sort: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank the catalog for each context: retrieve the top m_inference by the recall score,
-        then re-rank them. Returns (catalog indices [B, M] best first, their scores [B, M]).
-        `index` (pecrs.retrieval) replaces the exact search over catalog_vectors when given.
-        sort=False keeps the candidates in recall order, each with its re-rank score."""
+                  index=None, sort: bool = True, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank the catalog for each context: retrieve the top m_inference by recall, then re-rank.
+        Returns (catalog indices [B, M] best first, their scores [B, M]); `index` (pecrs.retrieval)
+        replaces the exact search; sort=False keeps the recall order. exclude [B, n]: catalog indices
+        never returned (-1 pads); a row with fewer than M items left ends in -1, scored -inf."""
         queries, cache = self.context_pass(context_ids, context_items, context_len, catalog_vectors, keep_cache=rerank)
-        M = min(m_inference, catalog_vectors.shape[0])
-        if index is not None:
-            recall_scores, top = index.search(queries, M)
-        else:
-            recall_scores, top = self.recall_scores(queries, catalog_vectors).topk(M, dim=1)
+        search = index.search if index is not None else lambda q, m: (   # at most N items, as an index
+            self.recall_scores(q, catalog_vectors).topk(min(m, len(catalog_vectors)), 1))
+        recall_scores, top = search_excluding(search, queries, min(m_inference, len(catalog_vectors)), exclude)
         if not rerank:
             return top, recall_scores
         scores = self.rerank_with_cache(cache, context_len, context_ids.shape[1], catalog_vectors[top], chunk_size)
+        scores = scores.masked_fill(top < 0, float("-inf"))     # a row short of M ends in -1 (search_excluding)
         if not sort:
             return top, scores
         order = scores.argsort(dim=1, descending=True)

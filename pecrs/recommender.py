@@ -45,8 +45,9 @@ from .backbone import default_device
 from .catalog import ItemStore
 from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_items
 from .config import check_value
-from .data import ITEM, RECOMMENDER, Item, Turn
+from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
+from .samples import mentioned_items
 from .setup import dialogue_encoder, say
 from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, load_saved_vectors, save_cached, save_vectors
 
@@ -79,9 +80,10 @@ class Recommender:
     def __init__(self, model, config, catalog, vectors: torch.Tensor | None = None, *,
                  m_inference: int | None = None, decoding=None, index: str = "auto",
                  report: CatalogReport | None = None, checkpoint: Path | None = None, dtype=None,
-                 progress: bool = False, no_repeat_ngram: int | None = None):
-        """m_inference, decoding, no_repeat_ngram: None takes the config's inference section
-        (config.inference; no_repeat_ngram n > 0: no n-gram twice in a reply, pecrs.decoding).
+                 progress: bool = False, no_repeat_ngram: int | None = None, exclude_mentioned: bool | None = None):
+        """m_inference, decoding, no_repeat_ngram, exclude_mentioned: None takes the config's inference
+        section (config.inference; no_repeat_ngram n > 0: no n-gram twice in a reply, pecrs.decoding;
+        exclude_mentioned: never recommend an item that the conversation mentions).
         dtype: "auto", "float32", "bfloat16" (pecrs.precision) to put the model in that precision
         before anything runs, or None to use it as given. progress: a status line and a bar on
         stderr while the catalog is encoded (minutes on a CPU)."""
@@ -94,6 +96,9 @@ class Recommender:
         if no_repeat_ngram is None:
             no_repeat_ngram = config.inference.no_repeat_ngram
         check_value("inference.no_repeat_ngram", no_repeat_ngram, int)  # the config's own check
+        if exclude_mentioned is None:
+            exclude_mentioned = config.inference.exclude_mentioned
+        exclude_mentioned = check_value("inference.exclude_mentioned", exclude_mentioned, bool)
         self.model = model.eval()
         if dtype is not None:
             self.precision = dtype if isinstance(dtype, Precision) else resolve_dtype(dtype, model.device)
@@ -118,24 +123,28 @@ class Recommender:
         self.m_inference = m_inference or config.inference.m_inference
         self.decoding = decoding
         self.no_repeat_ngram = no_repeat_ngram
+        self.exclude_mentioned = exclude_mentioned
         self.checkpoint = checkpoint
         self.encoder = dialogue_encoder(model, config, self.item_index, memoize=False)
         self.max_text_chars = CHARS_PER_TOKEN * m.context_max_tokens
         self._lock = threading.Lock()
+        self._linker = None
 
     @classmethod
     def from_pretrained(cls, run_dir_or_checkpoint, catalog=None, device=None, m_inference: int | None = None,
                         decoding=None, *, index: str = "auto", backbone: str | None = None,
                         cache_dir=None, strict_catalog: bool = True, dtype=None,
-                        progress: bool = False, no_repeat_ngram: int | None = None) -> "Recommender":
+                        progress: bool = False, no_repeat_ngram: int | None = None,
+                        exclude_mentioned: bool | None = None) -> "Recommender":
         """Load a run folder (its best/ checkpoint) or a checkpoint folder.
 
         catalog: an items.jsonl path (or a folder holding one), a dict or list of Items, or None:
         the catalog saved with the checkpoint, else the catalog of the dataset the run trained on.
-        device: None picks "cuda" when available. m_inference, decoding, no_repeat_ngram, dtype: None
-        takes the checkpoint's inference section (config.inference). index: "auto", "exact" or "faiss"
-        (pecrs.retrieval). cache_dir: where catalog vectors are cached (None: PECRS_CACHE/catalogs;
-        False: no cache). strict_catalog=False skips and reports bad catalog lines.
+        device: None picks "cuda" when available. m_inference, decoding, no_repeat_ngram,
+        exclude_mentioned, dtype: None takes the checkpoint's inference section (config.inference).
+        index: "auto", "exact" or "faiss" (pecrs.retrieval). cache_dir: where catalog vectors are
+        cached (None: PECRS_CACHE/catalogs; False: no cache). strict_catalog=False skips and reports
+        bad catalog lines.
         dtype: "auto" (bfloat16 where the device multiplies it natively, else float32), "float32"
         or "bfloat16" (pecrs.precision; the choice and its reason are logged once). It is this
         call's choice: `save_pretrained` keeps the checkpoint's own inference.dtype.
@@ -171,7 +180,7 @@ class Recommender:
             report.vectors_from_cache = vectors is not None
         rec = cls(model, config, items, vectors, m_inference=m_inference, decoding=decoding, index=index,
                   report=report, checkpoint=ckpt, dtype=precision, progress=progress,
-                  no_repeat_ngram=no_repeat_ngram)
+                  no_repeat_ngram=no_repeat_ngram, exclude_mentioned=exclude_mentioned)
         if report.cache_path and not report.vectors_from_cache:
             save_cached(Path(report.cache_path), list(items), rec.vectors)
         log.info(report.summary())
@@ -179,15 +188,17 @@ class Recommender:
 
     def save_pretrained(self, directory, half: bool = False, extra: dict | None = None) -> Path:
         """The checkpoint (pretrained.save_pretrained) plus items.jsonl, the catalog, its item
-        vectors (so loading it encodes nothing), and this recommender's m_inference, decoding and
-        no_repeat_ngram (in the saved config's inference section; a decoding given as a dict of
-        generate kwargs under "recommender"); `from_pretrained(directory)` gives it back. half=True stores
-        adapter, heads and vectors in float16 (the shipped model, `pecrs export`)."""
+        vectors (so loading it encodes nothing), and this recommender's m_inference, decoding,
+        no_repeat_ngram and exclude_mentioned (in the saved config's inference section; a decoding
+        given as a dict of generate kwargs under "recommender"); `from_pretrained(directory)` gives
+        it back. half=True stores adapter, heads and vectors in float16 (the shipped model, `pecrs
+        export`)."""
         from .pretrained import halve_weights, save_pretrained
 
         config = copy.deepcopy(self.config)
         config.inference.m_inference = self.m_inference
         config.inference.no_repeat_ngram = self.no_repeat_ngram
+        config.inference.exclude_mentioned = self.exclude_mentioned
         if isinstance(self.decoding, str):
             config.inference.decoding = self.decoding
         else:
@@ -200,8 +211,31 @@ class Recommender:
         return directory
 
     # ---- inference ---------------------------------------------------------------------------
-    def turns(self, dialogue) -> tuple[Turn, ...]:
-        return to_turns(dialogue, self.item_index, self.max_text_chars)
+    def turns(self, dialogue, link_titles: bool = False) -> tuple[Turn, ...]:
+        """The dialogue checked and cut (pecrs.dialogue_input); link_titles: with the catalog titles
+        typed in its seeker turns turned into [ITEM] mentions (`link_titles`), as `pecrs chat` does
+        (the recommender's turns are the model's own, its items already marked)."""
+        turns = to_turns(dialogue, self.item_index, self.max_text_chars)
+        if not link_titles:
+            return turns
+        linked = []
+        for t in turns:
+            text, items = self.link_titles(t.text, t.items) if t.role == SEEKER else (t.text, t.items)
+            linked.append(Turn(t.role, text, tuple(items)))
+        return tuple(linked)
+
+    def link_titles(self, text: str, items=()) -> tuple[str, list[str]]:
+        """`text` with each catalog title it types ("I loved The Conjuring") replaced by an [ITEM]
+        mention, as training dialogues mark them, and the ids of all its [ITEM]s in order (`items`:
+        those of the placeholders already there). The rules against false matches ("I love it" is
+        not the movie "It") are in pecrs.mentions."""
+        if self._linker is None:
+            from .mentions import TitleLinker
+
+            with self._lock:   # built once, on first use (~10 us per item)
+                if self._linker is None:
+                    self._linker = TitleLinker(self.item_list)
+        return self._linker.link(text, items)
 
     def _context(self, turns):
         ids, slots = self.encoder.encode_context(turns)
@@ -209,27 +243,55 @@ class Recommender:
         return (torch.tensor([ids], device=dev), torch.tensor([slots], device=dev),
                 torch.tensor([len(ids)], device=dev))
 
-    def _rank(self, context, k: int) -> tuple[list[int], list[float]]:
+    def _excluded(self, turns, exclude, exclude_mentioned: bool | None) -> list[int]:
+        """Catalog indices never to recommend: the ids in `exclude` (a `recommend` / `respond`
+        argument) and, with exclude_mentioned (None: this recommender's setting), every item the
+        turns mention (`mentioned_items`, as the evaluation excludes them)."""
+        if isinstance(exclude, str) or not isinstance(exclude, (list, tuple, set, frozenset)):
+            raise DataError(f"expected a list of item ids, got {type(exclude).__name__}", field="exclude")
+        for i, x in enumerate(exclude if isinstance(exclude, (list, tuple)) else sorted(exclude, key=str)):
+            if not isinstance(x, str):
+                raise DataError(f"item ids are strings, got {type(x).__name__} {x!r}", field=f"exclude[{i}]")
+            if x not in self.item_index:
+                raise DataError(f"unknown item id {x!r}", field=f"exclude[{i}]")
+        ids = set(exclude)
+        if self.exclude_mentioned if exclude_mentioned is None else exclude_mentioned:
+            ids.update(mentioned_items(turns))
+        if len(ids) >= len(self):
+            raise DataError("every item of the catalog is excluded", field="exclude")
+        return sorted(self.item_index[x] for x in ids)
+
+    def _rank(self, context, k: int, exclude: list[int] = ()) -> tuple[list[int], list[float]]:
+        """The top k catalog indices and scores, none of them in `exclude` (catalog indices)."""
         ids, slots, length = context
+        banned = torch.tensor([list(exclude)], dtype=torch.long, device=ids.device)   # [1, n]
         top, scores = self.model.recommend(ids, slots, length, self.vectors, m_inference=max(self.m_inference, k),
                                            rerank=True, chunk_size=self.config.inference.rerank_chunk_size,
-                                           index=self.index)
-        return top[0, :k].tolist(), scores[0, :k].tolist()
+                                           index=self.index, exclude=banned)
+        kept = top[0, :k] >= 0   # fewer than k left: -1 pads (PECRS.recommend)
+        return top[0, :k][kept].tolist(), scores[0, :k][kept].tolist()
 
     @torch.no_grad()
-    def recommend(self, dialogue, k: int = 10) -> list[Recommendation]:
-        """The top k items for the next recommender turn, best first (retrieve, then re-rank)."""
+    def recommend(self, dialogue, k: int = 10, exclude=(), link_titles: bool = False,
+                  exclude_mentioned: bool | None = None) -> list[Recommendation]:
+        """The top k items for the next recommender turn, best first (retrieve, then re-rank);
+        never the item ids in `exclude` (e.g. what the user has seen), nor with exclude_mentioned
+        (None: this recommender's, inference.exclude_mentioned) an item the context mentions. Fewer
+        than k when the catalog runs out. link_titles: read typed titles as [ITEM] mentions first."""
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        turns = self.turns(dialogue)
+        turns = self.turns(dialogue, link_titles)
+        excluded = self._excluded(turns, exclude, exclude_mentioned)
         with self._lock:
-            top, scores = self._rank(self._context(turns), k)
+            top, scores = self._rank(self._context(turns), k, excluded)
         return [Recommendation(self.item_list[i], float(s), r) for r, (i, s) in enumerate(zip(top, scores), 1)]
 
     @torch.no_grad()
     def respond(self, dialogue, decoding=None, k_items: int = 1, seed: int | None = None,
-                max_new_tokens: int | None = None) -> Response:
-        """The recommender's next turn: the top k_items re-ranked items are injected and the
+                max_new_tokens: int | None = None, exclude=(), link_titles: bool = False,
+                exclude_mentioned: bool | None = None) -> Response:
+        """The recommender's next turn: the top k_items re-ranked items (as `recommend` ranks them,
+        `exclude`, `link_titles` and `exclude_mentioned` included) are injected and the
         response generated (`decoding`: a pecrs.decoding preset name or kwargs dict, with this
         recommender's no_repeat_ngram; `seed` makes sampling reproducible; max_new_tokens defaults
         to the training response length)."""
@@ -239,10 +301,11 @@ class Recommender:
             raise ValueError(f"k_items must be a positive integer, got {k_items!r}")
         strategy = without_repeats(decoding or self.decoding, self.no_repeat_ngram)
         resolve(strategy)
-        turns = self.turns(dialogue)
+        turns = self.turns(dialogue, link_titles)
+        excluded = self._excluded(turns, exclude, exclude_mentioned)
         with self._lock:
             ids, slots, length = self._context(turns)
-            top, _ = self._rank((ids, slots, length), k_items)
+            top, _ = self._rank((ids, slots, length), k_items, excluded)
             # The evaluation's own generation (PECRS.generate: layout of Eq. 6, the end-of-turn
             # rule) and decoder, so that what is served is what is measured.
             reply = self.model.generate(ids, slots, length, self.vectors, torch.tensor([top], device=ids.device),

@@ -122,6 +122,23 @@ class FaissIndex:
                 idx.to(device=queries.device, dtype=torch.long))
 
 
+def search_excluding(search, queries: torch.Tensor, m: int, exclude: torch.Tensor | None = None):
+    """`search(queries, m)` (an index's search, same return) over the catalog without the items of
+    `exclude` [B, n] (catalog indices, -1 pads a row): each row's top m of the remaining items,
+    best first. At most n of a row's top m + n are excluded, so searching m + n and masking the
+    excluded ones leaves that row's top m of the rest (exact for an exact search; an approximate
+    index proposes from a slightly larger pool). Every row keeps m columns: a row with fewer than m
+    items left (a small catalog) ends in index -1 with score -inf, whatever its batch-mates."""
+    if exclude is not None and exclude.numel():   # real entries only: excluding nothing is the plain search
+        exclude = exclude.sort(dim=1, descending=True).values[:, :int((exclude >= 0).sum(1).max())]
+    if exclude is None or exclude.numel() == 0:
+        return search(queries, m)
+    scores, top = search(queries, m + exclude.shape[1])
+    excluded = (top.unsqueeze(2) == exclude.to(top.device).unsqueeze(1)).any(2)    # [B, m + n]
+    kept = scores.masked_fill(excluded, float("-inf")).topk(min(m, top.shape[1]), dim=1)   # best first
+    return kept.values, top.gather(1, kept.indices).masked_fill(kept.values.isneginf(), -1)
+
+
 def _unit_numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(F.normalize(x.float(), dim=-1).cpu().numpy())
 

@@ -19,7 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .data import RECOMMENDER, Dialogue, Sample
+from .data import RECOMMENDER, Dialogue, Sample, Turn
+
+
+def mentioned_items(turns: Iterable[Turn]) -> list[str]:
+    """The item ids `turns` mention, each once, in first-mention order: a sample's earlier_items,
+    and what inference.exclude_mentioned keeps from being recommended (served and evaluated)."""
+    return list(dict.fromkeys(item for turn in turns for item in turn.items))
 
 
 def dialogue_samples(dialogue: Dialogue) -> list[Sample]:

@@ -1,8 +1,10 @@
 """`pecrs serve RUN_DIR`: a small HTTP API (FastAPI) around a `Recommender`, plus a chat page at /.
 
-    POST /recommend   {"turns": [{"role": "seeker", "text": "..."}], "k": 10}
+    POST /recommend   {"turns": [{"role": "seeker", "text": "..."}], "k": 10, "exclude"?: [ids], "link_titles"?: false,
+                       "exclude_mentioned"?: null}
                       -> {"items": [{"id", "title", "year", "genres", "score", "rank"}, ...]}
-    POST /respond     {"turns": [...], "decoding"?: "top_k", "k_items"?: 1, "seed"?: 0}
+    POST /respond     {"turns": [...], "decoding"?: "top_k", "k_items"?: 1, "seed"?: 0, "exclude"?: [ids],
+                       "link_titles"?: false, "exclude_mentioned"?: null}
                       -> {"response", "raw_response", "items", "recommended", "turn"}
     GET  /items/{id}  the catalog entry (404 if unknown)
     GET  /health      {"status": "ok", "items": N, ...}
@@ -12,9 +14,13 @@ A turn is {"role": "seeker" | "recommender", "text": str, "items"?: [ids]}; "ite
 catalog ids of the text's [ITEM] placeholders. /respond returns the model's turn as "turn" (raw text
 with [ITEM]s and their ids), which a client appends to "turns" so that the model reads its earlier
 recommendations as item vectors, as in training. "response" is the same text with titles filled in.
+"exclude" lists item ids never to recommend (say, what the user has seen); with the model's
+inference.exclude_mentioned (`pecrs serve --exclude-mentioned`) the items the turns mention are excluded too.
+"link_titles": true reads catalog titles typed in the texts as [ITEM] mentions first (pecrs.mentions),
+and "exclude_mentioned" overrides the model's setting for one request; the chat page sets both.
 
 Limits (422 with the offending field when exceeded, like any malformed body or unknown field):
-at most 50 turns, 2,000 characters per text, 333 item ids per turn, 1 <= k <= 100,
+at most 50 turns, 2,000 characters per text, 333 item ids per turn, 1,000 excluded ids, 1 <= k <= 100,
 1 <= k_items <= 10, a known decoding name. A body over 1 MiB gets 413, whether it declares its
 length or is sent chunked: reading stops at the first chunk past the limit. Input that is
 well-formed but unusable (an unknown item id, a [ITEM] count that does not match "items") gets 400.
@@ -43,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MAX_TURNS, MAX_TEXT_CHARS, MAX_K, MAX_K_ITEMS = 50, 2000, 100, 10
 MAX_BODY_BYTES = 1 << 20
+MAX_EXCLUDE = 1000
 MAX_ITEMS_PER_TURN = MAX_TEXT_CHARS // 6      # "[ITEM]" is 6 characters
 MAX_DECODING_CHARS = 64
 MAX_ERRORS, MAX_MESSAGE_CHARS = 20, 300       # what an error reply may hold
@@ -70,6 +77,9 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
     k: int = Field(10, ge=1, le=MAX_K)
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    link_titles: bool = False
+    exclude_mentioned: bool | None = None
 
 
 class RespondRequest(BaseModel):
@@ -78,6 +88,9 @@ class RespondRequest(BaseModel):
     decoding: str | None = Field(None, max_length=MAX_DECODING_CHARS)
     k_items: int = Field(1, ge=1, le=MAX_K_ITEMS)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    link_titles: bool = False
+    exclude_mentioned: bool | None = None
 
     @field_validator("decoding")
     @classmethod
@@ -202,7 +215,7 @@ def create_app(recommender) -> FastAPI:
         return {"status": "ok", "items": len(recommender), "checkpoint": str(recommender.checkpoint),
                 "decoding": recommender.decoding if isinstance(recommender.decoding, str) else "custom",
                 "decodings": DECODINGS, "no_repeat_ngram": recommender.no_repeat_ngram,
-                "m_inference": recommender.m_inference,
+                "m_inference": recommender.m_inference, "exclude_mentioned": recommender.exclude_mentioned,
                 "index": type(recommender.index).__name__, "device": str(recommender.model.device)}
 
     @app.get("/items/{item_id:path}")  # :path, so that ids holding "/" resolve too
@@ -214,13 +227,15 @@ def create_app(recommender) -> FastAPI:
 
     @app.post("/recommend")
     def recommend(body: RecommendRequest):
-        recs = recommender.recommend([t.model_dump() for t in body.turns], k=body.k)
+        recs = recommender.recommend([t.model_dump() for t in body.turns], k=body.k, exclude=body.exclude,
+                                     link_titles=body.link_titles, exclude_mentioned=body.exclude_mentioned)
         return {"items": [{**item_json(r.item), "score": r.score, "rank": r.rank} for r in recs]}
 
     @app.post("/respond")
     def respond(body: RespondRequest):
         r = recommender.respond([t.model_dump() for t in body.turns], decoding=body.decoding,
-                                k_items=body.k_items, seed=body.seed)
+                                k_items=body.k_items, seed=body.seed, exclude=body.exclude,
+                                link_titles=body.link_titles, exclude_mentioned=body.exclude_mentioned)
         return {"response": r.text, "raw_response": r.raw_text,
                 "items": [item_json(it) for it in dict.fromkeys(r.items)],
                 "recommended": [item_json(it) for it in r.recommended],

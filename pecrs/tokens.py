@@ -135,6 +135,15 @@ class Batch:
         return Batch(**{k: v[rows] for k, v in self.__dict__.items()})
 
 
+def pad_rows(rows: list[list[int]], width: int | None = None, value: int = NO_ITEM) -> torch.Tensor:
+    """[len(rows), width] long tensor: each row, then `value` (width None: the longest row)."""
+    width = max(map(len, rows), default=0) if width is None else width
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
 def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_width: int | None = None,
             gen_width: int | None = None) -> Batch:
     """Pad a list of encoded samples into a `Batch` (a loop over the B rows, not over tokens).
@@ -162,20 +171,14 @@ def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_
             raise ValueError(f"a generation segment of {Lg} tokens does not fit gen_width={gen_width}")
         Lg = gen_width
 
-    def pad(rows, width, value):
-        out = torch.full((B, width), value, dtype=torch.long)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        return out
-
     return Batch(
-        context_ids=pad([e.context_ids for e in encoded], Lc, pad_id),
-        context_items=pad([e.context_items for e in encoded], Lc, NO_ITEM),
+        context_ids=pad_rows([e.context_ids for e in encoded], Lc, pad_id),
+        context_items=pad_rows([e.context_items for e in encoded], Lc, NO_ITEM),
         context_len=torch.tensor([len(e.context_ids) for e in encoded]),
-        gen_ids=pad(gens, Lg, pad_id),
-        gen_items=pad(gen_items, Lg, NO_ITEM),
+        gen_ids=pad_rows(gens, Lg, pad_id),
+        gen_items=pad_rows(gen_items, Lg, NO_ITEM),
         gen_len=torch.tensor([len(g) for g in gens]),
-        gen_labels=pad(labels, Lg, -100),
+        gen_labels=pad_rows(labels, Lg, -100),
         target=torch.tensor([e.target for e in encoded]),
     )
 

@@ -193,3 +193,11 @@ def test_evaluation_batches_ranks_both_ways_alike(shared_datasets, tmp_path, run
     tokens = result["test_targets_context_tokens"]
     assert tokens["real"] <= tokens["length_sorted"] < tokens["sample_order"]
     assert result["samples_whose_top50_differ"] <= 1   # padding moves float rounding only
+
+
+def test_title_linking_reports_speed_and_real_links(shared_datasets, tmp_path, run_benchmark):
+    result = run_benchmark("title_linking", "--quick", tmp_path=tmp_path)
+    assert result["synthetic"]["items"] == 2000 and result["synthetic"]["link_us_per_word"] > 0
+    assert result["synthetic"]["build_us_per_item"] > 0
+    real = result["inspired_test"]
+    assert real["turns"] == 2089 and 0 < real["seeker_links"] <= real["links"]

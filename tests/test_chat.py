@@ -3,10 +3,10 @@ import io
 
 import pytest
 
-from pecrs.chat import chat, describe
+from pecrs.chat import _show_top, chat, describe
 from pecrs.cli import main
 from pecrs.recommender import Recommender
-from pecrs.testing import make_tiny_run
+from pecrs.testing import make_tiny_run, toy_items
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,11 @@ def test_conversation_top_reset_quit(rec):
     assert len(replies) == 2                      # "not read" after /quit is never answered
     # Each reply shows the item(s) it names, or the top pick it did not name.
     assert lines[replies[0] + 1].startswith(("  * ", "  (top pick"))
-    # /top 3 ranks the conversation so far, exactly as the library does.
+    # /top 3 ranks the conversation so far, exactly as the library does (excluding what the
+    # conversation mentions, chat's default).
     expected = rec.recommend([{"role": "seeker", "text": "I want a horror movie"},
                               rec.respond([{"role": "seeker", "text": "I want a horror movie"}],
-                                          decoding="greedy").turn], k=3)
+                                          decoding="greedy").turn], k=3, exclude_mentioned=True)
     top = [line for line in lines if line[:4].strip().rstrip(".").isdigit()]
     assert top == [f"{r.rank:>3}. {describe(r.item)}  (score {r.score:.3f})" for r in expected]
     assert "(new conversation)" in lines
@@ -126,3 +127,61 @@ def test_ctrl_c_ends_a_command_without_a_traceback(monkeypatch, capsys):
     monkeypatch.setattr(pecrs.cli.serving, "_load_recommender", interrupted)
     assert main(["chat"]) == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_typed_titles_become_item_mentions(rec):
+    """A catalog title typed in a line is read as an [ITEM] mention (pecrs.mentions), shown as
+    "(read as: ...)", and ranks as that mention does; --no-link-titles reads it as words."""
+    lines = _chat(rec, "I loved Movie 3 and Movie 10\n/top 3\n", decoding="greedy", exclude_mentioned=False)
+    assert "  (read as: Movie 3 (2003); Movie 10 (2010))" in lines
+    mentioned = [{"role": "seeker", "text": "I loved [ITEM] and [ITEM]", "items": ["3", "10"]}]
+    first = rec.respond(mentioned, decoding="greedy")
+    assert f"recommender> {first.text}" in lines
+    expected = rec.recommend(mentioned + [first.turn], k=3)
+    top = [line for line in lines if line[:4].strip().rstrip(".").isdigit()]
+    assert top == [f"{r.rank:>3}. {describe(r.item)}  (score {r.score:.3f})" for r in expected]
+    plain = _chat(rec, "I loved Movie 3 and Movie 10\n", decoding="greedy", link_titles=False)
+    assert not any(line.startswith("  (read as") for line in plain)
+    typed = [{"role": "seeker", "text": "I loved Movie 3 and Movie 10"}]
+    assert f"recommender> {rec.respond(typed, decoding='greedy').text}" in plain
+    # A typed [ITEM] has no id: refused, and the conversation goes on.
+    lines = _chat(rec, "I like [ITEM]\nhello\n", seed=0)
+    assert any(line.startswith("(not sent:") for line in lines)
+    assert sum(line.startswith("recommender> ") for line in lines) == 1
+
+
+def test_recommender_link_titles(rec):
+    assert rec.link_titles("Seen Movie 3?") == ("Seen [ITEM]?", ["3"])
+    assert rec.link_titles("[ITEM] or Movie 4", ["1"]) == ("[ITEM] or [ITEM]", ["1", "4"])
+    turns = rec.turns([{"role": "seeker", "text": "I loved Movie 3"}], link_titles=True)
+    assert turns[0].text == "I loved [ITEM]" and turns[0].items == ("3",)
+    assert rec.turns([{"role": "seeker", "text": "I loved Movie 3"}])[0].items == ()
+    # Only seeker turns: the recommender's are the model's own, their items already marked.
+    said = rec.turns([{"role": "recommender", "text": "Try Movie 3"}], link_titles=True)
+    assert said[0].text == "Try Movie 3" and said[0].items == ()
+
+
+def test_top_says_when_everything_is_excluded(run):
+    """A two-item catalog whose two items the conversation named: /top says so, the chat goes on."""
+    run_dir, items = run
+    tiny = Recommender.from_pretrained(run_dir, catalog=[it for it in toy_items() if it.id in ("1", "2")],
+                                       device="cpu", cache_dir=False)
+    lines = _chat(tiny, "I saw Movie 1 and Movie 2\n/quit\n", decoding="greedy")   # refused, not a crash
+    assert any(line.startswith("(not sent:") and "every item of the catalog is excluded" in line for line in lines)
+    said = []
+    history = tiny.turns([{"role": "seeker", "text": "I saw Movie 1 and Movie 2"}], link_titles=True)
+    _show_top(tiny, list(history), "", said.append, exclude_mentioned=True)
+    assert len(said) == 1 and "every item of the catalog is excluded" in said[0]
+
+
+def test_chat_excludes_what_the_conversation_mentions_by_default(rec):
+    """Neither a reply nor /top offers the movie the seeker named (the one the model would rank
+    first after that mention), and /top leaves out what the reply named too."""
+    mentioned = [{"role": "seeker", "text": "Something like [ITEM]?", "items": ["3"]}]
+    favourite = rec.recommend(mentioned, k=1)[0].item
+    lines = _chat(rec, f"Something like {favourite.title}?\n/top 12\n", decoding="greedy")
+    top = [line for line in lines if line[:4].strip().rstrip(".").isdigit()]
+    named = {line for line in lines if line.startswith("  * ")}
+    assert not any(describe(favourite) in line for line in top + sorted(named))
+    assert len(top) == 12 - 1 - len(named)
+    assert not any(line.startswith("recommender> ") and favourite.display() in line for line in lines)

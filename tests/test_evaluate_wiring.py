@@ -83,6 +83,7 @@ class StubModel:
         for s in samples:
             ids, _ = encoder.encode_context(s.context)
             self.plan[tuple(ids)] = PLAN[(s.dialogue_id, s.turn_index)]
+        self.excluded = []   # the exclude argument of each recommend call
         self.injected = {}   # (dialogue id, turn index) of the generating sample -> the item injected
         self.sample_of = {tuple(encoder.encode_context(s.context)[0]): (s.dialogue_id, s.turn_index)
                           for s in samples}
@@ -104,7 +105,8 @@ class StubModel:
         return [self.plan[tuple(context_ids[i, : context_len[i]].tolist())] for i in range(len(context_len))]
 
     def recommend(self, context_ids, context_items, context_len, catalog_vectors, m_inference, rerank=True,
-                  chunk_size=1024, index=None, sort=True):
+                  chunk_size=1024, index=None, sort=True, exclude=None):
+        self.excluded.append(exclude)
         tops, scores = [], []
         for order, _, _ in self._rows(context_ids, context_len):
             final = order[:m_inference]
@@ -231,3 +233,17 @@ def test_length_sorted_batches_cover_every_row_once_shortest_first():
     assert [[lengths[i] for i in b] for b in batches] == [[1, 1, 3], [3, 5, 7], [9]]
     assert batches[0].tolist() == [1, 3, 5]          # ties keep their order (a stable sort)
     assert length_sorted_batches([], 4) == []
+
+
+def test_exclude_mentioned_passes_each_samples_earlier_items(setup):
+    """inference.exclude_mentioned: every ranked row gets the items its context mentions (all of
+    them, `mentioned_items`, as `Recommender` excludes them), -1 padded; otherwise nothing."""
+    model, store, encoder, samples = setup
+    evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=8), generate=False)
+    assert model.excluded == [None]
+    model.excluded.clear()
+    evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=1, exclude_mentioned=True),
+             generate=False, perplexity=False)
+    rows = [[i for i in t.flatten().tolist() if i >= 0] for t in model.excluded]
+    expected = [[store.index[i] for i in s.earlier_items] for s in samples if s.target is not None]
+    assert sorted(map(sorted, rows)) == sorted(map(sorted, expected)) and any(expected)

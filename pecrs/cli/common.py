@@ -8,6 +8,10 @@ DTYPE_HELP = ("precision of the LM: auto (bfloat16 on a GPU that supports it or 
               "pecrs.precision; docs/performance.md)")
 
 
+EXCLUDE_HELP = ("never recommend an item that the conversation already mentions (beyond the paper; default: the "
+                "model's inference.exclude_mentioned, off unless set)")
+
+
 NO_REPEAT_HELP = ("no n-gram of N tokens twice in one reply, against a briefly trained model's loops "
                   "(0: off, the paper's decoding; default: the model's inference.no_repeat_ngram)")
 

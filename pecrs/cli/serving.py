@@ -2,11 +2,13 @@
 written as a model to ship."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-from .common import DTYPE_HELP, NO_REPEAT_HELP, device_name, non_negative_int, port_int, positive_int, seed_int
+from .common import (DTYPE_HELP, EXCLUDE_HELP, NO_REPEAT_HELP, device_name, non_negative_int, port_int, positive_int,
+                     seed_int)
 
 
 # ---- pecrs chat / serve ------------------------------------------------------------------------
@@ -21,7 +23,7 @@ def _load_recommender(args):
     print(f"pecrs: loading {args.run_dir}", file=sys.stderr, flush=True)
     rec = Recommender.from_pretrained(args.run_dir, catalog=args.catalog, device=args.device,
                                       m_inference=args.m_inference, decoding=args.decoding,
-                                      no_repeat_ngram=args.no_repeat_ngram,
+                                      no_repeat_ngram=args.no_repeat_ngram, exclude_mentioned=args.exclude_mentioned,
                                       strict_catalog=False, dtype=args.dtype, progress=True)
     print(rec.report.summary(), file=sys.stderr)
     for message in rec.report.errors:
@@ -50,7 +52,9 @@ def _add_recommender_args(p) -> None:
 def _chat(args) -> int:
     from ..chat import chat
 
-    return chat(_load_recommender(args), k_items=args.k_items, seed=args.seed)
+    # A conversation with a person excludes what it mentions unless told not to (pecrs.chat).
+    return chat(_load_recommender(args), k_items=args.k_items, seed=args.seed, link_titles=args.link_titles,
+                exclude_mentioned=args.exclude_mentioned is not False)
 
 
 def add_chat_parser(subparsers) -> None:
@@ -60,6 +64,12 @@ def add_chat_parser(subparsers) -> None:
     _add_recommender_args(p)
     p.add_argument("--k-items", type=positive_int, default=1, help="items injected per reply (default 1, as in the paper)")
     p.add_argument("--seed", type=seed_int, help="make sampled replies reproducible")
+    p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction,
+                   help="never recommend a movie the conversation named (default: on in chat; "
+                        "--no-exclude-mentioned allows it, as the paper's protocol does)")
+    p.add_argument("--no-link-titles", dest="link_titles", action="store_false",
+                   help="read typed titles as plain words (default: a catalog title you type becomes an item "
+                        "mention, as in training; pecrs.mentions)")
     p.set_defaults(func=_chat)
 
 
@@ -81,6 +91,9 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port_int, default=8000)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction,
+                   help=EXCLUDE_HELP + "; a request's \"exclude_mentioned\" overrides it, and the chat page "
+                                       "always excludes")
     p.set_defaults(func=_serve)
 
 

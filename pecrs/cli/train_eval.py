@@ -2,13 +2,14 @@
 pecrs baseline: the commands that train a run or score one."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from .common import (DTYPE_HELP, NO_REPEAT_HELP, IntermixedParser, device_name, item_fields, non_negative_int,
-                     positive_int)
+from .common import (DTYPE_HELP, EXCLUDE_HELP, NO_REPEAT_HELP, IntermixedParser, device_name, item_fields,
+                     non_negative_int, positive_int)
 
 
 # ---- pecrs train / evaluate ------------------------------------------------------------------
@@ -63,7 +64,8 @@ def _evaluate(args) -> int:
 
     result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
               "no_repeat_ngram": inference.no_repeat_ngram,
-              "m_inference": inference.m_inference, "dtype": dtype, **result,
+              "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
+              "dtype": dtype, **result,
               "measured": {"date": now(), "git_revision": git_revision(), "hardware": hardware()}}
     out.write_text(json.dumps(result, indent=2))
     if args.json:
@@ -80,11 +82,11 @@ def _evaluate(args) -> int:
 
 def _inference_settings(config, args):
     """The run's inference section (config.inference) with this command's flags applied: --m-inference,
-    --batch-size, --decoding, --no-repeat-ngram, --dtype (unset: the run's value); --item-fields sets
-    model.item_fields.
+    --batch-size, --decoding, --no-repeat-ngram, --dtype, --exclude-mentioned (unset: the run's value);
+    --item-fields sets model.item_fields.
     Checked as a config is, so a bad decoding name fails before anything loads."""
     inference = config.inference
-    for flag in ("m_inference", "batch_size", "decoding", "no_repeat_ngram", "dtype"):
+    for flag in ("m_inference", "batch_size", "decoding", "no_repeat_ngram", "dtype", "exclude_mentioned"):
         if getattr(args, flag, None) is not None:
             setattr(inference, flag, getattr(args, flag))
     if getattr(args, "item_fields", None):
@@ -148,6 +150,7 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
     p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=DTYPE_HELP)
+    p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction, help=EXCLUDE_HELP)
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
     p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
                    help="pecrs: the paper's samples of --split (default); standardized: the standardized "
@@ -186,10 +189,10 @@ def _evaluate_standardized(args) -> int:
                     saved_vectors_from=None if getattr(args, "item_fields", None) else ckpt)
     result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
                             m_inference=inference.m_inference, batch_size=inference.batch_size,
-                            chunk_size=inference.rerank_chunk_size,
+                            chunk_size=inference.rerank_chunk_size, exclude_mentioned=inference.exclude_mentioned,
                             progress=not args.json, log=lambda msg: print(msg, file=sys.stderr))
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
-                               "dtype": dtype, **result}, indent=2))
+                               "exclude_mentioned": inference.exclude_mentioned, "dtype": dtype, **result}, indent=2))
     _print_standardized(result, args.json)
     return 0
 

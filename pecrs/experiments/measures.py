@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import metrics
 from ..config import RunConfig
-from ..evaluate import evaluate, naive_ranking, rank_samples_at
+from ..evaluate import evaluate, mentioned_indices, naive_ranking, rank_samples_at
 from ..loaders import load_dataset
 from ..samples import make_samples
 
@@ -54,8 +54,9 @@ def rankings_at(setup, config: RunConfig, m_values):
     setup.model.eval()
     encoded = setup.encoder.encode_all(samples)
     vectors = setup.store.all_vectors(setup.model)
+    exclude = mentioned_indices(samples, setup.store.index) if config.inference.exclude_mentioned else None
     ranked = rank_samples_at(setup.model, setup.store, encoded, vectors, m_values, config.inference.batch_size,
-                             chunk_size=config.inference.rerank_chunk_size)
+                             chunk_size=config.inference.rerank_chunk_size, exclude=exclude)
     targets = np.array([e.target for e in encoded], dtype=np.int64)
     return samples, ranked, targets, time.perf_counter() - started
 

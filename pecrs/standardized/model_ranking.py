@@ -57,28 +57,30 @@ def instance_samples(collection: Collection, item_index: Mapping[str, int]) -> l
 
 
 def rank_instances(model, store, encoder, collection: Collection, *, m_inference: int, batch_size: int = 8,
-                   progress: bool = False, index=None, chunk_size: int = InferenceConfig.rerank_chunk_size
-                   ) -> np.ndarray:
+                   progress: bool = False, index=None, chunk_size: int = InferenceConfig.rerank_chunk_size,
+                   exclude_mentioned: bool = False) -> np.ndarray:
     """Catalog indices [n_instances, 50] best first: each instance's context ranked once by
     `pecrs.evaluate.rank_samples` (retrieve M_inference by recall, re-rank), as `pecrs evaluate` does."""
-    from ..evaluate import rank_samples
+    from ..evaluate import mentioned_indices, rank_samples
 
     model.eval()
-    encoded = encoder.encode_all(instance_samples(collection, store.index))
+    samples = instance_samples(collection, store.index)
+    encoded = encoder.encode_all(samples)
     if not encoded:
         return np.zeros((0, max(KS)), dtype=np.int64)
     vectors = store.all_vectors(model)
     return rank_samples(model, store, encoded, vectors, m_inference, batch_size, keep=max(KS),
-                        progress=progress, index=index, chunk_size=chunk_size)
+                        progress=progress, index=index, chunk_size=chunk_size,
+                        exclude=mentioned_indices(samples, store.index) if exclude_mentioned else None)
 
 
 def evaluate_model(model, store, encoder, collection: Collection, *, m_inference: int, batch_size: int = 8,
                    progress: bool = False, log: Callable[[str], None] | None = None,
-                   chunk_size: int = InferenceConfig.rerank_chunk_size) -> dict:
+                   chunk_size: int = InferenceConfig.rerank_chunk_size, exclude_mentioned: bool = False) -> dict:
     """The protocol's metrics of a PECRS model on both variants ({"full": ..., "dedup": ...});
     `store` is the catalog it ranks (ground-truth movies not in it are misses, and counted)."""
     ranked = rank_instances(model, store, encoder, collection, m_inference=m_inference, batch_size=batch_size,
-                            progress=progress, chunk_size=chunk_size)
+                            progress=progress, chunk_size=chunk_size, exclude_mentioned=exclude_mentioned)
     codes = item_codes(collection, store.ids)
     result = score_all(collection, ranked, codes, store.ids)
     if log and result["full"]["n_missing_from_catalog"]:
