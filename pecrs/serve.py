@@ -2,10 +2,10 @@
 
     POST /recommend   {"turns": [{"role": "seeker", "text": "..."}], "k": 10, "exclude"?: [ids], "link_titles"?: false,
                        "exclude_mentioned"?: null}
-                      -> {"items": [{"id", "title", "year", "genres", "score", "rank"}, ...]}
+                      -> {"items": [{"id", "title", "year", "genres", "score", "rank"}, ...], "read_as"}
     POST /respond     {"turns": [...], "decoding"?: "top_k", "k_items"?: 1, "seed"?: 0, "exclude"?: [ids],
                        "link_titles"?: false, "exclude_mentioned"?: null}
-                      -> {"response", "raw_response", "items", "recommended", "turn"}
+                      -> {"response", "raw_response", "items", "recommended", "turn", "read_as"}
     GET  /items/{id}  the catalog entry (404 if unknown)
     GET  /health      {"status": "ok", "items": N, ...}
     GET  /            pecrs/web/index.html, a chat page
@@ -18,6 +18,7 @@ recommendations as item vectors, as in training. "response" is the same text wit
 inference.exclude_mentioned (`pecrs serve --exclude-mentioned`) the items the turns mention are excluded too.
 "link_titles": true reads catalog titles typed in the texts as [ITEM] mentions first (pecrs.mentions),
 and "exclude_mentioned" overrides the model's setting for one request; the chat page sets both.
+"read_as" lists the items the titles typed in the last (seeker) turn were read as ([] without link_titles).
 
 Limits (422 with the offending field when exceeded, like any malformed body or unknown field):
 at most 50 turns, 2,000 characters per text, 333 item ids per turn, 1,000 excluded ids, 1 <= k <= 100,
@@ -225,11 +226,23 @@ def create_app(recommender) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"unknown item id '{item_id}'")
         return item_json(item, full=True)
 
+    def read_as(body) -> list[dict]:
+        """With link_titles, the items the titles typed in the last turn (a seeker's) were read as,
+        so that a client can show what was recognised."""
+        last = body.turns[-1]
+        if not body.link_titles or last.role != "seeker":
+            return []
+        _, ids = recommender.link_titles(last.text, last.items)
+        for already in last.items:     # the placeholders the client marked itself
+            ids.remove(already)
+        return [item_json(recommender.items[i]) for i in ids]
+
     @app.post("/recommend")
     def recommend(body: RecommendRequest):
         recs = recommender.recommend([t.model_dump() for t in body.turns], k=body.k, exclude=body.exclude,
                                      link_titles=body.link_titles, exclude_mentioned=body.exclude_mentioned)
-        return {"items": [{**item_json(r.item), "score": r.score, "rank": r.rank} for r in recs]}
+        return {"items": [{**item_json(r.item), "score": r.score, "rank": r.rank} for r in recs],
+                "read_as": read_as(body)}
 
     @app.post("/respond")
     def respond(body: RespondRequest):
@@ -239,7 +252,8 @@ def create_app(recommender) -> FastAPI:
         return {"response": r.text, "raw_response": r.raw_text,
                 "items": [item_json(it) for it in dict.fromkeys(r.items)],
                 "recommended": [item_json(it) for it in r.recommended],
-                "turn": {"role": "recommender", "text": r.raw_text, "items": [it.id for it in r.items]}}
+                "turn": {"role": "recommender", "text": r.raw_text, "items": [it.id for it in r.items]},
+                "read_as": read_as(body)}
 
     return app
 

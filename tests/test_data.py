@@ -289,6 +289,22 @@ def test_inspired_tsv_rules(tmp_path):
     assert bundle.repaired == {"inspired-tsv: malformed movie_dict parsed leniently (dialogues)": 1}
 
 
+def test_backslash_in_a_movie_dict_is_no_warning(tmp_path):
+    """A title holding a backslash ("\\q" is no valid escape) parses as the text it is, without
+    Python's "invalid escape sequence" warning reaching the user."""
+    import warnings
+
+    movies = "{'Heat\\q (1995)': 0}"
+    rows = [["a", 1, "RECOMMENDER", "hi", "hi", movies, "{}", "{}", "{}"],
+            ["a", 2, "SEEKER", "Heat", "[MOVIE_TITLE_0]", movies, "{}", "{}", "{}"],
+            ["a", 3, "RECOMMENDER", "ok", "ok", movies, "{}", "{}", "{}"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bundle = load_dataset(tsv_folder(tmp_path, rows), fmt="inspired-tsv")
+    (d,) = bundle.splits["dev"]
+    assert d.turns[1].text == "Heat\\q (1995)" and not bundle.repaired   # not in the catalog: text
+
+
 def test_bad_inspired_tsv(tmp_path):
     rows = [["a", 1, "RECOMMENDER", "hi", "hi", "{}", "{}", "{}", "{}"],
             ["a", 2, "BOT", "hi", "hi", "{}", "{}", "{}", "{}"]]

@@ -185,6 +185,11 @@ def test_http_link_titles(rec):
         def ids(turns, **extra):
             return [it["id"] for it in client.post("/recommend", json={"turns": turns, "k": 12, **extra}).json()["items"]]
         assert ids(typed, link_titles=True) == ids(mentioned)
+        read = client.post("/recommend", json={"turns": typed, "link_titles": True}).json()["read_as"]
+        assert [it["id"] for it in read] == [MENTIONED]
+        assert client.post("/recommend", json={"turns": typed}).json()["read_as"] == []
+        both = [{"role": "seeker", "text": "[ITEM] and Movie 4", "items": ["1"]}]
+        assert [it["id"] for it in client.post("/respond", json={"turns": both, "link_titles": True}).json()["read_as"]] == ["4"]
         # exclude_mentioned per request, over the server's setting (off here).
         assert ids(typed, link_titles=True, exclude_mentioned=True) == [i for i in ids(mentioned) if i != MENTIONED]
         assert ids(typed) == [r.item.id for r in rec.recommend(typed, k=12)]

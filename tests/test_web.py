@@ -86,3 +86,18 @@ def test_page_chats_in_a_browser(browser, server, rec, tmp_path):
     assert len(colors) > 50                                           # not a blank page
     blue = sum(n for n, c in colors if all(abs(a - b) <= 8 for a, b in zip(c, SEEKER_BLUE)))
     assert blue > 2000                                                # the seeker bubble and buttons rendered
+
+
+def test_page_reads_typed_titles_and_excludes_them(browser, server, rec, tmp_path):
+    """The page sends link_titles and exclude_mentioned: "Movie 3" is read as the item (shown under
+    the message) and the reply is the library's with both options."""
+    say = "I loved Movie 3"
+    expected = rec.respond([{"role": "seeker", "text": say}], seed=0, link_titles=True, exclude_mentioned=True)
+    assert expected.recommended[0].id != "3"
+    dom = _chromium(browser, tmp_path / "profile", "--dump-dom",
+                    f"{server}/?say={say.replace(' ', '%20')}&seed=0").stdout.decode("utf-8")
+    assert 'data-state="replied"' in dom, dom[-2000:]
+    assert '<span class="read-as">read as: Movie 3 (2003)</span>' in dom
+    reply = re.search(r'<div class="msg recommender" id="reply"><span class="who">recommender</span>(.*?)</div>',
+                      dom, re.S)
+    assert reply and html.unescape(reply.group(1)) == (expected.text or "(empty reply)")

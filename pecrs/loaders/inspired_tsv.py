@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def _parse_index_dict(raw: str, where: dict, field: str) -> tuple[dict[int, str]
     if not raw or not raw.strip():
         return {}, False
     try:
-        parsed = ast.literal_eval(raw)
+        with warnings.catch_warnings():   # a backslash in a title ("\q") is kept, not a warning
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+            parsed = ast.literal_eval(raw)
         if not isinstance(parsed, dict):
             raise ValueError
         return {int(v): str(k) for k, v in parsed.items()}, False
