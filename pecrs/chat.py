@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 import textwrap
 
-from .data import SEEKER, DataError, Item, Turn
+from .data import ITEM, SEEKER, DataError, Item, Turn
+from .dialogue_input import clip_text
 
 COMMANDS = "/top [N], /reset, /help, /quit"
 
@@ -64,11 +65,13 @@ def chat(recommender, lines=None, out=None, decoding=None, k_items: int = 1, see
             else:
                 say(f"unknown command {command}; commands: {COMMANDS}")
             continue
-        try:
-            text, items = recommender.link_titles(line) if link_titles else (line, [])
-        except ValueError as e:   # a typed "[ITEM]": no id goes with it
-            say(f"(not sent: {e})")
+        if ITEM in line:   # the model's placeholder: a person names a movie by its title
+            say(f"(not sent: {ITEM} is reserved for the model; type the movie's title instead)")
             continue
+        # Cut as the model will read it (dialogue_input), then link: "(read as: ...)" shows only
+        # mentions the model gets.
+        line, _ = clip_text(line, [], recommender.max_text_chars)
+        text, items = recommender.link_titles(line) if link_titles else (line, [])
         history.append(Turn(SEEKER, text, tuple(items)))
         try:
             turn += 1

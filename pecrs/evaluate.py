@@ -18,8 +18,9 @@ from tqdm import tqdm
 from . import metrics
 from .catalog import ItemStore, vector_slots
 from .config import InferenceConfig
-from .data import ITEM, Sample
+from .data import ITEM, Item, Sample
 from .decoding import without_repeats
+from .mentions import same_film, with_twins
 from .samples import mentioned_items
 from .tokens import DialogueEncoder, collate, pad_rows
 
@@ -42,10 +43,12 @@ def rank_samples(model, store: ItemStore, encoded, catalog_vectors, m_inference:
                            progress, index, chunk_size, exclude)[m_inference]
 
 
-def mentioned_indices(samples, index) -> list[list[int]]:
-    """Per sample, the catalog indices of the items its context mentions (`mentioned_items`): the
-    `exclude` of rank_samples under inference.exclude_mentioned, as `Recommender` excludes them."""
-    return [[index[i] for i in mentioned_items(s.context) if i in index] for s in samples]
+def mentioned_indices(samples, items: list[Item]) -> list[list[int]]:
+    """Per sample, the catalog indices (into `items`) of the items its context mentions
+    (`mentioned_items`) and their twins (`pecrs.mentions.same_film`): the `exclude` of
+    rank_samples under inference.exclude_mentioned, as `Recommender` excludes them."""
+    index, twins = {it.id: k for k, it in enumerate(items)}, same_film(items)
+    return [[index[i] for i in with_twins(mentioned_items(s.context), twins) if i in index] for s in samples]
 
 
 @torch.no_grad()
@@ -55,7 +58,7 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
                     exclude=None) -> dict[int, np.ndarray]:
     """{M_inference: catalog indices [n, keep] best first} for several M_inference from one pass.
     exclude: per encoded sample, catalog indices it must not be recommended (`mentioned_indices`);
-    a row left with fewer than `keep` items ends in -1.
+    a row left with fewer items than the candidates it asks for ends in -1.
 
     A candidate's re-rank score depends only on the context and that candidate (§3.5: candidates
     attend to the context, not to each other), so re-ranking the largest M once and keeping, for
@@ -163,7 +166,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         rank_rows = np.arange(len(samples)) if generate else np.flatnonzero(rec_rows)
         ranked_rows = rank_samples(model, store, [encoded[i] for i in rank_rows], catalog_vectors, m_inference,
                                    batch_size, progress=progress, index=index, chunk_size=inference.rerank_chunk_size,
-                                   exclude=mentioned_indices([samples[i] for i in rank_rows], store.index)
+                                   exclude=mentioned_indices([samples[i] for i in rank_rows], store.items)
                                    if inference.exclude_mentioned else None)
         ranked = np.zeros((len(samples), ranked_rows.shape[1]), dtype=ranked_rows.dtype)
         ranked[rank_rows] = ranked_rows
@@ -209,7 +212,7 @@ def recall_only(model, store, encoder, samples, inference: InferenceConfig | Non
     vectors = store.all_vectors(model)
     ranked = rank_samples(model, store, encoded, vectors, inference.m_inference, inference.batch_size,
                           progress=progress, chunk_size=inference.rerank_chunk_size,
-                          exclude=mentioned_indices(with_target, store.index) if inference.exclude_mentioned else None)
+                          exclude=mentioned_indices(with_target, store.items) if inference.exclude_mentioned else None)
     out = metrics.recall_at_k(ranked, np.array([e.target for e in encoded]))
     out["recall_mean"] = float(np.mean([out["recall@1"], out["recall@10"], out["recall@50"]]))
     return out

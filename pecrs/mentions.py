@@ -22,14 +22,16 @@ overlap; a rejected candidate (below) lets a shorter one at the same word be tri
 Guards. Many titles are ordinary words or names ("Us", "It", "Adam", "Glass", "Get Out", "Check
 It Out", "1917"), and a wrong [ITEM] is worse than a missed one: it hides what was said and, in a
 chat that excludes mentioned items, bans that movie. (On INSPIRED's test dialogues, whose movies
-are already [ITEM]s, these rules link 115 times in 2,089 turns, 50 in the 1,030 seeker turns; of
-the 35 titles of one or two words linked in those, about 15 are false: a name whose first part
-starts a sentence, "Joaquin Phoenix"; "Cool"; "Action" as a genre. The others are titles the
-annotators left unmarked, "Star Wars", "Looper", "Casino". A first version, 3+ word titles in
+are already [ITEM]s, these rules link 119 times in 2,089 turns, 52 in the 1,030 seeker turns; of
+the 34 titles of one or two words linked in those, about 13 are false: a name whose first part
+starts a sentence, "Joaquin Phoenix"; "Cool"; "Sir". The others are titles the annotators left
+unmarked, "Star Wars", "Looper", "Casino", "Frozen 2" (Frozen II). A first version, 3+ word titles in
 any case and no name, all-caps or sequel rules, linked 241 times in those 2,089 turns: "check it
-out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6.) A candidate title followed by a small number
-or a roman numeral ("Frozen 2", "Rocky II") is a sequel the catalog lacks and never links.
-Otherwise it is accepted when any of these holds:
+out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6.) Sequel numbers compare alike however they
+are written ("Frozen 2", "Frozen II", "Frozen two"), so a catalog's sequel is matched first; a
+title then followed by a number, or by "chapter 3" / "part three", is a sequel the catalog lacks
+and never links ("Frozen 3" is not Frozen). Otherwise a candidate is accepted when any of these
+holds:
   (a) it is quoted: "..." / “...” / ‘...’ / '...' directly around it (punctuation such as
       '"It!"' may sit before the closing quote); quotes are how people mark a title;
   (b) its year follows: "It (2017)" or "It 2017". The year also picks among items of that title
@@ -40,11 +42,15 @@ Otherwise it is accepted when any of these holds:
       typed in capitals throughout ("IT", "YOU") only counts for a title word that is so too;
       a 1-2 word title must not touch another capitalised word ("Adam Sandler", "Meg Ryan": a
       name), and a one-word title must not start a sentence (text start, a new line, after
-      . ! ? and a space, or right after an [ITEM]), where a capital says nothing. A title with no
-      capitalised word to check ("90 minutter", "1917") needs (a) or (b).
+      . ! ? and a space, or right after an [ITEM]), where a capital says nothing, nor be a genre
+      of the catalog ("I like Action movies"). A title with no capitalised word to check ("90
+      minutter", "1917") needs (a) or (b).
 
 Remakes. Several items may share a title key ("It" 1990 and 2017): the year of (b) picks one, else
 the most recent (no year counts as oldest); ties keep catalog order.
+
+The same film under several ids. Catalogs list some films twice; `same_film` pairs the ids of
+one title key whose years are at most one apart, so that excluding a film excludes all its ids.
 
 Placeholders already in the text are left alone and never matched into (titles are found only
 between them). `link(text, items)` takes the ids of those placeholders and returns the ids of all
@@ -55,7 +61,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 
 from .data import ITEM, Item
 
@@ -63,7 +70,13 @@ from .data import ITEM, Item
 _MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
 _WORD = re.compile(rf"[^\W_](?:[^\W_]|[{_MARKS}]|['’](?=[^\W_]))*")
 _YEAR = re.compile(r"[ \t]*\([ \t]*(\d{4})[ \t]*\)|[ \t]+(\d{4})(?!\w)")
-_SEQUEL = re.compile(r"[ \t]+(?:\d{1,3}|II|III|IV|V|VI|VII|VIII|IX|X)(?![\w'’])")   # "Frozen 2", "Rocky II"
+# "Frozen 3", "Rocky VII", "John Wick chapter 4": a sequel the catalog lacks (one it has matched first).
+_SEQUEL = re.compile(r"[ \t]+(?:(?i:chapter|part|episode|vol\.?|volume)[ \t]+)?"
+                     r"(?:\d{1,3}|II|III|IV|V|VI|VII|VIII|IX|X|(?i:two|three|four|five|six))(?![\w'’])")
+# Sequel numbers compare alike however they are written: "Frozen 2" finds "Frozen II".
+_NUMERALS = {**{r: str(n) for n, r in enumerate(["ii", "iii", "iv"], 2)},
+             **{r: str(n) for n, r in enumerate(["vi", "vii", "viii", "ix"], 6)},
+             **{w: str(n) for n, w in enumerate(["two", "three", "four", "five", "six", "seven", "eight", "nine"], 2)}}
 _ARTICLES = {"the", "a", "an"}   # a title's leading article may be typed in lowercase
 _QUOTES = {'"': '"', "“": "”", "‘": "’", "'": "'"}
 _TRAILING = ".,!?;:"           # may stand between a quoted title and its closing quote
@@ -71,11 +84,15 @@ _OPENERS = " \t\r\"'“‘(["      # skipped when looking back for a sentence st
 
 
 def word_key(word: str) -> str:
-    """The comparison key of one word: apostrophes dropped, accents folded, casefolded."""
+    """The comparison key of one word: apostrophes dropped, accents folded, casefolded, and a
+    roman numeral from II to IX (not I, V, X: words and letters) or a number word from two to nine
+    written as digits."""
     if word.isascii():                     # the common case, and what the general one gives
-        return word.replace("'", "").lower()
-    word = unicodedata.normalize("NFKD", word.replace("'", "").replace("’", ""))
-    return "".join(c for c in word if not unicodedata.combining(c)).casefold()
+        key = word.replace("'", "").lower()
+    else:
+        word = unicodedata.normalize("NFKD", word.replace("'", "").replace("’", ""))
+        key = "".join(c for c in word if not unicodedata.combining(c)).casefold()
+    return _NUMERALS.get(key, key)
 
 
 def _words(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, str, str]]:
@@ -111,7 +128,8 @@ def _capitals_typed(title: Sequence[str], typed: Sequence[str]) -> bool:
     at least one capitalised word was checked."""
     checked = 0
     for k, (word, as_typed) in enumerate(zip(title, typed)):
-        if not word[0].isupper() or (k == 0 and len(title) > 1 and word.lower() in _ARTICLES):
+        if (not word[0].isupper() or (k == 0 and len(title) > 1 and word.lower() in _ARTICLES)
+                or word_key(word).isdigit()):     # "II" may be typed "2" or "two"
             continue
         shouting = len(as_typed) > 1 and as_typed.isupper() and not word.isupper()
         if not as_typed[0].isupper() or shouting:
@@ -126,6 +144,8 @@ class TitleLinker:
     def __init__(self, items: Sequence[Item]):
         self._titles: dict[tuple[str, ...], _Title] = {}
         self._longest: dict[str, int] = {}     # first word key -> most words of a title starting so
+        # "I like Action movies": a one-word title that is also a genre name needs quotes or a year.
+        self._genres = {word_key(g) for item in items for g in item.genres if " " not in g.strip()}
         for item in items:
             words = _WORD.findall(item.title)
             if not words:
@@ -200,7 +220,7 @@ class TitleLinker:
             return None
         if _quoted(text, start, end) or (title.letters and title.n_words >= 4):       # (a), (c)
             return start, end, title.items[0][0].id
-        if n == 1 and _sentence_start(text, start):
+        if n == 1 and (_sentence_start(text, start) or span[0][2] in self._genres):
             return None
         if n <= 2 and _touches_a_name(text, words, i, n):
             return None
@@ -240,3 +260,32 @@ def _touches_a_name(text: str, words: list[tuple[int, int, str, str]], i: int, n
              and capitalised(before) and not _sentence_start(text, words[before][0]))
             or (after < len(words) and text[words[after - 1][1]:words[after][0]].strip(" \t") == ""
                 and capitalised(after)))
+
+
+# ---- the same film under several ids --------------------------------------------------------
+
+def same_film(items: Sequence[Item]) -> dict[str, tuple[str, ...]]:
+    """id -> the other ids of the same film: the same title key (as typed titles are compared)
+    and years at most one apart, or both unknown. Catalogs hold duplicates (INSPIRED's has
+    "John Wick: Chapter 2" twice, "Emma" and "Emma.") and sources that disagree on a year
+    (Insidious 2010 and 2011); excluding one id must exclude them all. Remakes (The Lion King 1994
+    and 2019) are other films. Only ids that have such twins are keys."""
+    by_title: dict[tuple[str, ...], list[Item]] = defaultdict(list)
+    for item in items:
+        words = _WORD.findall(item.title)
+        if words:
+            by_title[tuple(map(word_key, words))].append(item)
+    twins: dict[str, tuple[str, ...]] = {}
+    for group in by_title.values():
+        for a in group if len(group) > 1 else ():
+            same = tuple(b.id for b in group if b is not a and (
+                (a.year is None and b.year is None) or (a.year is not None and b.year is not None
+                                                        and abs(a.year - b.year) <= 1)))
+            if same:
+                twins[a.id] = same
+    return twins
+
+
+def with_twins(ids: Iterable[str], twins: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """`ids` and their twins (`same_film`), each once, in order."""
+    return list(dict.fromkeys(x for i in ids for x in (i, *twins.get(i, ()))))

@@ -33,6 +33,7 @@ bfloat16 recommender prefers float32-encoded vectors when they are cached.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
@@ -47,6 +48,7 @@ from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_
 from .config import check_value
 from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
+from .mentions import same_film, with_twins
 from .samples import mentioned_items
 from .setup import dialogue_encoder, say
 from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, load_saved_vectors, save_cached, save_vectors
@@ -243,10 +245,16 @@ class Recommender:
         return (torch.tensor([ids], device=dev), torch.tensor([slots], device=dev),
                 torch.tensor([len(ids)], device=dev))
 
+    @functools.cached_property
+    def twins(self) -> dict[str, tuple[str, ...]]:
+        """The same film under several ids (pecrs.mentions.same_film), found on first use."""
+        return same_film(self.item_list)
+
     def _excluded(self, turns, exclude, exclude_mentioned: bool | None) -> list[int]:
         """Catalog indices never to recommend: the ids in `exclude` (a `recommend` / `respond`
         argument) and, with exclude_mentioned (None: this recommender's setting), every item the
-        turns mention (`mentioned_items`, as the evaluation excludes them)."""
+        turns mention (`mentioned_items`), each with its twins (`same_film`), as the evaluation
+        excludes them."""
         if isinstance(exclude, str) or not isinstance(exclude, (list, tuple, set, frozenset)):
             raise DataError(f"expected a list of item ids, got {type(exclude).__name__}", field="exclude")
         for i, x in enumerate(exclude if isinstance(exclude, (list, tuple)) else sorted(exclude, key=str)):
@@ -254,9 +262,10 @@ class Recommender:
                 raise DataError(f"item ids are strings, got {type(x).__name__} {x!r}", field=f"exclude[{i}]")
             if x not in self.item_index:
                 raise DataError(f"unknown item id {x!r}", field=f"exclude[{i}]")
-        ids = set(exclude)
+        ids = list(exclude)
         if self.exclude_mentioned if exclude_mentioned is None else exclude_mentioned:
-            ids.update(mentioned_items(turns))
+            ids += mentioned_items(turns)
+        ids = with_twins(ids, self.twins)         # a film listed twice is excluded under both ids
         if len(ids) >= len(self):
             raise DataError("every item of the catalog is excluded", field="exclude")
         return sorted(self.item_index[x] for x in ids)

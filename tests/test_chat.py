@@ -185,3 +185,13 @@ def test_chat_excludes_what_the_conversation_mentions_by_default(rec):
     assert not any(describe(favourite) in line for line in top + sorted(named))
     assert len(top) == 12 - 1 - len(named)
     assert not any(line.startswith("recommender> ") and favourite.display() in line for line in lines)
+
+
+def test_a_title_the_cut_drops_is_not_read_as_a_mention(rec):
+    """Over-long lines are cut to what the model reads before titles are linked, so "(read as)"
+    never shows a mention the model (and the exclusion) would not get."""
+    tail = "and more " * rec.max_text_chars
+    lines = _chat(rec, f"I loved Movie 3 {tail}\nI loved Movie 4\n", decoding="greedy")
+    assert sum(line.startswith("  (read as:") for line in lines) == 1
+    assert "  (read as: Movie 4 (2004))" in lines
+    assert "(not sent: [ITEM] is reserved for the model; type the movie's title instead)" in _chat(rec, "I like [ITEM]\n")

@@ -227,3 +227,83 @@ def test_faiss_index_honours_exclusion(rec):
     fast = Recommender(rec.model, rec.config, rec.items, rec.vectors, index="faiss")
     first = [r.item.id for r in fast.recommend(TURNS, k=12)]
     assert [r.item.id for r in fast.recommend(TURNS, k=12, exclude=first[:4])] == first[4:]
+
+
+def test_length_sorted_batches_give_each_row_its_own_exclusions(rec):
+    """Evaluation batches are sorted by context length, so a batch's rows are not the samples'
+    order: ranked in one batch or one at a time, each sample excludes its own mentions."""
+    from pecrs.catalog import ItemStore
+    from pecrs.data import Dialogue, Turn
+    from pecrs.evaluate import mentioned_indices, rank_samples
+    from pecrs.samples import make_samples
+
+    long = Dialogue("long", (Turn("seeker", "I loved [ITEM] " + "and so on " * 30, ("3",)),
+                             Turn("recommender", "Try [ITEM]", ("7",)), Turn("seeker", "seen it"),
+                             Turn("recommender", "Then [ITEM]", ("8",))))
+    short = Dialogue("short", (Turn("seeker", "[ITEM] was fun", ("5",)), Turn("recommender", "Try [ITEM]", ("6",))))
+    samples = [s for s in make_samples([long, short]) if s.target is not None]
+    store = ItemStore(rec.item_list, rec.model.tokenizer, rec.config.model.item_fields, rec.config.model.item_max_tokens)
+    encoded = rec.encoder.encode_all(samples)
+    assert len(encoded[-1].context_ids) < len(encoded[0].context_ids)      # sorting moves "short" first
+    exclude = mentioned_indices(samples, store.items)
+    vectors = store.all_vectors(rec.model)
+    together = rank_samples(rec.model, store, encoded, vectors, 12, 8, exclude=exclude)
+    alone = rank_samples(rec.model, store, encoded, vectors, 12, 1, exclude=exclude)
+    assert (together == alone).all()
+    for row, banned in zip(together, exclude):
+        assert banned and not set(banned) & set(row.tolist())
+
+
+def test_the_same_film_under_two_ids_is_excluded_under_both(run, rec):
+    """A catalog listing a film twice (INSPIRED has 11 such pairs): excluding or mentioning one id
+    excludes its twin too (pecrs.mentions.same_film)."""
+    from pecrs.data import Item
+
+    twin = Item("3b", rec.items[MENTIONED].title, rec.items[MENTIONED].year)
+    doubled = Recommender(rec.model, rec.config, [*rec.item_list, twin])
+    assert doubled.twins == {MENTIONED: ("3b",), "3b": (MENTIONED,)}
+    ranked = [r.item.id for r in doubled.recommend(TURNS, k=13, exclude_mentioned=True)]
+    assert len(ranked) == 11 and not {MENTIONED, "3b"} & set(ranked)
+    assert "3b" not in [r.item.id for r in doubled.recommend(TURNS, k=13, exclude=[MENTIONED])]
+
+
+def test_http_request_overrides_the_servers_exclusion_setting(rec):
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from pecrs.serve import create_app
+
+    server_excludes = Recommender(rec.model, rec.config, rec.items, rec.vectors, exclude_mentioned=True)
+    with TestClient(create_app(server_excludes)) as client:
+        def ids(**extra):
+            return [it["id"] for it in client.post("/recommend", json={"turns": TURNS, "k": 12, **extra}).json()["items"]]
+        assert client.get("/health").json()["exclude_mentioned"] is True
+        assert MENTIONED not in ids() and len(ids()) == 11
+        assert MENTIONED in ids(exclude_mentioned=False) and len(ids(exclude_mentioned=False)) == 12
+
+
+def test_cli_evaluate_excludes_and_says_so(tmp_path, monkeypatch, capsys):
+    import json
+
+    from pecrs.cli import main
+    from pecrs.testing import write_jsonl
+
+    run_dir, items = make_tiny_run(tmp_path / "world")
+    dialogue = [{"role": "seeker", "text": "I loved [ITEM] and [ITEM]", "items": ["3", "4"]},
+                {"role": "recommender", "text": "Then [ITEM]", "items": ["3"]},     # mentioned before
+                {"role": "seeker", "text": "more"},
+                {"role": "recommender", "text": "Or [ITEM]", "items": ["9"]}]      # new
+    write_jsonl(items.parent / "test.jsonl", [{"id": f"t{k}", "turns": dialogue} for k in range(2)])
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path))
+    results = {}
+    for flag in ("--exclude-mentioned", "--no-exclude-mentioned"):
+        out = tmp_path / f"{flag}.json"
+        assert main(["evaluate", str(run_dir), "--no-generate", "--no-ppl", "--json", "--device", "cpu", "--m-inference", "12",
+                     "--output", str(out), flag]) == 0
+        results[flag] = json.loads(out.read_text())
+    capsys.readouterr()
+    on, off = results["--exclude-mentioned"], results["--no-exclude-mentioned"]
+    assert on["exclude_mentioned"] is True and off["exclude_mentioned"] is False
+    # Excluded, the target mentioned before is never found (12 items: always, without exclusion).
+    assert (off["recall@50"], off["dedup_recall@50"]) == (1.0, 1.0)
+    assert (on["recall@50"], on["dedup_recall@50"]) == (0.5, 1.0)

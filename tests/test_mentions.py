@@ -121,6 +121,39 @@ def test_names_shouting_and_sequels_do_not_link(linker):
     assert linker.link("I think Frozen I liked")[1] == ["frozen"]        # "I" is not a name
 
 
+def test_sequel_numbers_compare_alike_however_written():
+    linker = TitleLinker([Item("f", "Frozen", 2013), Item("f2", "Frozen II", 2019), Item("w", "John Wick", 2014),
+                          Item("it2", "It Chapter Two", 2019), Item("it", "It", 2017)])
+    for typed in ("Frozen 2", "Frozen II", "Frozen two"):
+        assert linker.link(f"We loved {typed} a lot")[1] == ["f2"], typed
+    assert linker.link("Frozen 2 was great")[1] == ["f2"]         # digits need no capital
+    assert linker.link("I saw It Chapter 2")[1] == ["it2"]
+    # a sequel the catalog lacks is never read as the first film
+    assert linker.link("I saw Frozen 3") == ("I saw Frozen 3", [])
+    assert linker.link("John Wick chapter 3 is next") == ("John Wick chapter 3 is next", [])
+    assert linker.link("John Wick Part Three next") == ("John Wick Part Three next", [])
+
+
+def test_a_genre_name_is_not_a_title_unless_marked():
+    linker = TitleLinker([Item("a", "Action", 1999, genres=("Action",)), Item("r", "Romance", 1999,
+                                                                              genres=("Romance", "Drama"))])
+    assert linker.link("I like Action movies and Romance") == ("I like Action movies and Romance", [])
+    assert linker.link('I like "Action" (1999)')[1] == ["a"]
+
+
+def test_same_film_finds_duplicates_not_remakes():
+    from pecrs.mentions import same_film, with_twins
+
+    items = [Item("w1", "John Wick: Chapter 2", 2017), Item("w2", "John Wick Chapter 2", 2017),
+             Item("i1", "Insidious", 2010), Item("i2", "Insidious", 2011), Item("l1", "The Lion King", 1994),
+             Item("l2", "The Lion King", 2019), Item("n1", "Nameless", None), Item("n2", "Nameless", None),
+             Item("solo", "Solo", 2018)]
+    twins = same_film(items)
+    assert twins == {"w1": ("w2",), "w2": ("w1",), "i1": ("i2",), "i2": ("i1",), "n1": ("n2",), "n2": ("n1",)}
+    assert with_twins(["solo", "w2", "w1"], twins) == ["solo", "w2", "w1"]
+    assert with_twins(["l1", "i2"], twins) == ["l1", "i2", "i1"]
+
+
 def test_same_title_defaults_to_most_recent(linker):
     assert linker.link("I liked Charlie's Angels")[1] == ["angels19"]
     # no year counts as oldest; equal years keep catalog order

@@ -54,7 +54,7 @@ def rankings_at(setup, config: RunConfig, m_values):
     setup.model.eval()
     encoded = setup.encoder.encode_all(samples)
     vectors = setup.store.all_vectors(setup.model)
-    exclude = mentioned_indices(samples, setup.store.index) if config.inference.exclude_mentioned else None
+    exclude = mentioned_indices(samples, setup.store.items) if config.inference.exclude_mentioned else None
     ranked = rank_samples_at(setup.model, setup.store, encoded, vectors, m_values, config.inference.batch_size,
                              chunk_size=config.inference.rerank_chunk_size, exclude=exclude)
     targets = np.array([e.target for e in encoded], dtype=np.int64)

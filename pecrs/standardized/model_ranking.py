@@ -71,7 +71,7 @@ def rank_instances(model, store, encoder, collection: Collection, *, m_inference
     vectors = store.all_vectors(model)
     return rank_samples(model, store, encoded, vectors, m_inference, batch_size, keep=max(KS),
                         progress=progress, index=index, chunk_size=chunk_size,
-                        exclude=mentioned_indices(samples, store.index) if exclude_mentioned else None)
+                        exclude=mentioned_indices(samples, store.items) if exclude_mentioned else None)
 
 
 def evaluate_model(model, store, encoder, collection: Collection, *, m_inference: int, batch_size: int = 8,
