@@ -95,6 +95,13 @@ def word_key(word: str) -> str:
     return _NUMERALS.get(key, key)
 
 
+def title_words(title: str) -> tuple[list[str], tuple[str, ...]]:
+    """A title's words as written and its comparison key, one `word_key` per word: how the linker
+    indexes titles and how `same_film` groups them."""
+    words = _WORD.findall(title)
+    return words, tuple(map(word_key, words))
+
+
 def _words(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, str, str]]:
     """(start, end, key, word as typed) of each word of text[start:end], offsets into text."""
     return [(m.start(), m.end(), word_key(m.group()), m.group())
@@ -147,10 +154,9 @@ class TitleLinker:
         # "I like Action movies": a one-word title that is also a genre name needs quotes or a year.
         self._genres = {word_key(g) for item in items for g in item.genres if " " not in g.strip()}
         for item in items:
-            words = _WORD.findall(item.title)
-            if not words:
+            words, key = title_words(item.title)
+            if not key:
                 continue
-            key = tuple(map(word_key, words))
             title = self._titles.get(key)
             if title is None:
                 title = self._titles[key] = _Title(key)
@@ -272,9 +278,9 @@ def same_film(items: Sequence[Item]) -> dict[str, tuple[str, ...]]:
     and 2019) are other films. Only ids that have such twins are keys."""
     by_title: dict[tuple[str, ...], list[Item]] = defaultdict(list)
     for item in items:
-        words = _WORD.findall(item.title)
-        if words:
-            by_title[tuple(map(word_key, words))].append(item)
+        _, key = title_words(item.title)
+        if key:
+            by_title[key].append(item)
     twins: dict[str, tuple[str, ...]] = {}
     for group in by_title.values():
         for a in group if len(group) > 1 else ():

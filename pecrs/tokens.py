@@ -150,7 +150,6 @@ def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_
 
     context_width / gen_width pad to a fixed width instead of the batch's longest row, so every
     batch has the same shapes (what CUDA graphs and compiled steps need; see `static_widths`)."""
-    B = len(encoded)
     Lc = max(len(e.context_ids) for e in encoded)
     if context_width is not None:
         if Lc > context_width:
