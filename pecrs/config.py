@@ -68,6 +68,9 @@ class TrainConfig(Section):
     max_train_samples: int | None = None   # a slice of the train split (tiny runs)
     max_eval_samples: int | None = None
     targets_only: bool = False              # train on the samples that recommend an item only (CPU-budget runs)
+    # Beyond the paper: drop the train samples whose target the dialogue mentioned before. They
+    # teach the model to repeat a named film, which inference.exclude_mentioned (chat) forbids.
+    fresh_targets_only: bool = False
     epochs: int = 20
     batch_size: int = 2                     # per device
     grad_accum: int = 1                     # effective batch = batch_size * grad_accum * devices

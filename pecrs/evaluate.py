@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import metrics
 from .catalog import ItemStore, vector_slots
 from .config import InferenceConfig
-from .data import ITEM, Item, Sample
+from .data import ITEM, DataError, Item, Sample
 from .decoding import without_repeats
 from .mentions import same_film, with_twins
 from .samples import mentioned_items
@@ -46,9 +46,15 @@ def rank_samples(model, store: ItemStore, encoded, catalog_vectors, m_inference:
 def mentioned_indices(samples, items: list[Item]) -> list[list[int]]:
     """Per sample, the catalog indices (into `items`) of the items its context mentions
     (`mentioned_items`) and their twins (`pecrs.mentions.same_film`): the `exclude` of
-    rank_samples under inference.exclude_mentioned, as `Recommender` excludes them."""
+    rank_samples under inference.exclude_mentioned, as `Recommender` excludes them. A DataError
+    names the dialogue and turn whose context mentions the whole catalog (nothing left to rank)."""
     index, twins = {it.id: k for k, it in enumerate(items)}, same_film(items)
-    return [[index[i] for i in with_twins(mentioned_items(s.context), twins) if i in index] for s in samples]
+    excluded = [[index[i] for i in with_twins(mentioned_items(s.context), twins) if i in index] for s in samples]
+    for s, row in zip(samples, excluded):
+        if len(row) >= len(items):
+            raise DataError(f"dialogue '{s.dialogue_id}' turn {s.turn_index}: its context mentions every item "
+                            f"of the catalog, so inference.exclude_mentioned leaves nothing to recommend")
+    return excluded
 
 
 @torch.no_grad()

@@ -79,7 +79,9 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"M_train {t['m_train']}, loss weights alpha/beta/gamma {t['alpha']}/{t['beta']}/{t['gamma']} "
              f"({t.get('loss_normalization', 'batch')} normalisation), item encoding `{m['item_encoding']}`"
              f"{' (pooled states standardized)' if m.get('item_standardize') else ''}"
-             f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}{subset}{start}",
+             f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}"
+             f"{'; without the samples whose target their dialogue mentioned before' if t.get('fresh_targets_only') else ''}"
+             f"{subset}{start}",
              f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`"
              f"{f', no {inference.no_repeat_ngram}-gram twice in a reply' if inference.no_repeat_ngram else ''}",
              f"- Exported {export_info.get('date', '?')} from `{export_info.get('source', '?')}` at git "

@@ -75,6 +75,8 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
         # Recall, re-ranking and the [ITEM] reply are learned from these rows only (28% of
         # INSPIRED's training samples): a short run spends all its steps on them.
         samples[t.train_split] = [s for s in samples[t.train_split] if s.target is not None]
+    if t.fresh_targets_only and t.train_split in samples:
+        samples[t.train_split] = [s for s in samples[t.train_split] if not s.target_seen_before]
     if t.max_train_samples and t.train_split in samples:
         samples[t.train_split] = samples[t.train_split][: t.max_train_samples]
     if t.max_eval_samples:

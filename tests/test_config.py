@@ -197,3 +197,32 @@ def test_targets_only_keeps_the_recommending_train_samples_and_a_new_key(tmp_pat
     assert train_key(cfg) != train_key(RunConfig.from_dict({**cfg.to_dict(), "train": {
         **cfg.to_dict()["train"], "targets_only": False}}))
     assert train_key(RunConfig.load("configs/inspired.yaml")) == "96b9c7cdfd3d"
+
+
+def test_fresh_targets_only_drops_the_train_samples_whose_target_was_mentioned_before(tmp_path):
+    """train.fresh_targets_only keeps every train sample but those recommending an item the
+    dialogue named before (dev and test keep them all); at its default no stored key changes."""
+    from pecrs.experiments.keys import train_key
+    from pecrs.setup import prepare
+    from pecrs.testing import tiny_config, write_dataset
+
+    write_dataset(tmp_path / "data")
+    with open(tmp_path / "data" / "train.jsonl", "a") as f:   # "1" is named, then recommended again
+        f.write(json.dumps({"id": "again", "turns": [
+            {"role": "seeker", "text": "I loved [ITEM]", "items": ["1"]},
+            {"role": "recommender", "text": "Then watch [ITEM] again", "items": ["1"]},
+            {"role": "recommender", "text": "Or [ITEM]", "items": ["2"]}]}) + "\n")
+    cfg = tiny_config(tmp_path / "data")
+    everything = prepare(cfg).samples
+    cfg.train.fresh_targets_only = True
+    filtered = prepare(cfg).samples
+    kept = [s for s in everything["train"] if not s.target_seen_before]
+    assert 0 < len(kept) < len(everything["train"])
+    assert ("again", 1, "1") not in {(s.dialogue_id, s.turn_index, s.target) for s in filtered["train"]}
+    assert ("again", 2, "2") in {(s.dialogue_id, s.turn_index, s.target) for s in filtered["train"]}
+    assert [(s.dialogue_id, s.turn_index, s.target) for s in filtered["train"]] == \
+        [(s.dialogue_id, s.turn_index, s.target) for s in kept]
+    assert len(filtered["dev"]) == len(everything["dev"])
+    cfg.train.fresh_targets_only = False
+    assert train_key(cfg) == train_key(RunConfig.from_dict(cfg.to_dict()))
+    assert train_key(RunConfig.load("configs/inspired.yaml")) == "96b9c7cdfd3d"

@@ -307,3 +307,19 @@ def test_cli_evaluate_excludes_and_says_so(tmp_path, monkeypatch, capsys):
     # Excluded, the target mentioned before is never found (12 items: always, without exclusion).
     assert (off["recall@50"], off["dedup_recall@50"]) == (1.0, 1.0)
     assert (on["recall@50"], on["dedup_recall@50"]) == (0.5, 1.0)
+
+
+def test_evaluation_refuses_a_context_that_mentions_the_whole_catalog():
+    """Under exclude_mentioned such a turn has nothing left to rank: the evaluation would inject a
+    padding index as the recommended item. It names the dialogue and turn instead (serving's
+    Recommender refuses the same case)."""
+    from pecrs.data import Dialogue, Item, Turn
+    from pecrs.evaluate import mentioned_indices
+    from pecrs.samples import make_samples
+
+    items = [Item(id="a", title="Alpha"), Item(id="b", title="Beta")]
+    every = Dialogue("greedy", (Turn("seeker", "[ITEM] and [ITEM]", ("a", "b")), Turn("recommender", "Try [ITEM]", ("a",))))
+    some = Dialogue("fine", (Turn("seeker", "[ITEM]", ("a",)), Turn("recommender", "Try [ITEM]", ("b",))))
+    assert mentioned_indices(make_samples([some]), items) == [[0]]
+    with pytest.raises(DataError, match="dialogue 'greedy' turn 1: .*every item"):
+        mentioned_indices(make_samples([some, every]), items)

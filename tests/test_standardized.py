@@ -164,6 +164,9 @@ def test_bad_input_names_file_line_and_field(tmp_path):
     no_messages = {k: v for k, v in A.items() if k != "messages"}
     with pytest.raises(DataError, match=r":1 field 'messages'"):
         S.load_collection(write(tmp_path / "u.jsonl", [no_messages]))
+    # An empty conversation is a broken line, as for the training reader (tests/test_data.py).
+    with pytest.raises(DataError, match=r"e\.jsonl:2 field 'messages': empty dialogue"):
+        S.load_collection(write(tmp_path / "e.jsonl", [B, {**A, "conversationId": "E", "messages": []}]))
     (tmp_path / "v.jsonl").write_text(json.dumps(A) + "\n{oops\n")
     with pytest.raises(DataError, match=r"v\.jsonl:2: malformed JSON"):
         S.load_collection(tmp_path / "v.jsonl")

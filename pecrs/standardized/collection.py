@@ -110,6 +110,8 @@ def parse_conversation(obj: dict, where: dict) -> Conversation:
     raw = obj["messages"]
     if not isinstance(raw, list):
         raise DataError("expected a list of messages", field="messages", **where)
+    if not raw:   # as pecrs.loaders.redial reads it: an empty conversation is a broken line
+        raise DataError("empty dialogue (no messages)", field="messages", **where)
     workers = (obj["respondentWorkerId"], obj["initiatorWorkerId"])
     messages, mentions = [], []
     for m, msg in enumerate(raw):
