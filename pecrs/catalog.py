@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .data import Item
+from .data import SEP, Item
+from .tokens import marked_token_ids
 
 
 class ItemStore:
@@ -22,9 +23,11 @@ class ItemStore:
         self.items = list(items)
         self.ids = [it.id for it in self.items]
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
-        texts = [it.text(tuple(fields)) for it in self.items]
-        enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens,
-                        padding="longest", return_tensors="pt")
+        # Item.text's layout, "field [SEP] field ...", with [SEP] the only special token in it.
+        pieces = [[f"{' ' if k else ''}{part}{' ' if k < len(parts) - 1 else ''}" for k, part in enumerate(parts)]
+                  for parts in (it.field_texts(tuple(fields)) for it in self.items)]
+        rows = [ids[:max_tokens] for ids in marked_token_ids(tokenizer, pieces, SEP)]
+        enc = tokenizer.pad({"input_ids": rows}, padding="longest", return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
         self.states: torch.Tensor | None = None   # [N, L, d] when cached
         self.saved: torch.Tensor | None = None    # [N, d] when the vectors came with a shipped model

@@ -41,6 +41,11 @@ class Item:
 
     def text(self, fields: tuple[str, ...] = DEFAULT_ITEM_FIELDS) -> str:
         """The item as the LM reads it, fields joined by [SEP]; list fields are comma-joined."""
+        return f" {SEP} ".join(self.field_texts(fields))
+
+    def field_texts(self, fields: tuple[str, ...] = DEFAULT_ITEM_FIELDS) -> list[str]:
+        """The text of each field of `text`, in order (pecrs.catalog tokenizes them apart, so
+        that a title such as "[REC]" stays plain text)."""
         parts = []
         for name in fields:
             value = getattr(self, name)
@@ -49,7 +54,7 @@ class Item:
             elif value is None:
                 value = ""
             parts.append(str(value))
-        return f" {SEP} ".join(parts)
+        return parts
 
     def display(self) -> str:
         """Title (year), as shown to people in place of [ITEM]."""

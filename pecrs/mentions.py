@@ -22,12 +22,12 @@ overlap; a rejected candidate (below) lets a shorter one at the same word be tri
 Guards. Many titles are ordinary words or names ("Us", "It", "Adam", "Glass", "Get Out", "Check
 It Out", "1917"), and a wrong [ITEM] is worse than a missed one: it hides what was said and, in a
 chat that excludes mentioned items, bans that movie. (On INSPIRED's test dialogues, whose movies
-are already [ITEM]s, these rules link 119 times in 2,089 turns, 52 in the 1,030 seeker turns; of
-the 34 titles of one or two words linked in those, about 13 are false: a name whose first part
-starts a sentence, "Joaquin Phoenix"; "Cool"; "Sir". The others are titles the annotators left
-unmarked, "Star Wars", "Looper", "Casino", "Frozen 2" (Frozen II). A first version, 3+ word titles in
-any case and no name, all-caps or sequel rules, linked 241 times in those 2,089 turns: "check it
-out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6.) Sequel numbers compare alike however they
+are already [ITEM]s, these rules link 115 times in 2,089 turns, 51 in the 1,030 seeker turns; of
+the 33 titles of one or two words linked in those, about 12 are false: "Cool", "Sir", "Good".
+The others are titles the annotators left unmarked, "Star Wars", "Looper", "Casino", "Frozen 2"
+(Frozen II). A first version, 3+ word titles in any case and no name, all-caps or sequel rules,
+linked 241 times in those 2,089 turns: "check it out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6;
+before the cast rule of (d), "Joaquin Phoenix" starting a sentence and "Kevin hart" linked 4 times.) Sequel numbers compare alike however they
 are written ("Frozen 2", "Frozen II", "Frozen two"), so a catalog's sequel is matched first; a
 title then followed by a number, or by "chapter 3" / "part three", is a sequel the catalog lacks
 and never links ("Frozen 3" is not Frozen). Otherwise a candidate is accepted when any of these
@@ -40,11 +40,12 @@ holds:
   (d) otherwise (1-3 words): every title word that starts with a capital is typed with a capital
       ("Get Out", not "get out"), a leading "The" / "A" / "An" excepted ("the Lion King"); a word
       typed in capitals throughout ("IT", "YOU") only counts for a title word that is so too;
-      a 1-2 word title must not touch another capitalised word ("Adam Sandler", "Meg Ryan": a
-      name), and a one-word title must not start a sentence (text start, a new line, after
-      . ! ? and a space, or right after an [ITEM]), where a capital says nothing, nor be a genre
-      of the catalog ("I like Action movies"). A title with no capitalised word to check ("90
-      minutter", "1917") needs (a) or (b).
+      the title must not lie inside the name of an actor or director of the catalog, however
+      typed ("Joaquin Phoenix" at a sentence start, "Kevin hart"); a 1-2 word title must not
+      touch another capitalised word ("Adam Sandler", "Meg Ryan": a name), and a one-word title
+      must not start a sentence (text start, a new line, after . ! ? and a space, or right after
+      an [ITEM]), where a capital says nothing, nor be a genre of the catalog ("I like Action
+      movies"). A title with no capitalised word to check ("90 minutter", "1917") needs (a) or (b).
 
 Remakes. Several items may share a title key ("It" 1990 and 2017): the year of (b) picks one, else
 the most recent (no year counts as oldest); ties keep catalog order.
@@ -153,6 +154,10 @@ class TitleLinker:
         self._longest: dict[str, int] = {}     # first word key -> most words of a title starting so
         # "I like Action movies": a one-word title that is also a genre name needs quotes or a year.
         self._genres = {word_key(g) for item in items for g in item.genres if " " not in g.strip()}
+        # "Joaquin Phoenix is great": a title inside a cast or crew member's name is part of the name.
+        self._people = {key for item in items for person in (*item.actors, *item.directors)
+                        if len(key := title_words(person)[1]) > 1}
+        self._longest_person = max(map(len, self._people), default=0)
         for item in items:
             words, key = title_words(item.title)
             if not key:
@@ -228,10 +233,20 @@ class TitleLinker:
             return start, end, title.items[0][0].id
         if n == 1 and (_sentence_start(text, start) or span[0][2] in self._genres):
             return None
-        if n <= 2 and _touches_a_name(text, words, i, n):
+        if (n <= 2 and _touches_a_name(text, words, i, n)) or self._inside_a_person(words, i, n):
             return None
         item = title.pick(typed=[w[3] for w in span])          # (d); no capitals: no item
         return (start, end, item.id) if item else None
+
+    def _inside_a_person(self, words: list[tuple[int, int, str, str]], i: int, n: int) -> bool:
+        """Whether words[i:i+n] lie inside a longer run of words that is the name of an actor or
+        director of the catalog, however typed ("joaquin Phoenix", "Joaquin Phoenix" starting a
+        sentence, where the capital rule of _touches_a_name says nothing)."""
+        keys = [w[2] for w in words]
+        return any(tuple(keys[j:j + m]) in self._people
+                   for j in range(max(0, i + n - self._longest_person), i + 1)
+                   for m in range(max(i + n - j, 2), min(self._longest_person, len(keys) - j) + 1)
+                   if m > n)
 
 
 def _quoted(text: str, start: int, end: int) -> bool:

@@ -158,6 +158,7 @@ class WordTokenizer:
     newlines are one token each; ids are handed out in first-seen order."""
     pad_token, eos_token = "<pad>", "</s>"
     _TOKEN = re.compile(r"\[[A-Z_]+\]|\n|[^\s\[]+|\[")
+    _PLAIN = re.compile(r"\n|[^\s\[]+|\[")
 
     def __init__(self):
         self.vocab: dict[str, int] = {}
@@ -171,9 +172,10 @@ class WordTokenizer:
     def tokens(self, text: str) -> list[str]:
         return self._TOKEN.findall(text)
 
-    def __call__(self, text, add_special_tokens=False):
-        def encode(t):
-            return [self.convert_tokens_to_ids(tok) for tok in self.tokens(t)]
+    def __call__(self, text, add_special_tokens=False, split_special_tokens=False):
+        def encode(t):   # split_special_tokens: "[REC]" typed in a text is "[" "REC]", as plain words
+            tokens = self._PLAIN.findall(t) if split_special_tokens else self.tokens(t)
+            return [self.convert_tokens_to_ids(tok) for tok in tokens]
         return {"input_ids": [encode(t) for t in text] if isinstance(text, list) else encode(text)}
 
     def convert_ids_to_tokens(self, ids) -> list[str]:

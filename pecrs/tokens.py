@@ -17,9 +17,29 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn
+from .data import ITEM, REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn
 
 NO_ITEM = -1  # item-slot value of an ordinary token
+
+
+def marked_token_ids(tokenizer, pieces: list[list[str]], marker: str) -> list[list[int]]:
+    """Token ids of texts given as their pieces between `marker`s (one special token: [ITEM] in
+    a turn, [SEP] between an item's fields), where the marker is the only special token: any
+    other special or added token's string inside a piece ("[REC]", "<|im_end|>", the film
+    "[REC]") is read as plain text, so neither a catalog nor a user can forge the layout's
+    markers or end a turn. One batched tokenizer call for all pieces; for pieces without such
+    strings the ids equal tokenizing the joined text (tokenizers cut at added tokens first)."""
+    marker_id = tokenizer.convert_tokens_to_ids(marker)
+    flat = [piece for text in pieces for piece in text]
+    ids = tokenizer(flat, add_special_tokens=False, split_special_tokens=True)["input_ids"] if flat else []
+    rows, at = [], 0
+    for text in pieces:
+        row = list(ids[at])
+        for piece_ids in ids[at + 1: at + len(text)]:
+            row += [marker_id, *piece_ids]
+        rows.append(row)
+        at += len(text)
+    return rows
 
 
 @dataclass
@@ -58,7 +78,7 @@ class DialogueEncoder:
         known = self._text_cache if self.memoize else {}
         missing = [t for t in dict.fromkeys(texts) if t not in known]
         if missing:
-            batch = self.tokenizer([" " + t for t in missing], add_special_tokens=False)["input_ids"]
+            batch = marked_token_ids(self.tokenizer, [(" " + t).split(ITEM) for t in missing], ITEM)
             known.update(zip(missing, batch))
         return [known[t] for t in texts]
 

@@ -24,7 +24,7 @@ from .catalog_source import CATALOG_FILE
 log = logging.getLogger(__name__)
 
 VECTORS_FILE = "item_vectors.safetensors"  # a saved catalog's item vectors, beside the checkpoint
-CACHE_FORMAT = 1                 # bump when the cached payload or the encoding changes
+CACHE_FORMAT = 2                 # bump when the cached payload or the encoding changes
 
 
 def _hash_files(folder: Path) -> str:

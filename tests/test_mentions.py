@@ -141,6 +141,20 @@ def test_a_genre_name_is_not_a_title_unless_marked():
     assert linker.link('I like "Action" (1999)')[1] == ["a"]
 
 
+def test_a_title_inside_a_cast_members_name_is_not_linked():
+    """Where the capital rule cannot tell (the name starts a sentence, or its last part is typed
+    in lowercase), the catalog's own actors and directors can: "Phoenix" in "Joaquin Phoenix"."""
+    linker = TitleLinker([Item("joker", "Joker", 2019, actors=("Joaquin Phoenix", "Robert De Niro")),
+                          Item("phoenix", "Phoenix", 2014), Item("kevin", "Kevin", 2020),
+                          Item("hart", "Central Intelligence", 2016, actors=("Kevin Hart",)),
+                          Item("erin", "Erin Brockovich", 2000, directors=("Erin Brockovich",))])
+    for text in ("Joaquin Phoenix is great in that.", "Do you know Kevin hart?", "joaquin Phoenix, yes"):
+        assert linker.link(text) == (text, [])
+    assert linker.link("I saw Phoenix last week") == (f"I saw {ITEM} last week", ["phoenix"])
+    assert linker.link('Joaquin "Phoenix" no') == (f'Joaquin "{ITEM}" no', ["phoenix"])       # quotes win
+    assert linker.link("I loved Erin Brockovich") == (f"I loved {ITEM}", ["erin"])   # the whole name is the title
+
+
 def test_same_film_finds_duplicates_not_remakes():
     from pecrs.mentions import same_film, with_twins
 
