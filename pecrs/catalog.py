@@ -23,10 +23,10 @@ class ItemStore:
         self.items = list(items)
         self.ids = [it.id for it in self.items]
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
-        # Item.text's layout, "field [SEP] field ...", with [SEP] the only special token in it.
-        pieces = [[f"{' ' if k else ''}{part}{' ' if k < len(parts) - 1 else ''}" for k, part in enumerate(parts)]
-                  for parts in (it.field_texts(tuple(fields)) for it in self.items)]
-        rows = [ids[:max_tokens] for ids in marked_token_ids(tokenizer, pieces, SEP)]
+        # Item.text, with [SEP] the only special token in it; cut on the tokenizer's truncation side.
+        rows = marked_token_ids(tokenizer, [it.text_pieces(tuple(fields)) for it in self.items], SEP)
+        left = getattr(tokenizer, "truncation_side", "right") == "left"
+        rows = [ids[-max_tokens:] if left else ids[:max_tokens] for ids in rows]
         enc = tokenizer.pad({"input_ids": rows}, padding="longest", return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
         self.states: torch.Tensor | None = None   # [N, L, d] when cached

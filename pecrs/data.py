@@ -41,11 +41,11 @@ class Item:
 
     def text(self, fields: tuple[str, ...] = DEFAULT_ITEM_FIELDS) -> str:
         """The item as the LM reads it, fields joined by [SEP]; list fields are comma-joined."""
-        return f" {SEP} ".join(self.field_texts(fields))
+        return SEP.join(self.text_pieces(fields))
 
-    def field_texts(self, fields: tuple[str, ...] = DEFAULT_ITEM_FIELDS) -> list[str]:
-        """The text of each field of `text`, in order (pecrs.catalog tokenizes them apart, so
-        that a title such as "[REC]" stays plain text)."""
+    def text_pieces(self, fields: tuple[str, ...] = DEFAULT_ITEM_FIELDS) -> list[str]:
+        """`text` cut at its [SEP]s, spaces kept ("Heat ", " Al Pacino ", ...): pecrs.catalog
+        tokenizes them so that [SEP] is the only special token (a title "[REC]" stays text)."""
         parts = []
         for name in fields:
             value = getattr(self, name)
@@ -54,7 +54,7 @@ class Item:
             elif value is None:
                 value = ""
             parts.append(str(value))
-        return parts
+        return [f"{' ' if k else ''}{part}{' ' if k < len(parts) - 1 else ''}" for k, part in enumerate(parts)]
 
     def display(self) -> str:
         """Title (year), as shown to people in place of [ITEM]."""

@@ -1,7 +1,8 @@
 """A dialogue as a user hands it to `Recommender`: checked and cut before the model reads it.
 
 Input is a list of `Turn`s, a list of {"role", "text", "items"?} dicts, or a `Dialogue`; roles are
-"seeker" and "recommender"; a text mentions catalog items as [ITEM] with their ids in "items".
+"seeker" and "recommender"; a text mentions catalog items as [ITEM] with their ids in "items"
+(any other special token's string, "[REC]" or "<|im_end|>", is plain text: pecrs.tokens).
 Bad input raises `DataError` (a ValueError) saying which turn and field is wrong. The model reads
 the last `context_max_tokens` tokens (§3.2); each turn's text is first cut to its last
 CHARS_PER_TOKEN x context_max_tokens characters, which bounds the cost of pathological input
@@ -9,10 +10,9 @@ CHARS_PER_TOKEN x context_max_tokens characters, which bounds the cost of pathol
 """
 from __future__ import annotations
 
-from .data import ITEM, REC, REC_END, ROLES, SEP, DataError, Dialogue, Turn
+from .data import ITEM, ROLES, DataError, Dialogue, Turn
 
 CHARS_PER_TOKEN = 16             # per-turn character cut: 16 x context_max_tokens
-RESERVED = (SEP, REC, REC_END)   # special tokens a user text must not contain
 
 
 def clip_text(text: str, items: list[str], limit: int) -> tuple[str, list[str]]:
@@ -64,9 +64,6 @@ def to_turns(dialogue, item_index: dict[str, int], max_chars: int | None = None)
         except UnicodeEncodeError as e:  # a lone surrogate: undecodable bytes read with surrogateescape
             raise DataError(f"text is not valid Unicode (character {e.start} cannot be encoded as UTF-8)",
                             field=f"{where}.text") from None
-        for token in RESERVED:
-            if token in text:
-                raise DataError(f"text contains the reserved token {token}", field=f"{where}.text")
         if text.count(ITEM) != len(items):
             raise DataError(f"text has {text.count(ITEM)} {ITEM} placeholder(s) but {len(items)} item id(s)",
                             field=where)

@@ -157,6 +157,7 @@ class WordTokenizer:
     """The slice of a Hugging Face tokenizer DialogueEncoder uses: words, [SPECIAL] tokens and
     newlines are one token each; ids are handed out in first-seen order."""
     pad_token, eos_token = "<pad>", "</s>"
+    all_special_tokens = [pad_token, eos_token, ITEM, SEP, REC, REC_END]
     _TOKEN = re.compile(r"\[[A-Z_]+\]|\n|[^\s\[]+|\[")
     _PLAIN = re.compile(r"\n|[^\s\[]+|\[")
 

@@ -13,6 +13,7 @@ Every sample becomes:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -24,21 +25,25 @@ NO_ITEM = -1  # item-slot value of an ordinary token
 
 def marked_token_ids(tokenizer, pieces: list[list[str]], marker: str) -> list[list[int]]:
     """Token ids of texts given as their pieces between `marker`s (one special token: [ITEM] in
-    a turn, [SEP] between an item's fields), where the marker is the only special token: any
-    other special or added token's string inside a piece ("[REC]", "<|im_end|>", the film
-    "[REC]") is read as plain text, so neither a catalog nor a user can forge the layout's
-    markers or end a turn. One batched tokenizer call for all pieces; for pieces without such
-    strings the ids equal tokenizing the joined text (tokenizers cut at added tokens first)."""
+    a turn, [SEP] between an item's fields), where the marker is the only special token: another
+    special token's string inside a piece ("[REC]", "<|im_end|>", the film "[REC]", or the marker
+    itself) is read as plain text, so neither a catalog nor a user can forge the layout's markers
+    or end a turn. Texts without such strings (nearly all) are tokenized joined, in one batched
+    call, exactly as before this rule; the others piece by piece with split_special_tokens
+    (whose pieces a SentencePiece tokenizer may each start with a space)."""
     marker_id = tokenizer.convert_tokens_to_ids(marker)
-    flat = [piece for text in pieces for piece in text]
-    ids = tokenizer(flat, add_special_tokens=False, split_special_tokens=True)["input_ids"] if flat else []
-    rows, at = [], 0
-    for text in pieces:
-        row = list(ids[at])
-        for piece_ids in ids[at + 1: at + len(text)]:
-            row += [marker_id, *piece_ids]
-        rows.append(row)
-        at += len(text)
+    specials = set(tokenizer.all_special_tokens) | {t.content for t in
+                                                    getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    forged = re.compile("|".join(map(re.escape, sorted(specials | {marker}, key=len, reverse=True))))
+    rows: list[list[int] | None] = [None] * len(pieces)
+    plain = [k for k, text in enumerate(pieces) if not any(forged.search(piece) for piece in text)]
+    if plain:
+        joined = tokenizer([marker.join(pieces[k]) for k in plain], add_special_tokens=False)["input_ids"]
+        for k, ids in zip(plain, joined):
+            rows[k] = list(ids)
+    for k in (k for k, row in enumerate(rows) if row is None):
+        ids = tokenizer(pieces[k], add_special_tokens=False, split_special_tokens=True)["input_ids"] if pieces[k] else []
+        rows[k] = [t for n, piece_ids in enumerate(ids) for t in ([marker_id] if n else []) + list(piece_ids)]
     return rows
 
 

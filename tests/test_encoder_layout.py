@@ -176,3 +176,27 @@ def test_typed_special_token_strings_are_plain_text():
     up_row = store.input_ids[1][store.attention_mask[1].bool()].tolist()
     assert up_row == tokenizer(Item("up", "Up", 2009, plot="a house").text(("title", "plot")),
                                add_special_tokens=False)["input_ids"]
+
+
+def test_sentencepiece_text_tokenizes_as_one_call():
+    """Ordinary turn text is tokenized joined, as the tokenizer's own call does: tokenized in
+    pieces, a SentencePiece tokenizer ("prepend first", transformers' default for Llama) would
+    start the piece after an [ITEM] with a space, "[ITEM] ." instead of "[ITEM]."."""
+    import string
+
+    from transformers import LlamaTokenizer
+
+    from pecrs.data import SPECIAL_TOKENS
+    from pecrs.tokens import marked_token_ids
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{i:02X}>": 3 + i for i in range(256)}}
+    for c in "\u2581" + string.ascii_letters + string.punctuation:
+        vocab.setdefault(c, len(vocab))
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[], legacy=False)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    for text in ("Try [ITEM].", "[ITEM]'s plot", "a\n[ITEM]\nb", "[ITEM][ITEM]!"):
+        assert marked_token_ids(tokenizer, [(" " + text).split(ITEM)], ITEM)[0] == \
+            tokenizer(" " + text, add_special_tokens=False)["input_ids"], text
+    assert marked_token_ids(tokenizer, [[], ["ab"]], ITEM)[0] == []       # an empty text is empty
+    forged = marked_token_ids(tokenizer, [" a [REC] b".split(ITEM)], ITEM)[0]
+    assert tokenizer.convert_tokens_to_ids(REC) not in forged

@@ -188,7 +188,6 @@ def test_several_items_per_turn(rec):
     ([{"role": "seeker", "text": 3}], "expected a string"),
     ([{"role": "seeker", "text": "I like [ITEM]"}], "1 [ITEM] placeholder(s) but 0 item id(s)"),
     ([{"role": "seeker", "text": "I like [ITEM]", "items": ["nope"]}], "item id 'nope' is not in the catalog"),
-    ([{"role": "seeker", "text": "hi [REC]"}], "reserved token [REC]"),
     ([{"role": "seeker", "text": "hello \udcff world"}], "turns[0].text"),   # undecodable bytes, surrogateescape
     ([Turn("seeker", "ok"), 5], "turns[1]"),
 ])
@@ -196,6 +195,16 @@ def test_bad_dialogues_are_clear_errors(rec, dialogue, message):
     with pytest.raises(DataError, match=None) as e:
         rec.recommend(dialogue)
     assert message in str(e.value)
+
+
+def test_typed_layout_markers_are_read_as_plain_text(rec):
+    """A seeker may type "[REC]" (a film's title) or "<|im_end|>": accepted, and the context the
+    model reads holds no [REC] but its own last one."""
+    typed = [{"role": "seeker", "text": "hi [REC] [SEP] [REC_END] <|im_end|>"}]
+    assert len(rec.recommend(typed, k=3)) == 3
+    ids, _ = rec._context(rec.turns(typed))[:2]
+    marker = rec.encoder.rec
+    assert ids[0].tolist().count(marker) == 1 and ids[0, -1].item() == marker
 
 
 def test_bad_arguments(rec):
