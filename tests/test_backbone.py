@@ -157,6 +157,25 @@ def test_only_lora_and_special_rows_train(name):
         assert torch.allclose(logits, hidden[0, 0] @ embed(special).T, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_special_row_indices_are_a_buffer_made_before_any_step(name):
+    """The row-only special-token layers read their row indices from a buffer registered with
+    the adapter, moved with the model and left out of checkpoints, never from a tensor first made
+    in a forward: under CUDA graphs that tensor is graph memory the next replay overwrites (the
+    H200 run of 2026-11-29 failed so, and its eager fallback with it)."""
+    model, tokenizer, ids = _prepared(name, lora=True)
+    layers = [m for m in model.modules() if type(m).__name__ == "RowTrainableTokensLayer"]
+    assert layers
+    for layer in layers:
+        for adapter, rows in layer.token_indices.items():
+            buffer = getattr(layer, "pecrs_token_indices_" + adapter)
+            assert buffer.tolist() == list(rows) and buffer.dtype == torch.long
+            assert layer._device_indices(adapter, buffer.device) is buffer
+    assert not any("pecrs_token_indices" in key for key in model.state_dict())
+    model.to(torch.float64)                      # a dtype cast leaves the indices integral
+    assert all(getattr(m, "pecrs_token_indices_default").dtype == torch.long for m in layers)
+
+
 def test_applying_lora_emits_no_future_warning():
     """peft reads a property that transformers 5 deprecated: users saw a FutureWarning at every
     load (`pecrs chat`, `evaluate`) that they could do nothing about."""

@@ -163,13 +163,14 @@ def _row_trainable_tokens_class():
             return out.index_copy_(-1, indices.to(out.device), F.linear(x, delta.to(x.dtype)).to(out.dtype))
 
         def _device_indices(self, name, device):
-            """The trainable rows as a tensor on `device`, built once: a tensor made from a Python
-            list in every forward is a host-to-device copy in every step."""
-            cache = self.__dict__.setdefault("_pecrs_indices", {})
-            key = (name, device)
-            if key not in cache:
-                cache[key] = torch.as_tensor(self.token_indices[name], device=device)
-            return cache[key]
+            """The trainable rows as a long tensor on `device`: the buffer `use_row_trainable_tokens`
+            registers, which moves with the model and exists before any torch.compile or CUDA-graph
+            capture. (A tensor first made inside a captured step is graph memory that the next
+            replay overwrites: cached, it broke the eager fallback of a failed CUDA-graph step too.)"""
+            indices = getattr(self, _indices_buffer(name), None)
+            if indices is None or indices.device != device:   # an adapter added after the switch
+                return torch.as_tensor(self.token_indices[name], device=device)
+            return indices
 
     return RowTrainableTokensLayer
 
@@ -182,7 +183,15 @@ def use_row_trainable_tokens(model):
     for module in model.modules():
         if type(module) is TrainableTokensLayer:
             module.__class__ = cls
+            for name, rows in module.token_indices.items():   # not saved: rebuilt from the config
+                module.register_buffer(_indices_buffer(name), torch.as_tensor(
+                    rows, dtype=torch.long, device=module.base_layer.weight.device), persistent=False)
     return model
+
+
+def _indices_buffer(adapter: str) -> str:
+    """The buffer name of an adapter's trainable row indices (a buffer name holds no ".")."""
+    return "pecrs_token_indices_" + adapter.replace(".", "_")
 
 
 def _is_conv1d_model(model, targets: list[str]) -> bool:
