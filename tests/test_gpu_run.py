@@ -207,3 +207,16 @@ def test_the_revision_travels_without_git(monkeypatch):
     assert provenance.git_revision() == "4d82eb9+dirty"
     monkeypatch.delenv("PECRS_GIT_REVISION")
     assert provenance.git_revision() is None
+
+
+def test_the_stored_h200_probe_plans_cuda_graphs_for_most_of_the_window(tmp_path, monkeypatch):
+    """tools/gpu/probe_h200.json (PROBE_FROM) is a real probe: CUDA graphs at batch 32 after their
+    ~101 s compile. Reused with a whole call's window (the probe's own time saved), it plans many
+    epochs of one variant in CUDA-graph mode, compile included, inside the variant's share."""
+    probe = json.loads((REPO / "tools/gpu/probe_h200.json").read_text())
+    assert probe["chosen"]["mode"] == "cudagraphs" and probe["chosen"]["batch_size"] == 32
+    d, run = _run(tmp_path, monkeypatch, left=505)          # 540 s less the env and backbone stages
+    s = d.plan_schedule(run, probe, VARIANTS, CONFIG, smoke=False)
+    assert (s["step_mode"], s["batch_size"]) == ("cudagraphs", 32) and s["source"] == "probe"
+    assert s["estimated_compile_s"] == pytest.approx(101, abs=1) and s["epochs"] >= 6
+    assert s["estimated_setup_s"] + s["estimated_compile_s"] + s["epochs"] * s["estimated_epoch_s"] <= s["share_s"]

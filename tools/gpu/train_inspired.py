@@ -34,7 +34,8 @@ Environment: OUT, DATA (.devdata/inspired), CALL_BUDGET_S (540), PROBE_BUDGET_S 
 PROBE_LIMIT_S (150), BACKBONE_LIMIT_S (120), EVAL_RESERVE_S (120), EXPORT_RESERVE_S (30),
 END_RESERVE_S (15), VARIANTS, MIN_EPOCHS_PER_VARIANT (3), MAX_EPOCHS (20), BATCH and STEP_MODE
 (force them instead of the probe's choice), EVAL_BATCH (256), EVAL_ARGS (more `pecrs evaluate`
-options), RUNS (runs/gpu-inspired),
+options), RUNS (runs/gpu-inspired), PROBE_FROM (a stored probe JSON to plan from instead of probing,
+e.g. tools/gpu/probe_h200.json: its time goes to training),
 SMOKE=1 (configs/tiny.yaml with each variant's loss settings and SMOKE_OVERRIDES, tiny budgets: the
 CPU smoke test, tests/test_gpu_run.py).
 """
@@ -450,8 +451,13 @@ def stages(run: Run) -> int:
     if SMOKE:
         cmd += ["--quick", "--modes", "eager", "compile", "--compile-backend", "eager", "--batch-sizes", "2", "4",
                 "--threads", "1"]
-    code, _ = run.call("probe", cmd, min(budget["probe_limit_s"], run.left() - 60),
-                       quiet=lambda line: line[:1] in (" ", "{", "}"))   # its JSON: in result.json
+    reused = os.environ.get("PROBE_FROM")   # a probe measured in an earlier session on the same GPU kind
+    if reused:
+        run.log(f"probe: reusing {reused} instead of probing (saves the probe's time for training)")
+        probe_json, code = REPO / reused, 0
+    else:
+        code, _ = run.call("probe", cmd, min(budget["probe_limit_s"], run.left() - 60),
+                           quiet=lambda line: line[:1] in (" ", "{", "}"))   # its JSON: in result.json
     probe = json.loads(probe_json.read_text()) if code == 0 and probe_json.is_file() else None
     if probe:
         probe.pop("machine", None)
