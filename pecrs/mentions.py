@@ -27,11 +27,11 @@ the 33 titles of one or two words linked in those, about 12 are false: "Cool", "
 The others are titles the annotators left unmarked, "Star Wars", "Looper", "Casino", "Frozen 2"
 (Frozen II). A first version, 3+ word titles in any case and no name, all-caps or sequel rules,
 linked 241 times in those 2,089 turns: "check it out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6;
-before the cast rule of (d), "Joaquin Phoenix" starting a sentence and "Kevin hart" linked 4 times.) Sequel numbers compare alike however they
-are written ("Frozen 2", "Frozen II", "Frozen two"), so a catalog's sequel is matched first; a
-title then followed by a number, or by "chapter 3" / "part three", is a sequel the catalog lacks
-and never links ("Frozen 3" is not Frozen). Otherwise a candidate is accepted when any of these
-holds:
+before the cast rule of (d), "Joaquin Phoenix" starting a sentence and "Kevin hart" linked 4
+times.) Sequel numbers compare alike however they are written ("Frozen 2", "Frozen II", "Frozen
+two"), so a catalog's sequel is matched first; a title then followed by a number, or by "chapter
+3" / "part three", is a sequel the catalog lacks and never links ("Frozen 3" is not Frozen).
+Otherwise a candidate is accepted when any of these holds:
   (a) it is quoted: "..." / “...” / ‘...’ / '...' directly around it (punctuation such as
       '"It!"' may sit before the closing quote); quotes are how people mark a title;
   (b) its year follows: "It (2017)" or "It 2017". The year also picks among items of that title
