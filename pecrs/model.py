@@ -24,10 +24,10 @@ from tqdm import tqdm
 from .attention import SELF_ONLY_KWARG, use_candidate_attention
 from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache, output_cache
 from .config import InferenceConfig, ModelConfig
-from .data import ITEM, REC, REC_END, SEP
+from .data import ITEM, REC, REC_END
 from .heads import ItemEncoder, recall_logits, two_layer_mlp
 from .retrieval import search_excluding
-from .tokens import NO_ITEM, Batch
+from .tokens import NO_ITEM, Batch, reply_stop_ids, reply_text
 
 
 class PECRS(nn.Module):
@@ -379,22 +379,10 @@ class PECRS(nn.Module):
                         token_budget={self.tokenizer.convert_tokens_to_ids(ITEM): slots})
 
     def decode_reply(self, ids: list[int]) -> str:
-        """A generated reply as text: special tokens other than [ITEM] removed, whitespace collapsed.
-        [ITEM] stays for the caller to fill (evaluation compares it as is; serving puts the title).
-        The one decoder of replies, so that what is evaluated is what is served."""
-        tok = self.tokenizer
-        text = tok.decode(ids, skip_special_tokens=False)
-        for special in (tok.eos_token, tok.pad_token, SEP, REC, REC_END):
-            if special:
-                text = text.replace(special, "")
-        return " ".join(text.split())
+        """The one decoder of replies (pecrs.tokens.reply_text), so that what is evaluated is what is served."""
+        return reply_text(self.tokenizer, ids)
 
     @property
     def end_of_turn_ids(self) -> list[int]:
-        """EOS ends a response (it is trained to); a newline also does, because in the context every
-        turn ends with one, so a newline means the model is starting the next speaker's turn."""
-        ids = [self.tokenizer.eos_token_id]
-        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
-        if len(newline) == 1 and newline[0] not in ids:
-            ids.append(newline[0])
-        return ids
+        """Where a reply ends: EOS, a newline, any other special token but [ITEM] (pecrs.tokens.reply_stop_ids)."""
+        return reply_stop_ids(self.tokenizer)

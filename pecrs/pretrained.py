@@ -232,8 +232,26 @@ def load_pretrained(directory: str | Path, backbone: str | None = None) -> tuple
             f"{meta['hidden_size']}, vocabulary {meta['vocab_size']}) but '{config.model.backbone}' is a "
             f"{model.causal_lm.config.model_type} (hidden size {model.hidden_size}, vocabulary "
             f"{len(model.tokenizer)})")
+    adopt_token_roles(model, directory / "tokenizer")
     load_weights(model, directory)
     return model, config
+
+
+def adopt_token_roles(model: PECRS, tokenizer_dir: Path) -> None:
+    """Give eos, pad, bos and unk the tokens the checkpoint was trained with, over the backbone's.
+    The same GGUF read by two transformers versions can name different ones (5.17 read SmolLM2's
+    eos as <|im_start|>, 5.24 as <|im_end|>), and a model trained to end its replies with one
+    token must be evaluated and served with that token."""
+    path = tokenizer_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    saved, vocab = json.loads(path.read_text(encoding="utf-8")), model.tokenizer.get_vocab()
+    for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        token = saved.get(role)
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(token, str) and token in vocab and getattr(model.tokenizer, role) != token:
+            setattr(model.tokenizer, role, token)
+    ensure_pad_token(model.causal_lm, model.tokenizer)
 
 
 def load_weights(model: PECRS, directory: str | Path) -> None:

@@ -23,6 +23,36 @@ from .data import ITEM, REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn
 NO_ITEM = -1  # item-slot value of an ordinary token
 
 
+def special_tokens(tokenizer) -> set[str]:
+    """Every special token's string: the named ones (eos, pad, ...), the layout's markers and the
+    backbone's own added special tokens (SmolLM2's <|im_start|>, <|im_end|>, <|endoftext|>)."""
+    return set(tokenizer.all_special_tokens) | {t.content for t in
+                                                getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+
+
+def reply_stop_ids(tokenizer) -> list[int]:
+    """Token ids that end a generated reply. EOS, which every response is trained to end with
+    (Eq. 7); a newline, because every context turn ends with one, so the model is starting the next
+    speaker's turn; and every other special token but [ITEM]: responses are tokenized with those as
+    plain text (marked_token_ids), so a trained model never writes one inside a reply, while an
+    instruct backbone still ends its turns with its own (SmolLM2's <|im_end|> when EOS is another)."""
+    ids = [tokenizer.eos_token_id]
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(newline) == 1:
+        ids.append(newline[0])
+    others = sorted(tokenizer.convert_tokens_to_ids(t) for t in special_tokens(tokenizer) - {ITEM})
+    return list(dict.fromkeys(ids + others))
+
+
+def reply_text(tokenizer, ids: list[int]) -> str:
+    """A generated reply as text: special tokens other than [ITEM] removed, whitespace collapsed.
+    [ITEM] stays for the caller to fill (evaluation compares it as is; serving puts the title)."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    for special in sorted(special_tokens(tokenizer) - {ITEM}, key=len, reverse=True):
+        text = text.replace(special, "")
+    return " ".join(text.split())
+
+
 def marked_token_ids(tokenizer, pieces: list[list[str]], marker: str) -> list[list[int]]:
     """Token ids of texts given as their pieces between `marker`s (one special token: [ITEM] in
     a turn, [SEP] between an item's fields), where the marker is the only special token: another
@@ -32,9 +62,7 @@ def marked_token_ids(tokenizer, pieces: list[list[str]], marker: str) -> list[li
     call, exactly as before this rule; the others piece by piece with split_special_tokens
     (whose pieces a SentencePiece tokenizer may each start with a space)."""
     marker_id = tokenizer.convert_tokens_to_ids(marker)
-    specials = set(tokenizer.all_special_tokens) | {t.content for t in
-                                                    getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    forged = re.compile("|".join(map(re.escape, sorted(specials | {marker}, key=len, reverse=True))))
+    forged = re.compile("|".join(map(re.escape, sorted(special_tokens(tokenizer) | {marker}, key=len, reverse=True))))
     rows: list[list[int] | None] = [None] * len(pieces)
     plain = [k for k, text in enumerate(pieces) if not any(forged.search(piece) for piece in text)]
     if plain:

@@ -422,12 +422,43 @@ def test_smollm2_loads_through_the_cache():
     assert model.config.hidden_size == 576
     assert type(model).__name__ == "LlamaForCausalLM"
     assert tokenizer.pad_token is not None
+    assert (tokenizer.eos_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_start|>")  # the file's ids 2, 1
+    assert model.config.eos_token_id == tokenizer.eos_token_id
     ids = bb.add_special_tokens(model, tokenizer)
     assert min(ids.values()) == 49152
     batch = tokenizer("Can you recommend a movie like [ITEM]?", return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
     assert torch.isfinite(logits).all() and logits.shape[-1] == 49156
+
+
+def test_gguf_token_roles_come_from_the_file(tmp_path):
+    """A converted GGUF's eos, pad, bos and unk are the file's ids, whatever transformers reads:
+    5.17 read SmolLM2's eos as <|im_start|> where the file says <|im_end|>, and a GPU run trained
+    on that. Here a metadata-only GGUF declares roles the tiny tokenizer does not have."""
+    from gguf import GGUFWriter
+
+    from pecrs.backbone.gguf import gguf_token_roles, set_token_roles
+    from pecrs.backbone.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    declared = {"bos_token": 5, "eos_token": 7, "pad_token": 9, "unk_token": 11}
+    path = tmp_path / "roles.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_bos_token_id(5)
+    writer.add_eos_token_id(7)
+    writer.add_pad_token_id(9)
+    writer.add_unk_token_id(11)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    roles = gguf_token_roles(path)
+    assert roles == declared
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id != 7
+    set_token_roles(tokenizer, {**roles, "unk_token": len(tokenizer)})  # an id past the vocabulary: ignored
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (5, 7, 9)
+    assert tokenizer.unk_token != tokenizer.convert_ids_to_tokens(11)
 
 
 def test_from_backbone_wraps_an_lm_built_in_memory():

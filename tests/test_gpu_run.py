@@ -90,6 +90,23 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     assert "| recall@1 |" in card and "Not evaluated" not in card   # the test figures reach the card
     assert not (out / "shipped").exists()
 
+    # back on this machine: the files become a run folder that `pecrs export` ships from (docs/gpu.md)
+    adopted = tmp_path / "adopted"
+    tool = [sys.executable, "tools/gpu/adopt_run.py", str(out), str(adopted), "--dataset", str(mini_inspired)]
+    proc = subprocess.run(tool, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((adopted / "best" / "pecrs_config.json").read_text())
+    assert "export" not in meta and meta["config"]["train"]["dataset"] == str(mini_inspired)
+    assert meta["config"]["inference"]["batch_size"] == 32
+    curve = [json.loads(line) for line in (adopted / "metrics.jsonl").read_text().splitlines()]
+    assert curve == r["variants"][best]["dev_curve"]
+    from pecrs.cli import main
+    assert main(["export", str(adopted), str(tmp_path / "inspired"), "--device", "cpu", "--no-repeat-ngram", "3"]) == 0
+    card = (tmp_path / "inspired" / "MODEL_CARD.md").read_text()
+    assert f"- Data: `{mini_inspired}`" in card and "no 3-gram twice in a reply" in card
+    assert f"| 1 | {curve[0]['train_loss']:.3f} |" in card and "| recall@1 |" in card   # dev curve and test metrics
+    assert subprocess.run(tool, cwd=REPO, env=env, capture_output=True).returncode != 0   # never over a folder
+
 
 def _run(tmp_path, monkeypatch, left: float):
     d = driver()

@@ -360,3 +360,44 @@ def test_serving_keeps_no_user_text_while_a_dataset_encoder_memoises(rec):
     training.encode_context(rec.turns(TURNS))
     assert set(training._text_cache) == {t["text"] for t in TURNS}
     assert training.encode_context(rec.turns(TURNS)) == rec.encoder.encode_context(rec.turns(TURNS))
+
+
+def test_a_reply_ends_at_any_special_token_but_item():
+    """SmolLM2's own tokenizer (the shipped model's copy) with eos <|im_start|>, as transformers
+    5.17 read it for the GPU run: that model still ends some replies with the instruct backbone's
+    <|im_end|>, and a reply must stop there, not run on past it, nor show the token."""
+    from transformers import AutoTokenizer
+
+    from pecrs.decoding import strip_special
+    from pecrs.pretrained import MODELS_DIR
+    from pecrs.tokens import reply_stop_ids, reply_text
+
+    tok = AutoTokenizer.from_pretrained(MODELS_DIR / "inspired" / "tokenizer")
+    tok.eos_token = tok.pad_token = "<|im_start|>"
+    stops = reply_stop_ids(tok)
+    ids = lambda t: tok.convert_tokens_to_ids(t)
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    assert stops[:2] == [ids("<|im_start|>"), newline[0]]
+    assert {ids(t) for t in ("<|im_end|>", "<|endoftext|>", "[SEP]", "[REC]", "[REC_END]")} <= set(stops)
+    assert ids("[ITEM]") not in stops
+    generated = tok("You might like [ITEM] tonight<|im_end|>rocket.com<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert ids("<|im_end|>") in generated
+    reply = strip_special([generated], tok.pad_token_id, stops)[0]
+    assert reply_text(tok, reply) == "You might like [ITEM] tonight"
+    assert reply_text(tok, generated) == "You might like [ITEM] tonightrocket.com"  # stripped, never shown
+
+
+def test_a_checkpoint_keeps_the_token_roles_it_was_trained_with(tmp_path):
+    """A checkpoint's saved eos/pad win over the backbone's reading of them, so a model trained to
+    end replies with one token is evaluated and served with it (pecrs.pretrained.adopt_token_roles)."""
+    from pecrs.pretrained import load_pretrained
+
+    run_dir, _ = make_tiny_run(tmp_path)
+    config_path = run_dir / "best" / "tokenizer" / "tokenizer_config.json"
+    saved = json.loads(config_path.read_text())
+    saved["eos_token"] = saved["pad_token"] = "[REC_END]"   # any token of the vocabulary other than the backbone's
+    config_path.write_text(json.dumps(saved))
+    model, _ = load_pretrained(run_dir / "best")
+    rec_end = model.tokenizer.convert_tokens_to_ids("[REC_END]")
+    assert model.tokenizer.eos_token_id == model.tokenizer.pad_token_id == rec_end
+    assert model.end_of_turn_ids[0] == rec_end and model.causal_lm.config.pad_token_id == rec_end

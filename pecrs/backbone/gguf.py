@@ -105,9 +105,37 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype, attn_implementation: str |
     return _load_folder(target, dtype, attn_implementation)
 
 
+# Bumped when a conversion changes what it writes: 2 = token roles from the file (gguf_token_roles).
+_CONVERSION_FORMAT = 2
+
+
 def _conversion_key(gguf: Path) -> str:
-    """Cache folder name: file stem plus size, so a different file never reuses a stale cache."""
-    return f"{gguf.stem}-{gguf.stat().st_size}"
+    """Cache folder name: file stem, size and conversion format, so a different file or an older
+    conversion is never reused."""
+    return f"{gguf.stem}-{gguf.stat().st_size}-f{_CONVERSION_FORMAT}"
+
+
+def gguf_token_roles(gguf: Path) -> dict[str, int]:
+    """The token ids a GGUF file declares for bos, eos, pad and unk (tokenizer.ggml.*_token_id).
+    transformers' reading of them depends on its version: 5.17 gave SmolLM2's eos as
+    <|im_start|> (id 1) where the file says <|im_end|> (id 2), so the file decides."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    keys = {"bos_token": "bos", "eos_token": "eos", "pad_token": "padding", "unk_token": "unknown"}
+    roles = {}
+    for role, name in keys.items():
+        field = fields.get(f"tokenizer.ggml.{name}_token_id")
+        if field is not None:
+            roles[role] = int(field.parts[field.data[0]][0])
+    return roles
+
+
+def set_token_roles(tokenizer, roles: dict[str, int]) -> None:
+    """Point each role at the token of its id (ids outside the vocabulary are ignored)."""
+    for role, token_id in roles.items():
+        if 0 <= token_id < len(tokenizer):
+            setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -119,8 +147,14 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if gguf_config is not None:
         kwargs["quantization_config"] = gguf_config
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    roles = gguf_token_roles(gguf)
+    set_token_roles(tokenizer, roles)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
     _drop_quantizer(model)
+    for role, token_id in roles.items():
+        for config in (model.config, getattr(model, "generation_config", None)):
+            if config is not None and role != "unk_token":
+                setattr(config, f"{role}_id", token_id)
 
     # Write beside the target and rename, so a concurrent or interrupted run never sees half a cache.
     target.parent.mkdir(parents=True, exist_ok=True)
