@@ -13,7 +13,7 @@ Two settings of the GPU run do not fit a shipped model and are replaced (docs/gp
 - train.dataset: the GPU machine read `.devdata/inspired`, a byte copy of `--dataset` that exists
   only on a machine where `--prepare` ran; the shipped config names the shared folder instead.
 - inference.batch_size: 128 suits an H200; on a 2-core CPU, ranking 128 contexts x 700 candidates
-  at once held 12.4 GB (`pecrs evaluate`, 2026-11-29), so the shipped default is `--batch-size`.
+  at once held 11.8 GiB (`pecrs evaluate`, 2026-11-29), so the shipped default is `--batch-size`.
 """
 from __future__ import annotations
 
