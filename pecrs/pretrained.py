@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .backbone import add_special_tokens, apply_lora, ensure_pad_token, load_backbone
+from .backbone import add_special_tokens, apply_lora, ensure_pad_token, load_backbone, set_token_roles
 from .config import RunConfig
 from .model import PECRS
 
@@ -246,11 +246,9 @@ def adopt_token_roles(model: PECRS, tokenizer_dir: Path) -> None:
     if not path.is_file():
         return
     saved, vocab = json.loads(path.read_text(encoding="utf-8")), model.tokenizer.get_vocab()
-    for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        token = saved.get(role)
-        token = token.get("content") if isinstance(token, dict) else token
-        if isinstance(token, str) and token in vocab and getattr(model.tokenizer, role) != token:
-            setattr(model.tokenizer, role, token)
+    tokens = {role: saved.get(role) for role in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    tokens = {role: t.get("content") if isinstance(t, dict) else t for role, t in tokens.items()}
+    set_token_roles(model.tokenizer, {role: vocab[t] for role, t in tokens.items() if isinstance(t, str) and t in vocab})
     ensure_pad_token(model.causal_lm, model.tokenizer)
 
 

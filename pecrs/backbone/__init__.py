@@ -29,7 +29,7 @@ Notes for callers:
   to keep. Use `cache_kwarg_name`, `output_cache` and `crop_cache` instead of either spelling.
 """
 from .folder import BackboneNotAvailable, cache_dir
-from .gguf import gemma3_gguf_path, package_dir, smollm2_gguf_path
+from .gguf import gemma3_gguf_path, package_dir, set_token_roles, smollm2_gguf_path
 from .load import DEFAULT_BACKBONE, GGUF_BACKBONES, KNOWN_BACKBONES, TINY_BACKBONES, default_device, ensure_pad_token, \
     load_backbone
 from .lora import (TrainableCount, add_special_tokens, apply_lora, count_trainable, default_lora_targets,
@@ -39,7 +39,7 @@ from .masks import (additive_attention_mask, cache_kwarg_name, cancel_absolute_p
 from .tiny import build_tiny_tokenizer
 
 __all__ = ["BackboneNotAvailable", "cache_dir", "gemma3_gguf_path", "package_dir",
-           "smollm2_gguf_path", "DEFAULT_BACKBONE", "GGUF_BACKBONES", "KNOWN_BACKBONES",
+           "set_token_roles", "smollm2_gguf_path", "DEFAULT_BACKBONE", "GGUF_BACKBONES", "KNOWN_BACKBONES",
            "TINY_BACKBONES", "default_device", "ensure_pad_token", "load_backbone", "TrainableCount",
            "add_special_tokens", "apply_lora", "count_trainable", "default_lora_targets", "use_row_trainable_tokens",
            "additive_attention_mask", "cache_kwarg_name", "cancel_absolute_positions", "check_4d_mask", "crop_cache",

@@ -132,7 +132,9 @@ def gguf_token_roles(gguf: Path) -> dict[str, int]:
 
 
 def set_token_roles(tokenizer, roles: dict[str, int]) -> None:
-    """Point each role at the token of its id (ids outside the vocabulary are ignored)."""
+    """Point each role (bos_token, eos_token, ...) at the token of its id, ids outside the
+    vocabulary ignored: from a GGUF's metadata here, from a checkpoint's saved tokenizer in
+    pecrs.pretrained.adopt_token_roles."""
     for role, token_id in roles.items():
         if 0 <= token_id < len(tokenizer):
             setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
