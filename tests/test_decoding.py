@@ -183,6 +183,47 @@ def test_default_special_ids_from_model(gpt2):
     assert a == b
 
 
+# ------------------------------------------------------------------------- beams: one prompt pass a row
+
+def _stock(model, emb, mask, strategy, seed=None):
+    """transformers' own beam search, every beam prefilling its own copy of the prompt."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=NEW, pad_token_id=PAD,
+                         eos_token_id=EOS, num_return_sequences=1, **resolve(strategy))
+    return strip_special(decoding.outputs.new_tokens(out, emb.shape[1], NEW), PAD, EOS)
+
+
+@pytest.mark.parametrize("strategy", ["beam", "top_k", "nucleus_0.99"])
+def test_beams_match_stock_beam_search(model, strategy):
+    """`shared_prompt_cache` changes where the prompt is computed, not what is decoded: the same
+    tokens as transformers' beam search (and beam-sample under the same seed), GPT-2 positions included."""
+    emb, mask = _inputs()
+    seed = 3 if resolve(strategy).get("do_sample") else None
+    ours = generate(model, emb, mask, strategy, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=EOS, seed=seed)
+    assert ours == _stock(model, emb, mask, strategy, seed)
+    assert any(len(row) > 1 for row in ours)  # something was decoded beyond the prefilled position
+
+
+def test_beams_run_the_prompt_once_per_row(model):
+    """The prompt but its last position runs once per row ([3, 6]); each of the 4 beams of a row then
+    runs only new positions ([12, 1]), where stock beam search runs the whole prompt 4 times ([12, 7])."""
+    emb, mask = _inputs()
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["inputs_embeds"].shape[:2])
+                                                                          if kw.get("inputs_embeds") is not None
+                                                                          else tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        generate(model, emb, mask, "beam", max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=None)
+    finally:
+        hook.remove()
+    rows, L = emb.shape[:2]
+    beams = resolve("beam")["num_beams"]
+    assert shapes[0] == (rows, L - 1)
+    assert shapes[1:] == [(rows * beams, 1)] * NEW
+
+
 # -------------------------------------------------------------------------------------------- sampling
 
 @pytest.mark.parametrize("strategy", ["top_k", "nucleus_0.99"])
@@ -340,7 +381,7 @@ def test_peft_wrapped_model(gpt2):
     wrapped = peft.get_peft_model(_gpt2(), cfg).eval()  # LoRA B = 0: same function as the base
     emb, mask = _inputs()
     kw = dict(max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=EOS)
-    for strategy in ("greedy", "diverse_beam"):
+    for strategy in ("greedy", "beam", "diverse_beam"):
         assert generate(wrapped, emb, mask, strategy, **kw) == generate(gpt2, emb, mask, strategy, **kw)
 
 
