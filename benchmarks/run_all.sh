@@ -28,6 +28,7 @@ run item_encoding item_encoding "$@" || status=1
 run generation generation "$@" || status=1
 run first_recommendation first_recommendation "$@" || status=1
 run evaluation_batches evaluation_batches "$@" || status=1
+run beam_prefill beam_prefill "$@" || status=1
 run title_linking title_linking "$@" || status=1
 run recall_probe recall_probe --features "$RESULTS/recall_probe_features.pt" "$@" || status=1
 run item_token_probe item_token_probe --train-steps 60 "$@" || status=1

@@ -195,6 +195,16 @@ def test_evaluation_batches_ranks_both_ways_alike(shared_datasets, tmp_path, run
     assert result["samples_whose_top50_differ"] <= 1   # padding moves float rounding only
 
 
+def test_beam_prefill_decodes_both_ways_alike(shared_datasets, tmp_path, run_benchmark):
+    from pecrs.testing import make_tiny_run
+
+    run, _ = make_tiny_run(tmp_path / "run")
+    result = run_benchmark("beam_prefill", "--model", str(run), "--samples", "6", "--batch-size", "3",
+                           tmp_path=tmp_path)
+    assert result["settings"]["samples"] == 6 and set(result["seconds_per_reply"]) == {"stock", "shared_prompt"}
+    assert result["replies_differing"] == 0   # the same seed and the same logits up to rounding
+
+
 def test_title_linking_reports_speed_and_real_links(shared_datasets, tmp_path, run_benchmark):
     result = run_benchmark("title_linking", "--quick", tmp_path=tmp_path)
     assert result["synthetic"]["items"] == 2000 and result["synthetic"]["link_us_per_word"] > 0
