@@ -192,6 +192,20 @@ def synthetic_encoded(tokenizer, n: int, n_items: int, context_tokens: int = 256
     return out
 
 
+def trained_model(model_name: str, dataset: str | None):
+    """(checkpoint folder, model in eval mode, its config, `pecrs.setup.prepare` of `dataset` (None:
+    the one the model trained on) with the checkpoint's saved item vectors) for a shipped model's
+    name or a run/checkpoint folder."""
+    from pecrs.pretrained import checkpoint_dir, load_pretrained
+    from pecrs.setup import prepare
+
+    checkpoint = checkpoint_dir(model_name)
+    model, config = load_pretrained(checkpoint)
+    model.eval()
+    setup = prepare(config, model=model, dataset=dataset, saved_vectors_from=checkpoint)
+    return checkpoint, model, config, setup
+
+
 def inspired_encoded(model, store, cfg, split: str = "train", with_target: bool | None = None):
     """Real INSPIRED samples of `split`, encoded for `model`'s tokenizer."""
     from pecrs.loaders import load_dataset

@@ -29,14 +29,9 @@ def main(argv=None):
     import torch
     from pecrs.decoding import generation, without_repeats
     from pecrs.evaluate import generate_responses
-    from pecrs.pretrained import checkpoint_dir, load_pretrained
-    from pecrs.setup import prepare
 
     n = args.samples or (8 if args.quick else 64)
-    checkpoint = checkpoint_dir(args.model)
-    model, config = load_pretrained(checkpoint)
-    model.eval()
-    setup = prepare(config, model=model, dataset=str(C.DATASETS / "inspired"), saved_vectors_from=checkpoint)
+    checkpoint, model, config, setup = C.trained_model(args.model, str(C.DATASETS / "inspired"))
     turns = [s for s in setup.samples["dev"] if not s.repeated][:n]
     encoded = setup.encoder.encode_all(turns)
     n = len(encoded)

@@ -32,14 +32,9 @@ def main(argv=None):
     import numpy as np
     import torch
     from pecrs.evaluate import length_sorted_batches, rank_samples
-    from pecrs.pretrained import checkpoint_dir, load_pretrained
-    from pecrs.setup import prepare
 
     n = args.samples or (8 if args.quick else 64)
-    checkpoint = checkpoint_dir(args.model)
-    model, config = load_pretrained(checkpoint)
-    model.eval()
-    setup = prepare(config, model=model, dataset=str(C.DATASETS / "inspired"), saved_vectors_from=checkpoint)
+    checkpoint, model, config, setup = C.trained_model(args.model, str(C.DATASETS / "inspired"))
     test = [s for s in setup.samples["test"] if s.target is not None]
     encoded_all = setup.encoder.encode_all(test)
     encoded = encoded_all[:n]

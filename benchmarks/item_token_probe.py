@@ -98,13 +98,7 @@ def main():
     if args.quick:
         args.samples, args.train_steps, args.every = min(args.samples, 8), min(args.train_steps, 4), 2
     C.set_threads(args.threads)
-    from pecrs.pretrained import checkpoint_dir, load_pretrained
-    from pecrs.setup import prepare
-
-    ckpt = checkpoint_dir(args.checkpoint)
-    model, config = load_pretrained(ckpt)
-    model.eval()
-    setup = prepare(config, model, dataset=args.dataset, saved_vectors_from=ckpt)
+    ckpt, model, config, setup = C.trained_model(args.checkpoint, args.dataset)
     item_id = model.tokenizer.convert_tokens_to_ids("[ITEM]")
     turns = [s for s in setup.samples[args.split] if not s.repeated and s.target is not None][:args.samples]
     test = setup.encoder.encode_all(turns)
