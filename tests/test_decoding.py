@@ -205,23 +205,28 @@ def test_beams_match_stock_beam_search(model, strategy):
     assert any(len(row) > 1 for row in ours)  # something was decoded beyond the prefilled position
 
 
-def test_beams_run_the_prompt_once_per_row(model):
-    """The prompt but its last position runs once per row ([3, 6]); each of the 4 beams of a row then
-    runs only new positions ([12, 1]), where stock beam search runs the whole prompt 4 times ([12, 7])."""
-    emb, mask = _inputs()
+@pytest.mark.parametrize("strategy", ["beam", "diverse_beam"])
+def test_beams_run_the_prompt_once_per_row(model, strategy):
+    """The prompt but its last position runs once per row: beam search in one [3, 6] pass, diverse
+    beam search per row without its padding ([1, n - 1]) for all its groups. Every other pass runs
+    one position per beam, where stock beam search runs the whole prompt once per beam ([12, 7])."""
+    lengths = [7, 4, 3]
+    emb, mask = _inputs(lengths)
     shapes = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["inputs_embeds"].shape[:2])
                                                                           if kw.get("inputs_embeds") is not None
                                                                           else tuple(kw["input_ids"].shape)),
                                            with_kwargs=True)
     try:
-        generate(model, emb, mask, "beam", max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=None)
+        generate(model, emb, mask, strategy, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=None)
     finally:
         hook.remove()
+    prompt_passes = [shape for shape in shapes if shape[1] > 1]
     rows, L = emb.shape[:2]
-    beams = resolve("beam")["num_beams"]
-    assert shapes[0] == (rows, L - 1)
-    assert shapes[1:] == [(rows * beams, 1)] * NEW
+    assert prompt_passes == ([(rows, L - 1)] if strategy == "beam" else [(1, n - 1) for n in lengths])
+    beams = resolve(strategy)["num_beams"] // resolve(strategy).get("num_beam_groups", 1)
+    assert {shape[0] for shape in shapes if shape[1] == 1} == ({rows * beams} if strategy == "beam" else {beams})
+    assert len(shapes) > len(prompt_passes)
 
 
 # -------------------------------------------------------------------------------------------- sampling

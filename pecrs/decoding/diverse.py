@@ -26,10 +26,14 @@ last step (a logits processor would only see step t's choices at step t+1, so it
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from ..backbone import cache_kwarg_name
 from .outputs import eos_list, new_tokens, special_ids, strip_special
+from .prefill import shared_prompt_cache
 from .presets import BEAM_WIDTH, NUM_BEAM_GROUPS, resolve
 
 
@@ -141,9 +145,13 @@ def _run_groups(model, inputs_embeds, attention_mask, kwargs, max_new_tokens, pa
     if length_penalty is None:
         length_penalty = getattr(getattr(model, "generation_config", None), "length_penalty", None) or 1.0
 
+    # The prompt runs once for all groups and beams; each group decodes from its own copy of the cache.
+    prompt = shared_prompt_cache(model, inputs_embeds, attention_mask, group_size) if inputs_embeds.shape[1] > 1 else None
     recorders: list[StepChoiceRecorder] = []
     results = []
-    for _ in range(groups):
+    for g in range(groups):
+        if prompt is not None:
+            kwargs[cache_kwarg_name(model)] = prompt if g == groups - 1 else copy.deepcopy(prompt)
         processor = HammingDiversityLogitsProcessor(penalty, recorders)
         recorder = StepChoiceRecorder(B, group_size, eos)
         out = model.generate(

@@ -16,9 +16,10 @@ import warnings
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..backbone import cache_kwarg_name, output_cache
+from ..backbone import cache_kwarg_name
 from .diverse import diverse_beam_search
 from .outputs import new_tokens, special_ids, strip_special
+from .prefill import shared_prompt_cache
 from .presets import resolve
 
 # transformers warns that no_repeat_ngram_size with inputs_embeds sees the new tokens only: that is
@@ -57,26 +58,6 @@ class TokenBudget(LogitsProcessor):
         column = scores[:, self.token_id]
         scores[:, self.token_id] = torch.where(spent, torch.full_like(column, float("-inf")), column)
         return scores
-
-
-@torch.no_grad()
-def shared_prompt_cache(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, copies: int):
-    """The KV cache of every prompt position but the last, computed once per row and repeated for
-    its `copies` beams (row b's copies at b * copies ... b * copies + copies - 1, the layout of
-    transformers' beam search).
-
-    Why: transformers' beam search copies each prompt `num_beams` times and runs all the copies, so
-    the paper's decoding (beam-sample, 4 beams, Table 8) pays 4 prefills of the same context. Given
-    this cache, `generate` only runs the last prompt position for each beam. Positions are the ones
-    `generate` derives from the left-padded mask (cumsum(mask) - 1), so GPT-2's absolute positions
-    agree; the result is stock beam search's up to float rounding (tests/test_decoding.py).
-    Measured on one batch of 32 INSPIRED dev contexts: docs/performance.md."""
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(inputs_embeds=inputs_embeds[:, :-1], attention_mask=attention_mask[:, :-1],
-                position_ids=positions[:, :-1], use_cache=True)
-    cache = output_cache(out)
-    cache.batch_repeat_interleave(copies)
-    return cache
 
 
 @torch.no_grad()
