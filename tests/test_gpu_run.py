@@ -53,7 +53,7 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     assert r["smoke"] is True and r["device"]["kind"] == "cpu" and r["versions"]["torch"]
     assert r["git"].get("revision") and r["out_files"]["problems"] == []
     assert [s["stage"] for s in r["timeline"]] == ["env", "backbone", "probe", "train-authors", "train-paper",
-                                                    "test", "export"]
+                                                    "test", "export", "dev-evals"]
     # the probe's figures, and the schedule planned from them
     probe, schedule = r["probe"], r["schedule"]
     assert probe["chosen"] and probe["setup_s"] > 0 and probe["dev_eval_s"] is not None
@@ -89,6 +89,18 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     assert "## About this model\n\nTrained on one GPU by `tools/gpu/train_inspired.sh`" in card
     assert "| recall@1 |" in card and "Not evaluated" not in card   # the test figures reach the card
     assert not (out / "shipped").exists()
+    # the ship rule's dev measurements, in the time left: the export's replies and recall, the
+    # baseline's the same way (SMOKE: the export again), the export with mentioned items excluded
+    dev = r["dev_evals"]
+    assert list(dev) == ["dev_candidate", "dev_baseline", "dev_candidate_excl"]
+    for name, entry in dev.items():
+        assert entry["status"] == "ok", entry
+        figures = json.loads((out / f"{name}.json").read_text())
+        assert figures["split"] == "dev" and figures["no_repeat_ngram"] == 3 and figures["dtype"] == "float32"
+        assert figures["recall@50"] is not None and figures["ppl"] is None
+        assert (figures["rouge1"] is None) == (name == "dev_candidate_excl")
+        assert figures["exclude_mentioned"] == (name == "dev_candidate_excl")
+    assert dev["dev_candidate"]["rouge1"] == dev["dev_baseline"]["rouge1"]   # the same model twice here
 
     # back on this machine: the files become a run folder that `pecrs export` ships from (docs/gpu.md)
     adopted = tmp_path / "adopted"
@@ -100,6 +112,7 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     assert meta["config"]["inference"]["batch_size"] == 32
     curve = [json.loads(line) for line in (adopted / "metrics.jsonl").read_text().splitlines()]
     assert curve == r["variants"][best]["dev_curve"]
+    assert sorted(p.name for p in adopted.glob("dev_*.json")) == sorted(f"{n}.json" for n in dev)
     from pecrs.cli import main
     assert main(["export", str(adopted), str(tmp_path / "inspired"), "--device", "cpu", "--no-repeat-ngram", "3"]) == 0
     card = (tmp_path / "inspired" / "MODEL_CARD.md").read_text()

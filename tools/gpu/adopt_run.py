@@ -6,7 +6,8 @@
 The device tool returns result.json, eval_test.json and shipped.tar (the GPU machine's own
 export), not the run folder. This rebuilds one: RUN_DIR/best is the exported checkpoint (adapter,
 heads, tokenizer, config), RUN_DIR/metrics.jsonl the selected variant's dev curve from result.json,
-RUN_DIR/eval_test.json the GPU's test evaluation. So the card that `pecrs export` writes here has
+RUN_DIR/eval_test.json the GPU's test evaluation, RUN_DIR/dev_*.json its dev evaluations for the
+ship rule (when the call had time for them). So the card that `pecrs export` writes here has
 the dev curve and the test metrics, and its item vectors are encoded again on this machine.
 
 Two settings of the GPU run do not fit a shipped model and are replaced (docs/gpu.md):
@@ -57,8 +58,9 @@ def adopt(files_at: Path, run_dir: Path, dataset: str, batch_size: int | None) -
     config_path.write_text(json.dumps(meta, indent=2) + "\n")
     curve = result["variants"][selected].get("dev_curve", [])
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve))
-    if (files_at / "eval_test.json").is_file():
-        shutil.copy2(files_at / "eval_test.json", run_dir / "eval_test.json")
+    for path in [files_at / "eval_test.json", *sorted(files_at.glob("dev_*.json"))]:   # the GPU's evaluations
+        if path.is_file():
+            shutil.copy2(path, run_dir / path.name)
     shutil.copy2(files_at / "result.json", run_dir / "result.json")
     print(json.dumps({"run_dir": str(run_dir), "variant": selected, "epochs": len(curve),
                       "gpu_export": gpu_export, "dataset": dataset,

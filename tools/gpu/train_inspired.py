@@ -18,6 +18,11 @@ Stages and their budget (seconds of the call; defaults for the GPU, SMOKE=1 shri
              perplexity only (--no-generate)                                 EVAL_RESERVE_S=120
   export     `pecrs export RUN $OUT/shipped` (skipped with a message when the command is absent:
              the best checkpoint then comes back as best.tar)                 EXPORT_RESERVE_S=30
+  dev-evals  the ship rule's dev measurements (docs/gpu.md), on this GPU, in the time left over
+             only (planned from nothing, so never taken from training): `pecrs evaluate --split dev`
+             of the export and of the package's default model (DEV_BASELINE) with the same
+             settings, whole split, replies included, then the export with mentioned items
+             excluded; each ~40 s on an H200, skipped when less than DEV_EVAL_MIN_S is left
   end        result.json, file checks                                        END_RESERVE_S=15
 
 Variants: NAME=CONFIG pairs; the default trains the authors' loss balance (configs/inspired-gpu.yaml)
@@ -27,8 +32,8 @@ variant with the best dev score (mean of R@1, R@10, R@50, what `pecrs train` sel
 evaluated on test and exported; test never chooses anything.
 
 $OUT gets at most 8 files (the device tool's limit), each under 16 MiB: result.json, run.log,
-eval_test.json, and shipped/ (packed into shipped.tar, or shipped-1.tar, shipped-2.tar, ... of
-< 15 MiB each, when it would exceed the count or the size).
+eval_test.json, dev_*.json (the dev evaluations), and shipped/ (packed into shipped.tar, or
+shipped-1.tar, shipped-2.tar, ... of < 15 MiB each, when it would exceed the count or the size).
 
 Environment: OUT, DATA (.devdata/inspired), CALL_BUDGET_S (540), PROBE_BUDGET_S (60),
 PROBE_LIMIT_S (150), BACKBONE_LIMIT_S (120), EVAL_RESERVE_S (120), EXPORT_RESERVE_S (30),
@@ -36,6 +41,9 @@ END_RESERVE_S (15), VARIANTS, MIN_EPOCHS_PER_VARIANT (3), MAX_EPOCHS (20), BATCH
 (force them instead of the probe's choice), EVAL_BATCH (256), EVAL_ARGS (more `pecrs evaluate`
 options), RUNS (runs/gpu-inspired), PROBE_FROM (a stored probe JSON to plan from instead of probing,
 e.g. tools/gpu/probe_h200.json: its time goes to training),
+DEV_BASELINE (the model the export is compared with on dev: `inspired`, the package's default;
+SMOKE: the export itself), DEV_EVAL_MIN_S (60), DEV_EVAL_LIMIT_S (150), DEV_NO_REPEAT_NGRAM (3, the
+shipped default's setting),
 SMOKE=1 (configs/tiny.yaml with each variant's loss settings and SMOKE_OVERRIDES, tiny budgets: the
 CPU smoke test, tests/test_gpu_run.py).
 """
@@ -384,6 +392,46 @@ def pack(folder: Path, out: Path, name: str, limit: int = 15 * 2**20) -> list[st
     return names
 
 
+def dev_evaluations(run: Run, py: str, data: str, shipped: Path, end_reserve_s: float) -> dict:
+    """The dev measurements a ship rule compares (docs/gpu.md, "The next session"), on this device
+    with one set of settings for both models: float32, the whole dev split, replies with
+    no_repeat_ngram DEV_NO_REPEAT_NGRAM. In order, each only while DEV_EVAL_MIN_S is left:
+    dev_candidate (the export: dev recall and its replies), dev_baseline (DEV_BASELINE, the package's
+    default model, the same way), dev_candidate_excl (the export's recall with the items a
+    conversation mentions excluded). Each writes $OUT/<name>.json; returns {name: status, seconds}."""
+    baseline = os.environ.get("DEV_BASELINE") or (str(shipped) if SMOKE else "inspired")
+    common = ["--split", "dev", "--dataset", data, "--json", "--dtype", "float32", "--no-ppl",
+              "--batch-size", os.environ.get("EVAL_BATCH", "16" if SMOKE else "256"),
+              "--no-repeat-ngram", os.environ.get("DEV_NO_REPEAT_NGRAM", "3"),
+              *os.environ.get("EVAL_ARGS", "--max-samples 8" if SMOKE else "").split()]
+    plan = (("dev_candidate", str(shipped), []), ("dev_baseline", baseline, []),
+            ("dev_candidate_excl", str(shipped), ["--no-generate", "--exclude-mentioned"]))
+    least, limit = env_float("DEV_EVAL_MIN_S", 60, 5), env_float("DEV_EVAL_LIMIT_S", 150, 120)
+    done = {}
+    for name, model, extra in plan:
+        left = run.left() - end_reserve_s
+        if not (shipped / "pecrs_config.json").is_file():
+            done[name] = {"status": "skipped: no export to evaluate"}
+            continue
+        if left < least:
+            done[name] = {"status": f"skipped: {left:.0f} s left, under DEV_EVAL_MIN_S"}
+            run.log(f"{name}: {done[name]['status']}")
+            continue
+        started = time.time()
+        target = run.out / f"{name}.json"
+        code, _ = run.call(name, [py, "-m", "pecrs.cli", "evaluate", model, *common, *extra, "--output", str(target)],
+                           min(limit, left), quiet=lambda line: line.startswith("{"))
+        ok = code == 0 and target.is_file()
+        if ok:   # the examples stay in the file; result.json gets the figures
+            figures = {k: v for k, v in json.loads(target.read_text()).items() if k not in ("examples", "genres")}
+        else:
+            target.unlink(missing_ok=True)
+        done[name] = {"status": "ok" if ok else "failed" if code is not None else "timed out",
+                      "seconds": round(time.time() - started, 1), "model": model, **(figures if ok else {})}
+        run.save()
+    return done
+
+
 def main() -> int:
     run = Run(Path(os.environ.get("OUT") or "/tmp/pecrs-out"))
     try:
@@ -566,6 +614,12 @@ def stages(run: Run) -> int:
     else:
         run.result["export"] = {"status": "ok", "files": sorted(str(p.relative_to(out)) for p in out_files(out / "shipped"))}
     run.stage("export", status, started)
+
+    # ---- dev evaluations for the ship rule (time left over only) ----
+    started = time.time()
+    run.result["dev_evals"] = dev_evaluations(run, py, data, out / "shipped", budget["end_reserve_s"])
+    run.stage("dev-evals", "ok" if all(e.get("status") == "ok" for e in run.result["dev_evals"].values())
+              else "partial", started, done=[n for n, e in run.result["dev_evals"].items() if e.get("status") == "ok"])
 
     # ---- end ----
     run.result["out_files"] = check_files(run)
