@@ -56,17 +56,18 @@ def _evaluate(args) -> int:
     if args.split not in setup.samples:
         raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
     samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]
+    from ..experiments.provenance import git_revision, hardware, now
+
+    revision = git_revision()   # the code that runs: read before an evaluation of hours, not after
     result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
                       perplexity=not args.no_ppl,
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
                       progress=not args.json)
-    from ..experiments.provenance import git_revision, hardware, now
-
     result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
               "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
               "dtype": dtype, **result,
-              "measured": {"date": now(), "git_revision": git_revision(), "hardware": hardware()}}
+              "measured": {"date": now(), "git_revision": revision, "hardware": hardware()}}
     out.write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
