@@ -4,10 +4,10 @@
 
 The paper's decoding (top_k: beam-sample with 4 beams, Table 8) runs through transformers' beam
 search, which copies each prompt 4 times and prefills every copy. `pecrs.decoding.generate` instead
-prefills each prompt once (`shared_prompt_cache`) and repeats the KV cache for the beams. This
+prefills each prompt once (`prompt_cache_kwargs`) and repeats the KV cache for the beams. This
 generates the replies of the first --samples INSPIRED dev turns (one per recommender turn, as
 `pecrs evaluate` does) with the shipped model, both ways, in one process: "stock" replaces
-`shared_prompt_cache` by nothing, which hands transformers no cache, i.e. its own beam search.
+`prompt_cache_kwargs` by `{}`, which hands transformers no cache, i.e. its own beam search.
 It prints seconds per reply of each, their ratio and how many replies differ (the same seed
 samples the same tokens unless float rounding flips a near-tie: expect 0). Item injected: each
 turn's top-1 is fixed to catalog item 0, since ranking is not what is timed. float32, LoRA merged,
@@ -40,15 +40,15 @@ def main(argv=None):
     strategy = without_repeats(config.inference.decoding, 3)
     args_ = (model, setup.store, encoded, top1, vectors, args.batch_size, strategy, config.model.response_max_tokens)
 
-    shared = generation.shared_prompt_cache
+    shared = generation.prompt_cache_kwargs
     with torch.inference_mode(), model.merged_lora():
         generate_responses(model, setup.store, encoded[:2], top1[:2], vectors, 2, strategy, 2)  # warm-up
         ours, t_shared = C.timed(generate_responses, *args_, seed=0)
-        generation.shared_prompt_cache = lambda *a, **k: None
+        generation.prompt_cache_kwargs = lambda *a, **k: {}
         try:
             stock, t_stock = C.timed(generate_responses, *args_, seed=0)
         finally:
-            generation.shared_prompt_cache = shared
+            generation.prompt_cache_kwargs = shared
     differ = sum(a != b for a, b in zip(ours, stock))
     result = {"benchmark": "beam_prefill", "model": str(checkpoint), "cpu": C.cpu_model(),
               "settings": {"samples": n, "batch_size": args.batch_size, "strategy": config.inference.decoding,

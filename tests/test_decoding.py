@@ -196,7 +196,7 @@ def _stock(model, emb, mask, strategy, seed=None):
 
 @pytest.mark.parametrize("strategy", ["beam", "top_k", "nucleus_0.99"])
 def test_beams_match_stock_beam_search(model, strategy):
-    """`shared_prompt_cache` changes where the prompt is computed, not what is decoded: the same
+    """`prompt_cache_kwargs` changes where the prompt is computed, not what is decoded: the same
     tokens as transformers' beam search (and beam-sample under the same seed), GPT-2 positions included."""
     emb, mask = _inputs()
     seed = 3 if resolve(strategy).get("do_sample") else None

@@ -11,7 +11,7 @@ One module a concern, in the order a call goes through them:
   `pecrs.decoding.presets` lists and checks strategy names cheaply.
 * generation.py: `generate`, the entry point: checks the inputs, seeds, runs the strategy.
 * diverse.py: diverse (group) beam search with Hamming diversity, built on transformers' beam search.
-* prefill.py: `shared_prompt_cache`, the prompt run once per row for all its beams (and groups).
+* prefill.py: `prompt_cache_kwargs`, the prompt run once per row for all its beams (and groups).
 * outputs.py: from ``model.generate`` output to response ids (pad/EOS ids, `strip_special`).
 """
 from importlib import import_module

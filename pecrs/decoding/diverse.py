@@ -31,9 +31,8 @@ import copy
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..backbone import cache_kwarg_name
 from .outputs import eos_list, new_tokens, special_ids, strip_special
-from .prefill import shared_prompt_cache
+from .prefill import prompt_cache_kwargs
 from .presets import BEAM_WIDTH, NUM_BEAM_GROUPS, resolve
 
 
@@ -146,12 +145,11 @@ def _run_groups(model, inputs_embeds, attention_mask, kwargs, max_new_tokens, pa
         length_penalty = getattr(getattr(model, "generation_config", None), "length_penalty", None) or 1.0
 
     # The prompt runs once for all groups and beams; each group decodes from its own copy of the cache.
-    prompt = shared_prompt_cache(model, inputs_embeds, attention_mask, group_size) if inputs_embeds.shape[1] > 1 else None
+    prompt = prompt_cache_kwargs(model, inputs_embeds, attention_mask, group_size)
     recorders: list[StepChoiceRecorder] = []
     results = []
     for g in range(groups):
-        if prompt is not None:
-            kwargs[cache_kwarg_name(model)] = prompt if g == groups - 1 else copy.deepcopy(prompt)
+        kwargs.update(prompt if g == groups - 1 else copy.deepcopy(prompt))
         processor = HammingDiversityLogitsProcessor(penalty, recorders)
         recorder = StepChoiceRecorder(B, group_size, eos)
         out = model.generate(

@@ -16,10 +16,9 @@ import warnings
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..backbone import cache_kwarg_name
 from .diverse import diverse_beam_search
 from .outputs import new_tokens, special_ids, strip_special
-from .prefill import shared_prompt_cache
+from .prefill import prompt_cache_kwargs
 from .presets import resolve
 
 # transformers warns that no_repeat_ngram_size with inputs_embeds sees the new tokens only: that is
@@ -92,9 +91,8 @@ def generate(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, s
         kwargs.pop("diversity_penalty", None)
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
-        if (kwargs.get("num_beams") or 1) > 1 and inputs_embeds.shape[1] > 1:
-            kwargs[cache_kwarg_name(model)] = shared_prompt_cache(model, inputs_embeds, attention_mask,
-                                                                  kwargs["num_beams"])
+        if (kwargs.get("num_beams") or 1) > 1:
+            kwargs.update(prompt_cache_kwargs(model, inputs_embeds, attention_mask, kwargs["num_beams"]))
         out = model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                              max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None,
                              num_return_sequences=1, **kwargs)
