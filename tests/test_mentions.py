@@ -1,5 +1,6 @@
 """TitleLinker: typed catalog titles become [ITEM] mentions, with guards against ordinary words
 that happen to be titles ("It", "Us", "Glass", "1917")."""
+import math
 import random
 from pathlib import Path
 
@@ -41,7 +42,9 @@ CATALOG = [
 
 @pytest.fixture(scope="module")
 def linker():
-    return TitleLinker(CATALOG)
+    """The common-word rule off (it is tested on its own below), so that ordinary words such as
+    "It", "Glass" and "You" can exercise the other guards."""
+    return TitleLinker(CATALOG, common_zipf=math.inf)
 
 
 # ---- words ----------------------------------------------------------------------------------
@@ -121,6 +124,40 @@ def test_names_shouting_and_sequels_do_not_link(linker):
     assert linker.link("I think Frozen I liked")[1] == ["frozen"]        # "I" is not a name
 
 
+def test_common_words_link_only_quoted_or_dated():
+    """"Sir", "Cool", "It" capitalised mid-sentence are more often words than films (INSPIRED's dev
+    and test dialogues: pecrs/mentions.py); rarer one-word titles still link bare."""
+    linker = TitleLinker(CATALOG + [Item("sir", "Sir", 2018), Item("cool", "Cool!", 2004),
+                                    Item("looper", "Looper", 2012)])
+    for text in ("Hmm just 4 hours Sir!", "I want to watch the trailer Cool thanks", "Got It.",
+                 "I liked Glass a lot", "Thank You"):
+        assert linker.link(text) == (text, []), text
+    assert linker.link("I liked Looper a lot") == (f"I liked {ITEM} a lot", ["looper"])
+    assert linker.link("my kids loved Frozen") == (f"my kids loved {ITEM}", ["frozen"])
+    assert linker.link('I liked "Glass" a lot')[1] == ["glass"]              # (a) quotes
+    assert linker.link("I liked Glass (2019) a lot")[1] == ["glass"]         # (b) a year
+    assert linker.link("I liked Get Out a lot")[1] == ["getout"]             # two words: not this rule
+    # the threshold is the caller's: at Zipf 7 only "it" and "you" would be common, and neither is
+    # "glass" (4.85) nor "sir" (5.06); at 4.5 (the default) both are
+    lenient = TitleLinker(CATALOG + [Item("sir", "Sir", 2018)], common_zipf=7.0)
+    assert lenient.link("I liked Glass, Sir")[1] == ["glass", "sir"]
+
+
+def test_a_title_inside_a_longer_name_is_not_linked():
+    """Joined by a hyphen ("Spider-Verse") or by "of" / "of the" to a capitalised word ("The Rise of
+    Skywalker", "Lord of the Rings"): part of a longer name, unless quoted or dated."""
+    linker = TitleLinker([Item("spider", "Spider", 2002), Item("rise", "The Rise", 2012),
+                          Item("rings", "Rings", 2017), Item("joker", "Joker", 2019)], common_zipf=math.inf)
+    for text in ("I watched Into the Spider-Verse", "a Spider-like hero", "would you like to see The Rise of Skywalker?",
+                 "I love Lord of the Rings", "Beyond: Return Of The Joker?", "Maleficent Mistress of Joker"):
+        assert linker.link(text) == (text, []), text
+    assert linker.link("I saw Spider last week")[1] == ["spider"]
+    assert linker.link("I saw The Rise of the film")[1] == ["rise"]          # "of" then a lowercase word
+    assert linker.link("I saw Rings. Of the two, Rings is better")[1] == ["rings", "rings"]  # "Of" starts a sentence
+    assert linker.link('I love Lord of the "Rings"')[1] == ["rings"]         # quotes win
+    assert linker.link("I love Lord of the Rings (2017)")[1] == ["rings"]    # so does a year
+
+
 def test_sequel_numbers_compare_alike_however_written():
     linker = TitleLinker([Item("f", "Frozen", 2013), Item("f2", "Frozen II", 2019), Item("w", "John Wick", 2014),
                           Item("it2", "It Chapter Two", 2019), Item("it", "It", 2017)])
@@ -173,8 +210,8 @@ def test_same_title_defaults_to_most_recent(linker):
     # no year counts as oldest; equal years keep catalog order
     assert TitleLinker(CATALOG[::-1]).link("the Lion King")[1] == ["lion19b"]
     assert linker.link("the Lion King")[1] == ["lion19"]
-    assert TitleLinker([Item("a", "Heat", None), Item("b", "Heat", 1995)]).link("I saw Heat")[1] == ["b"]
-    assert TitleLinker([Item("a", "Heat", None), Item("b", "Heat", None)]).link("I saw Heat")[1] == ["a"]
+    assert TitleLinker([Item("a", "Heat", None), Item("b", "Heat", 1995)]).link('I saw "Heat"')[1] == ["b"]
+    assert TitleLinker([Item("a", "Heat", None), Item("b", "Heat", None)]).link('I saw "Heat"')[1] == ["a"]
 
 
 def test_titles_without_letters_or_capitals_need_quotes_or_year(linker):
@@ -240,8 +277,13 @@ def test_inspired_catalog():
     text, ids = linker.link("Hi! I love scary movies like The Conjuring. What should I watch?")
     assert text == f"Hi! I love scary movies like {ITEM}. What should I watch?"
     assert [items[i].title for i in ids] == ["The Conjuring"]
-    # "Yesterday" starts the sentence, "us" and "it" are lowercase; "It" capitalised mid-sentence
-    # is the film by rule (d), and the most recent "It"
-    text, ids = linker.link("Yesterday I watched It with my sister, and us two loved it")
-    assert text == f"Yesterday I watched {ITEM} with my sister, and us two loved it"
+    # "Yesterday" starts the sentence, "us" and "it" are lowercase, and "It" capitalised
+    # mid-sentence is a common word: only its quotes make it the film, the most recent "It"
+    text = "Yesterday I watched It with my sister, and us two loved it"
+    assert linker.link(text) == (text, [])
+    text, ids = linker.link('Yesterday I watched "It" with my sister, and us two loved it')
+    assert text == f'Yesterday I watched "{ITEM}" with my sister, and us two loved it'
     assert [(items[i].title, items[i].year) for i in ids] == [("It", 2017)]
+    # INSPIRED's catalog has "Sir" and "Cool!"; "Looper" is rare enough to link bare
+    assert linker.link("Thanks Sir, that sounds Cool")[1] == []
+    assert [items[i].title for i in linker.link("I liked Looper a lot")[1]] == ["Looper"]
