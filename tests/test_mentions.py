@@ -106,9 +106,14 @@ def test_year_selects_the_item_and_is_consumed(linker):
     assert linker.link("It (2017) was scary") == (f"{ITEM} was scary", ["it17"])
     assert linker.link("It (1990) was scary") == (f"{ITEM} was scary", ["it90"])
     assert linker.link("i saw it 1990 on tv") == (f"i saw {ITEM} on tv", ["it90"])
-    # a year no "It" has is not consumed, and does not vouch for the match
-    assert linker.link("I saw It (2005)") == (f"I saw {ITEM} (2005)", ["it17"])
+    # a year no "It" has, even a year off, names another film: not linked, however typed
+    assert linker.link("I saw It (2005)") == ("I saw It (2005)", [])
     assert linker.link("i saw it (2005)") == ("i saw it (2005)", [])
+    assert linker.link("I saw It (2018)") == (f"I saw {ITEM}", ["it17"])   # a year off: sources disagree
+    furious = TitleLinker([Item("f84", "Furious", 1984), Item("lion", "The Lion King", 1994)])
+    assert furious.link("I loved Fast and the Furious (2001)") == ("I loved Fast and the Furious (2001)", [])
+    assert furious.link("I loved Furious") == (f"I loved {ITEM}", ["f84"])
+    assert furious.link("the Lion King (1995) and Furious (1984)")[1] == ["lion", "f84"]
 
 
 def test_names_shouting_and_sequels_do_not_link(linker):
@@ -218,7 +223,8 @@ def test_titles_without_letters_or_capitals_need_quotes_or_year(linker):
     assert linker.link("I watched 1917 twice") == ("I watched 1917 twice", [])
     assert linker.link('I watched "1917" twice') == (f'I watched "{ITEM}" twice', ["1917"])
     assert linker.link("I watched 1917 (2019) twice") == (f"I watched {ITEM} twice", ["1917"])
-    assert linker.link("I watched 1917 (2018) twice") == ("I watched 1917 (2018) twice", [])
+    assert linker.link("I watched 1917 (2017) twice") == ("I watched 1917 (2017) twice", [])
+    assert linker.link("I watched 1917 (2018) twice")[1] == ["1917"]       # a year off: sources disagree
     assert linker.link("I watched 90 minutter") == ("I watched 90 minutter", [])
     assert linker.link("I watched '90 minutter'")[1] == ["minutter"]
 
