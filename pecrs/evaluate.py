@@ -150,13 +150,37 @@ def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
                                           item_index=item_index)
 
 
+def sample_predictions(samples: list[Sample], rows, ranked: np.ndarray, targets: np.ndarray, items: list[Item],
+                       replies: dict[int, str]) -> list[dict]:
+    """One JSON-ready record per ranked sample, what `pecrs evaluate --predictions` writes: its
+    top 10 item ids, the target and its 1-based rank among the `ranked` kept (None: not there, or
+    no target), and for the sample that answers a turn the reference and the generated reply.
+    rows: indices into `samples` of `ranked` [len(rows), keep] and `targets` [len(rows)] (catalog
+    index, NO_ITEM without a target); replies: sample index -> reply ([ITEM] kept as is)."""
+    hits = ranked == targets[:, None]
+    rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)      # 0: not in the kept list
+    records = []
+    for j, i in enumerate(rows):
+        s = samples[i]
+        record = {"dialogue_id": s.dialogue_id, "turn_index": s.turn_index, "target": s.target,
+                  "target_seen_before": s.target_seen_before,
+                  "target_rank": int(rank[j]) if s.target is not None and rank[j] else None,
+                  "top10": [items[k].id for k in ranked[j, :10] if k >= 0]}
+        if i in replies:
+            record.update(reference=s.response.text, generated=replies[i])
+        records.append(record)
+    return records
+
+
 def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample],
              inference: InferenceConfig | None = None, *, generate: bool = True, perplexity: bool = True,
-             max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None) -> dict:
+             max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None,
+             predictions: bool = False) -> dict:
     """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
     `inference`: M_inference, decoding and no_repeat_ngram, batch size, re-rank chunk (None: defaults).
     generate=False: no responses (ROUGE, F-1, Dist are None); perplexity=False: no PPL (a forward
-    pass over every sample: on a CPU, most of a recall-only evaluation's time)."""
+    pass over every sample: on a CPU, most of a recall-only evaluation's time). predictions=True:
+    also "predictions", one record per ranked sample (`sample_predictions`)."""
     inference = inference or InferenceConfig()
     m_inference, batch_size = inference.m_inference, inference.batch_size
     strategy = without_repeats(inference.decoding, inference.no_repeat_ngram)
@@ -181,7 +205,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         naive = naive_ranking([s for s, r in zip(samples, rec_rows) if r], store.index)
         result = {}
         nll, count = response_nll(model, store, encoded, batch_size, progress) if perplexity else (None, None)
-        gen_args = {}
+        gen_args, replies = {}, {}
         if generate:
             # One response per recommender turn: the first sample of each turn (repeated=False).
             turn_rows = [i for i, s in enumerate(samples) if not s.repeated]
@@ -191,6 +215,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
             clean = generate_responses(model, store, turn_encoded, top1, catalog_vectors, batch_size, strategy,
                                        max_new_tokens, seed, progress)
             refs = [samples[i].response.text for i in turn_rows]
+            replies = dict(zip(turn_rows, clean))
             gen_args = dict(predictions=clean, references=refs,
                             pred_has_item=np.array([ITEM in t for t in clean]),
                             ref_has_item=np.array([ITEM in r for r in refs]))
@@ -205,6 +230,10 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         summary["genres"] = metrics.top1_genre_accuracy(ranked[rec_rows, 0], targets,
                                                         [it.genres for it in store.items])
         summary["seconds"] = round(time.perf_counter() - started, 2)
+        if predictions:
+            all_targets = np.array([e.target for e in encoded])      # NO_ITEM (-1) where none
+            result["predictions"] = sample_predictions(samples, rank_rows, ranked_rows, all_targets[rank_rows],
+                                                       store.items, replies)
         return {**summary, **result}
 
 

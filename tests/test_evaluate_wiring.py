@@ -174,6 +174,30 @@ def test_evaluate_numbers_by_hand(setup, batch_size):
     assert [e["generated"] for e in out["examples"]] == ["Try [ITEM] or [ITEM]", "Enjoy [ITEM]", "no idea"]
 
 
+@pytest.mark.parametrize("generate", [True, False])
+def test_predictions_by_hand(setup, generate):
+    """`pecrs evaluate --predictions`: per ranked sample its top 10, the target's rank and, for the
+    sample that answers a turn, the reply; the same rows and ranks as the metrics above."""
+    model, store, encoder, samples = setup
+    out = evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=2),
+                   generate=generate, predictions=True)
+    records = {(r["dialogue_id"], r["turn_index"], r["target"]): r for r in out["predictions"]}
+    # without generation only the samples with a target are ranked: s2 has no record
+    assert list(records) == [("d0", 1, str(B)), ("d0", 1, str(E))] + [("d0", 3, None)] * generate + [("d1", 2, str(D))]
+    assert [r["target_rank"] for r in records.values()] == [1, 5] + [None] * generate + [30]
+    assert [r["target_seen_before"] for r in records.values()] == [False, False] + [False] * generate + [True]
+    assert records["d0", 1, str(B)]["top10"] == [str(i) for i in ranking([B], {E: 5})[:10]]
+    replies = {key: r.get("generated") for key, r in records.items()}
+    if generate:   # one reply per turn: s1 repeats s0's turn and carries none
+        assert replies == {("d0", 1, str(B)): "Try [ITEM] or [ITEM]", ("d0", 1, str(E)): None,
+                           ("d0", 3, None): "Enjoy [ITEM]", ("d1", 2, str(D)): "no idea"}
+        assert records["d0", 3, None]["reference"] == "Enjoy"
+    else:
+        assert set(replies.values()) == {None}
+    assert "predictions" not in evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS),
+                                         generate=False)
+
+
 def test_recall_only_by_hand(setup):
     model, store, encoder, samples = setup
     out = recall_only(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=2))

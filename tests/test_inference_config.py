@@ -144,3 +144,37 @@ def test_pecrs_evaluate_checks_its_output_path_before_evaluating(tmp_path, monke
         assert main(["evaluate", str(run), "--device", "cpu", "--json", "--output", str(output)]) == 2
         assert f"--output {output}" in capsys.readouterr().err
     assert not ran
+
+
+def test_pecrs_evaluate_writes_predictions_beside_its_metrics(tmp_path, monkeypatch, capsys):
+    """--predictions FILE: one JSON line per sample, whose ranks give back the recall the result
+    JSON reports, and a reply for each recommender turn; its path is checked before evaluating."""
+    from pecrs.cli import main
+    from pecrs.testing import write_jsonl
+
+    run, items = make_tiny_run(tmp_path / "world")
+    dialogue = [{"role": "seeker", "text": "I loved [ITEM]", "items": ["3"]},
+                {"role": "recommender", "text": "Then [ITEM] or [ITEM]", "items": ["5", "9"]},
+                {"role": "seeker", "text": "thanks"},
+                {"role": "recommender", "text": "Enjoy"}]
+    write_jsonl(items.parent / "test.jsonl", [{"id": f"t{k}", "turns": dialogue} for k in range(2)])
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path))
+    out, predictions = tmp_path / "eval.json", tmp_path / "preds" / "test.jsonl"
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", "--no-ppl", "--output", str(out),
+                 "--predictions", str(predictions)]) == 0
+    capsys.readouterr()
+    result, records = json.loads(out.read_text()), [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert "predictions" not in result
+    # 2 dialogues x (2 samples of the recommending turn + 1 of the last turn)
+    assert [(r["dialogue_id"], r["turn_index"], r["target"]) for r in records] == [
+        (d, t, target) for d in ("t0", "t1") for t, target in ((1, "5"), (1, "9"), (3, None))]
+    ranks = [r["target_rank"] for r in records if r["target"] is not None]
+    assert result["recall@10"] == pytest.approx(sum(1 for k in ranks if k is not None and k <= 10) / len(ranks))
+    assert all(len(r["top10"]) == 8 for r in records)     # the run's M_inference is 8: 8 candidates ranked
+    assert [("generated" in r, r.get("reference")) for r in records[:3]] == [
+        (True, "Then [ITEM] or [ITEM]"), (False, None), (True, "Enjoy")]
+    for bad in (tmp_path, items / "x.jsonl"):   # a folder; a path under a file: refused up front
+        assert main(["evaluate", str(run), "--device", "cpu", "--json", "--predictions", str(bad)]) == 2
+        assert f"--predictions {bad}" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--predictions"):
+        main(["evaluate", str(run), "--protocol", "standardized", "--predictions", str(predictions)])

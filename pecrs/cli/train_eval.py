@@ -39,6 +39,9 @@ def add_train_parser(subparsers) -> None:
 
 def _evaluate(args) -> int:
     if args.protocol == "standardized":
+        if args.predictions:
+            raise SystemExit("pecrs: error: --predictions writes the pecrs protocol's samples; "
+                             "--protocol standardized has none")
         return _evaluate_standardized(args)
     from ..evaluate import evaluate
     from ..pretrained import checkpoint_dir, load_pretrained
@@ -46,6 +49,7 @@ def _evaluate(args) -> int:
 
     ckpt = checkpoint_dir(args.run_dir)
     out = _output_path(args.output, ckpt, f"eval_{args.split}.json")  # checked before minutes of work
+    predictions_out = _output_path(args.predictions, ckpt, "", "--predictions") if args.predictions else None
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     from ..backbone import default_device
@@ -62,7 +66,10 @@ def _evaluate(args) -> int:
     result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
                       perplexity=not args.no_ppl,
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
-                      progress=not args.json)
+                      progress=not args.json, predictions=predictions_out is not None)
+    if predictions_out is not None:
+        predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
+                                   encoding="utf-8")
     result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
               "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
@@ -106,7 +113,7 @@ def _apply_dtype(model, dtype: str, device) -> str:
     return choice.name
 
 
-def _output_path(output: str | None, ckpt: Path, filename: str) -> Path:
+def _output_path(output: str | None, ckpt: Path, filename: str, option: str = "--output") -> Path:
     """Where the result JSON goes (--output, else `_result_path`), its folder created now: a path
     that cannot be written fails before the evaluation runs, not after."""
     out = Path(output) if output else _result_path(ckpt, filename)
@@ -117,7 +124,7 @@ def _output_path(output: str | None, ckpt: Path, filename: str) -> Path:
         if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
             raise PermissionError(f"{out} is not writable")
     except OSError as e:
-        raise ValueError(f"--output {out}: cannot write the result there ({e})") from None
+        raise ValueError(f"{option} {out}: cannot write the result there ({e})") from None
     return out
 
 
@@ -153,6 +160,9 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=DTYPE_HELP)
     p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction, help=EXCLUDE_HELP)
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="also write one JSON line per sample here: its top 10 item ids, the target's rank, "
+                        "and for each recommender turn the reference and the generated reply")
     p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
                    help="pecrs: the paper's samples of --split (default); standardized: the standardized "
                         "ReDial collection (Kostric & Balog, SIGIR '26) of the official test file in --dataset "
