@@ -28,7 +28,7 @@ still false are names, "Morgan", "Arnold", "Nick Fury", and "The Rock" (the acto
 common-word, longer-name and other-year rules below they linked 115 times; of the 22 links those
 rules removed, 19 were false ("Sir" 3 times, "It" 3, "Furious" of "Fast and the Furious (2001)"
 twice, "Cool", "Good" of "Good fellas", "Me" of "Me before you", "Spider" of "Spider-Verse", "The
-Rise" of "The Rise of Skywalker") and 3 were films ("Us" twice, "Signs"); on the dev split 18
+Rise" of "The Rise of Skywalker") and 3 were films ("Us" twice, "Signs"); on the dev split 17
 removed, about 4 films ("Us" twice, "Her"). A first version, 3+ word
 titles in any case and no name, all-caps or sequel rules,
 linked 241 times in those 2,089 turns: "check it out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6;
@@ -42,7 +42,9 @@ Otherwise a candidate is accepted when any of these holds:
   (b) its year follows: "It (2017)" or "It 2017". The year also picks among items of that title
       (one a year off when none has it: sources disagree, Insidious 2010 or 2011) and is consumed
       into the [ITEM]; a year no item of that title has, even a year off, names another film, and
-      the title is not linked ("Fast and the Furious (2001)" is not "Furious", 1984);
+      the title is not linked ("Fast and the Furious (2001)" is not "Furious", 1984), unless an
+      item of that title has no year; a year typed without parentheses that no item has, or a
+      number outside 1870-2100, is ignored ("I watched Frozen 2000 times");
   (c) the title has 4+ words and a letter: such a word sequence is rarely an accident;
   (d) otherwise (1-3 words): every title word that starts with a capital is typed with a capital
       ("Get Out", not "get out"), a leading "The" / "A" / "An" excepted ("the Lion King"); a word
@@ -56,8 +58,8 @@ Otherwise a candidate is accepted when any of these holds:
       ("90 minutter", "1917") needs (a) or (b).
 Whatever its length, a title joined by a hyphen to another word is part of that word ("Spider" in
 "Spider-Verse"), and one of 1-2 words joined by "of" or "of the" to a capitalised word is part of
-a longer name ("The Rise" in "The Rise of Skywalker", "Rings" in "Lord of the Rings"); neither
-links unless quoted or dated.
+a longer name ("The Rise" in "The Rise of Skywalker", "Rings" in "Lord of the Rings", also at a
+sentence start, but not "Frozen" in "Some of Frozen"); neither links unless quoted or dated.
 
 Common words. People capitalise ordinary words mid-sentence ("thanks Sir", "that's Cool", "Me
 before you"), and a catalog of 1,662 films already has one-word titles "Sir", "Cool", "Me",
@@ -105,6 +107,13 @@ _NUMERALS = {**{r: str(n) for n, r in enumerate(["ii", "iii", "iv"], 2)},
              **{r: str(n) for n, r in enumerate(["vi", "vii", "viii", "ix"], 6)},
              **{w: str(n) for n, w in enumerate(["two", "three", "four", "five", "six", "seven", "eight", "nine"], 2)}}
 _ARTICLES = {"the", "a", "an"}   # a title's leading article may be typed in lowercase
+_HYPHENS = "-\u2010\u2011"       # hyphen-minus, hyphen, non-breaking hyphen
+# "Some of Frozen", "One of the Avengers": before "of (the)", a part of what follows, not a name.
+_PARTITIVES = {"some", "most", "all", "both", "any", "none", "many", "few", "each", "several", "half", "part",
+               "rest", "more", "much", "one", "two", "three", "lots", "plenty", "couple", "because", "out",
+               "instead", "kind", "sort", "fan", "fans", "speaking", "think", "either", "neither", "top", "end"}
+# A year (rule b) is one of 1870 to 2100: "Frozen 1000 times" is no date.
+_YEARS = range(1870, 2101)
 _QUOTES = {'"': '"', "“": "”", "‘": "’", "'": "'"}
 _TRAILING = ".,!?;:"           # may stand between a quoted title and its closing quote
 _OPENERS = " \t\r\"'“‘(["      # skipped when looking back for a sentence start
@@ -253,10 +262,15 @@ class TitleLinker:
         span = words[i:i + n]
         start, end = span[0][0], span[-1][1]
         year = _YEAR.match(text, end)
-        if year:                                                                       # (b)
-            typed_year = int(year.group(1) or year.group(2))
+        typed_year = int(year.group(1) or year.group(2)) if year else None
+        if typed_year in _YEARS:                                                       # (b)
             item = title.pick(year=typed_year) or title.pick(year=typed_year - 1) or title.pick(year=typed_year + 1)
-            return (start, year.end(), item.id) if item else None
+            if item:
+                return start, year.end(), item.id
+            # "(2001)" dates another film, unless an undated item may be that film; a bare number
+            # may be anything ("I watched Frozen 2000 times") and is ignored
+            if year.group(1) and all(it.year is not None for it, _ in title.items):
+                return None
         if _SEQUEL.match(text, end):
             return None
         if _quoted(text, start, end):                                                  # (a)
@@ -295,28 +309,33 @@ def _common_words(keys: Iterable[str], min_zipf: float) -> frozenset[str]:
 
 
 def _hyphenated(text: str, start: int, end: int) -> bool:
-    """Whether text[start:end] is joined by a hyphen to a word before or after ("Spider-Verse")."""
-    return ((start >= 2 and text[start - 1] == "-" and text[start - 2].isalnum())
-            or (end + 1 < len(text) and text[end] == "-" and text[end + 1].isalnum()))
+    """Whether text[start:end] is joined by a hyphen (ASCII, or the Unicode hyphens that autocorrect
+    types) to a word before or after ("Spider-Verse")."""
+    return ((start >= 2 and text[start - 1] in _HYPHENS and text[start - 2].isalnum())
+            or (end + 1 < len(text) and text[end] in _HYPHENS and text[end + 1].isalnum()))
 
 
 def _joined_by_of(text: str, words: list[tuple[int, int, str, str]], i: int, n: int) -> bool:
-    """Whether words[i:i+n] are joined by "of" or "of the" to a capitalised word that does not start
-    a sentence, as part of a longer name: "The Rise of Skywalker", "Lord of the Rings"."""
+    """Whether words[i:i+n] are joined by "of" or "of the" to a capitalised word, as part of a
+    longer name: "The Rise of Skywalker", "Lord of the Rings". The word before may start a
+    sentence ("Lord of the Rings is great"), unless it is a word such as "Some" or "One" that
+    reads a part of what follows ("Some of Frozen")."""
     keys = [w[2] for w in words]
 
-    def name_word(j: int, a: int, b: int) -> bool:   # words[j] capitalised, only spaces in a..b
-        return (0 <= j < len(words) and words[j][3][0].isupper() and not _sentence_start(text, words[j][0])
+    def name_word(j: int, a: int, b: int, at_sentence_start: bool) -> bool:
+        """words[j] capitalised (at a sentence start only if allowed), only spaces in words a..b."""
+        return (0 <= j < len(words) and words[j][3][0].isupper()
+                and (at_sentence_start or not _sentence_start(text, words[j][0]))
                 and all(text[words[k][1]:words[k + 1][0]].strip(" \t") == "" for k in range(a, b)))
 
     after = i + n                                    # "of" right after the title, then maybe "the"
     if after < len(keys) and keys[after] == "of":
         name = after + 1 + (keys[after + 1:after + 2] == ["the"])
-        if name_word(name, i + n - 1, name):
+        if name_word(name, i + n - 1, name, at_sentence_start=False):
             return True
     before = i - 1 - (keys[i - 1:i] == ["the"])      # "of" right before the title, or before "the"
     if before >= 1 and keys[before] == "of":
-        return name_word(before - 1, before - 1, i)
+        return keys[before - 1] not in _PARTITIVES and name_word(before - 1, before - 1, i, at_sentence_start=True)
     return False
 
 

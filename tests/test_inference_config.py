@@ -176,5 +176,7 @@ def test_pecrs_evaluate_writes_predictions_beside_its_metrics(tmp_path, monkeypa
     for bad in (tmp_path, items / "x.jsonl"):   # a folder; a path under a file: refused up front
         assert main(["evaluate", str(run), "--device", "cpu", "--json", "--predictions", str(bad)]) == 2
         assert f"--predictions {bad}" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--predictions"):
-        main(["evaluate", str(run), "--protocol", "standardized", "--predictions", str(predictions)])
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", "--output", str(out), "--predictions", str(out)]) == 2
+    assert "is where the result JSON goes" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--protocol", "standardized", "--predictions", str(predictions)]) == 2
+    assert "--protocol standardized has none" in capsys.readouterr().err

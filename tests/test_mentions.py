@@ -110,10 +110,15 @@ def test_year_selects_the_item_and_is_consumed(linker):
     assert linker.link("I saw It (2005)") == ("I saw It (2005)", [])
     assert linker.link("i saw it (2005)") == ("i saw it (2005)", [])
     assert linker.link("I saw It (2018)") == (f"I saw {ITEM}", ["it17"])   # a year off: sources disagree
-    furious = TitleLinker([Item("f84", "Furious", 1984), Item("lion", "The Lion King", 1994)])
+    furious = TitleLinker([Item("f84", "Furious", 1984), Item("lion", "The Lion King", 1994),
+                           Item("ham", "Hamilton", None), Item("frozen", "Frozen", 2013)])
     assert furious.link("I loved Fast and the Furious (2001)") == ("I loved Fast and the Furious (2001)", [])
     assert furious.link("I loved Furious") == (f"I loved {ITEM}", ["f84"])
     assert furious.link("the Lion King (1995) and Furious (1984)")[1] == ["lion", "f84"]
+    # an undated item may be the film of any year; a bare number is no date, nor is 1000
+    assert furious.link("I saw Hamilton (2020)") == (f"I saw {ITEM} (2020)", ["ham"])
+    assert furious.link("I watched Frozen 2000 times")[1] == ["frozen"]
+    assert furious.link("I watched Frozen (1000) times")[1] == ["frozen"]
 
 
 def test_names_shouting_and_sequels_do_not_link(linker):
@@ -154,8 +159,11 @@ def test_a_title_inside_a_longer_name_is_not_linked():
     linker = TitleLinker([Item("spider", "Spider", 2002), Item("rise", "The Rise", 2012),
                           Item("rings", "Rings", 2017), Item("joker", "Joker", 2019)], common_zipf=math.inf)
     for text in ("I watched Into the Spider-Verse", "a Spider-like hero", "would you like to see The Rise of Skywalker?",
-                 "I love Lord of the Rings", "Beyond: Return Of The Joker?", "Maleficent Mistress of Joker"):
+                 "I love Lord of the Rings", "Beyond: Return Of The Joker?", "Maleficent Mistress of Joker",
+                 "Lord of the Rings is great", 'Yes! "Lord of the Rings" rocks', "(Return of the Joker)",
+                 "I saw Spider\u2010Man"):    # the name may start a sentence; a Unicode hyphen is one
         assert linker.link(text) == (text, []), text
+    assert linker.link("Some of Rings was fun")[1] == ["rings"]               # "Some of": a part, not a name
     assert linker.link("I saw Spider last week")[1] == ["spider"]
     assert linker.link("I saw The Rise of the film")[1] == ["rise"]          # "of" then a lowercase word
     assert linker.link("I saw Rings. Of the two, Rings is better")[1] == ["rings", "rings"]  # "Of" starts a sentence

@@ -40,8 +40,7 @@ def add_train_parser(subparsers) -> None:
 def _evaluate(args) -> int:
     if args.protocol == "standardized":
         if args.predictions:
-            raise SystemExit("pecrs: error: --predictions writes the pecrs protocol's samples; "
-                             "--protocol standardized has none")
+            raise ValueError("--predictions writes the pecrs protocol's samples; --protocol standardized has none")
         return _evaluate_standardized(args)
     from ..evaluate import evaluate
     from ..pretrained import checkpoint_dir, load_pretrained
@@ -50,6 +49,8 @@ def _evaluate(args) -> int:
     ckpt = checkpoint_dir(args.run_dir)
     out = _output_path(args.output, ckpt, f"eval_{args.split}.json")  # checked before minutes of work
     predictions_out = _output_path(args.predictions, ckpt, "", "--predictions") if args.predictions else None
+    if predictions_out is not None and predictions_out.resolve() == out.resolve():
+        raise ValueError(f"--predictions {predictions_out} is where the result JSON goes (--output): give another file")
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     from ..backbone import default_device
@@ -161,8 +162,9 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction, help=EXCLUDE_HELP)
     p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
     p.add_argument("--predictions", metavar="FILE",
-                   help="also write one JSON line per sample here: its top 10 item ids, the target's rank, "
-                        "and for each recommender turn the reference and the generated reply")
+                   help="also write one JSON line per ranked sample here (every sample; with --no-generate, "
+                        "those with a target): its top 10 item ids, the target's rank, and for each recommender "
+                        "turn the reference and the generated reply")
     p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
                    help="pecrs: the paper's samples of --split (default); standardized: the standardized "
                         "ReDial collection (Kostric & Balog, SIGIR '26) of the official test file in --dataset "
