@@ -109,9 +109,8 @@ _NUMERALS = {**{r: str(n) for n, r in enumerate(["ii", "iii", "iv"], 2)},
 _ARTICLES = {"the", "a", "an"}   # a title's leading article may be typed in lowercase
 _HYPHENS = "-\u2010\u2011"       # hyphen-minus, hyphen, non-breaking hyphen
 # "Some of Frozen", "One of the Avengers": before "of (the)", a part of what follows, not a name.
-_PARTITIVES = {"some", "most", "all", "both", "any", "none", "many", "few", "each", "several", "half", "part",
-               "rest", "more", "much", "one", "two", "three", "lots", "plenty", "couple", "because", "out",
-               "instead", "kind", "sort", "fan", "fans", "speaking", "think", "either", "neither", "top", "end"}
+_PARTITIVES = set("some most all both any none many few each several half part rest more much one two three lots "
+                  "plenty couple because out instead kind sort fan fans speaking think either neither top end".split())
 # A year (rule b) is one of 1870 to 2100: "Frozen 1000 times" is no date.
 _YEARS = range(1870, 2101)
 _QUOTES = {'"': '"', "“": "”", "‘": "’", "'": "'"}
@@ -298,13 +297,12 @@ class TitleLinker:
 
 
 def _common_words(keys: Iterable[str], min_zipf: float) -> frozenset[str]:
-    """Those of `keys` (word keys) that are common English words: Zipf frequency (log10 of uses per
-    10^9 words) at least `min_zipf` in wordfreq's English list. Imported here, not at module
-    load: only a linker needs it, and `pecrs` imports this module for `same_film`."""
+    """Those of `keys` (word keys) whose Zipf frequency (log10 of uses per 10^9 words) in wordfreq's
+    English "small" list (every word down to Zipf 3; loads in ~20 ms) is at least `min_zipf`.
+    Imported here: only a linker needs it, and `pecrs` imports this module for `same_film`."""
     from wordfreq import get_frequency_dict
 
-    # The "small" list holds every word down to Zipf 3 and loads in ~20 ms; Zipf = log10(f) + 9.
-    frequency = get_frequency_dict("en", wordlist="small")
+    frequency = get_frequency_dict("en", wordlist="small")          # word -> f; Zipf = log10(f) + 9
     return frozenset(k for k in keys if frequency.get(k, 0.0) >= 10.0 ** (min_zipf - 9))
 
 
