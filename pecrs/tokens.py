@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import ITEM, REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn
+from .data import ITEM, REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn, unescape_quotes
 
 NO_ITEM = -1  # item-slot value of an ordinary token
 
@@ -45,12 +45,14 @@ def reply_stop_ids(tokenizer) -> list[int]:
 
 
 def reply_text(tokenizer, ids: list[int]) -> str:
-    """A generated reply as text: special tokens other than [ITEM] removed, whitespace collapsed.
-    [ITEM] stays for the caller to fill (evaluation compares it as is; serving puts the title)."""
+    """A generated reply as text: special tokens other than [ITEM] removed, whitespace collapsed,
+    and INSPIRED's escaped quote read back (`pecrs.data.unescape_quotes`: a model trained before
+    the loaders did so writes it). [ITEM] stays for the caller to fill (evaluation compares it as
+    is; serving puts the title)."""
     text = tokenizer.decode(ids, skip_special_tokens=False)
     for special in sorted(special_tokens(tokenizer) - {ITEM}, key=len, reverse=True):
         text = text.replace(special, "")
-    return " ".join(text.split())
+    return unescape_quotes(" ".join(text.split()))
 
 
 def marked_token_ids(tokenizer, pieces: list[list[str]], marker: str) -> list[list[int]]:

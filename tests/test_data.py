@@ -48,7 +48,10 @@ def test_inspired_jsonl_counts(inspired):
     assert len(inspired.items) == 1662
     assert counts(inspired) == {"train": (801, 16982, 8152, 2295), "dev": (99, 2053, 977, 305),
                                 "test": (99, 2089, 993, 279)}
-    assert inspired.skipped == {} and inspired.repaired == {}
+    assert inspired.skipped == {}
+    # INSPIRED's escaped quotes, read back in 210 turns; none is left
+    assert inspired.repaired == {"QUOTATION_MARK read as a quote or apostrophe (turns)": 210}
+    assert not any("QUOTATION_MARK" in t.text for split in inspired.splits.values() for d in split for t in d.turns)
 
 
 @needs_data
@@ -71,8 +74,29 @@ def test_inspired_tsv(inspired):
     for split in ("dev", "test"):
         for a, b in zip(inspired.splits[split], tsv.splits[split]):
             assert [t.role for t in a.turns] == [t.role for t in b.turns]
-    assert tsv.repaired == {"inspired-tsv: malformed movie_dict parsed leniently (dialogues)": 1}
+    assert tsv.repaired == {"inspired-tsv: malformed movie_dict parsed leniently (dialogues)": 1,
+                            "QUOTATION_MARK read as a quote or apostrophe (turns)": 38}
     assert tsv.skipped["inspired-tsv: movie not in catalog (written as text)"] == 59
+
+
+def test_escaped_quotes_are_read_back(tmp_path):
+    """INSPIRED's QUOTATION_MARK: an apostrophe between letters, a double quote elsewhere; counted,
+    and the [ITEM] placeholders and their ids are untouched."""
+    from pecrs.data import unescape_quotes
+    from pecrs.testing import write_jsonl
+
+    assert unescape_quotes("IQUOTATION_MARKm into QUOTATION_MARKcheesy.QUOTATION_MARK films") == \
+        'I\'m into "cheesy." films'
+    assert unescape_quotes("QUOTATION_MARK[ITEM]QUOTATION_MARK 2") == '"[ITEM]" 2'
+    assert unescape_quotes("plain text") == "plain text"
+    write_jsonl(tmp_path / "items.jsonl", [{"id": "1", "title": "Up", "year": 2009}])
+    write_jsonl(tmp_path / "test.jsonl", [{"id": "d", "turns": [
+        {"role": "seeker", "text": "IQUOTATION_MARKd like QUOTATION_MARK[ITEM]QUOTATION_MARK", "items": ["1"]},
+        {"role": "recommender", "text": "Sure"}]}])
+    bundle = load_dataset(tmp_path)
+    turn = bundle.splits["test"][0].turns[0]
+    assert (turn.text, turn.items) == ('I\'d like "[ITEM]"', ("1",))
+    assert bundle.repaired == {"QUOTATION_MARK read as a quote or apostrophe (turns)": 1}
 
 
 @needs_data

@@ -385,6 +385,9 @@ def test_a_reply_ends_at_any_special_token_but_item():
     reply = strip_special([generated], tok.pad_token_id, stops)[0]
     assert reply_text(tok, reply) == "You might like [ITEM] tonight"
     assert reply_text(tok, generated) == "You might like [ITEM] tonightrocket.com"  # stripped, never shown
+    # a model trained on INSPIRED's escaped quotes may write one: it reads as the character
+    escaped = tok("Try [ITEM] QUOTATION_MARK, IQUOTATION_MARKm sure", add_special_tokens=False)["input_ids"]
+    assert reply_text(tok, escaped) == "Try [ITEM] \", I'm sure"
 
 
 def test_a_checkpoint_keeps_the_token_roles_it_was_trained_with(tmp_path):

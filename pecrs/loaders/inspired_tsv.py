@@ -156,7 +156,7 @@ def _load_tsv_split(path: Path, index: dict, ambiguous: set, skipped: Counter,
         if repaired_here:
             repaired["inspired-tsv: malformed movie_dict parsed leniently (dialogues)"] += 1
         turns = tuple(make_turn(role, text, ids, {"path": str(path), "line": line},
-                                 "text_with_placeholder") for role, text, ids, line in merged)
+                                 "text_with_placeholder", repaired) for role, text, ids, line in merged)
         dialogues.append(Dialogue(id=dialog_id, turns=turns))
     return require_dialogues(dialogues, path)
 

@@ -1,6 +1,7 @@
 """The project's own JSON Lines format: items.jsonl + one <split>.jsonl per split."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from ..data import ROLES, DataError, DatasetBundle, Dialogue, Item
@@ -19,9 +20,10 @@ def jsonl_files(folder: Path) -> list[Path]:
     return [folder / "items.jsonl", *jsonl_split_files(folder).values()]
 
 
-def load_dialogues(path, items: dict[str, Item]) -> list[Dialogue]:
+def load_dialogues(path, items: dict[str, Item], repaired: Counter | None = None) -> list[Dialogue]:
     """Read a <split>.jsonl file: {"id", "turns": [{"role", "text", "items"?}, ...]} per line.
-    Every mentioned item id must be in `items`, with one [ITEM] in the text per id."""
+    Every mentioned item id must be in `items`, with one [ITEM] in the text per id. repaired:
+    counts the documented repairs (`make_turn`)."""
     path = Path(path)
     dialogues: list[Dialogue] = []
     seen_ids: set[str] = set()
@@ -55,7 +57,7 @@ def load_dialogues(path, items: dict[str, Item]) -> list[Dialogue]:
                 if item_id not in items:
                     raise DataError(f"item id '{item_id}' is not in the catalog",
                                     field=f"{f}.items[{k}]", **where)
-            turns.append(make_turn(raw["role"], raw["text"], ids, where, f"{f}.text"))
+            turns.append(make_turn(raw["role"], raw["text"], ids, where, f"{f}.text", repaired))
         dialogues.append(Dialogue(id=dialogue_id, turns=tuple(turns)))
     return dialogues
 
@@ -68,7 +70,8 @@ def load_jsonl_folder(folder) -> DatasetBundle:
     files = jsonl_split_files(folder)
     if not files:
         raise DataError("no split files (<split>.jsonl) next to items.jsonl", path=str(folder))
-    splits = {name: require_dialogues(load_dialogues(files[name], items), files[name])
+    repaired: Counter = Counter()
+    splits = {name: require_dialogues(load_dialogues(files[name], items, repaired), files[name])
               for name in order_splits(files)}
-    return DatasetBundle(name=folder.name, items=items, splits=splits, fmt="jsonl")
+    return DatasetBundle(name=folder.name, items=items, splits=splits, fmt="jsonl", repaired=dict(repaired))
 
