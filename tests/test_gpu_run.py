@@ -113,6 +113,10 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     curve = [json.loads(line) for line in (adopted / "metrics.jsonl").read_text().splitlines()]
     assert curve == r["variants"][best]["dev_curve"]
     assert sorted(p.name for p in adopted.glob("dev_*.json")) == sorted(f"{n}.json" for n in dev)
+    # and their per-sample predictions, from one tar: replies where the evaluation generated them
+    for name in dev:
+        records = [json.loads(line) for line in (adopted / "dev_predictions" / f"{name}.jsonl").read_text().splitlines()]
+        assert records and any("generated" in r for r in records) == (name != "dev_candidate_excl")
     from pecrs.cli import main
     assert main(["export", str(adopted), str(tmp_path / "inspired"), "--device", "cpu", "--no-repeat-ngram", "3"]) == 0
     card = (tmp_path / "inspired" / "MODEL_CARD.md").read_text()
@@ -197,6 +201,25 @@ def test_files_are_packed_to_what_the_device_tool_returns(tmp_path, monkeypatch)
         with tarfile.open(tmp_path / "out" / t) as tar:
             names |= set(tar.getnames())
     assert "shipped/adapter/big.safetensors" in names and len(names) == 11
+
+
+def test_dev_predictions_come_back_as_one_tar_unless_it_is_a_file_too_many(tmp_path, monkeypatch):
+    d, run = _run(tmp_path / "out", monkeypatch, left=100)
+    out = tmp_path / "out"
+    (out / "dev_predictions").mkdir()
+    for name in ("dev_candidate", "dev_baseline", "dev_candidate_excl"):
+        (out / "dev_predictions" / f"{name}.jsonl").write_text("{}\n")
+    for name in ("run.log", "result.json", "eval_test.json", "dev_candidate.json", "dev_baseline.json",
+                 "dev_candidate_excl.json", "shipped.tar"):
+        (out / name).write_text("{}")
+    report = d.check_files(run)     # 7 files, and the tar makes 8
+    assert report["problems"] == [] and "dev_predictions.tar" in report["files"] and len(report["files"]) == 8
+    with tarfile.open(out / "dev_predictions.tar") as tar:
+        assert sorted(tar.getnames()) == ["dev_predictions/dev_baseline.jsonl", "dev_predictions/dev_candidate.jsonl",
+                                          "dev_predictions/dev_candidate_excl.jsonl"]
+    (out / "best.tar").write_bytes(b"x")                    # a 9th file: the predictions give way
+    report = d.check_files(run)
+    assert report["problems"] == [] and "dev_predictions.tar" not in report["files"] and len(report["files"]) == 8
 
 
 def test_each_device_call_stays_under_the_64_mib_limit(shared_datasets, tmp_path):

@@ -7,7 +7,7 @@ The device tool returns result.json, eval_test.json and shipped.tar (the GPU mac
 export), not the run folder. This rebuilds one: RUN_DIR/best is the exported checkpoint (adapter,
 heads, tokenizer, config), RUN_DIR/metrics.jsonl the selected variant's dev curve from result.json,
 RUN_DIR/eval_test.json the GPU's test evaluation, RUN_DIR/dev_*.json its dev evaluations for the
-ship rule (when the call had time for them). So the card that `pecrs export` writes here has
+ship rule (when the call had time for them), and RUN_DIR/dev_predictions/ their per-sample predictions. So the card that `pecrs export` writes here has
 the dev curve and the test metrics, and its item vectors are encoded again on this machine.
 
 Two settings of the GPU run do not fit a shipped model and are replaced (docs/gpu.md):
@@ -61,6 +61,9 @@ def adopt(files_at: Path, run_dir: Path, dataset: str, batch_size: int | None) -
     for path in [files_at / "eval_test.json", *sorted(files_at.glob("dev_*.json"))]:   # the GPU's evaluations
         if path.is_file():
             shutil.copy2(path, run_dir / path.name)
+    if (files_at / "dev_predictions.tar").is_file():     # their per-sample predictions: RUN_DIR/dev_predictions/
+        with tarfile.open(files_at / "dev_predictions.tar") as tar:
+            tar.extractall(run_dir, filter="data")
     shutil.copy2(files_at / "result.json", run_dir / "result.json")
     print(json.dumps({"run_dir": str(run_dir), "variant": selected, "epochs": len(curve),
                       "gpu_export": gpu_export, "dataset": dataset,

@@ -350,14 +350,23 @@ def out_files(out: Path) -> list[Path]:
 
 def check_files(run: Run) -> dict:
     """Fit $OUT to what the device tool brings back: <= 8 files, < 16 MiB each, <= 2 folders
-    down, plain names. shipped/ is packed into tars when the count or a size needs it."""
+    down, plain names. dev_predictions/ becomes one tar, dropped if it would be a file too many
+    (it is the least needed); shipped/ is packed into tars when the count or a size needs it."""
     out = run.out
+    predictions = out / "dev_predictions"
+    if predictions.is_dir():
+        if out_files(predictions):
+            pack(predictions, out, "dev_predictions")
+        shutil.rmtree(predictions)
     shipped = out / "shipped"
     if shipped.is_dir() and (len(out_files(out)) > MAX_FILES or any(
             f.stat().st_size >= MAX_FILE or len(f.relative_to(out).parts) > 3 for f in out_files(shipped))):
         tars = pack(shipped, out, "shipped")
         shutil.rmtree(shipped)
         run.log(f"packed shipped/ into {', '.join(tars)} (the device tool returns at most 8 files, < 16 MiB each)")
+    if len(out_files(out)) > MAX_FILES and (out / "dev_predictions.tar").is_file():
+        (out / "dev_predictions.tar").unlink()
+        run.log(f"dropped dev_predictions.tar: the device tool returns at most {MAX_FILES} files")
     problems = []
     files = out_files(out)
     if len(files) > MAX_FILES:
@@ -398,7 +407,9 @@ def dev_evaluations(run: Run, py: str, data: str, shipped: Path, end_reserve_s: 
     no_repeat_ngram DEV_NO_REPEAT_NGRAM. In order, each only while DEV_EVAL_MIN_S is left:
     dev_candidate (the export: dev recall and its replies), dev_baseline (DEV_BASELINE, the package's
     default model, the same way), dev_candidate_excl (the export's recall with the items a
-    conversation mentions excluded). Each writes $OUT/<name>.json; returns {name: status, seconds}."""
+    conversation mentions excluded). Each writes $OUT/<name>.json, and its per-sample predictions
+    (for paired comparisons back here) $OUT/dev_predictions/<name>.jsonl, which the end packs into
+    one dev_predictions.tar (`check_files`); returns {name: status, seconds}."""
     baseline = os.environ.get("DEV_BASELINE") or (str(shipped) if SMOKE else "inspired")
     common = ["--split", "dev", "--dataset", data, "--json", "--dtype", "float32", "--no-ppl",
               "--batch-size", os.environ.get("EVAL_BATCH", "16" if SMOKE else "256"),
@@ -418,14 +429,16 @@ def dev_evaluations(run: Run, py: str, data: str, shipped: Path, end_reserve_s: 
             run.log(f"{name}: {done[name]['status']}")
             continue
         started = time.time()
-        target = run.out / f"{name}.json"
-        code, _ = run.call(name, [py, "-m", "pecrs.cli", "evaluate", model, *common, *extra, "--output", str(target)],
+        target, predictions = run.out / f"{name}.json", run.out / "dev_predictions" / f"{name}.jsonl"
+        code, _ = run.call(name, [py, "-m", "pecrs.cli", "evaluate", model, *common, *extra, "--output", str(target),
+                                  "--predictions", str(predictions)],
                            min(limit, left), quiet=lambda line: line.startswith("{"))
         ok = code == 0 and target.is_file()
         if ok:   # the examples stay in the file; result.json gets the figures
             figures = {k: v for k, v in json.loads(target.read_text()).items() if k not in ("examples", "genres")}
         else:
             target.unlink(missing_ok=True)
+            predictions.unlink(missing_ok=True)
         done[name] = {"status": "ok" if ok else "failed" if code is not None else "timed out",
                       "seconds": round(time.time() - started, 1), "model": model, **(figures if ok else {})}
         run.save()
