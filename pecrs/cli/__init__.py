@@ -2,6 +2,7 @@
 
     data.py        pecrs data stats
     train_eval.py  pecrs train, pecrs evaluate (both protocols), pecrs baseline
+    compare.py     pecrs compare (two models' --predictions: differences, paired intervals)
     experiment.py  pecrs experiment
     serving.py     pecrs chat, pecrs serve, pecrs export
     common.py      argument types, the overrides-after-options parser, help text shared by groups
@@ -19,13 +20,14 @@ import os
 import sys
 
 from ..data import DataError
+from .compare import add_compare_parser
 from .data import add_data_parser
 from .experiment import add_experiment_parser
 from .serving import add_chat_parser, add_export_parser, add_serve_parser
 from .train_eval import add_baseline_parser, add_evaluate_parser, add_train_parser
 
 SUBCOMMANDS = [add_data_parser, add_train_parser, add_evaluate_parser, add_experiment_parser,
-               add_chat_parser, add_serve_parser, add_baseline_parser, add_export_parser]
+               add_chat_parser, add_serve_parser, add_baseline_parser, add_export_parser, add_compare_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

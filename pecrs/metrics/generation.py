@@ -27,10 +27,20 @@ def rouge_1_2(predictions: Sequence[str], references: Sequence[str], *,
     and with `use_stemmer` applies the Porter stemmer to tokens longer than 3 characters.
     A pair where either side has no tokens scores 0. Empty input gives NaN for both.
     """
+    if len(predictions) == 0:
+        if len(references):
+            raise ValueError(f"0 predictions but {len(references)} references")
+        return {"rouge1": NAN, "rouge2": NAN}
+    r1, r2 = rouge_pairs(predictions, references, use_stemmer=use_stemmer)
+    return {"rouge1": 100.0 * float(r1.mean()), "rouge2": 100.0 * float(r2.mean())}
+
+
+def rouge_pairs(predictions: Sequence[str], references: Sequence[str], *,
+                use_stemmer: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pair ROUGE-1 and ROUGE-2 F-measures in [0, 1] (`rouge_1_2` averages them; a paired
+    comparison resamples them)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    if len(predictions) == 0:
-        return {"rouge1": NAN, "rouge2": NAN}
     from rouge_score import rouge_scorer  # imported lazily: only this metric needs it
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=use_stemmer)
@@ -40,7 +50,7 @@ def rouge_1_2(predictions: Sequence[str], references: Sequence[str], *,
         s = scorer.score(ref, pred)          # score(target, prediction)
         r1[i] = s["rouge1"].fmeasure
         r2[i] = s["rouge2"].fmeasure
-    return {"rouge1": 100.0 * float(r1.mean()), "rouge2": 100.0 * float(r2.mean())}
+    return r1, r2
 
 
 def item_f1(pred_has_item, ref_has_item) -> float:

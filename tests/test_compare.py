@@ -1,0 +1,89 @@
+"""pecrs compare: two models' per-sample predictions, each metric's difference and its 95% interval
+from a paired bootstrap over dialogues (pecrs.metrics.paired)."""
+import json
+
+import numpy as np
+import pytest
+
+from pecrs.cli import main
+from pecrs.metrics.paired import dialogue_sums, paired_ratio_bootstrap
+
+
+def test_point_values_are_ratios_of_sums_and_equal_models_differ_by_nothing():
+    num, den = np.array([1.0, 0, 2, 1]), np.array([1.0, 1, 2, 2])
+    same = paired_ratio_bootstrap(num, den, num, den, resamples=500)
+    assert same["a"] == same["b"] == pytest.approx(4 / 6)
+    assert same["difference"] == 0 and same["ci95"] == [0, 0] and same["p"] == 1
+    ones, half = np.ones(20), np.arange(20) % 2                  # 20 dialogues: A hits all, B every other
+    better = paired_ratio_bootstrap(ones, ones, half, ones, resamples=500, scale=100)
+    assert (better["a"], better["b"], better["difference"]) == (100, 50, 50)
+    assert better["ci95"][0] > 0 and better["p"] < 0.01
+
+
+def test_the_interval_is_that_of_a_mean_over_dialogues():
+    """With one unit per dialogue, the paired difference is a mean of D per-dialogue differences:
+    the bootstrap's 95% interval is about ±1.96 sd/sqrt(D) around it."""
+    rng = np.random.default_rng(1)
+    d = 400
+    a, b = rng.random(d) < 0.6, rng.random(d) < 0.5
+    out = paired_ratio_bootstrap(a, np.ones(d), b, np.ones(d), resamples=4000, seed=2)
+    half = 1.96 * np.std(a.astype(float) - b) / np.sqrt(d)
+    low, high = out["ci95"]
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert low < out["difference"] < high
+
+
+def test_dialogues_not_samples_are_the_unit():
+    """Two samples of one dialogue that always agree are drawn together: duplicating every
+    sample inside its dialogue leaves the interval as it was (a per-sample bootstrap would
+    shrink it by sqrt(2))."""
+    rng = np.random.default_rng(3)
+    hits_a, hits_b = (rng.random(100) < p for p in (0.5, 0.4))
+    once = [dialogue_sums(x, np.arange(100), 100) for x in (hits_a, np.ones(100), hits_b, np.ones(100))]
+    twice_index = np.repeat(np.arange(100), 2)
+    twice = [dialogue_sums(np.repeat(x, 2), twice_index, 100) for x in (hits_a, np.ones(100), hits_b, np.ones(100))]
+    assert paired_ratio_bootstrap(*once, resamples=2000)["ci95"] == pytest.approx(
+        paired_ratio_bootstrap(*twice, resamples=2000)["ci95"])
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _record(dialogue, turn, target, rank, generated=None, reference="Try [ITEM]", seen=False):
+    r = {"dialogue_id": dialogue, "turn_index": turn, "target": target, "target_seen_before": seen,
+         "target_rank": rank, "top10": []}
+    if generated is not None:
+        r.update(reference=reference, generated=generated)
+    return r
+
+
+def test_cli_compares_two_prediction_files_by_hand(tmp_path, capsys):
+    # A: both targets at rank 1, names an item in both replies; B: ranks 3 and none, names none.
+    a = _write(tmp_path / "a.jsonl", [_record("d0", 1, "5", 1, "Try [ITEM]"), _record("d1", 1, "7", 1, "[ITEM] then", reference="[ITEM] then"),
+                                      _record("d1", 3, None, None, "bye", reference="bye")])
+    b = _write(tmp_path / "b.jsonl", [_record("d1", 1, "7", None, "hmm", reference="[ITEM] then"),
+                                      _record("d0", 1, "5", 3, "Try it"),
+                                      _record("d1", 3, None, None, "bye", reference="bye")])
+    assert main(["compare", a, b, "--json", "--resamples", "500"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["samples"], out["dialogues"]) == (3, 2)
+    m = out["metrics"]
+    assert (m["recall@1"]["a"], m["recall@1"]["b"], m["recall@10"]["b"]) == (1.0, 0.0, 0.5)
+    assert m["recall@1"]["units"] == 2 and m["dedup_recall@1"]["a"] == 1.0
+    # [ITEM] in reply vs reference: A (yes, yes) (yes, yes) (no, no) = 100; B no TP: 0
+    assert (m["f1_item"]["a"], m["f1_item"]["b"], m["f1_item"]["units"]) == (100.0, 0.0, 3)
+    assert m["rouge1"]["a"] == pytest.approx(100.0)     # every reply of A is its reference's words
+    assert main(["compare", a, b, "--resamples", "100"]) == 0
+    assert "recall@1" in capsys.readouterr().out
+
+
+def test_cli_refuses_files_of_different_samples_or_another_format(tmp_path, capsys):
+    a = _write(tmp_path / "a.jsonl", [_record("d0", 1, "5", 1)])
+    b = _write(tmp_path / "b.jsonl", [_record("d0", 1, "6", 1)])
+    assert main(["compare", a, b]) == 2
+    assert "hold different samples (1 only in the first, 1 only in the second)" in capsys.readouterr().err
+    c = _write(tmp_path / "c.jsonl", [{"dialogue_id": "d0", "turn_index": 1, "target": "5"}])
+    assert main(["compare", a, c]) == 2
+    assert f"{c}:1 field 'target_rank'" in capsys.readouterr().err
