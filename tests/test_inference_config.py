@@ -173,6 +173,13 @@ def test_pecrs_evaluate_writes_predictions_beside_its_metrics(tmp_path, monkeypa
     assert all(len(r["top10"]) == 8 for r in records)     # the run's M_inference is 8: 8 candidates ranked
     assert [("generated" in r, r.get("reference")) for r in records[:3]] == [
         (True, "Then [ITEM] or [ITEM]"), (False, None), (True, "Enjoy")]
+    # what `pecrs compare` reads: a model against itself differs by nothing
+    assert main(["compare", str(predictions), str(predictions), "--json", "--resamples", "200"]) == 0
+    compared = json.loads(capsys.readouterr().out)["metrics"]
+    assert compared["recall@10"]["a"] == pytest.approx(result["recall@10"])
+    assert compared["f1_item"]["a"] == pytest.approx(result["f1_item"], nan_ok=True)
+    assert compared["rouge1"]["a"] == pytest.approx(result["rouge1"])
+    assert all(m["difference"] == 0 for m in compared.values())
     for bad in (tmp_path, items / "x.jsonl"):   # a folder; a path under a file: refused up front
         assert main(["evaluate", str(run), "--device", "cpu", "--json", "--predictions", str(bad)]) == 2
         assert f"--predictions {bad}" in capsys.readouterr().err
