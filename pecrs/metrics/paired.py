@@ -27,7 +27,8 @@ def dialogue_sums(values, dialogue_index, n_dialogues: int) -> np.ndarray:
 def paired_ratio_bootstrap(num_a, den_a, num_b, den_b, resamples: int = 10_000, seed: int = 0,
                            scale: float = 1.0) -> dict:
     """Model A's and B's ratio of sums (scaled), A − B, its 95% percentile interval over
-    `resamples` draws of the dialogues, and a two-sided bootstrap p-value for "no difference".
+    `resamples` draws of the dialogues, and a two-sided bootstrap p-value for "no difference"
+    (draws with a difference of exactly 0 count on both sides: conservative where ties are many).
     num_*, den_*: [D] per-dialogue sums (`dialogue_sums`). A draw whose denominator is 0 for a
     model (no unit of that metric drawn) is left out."""
     num_a, den_a, num_b, den_b = (np.asarray(x, dtype=float) for x in (num_a, den_a, num_b, den_b))
