@@ -318,7 +318,7 @@ def _joined_by_of(text: str, words: list[tuple[int, int, str, str]], i: int, n: 
     longer name: "The Rise of Skywalker", "Lord of the Rings". The word before may start a
     sentence ("Lord of the Rings is great"), unless it is a word such as "Some" or "One" that
     reads a part of what follows ("Some of Frozen")."""
-    keys = [w[2] for w in words]
+    key = lambda j: words[j][2] if 0 <= j < len(words) else None     # noqa: E731; None outside the text
 
     def name_word(j: int, a: int, b: int, at_sentence_start: bool) -> bool:
         """words[j] capitalised (at a sentence start only if allowed), only spaces in words a..b."""
@@ -327,13 +327,13 @@ def _joined_by_of(text: str, words: list[tuple[int, int, str, str]], i: int, n: 
                 and all(text[words[k][1]:words[k + 1][0]].strip(" \t") == "" for k in range(a, b)))
 
     after = i + n                                    # "of" right after the title, then maybe "the"
-    if after < len(keys) and keys[after] == "of":
-        name = after + 1 + (keys[after + 1:after + 2] == ["the"])
+    if key(after) == "of":
+        name = after + 1 + (key(after + 1) == "the")
         if name_word(name, i + n - 1, name, at_sentence_start=False):
             return True
-    before = i - 1 - (keys[i - 1:i] == ["the"])      # "of" right before the title, or before "the"
-    if before >= 1 and keys[before] == "of":
-        return keys[before - 1] not in _PARTITIVES and name_word(before - 1, before - 1, i, at_sentence_start=True)
+    before = i - 1 - (key(i - 1) == "the")           # "of" right before the title, or before "the"
+    if before >= 1 and key(before) == "of":
+        return key(before - 1) not in _PARTITIVES and name_word(before - 1, before - 1, i, at_sentence_start=True)
     return False
 
 

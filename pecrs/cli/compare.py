@@ -54,19 +54,16 @@ def metric_units(records: list[dict]) -> dict[str, tuple[list[int], list[float],
 def reply_units(records: list[dict]) -> dict[str, tuple[list[int], np.ndarray, np.ndarray]]:
     """The reply metrics' units (one per record with a reply): F-1 of [ITEM] as 2TP / (2TP+FP+FN)
     per reply, ROUGE-1/2 F-measures."""
-    from ..metrics.generation import rouge_pairs
+    from ..metrics.generation import item_f1_terms, rouge_pairs
 
     rows = [i for i, r in enumerate(records) if "generated" in r]
     if not rows:
         return {}
     generated, references = [records[i]["generated"] for i in rows], [records[i]["reference"] for i in rows]
-    pred = np.array([ITEM in g for g in generated])
-    ref = np.array([ITEM in t for t in references])
-    tp = (pred & ref).astype(float)
+    f1_num, f1_den = item_f1_terms([ITEM in g for g in generated], [ITEM in t for t in references])
     r1, r2 = rouge_pairs(generated, references)
     ones = np.ones(len(rows))
-    return {"f1_item": (rows, 2 * tp, 2 * tp + (pred & ~ref) + (~pred & ref)), "rouge1": (rows, r1, ones),
-            "rouge2": (rows, r2, ones)}
+    return {"f1_item": (rows, f1_num, f1_den), "rouge1": (rows, r1, ones), "rouge2": (rows, r2, ones)}
 
 
 def compare(a_path: Path, b_path: Path, resamples: int = 10_000, seed: int = 0) -> dict:

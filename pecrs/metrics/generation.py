@@ -63,15 +63,21 @@ def item_f1(pred_has_item, ref_has_item) -> float:
     Pass one entry per response turn (non-repeated samples). NaN when empty or when neither
     side has any positive (0/0; sklearn would report 0.0 there).
     """
+    numerator, denominator = (float(x.sum()) for x in item_f1_terms(pred_has_item, ref_has_item))
+    if denominator == 0:
+        return NAN
+    return 100.0 * numerator / denominator
+
+
+def item_f1_terms(pred_has_item, ref_has_item) -> tuple[np.ndarray, np.ndarray]:
+    """Per reply, 2·TP and 2·TP + FP + FN (each reply is 0 or 1 of TP, FP, FN): `item_f1` is the
+    ratio of their sums; a paired comparison resamples them (pecrs.metrics.paired)."""
     pred = np.asarray(pred_has_item, dtype=bool).reshape(-1)
     ref = np.asarray(ref_has_item, dtype=bool).reshape(-1)
     if pred.shape != ref.shape:
         raise ValueError(f"{pred.size} predictions but {ref.size} references")
-    tp = int(np.sum(pred & ref))
-    denom = 2 * tp + int(np.sum(pred & ~ref)) + int(np.sum(~pred & ref))
-    if denom == 0:
-        return NAN
-    return 100.0 * 2 * tp / denom
+    tp = (pred & ref).astype(float)
+    return 2 * tp, 2 * tp + (pred & ~ref) + (~pred & ref)
 
 
 def _tokens(text, tokenize: Callable[[str], list] | None):
