@@ -23,7 +23,7 @@ import torch
 from .config import RunConfig
 from .experiments.json_files import read_json
 from .experiments.provenance import git_revision
-from .pretrained import CONFIG_FILE, check_replaceable, checkpoint_dir, read_meta
+from .pretrained import CONFIG_FILE, check_replaceable, checkpoint_dir, read_meta, results_dir
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_recall@10", "dedup_recall@50",
@@ -38,7 +38,7 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
     from .recommender import Recommender
 
     ckpt = checkpoint_dir(run)
-    run_dir = ckpt.parent if ckpt.name == "best" else ckpt
+    run_dir = results_dir(ckpt)
     check_replaceable(Path(destination), sources=(ckpt, run_dir))
     if (Path(destination) / CONFIG_FILE).is_file() and "export" not in read_meta(destination):
         raise FileExistsError(f"{destination} is a training checkpoint, not an earlier export: exporting would "

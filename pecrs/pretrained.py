@@ -190,6 +190,13 @@ def checkpoint_dir(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no such run folder, checkpoint folder or shipped model{known}")
 
 
+def results_dir(checkpoint: Path) -> Path:
+    """The folder that holds a checkpoint's results (metrics.jsonl, eval_<split>.json): the run
+    folder for a run's best/, the checkpoint folder itself otherwise (runs/x/last, a
+    save_pretrained folder), so that evaluating last/ never overwrites what best/ was measured at."""
+    return checkpoint.parent if checkpoint.name == "best" else checkpoint
+
+
 def is_shipped(checkpoint: Path) -> bool:
     return checkpoint.resolve().parent == MODELS_DIR.resolve()
 

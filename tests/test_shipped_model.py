@@ -165,6 +165,16 @@ def test_evaluating_a_shipped_model_writes_outside_the_package(exported, monkeyp
     assert _result_path(run / "best", "eval_test.json") == run / "eval_test.json"
 
 
+def test_evaluating_last_does_not_overwrite_what_export_reads_for_best(exported):
+    """`pecrs export RUN` quotes RUN/eval_test.json as best/'s test metrics: an evaluation of
+    RUN/last (or of any checkpoint folder) is written into that folder instead."""
+    from pecrs.cli.train_eval import _result_path
+
+    run, shipped = exported
+    assert _result_path(run / "last", "eval_test.json") == run / "last" / "eval_test.json"
+    assert _result_path(shipped, "eval_dev.json") == shipped / "eval_dev.json"   # a save_pretrained folder
+
+
 def test_a_stray_folder_does_not_hide_the_shipped_model(exported, monkeypatch, tmp_path):
     run, shipped = exported
     monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
