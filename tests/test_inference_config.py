@@ -146,6 +146,25 @@ def test_pecrs_evaluate_checks_its_output_path_before_evaluating(tmp_path, monke
     assert not ran
 
 
+def test_pecrs_evaluate_names_a_missing_dataset_before_loading_the_backbone(tmp_path, monkeypatch, capsys):
+    """A model's recorded dataset is a path from the working directory where it was trained: run
+    from elsewhere, or given a wrong --dataset, the error says which path and suggests --dataset."""
+    import pecrs.pretrained
+    from pecrs.cli import main
+
+    run, items = make_tiny_run(tmp_path / "world")
+    meta = json.loads((run / "best" / CONFIG_FILE).read_text())
+    meta["config"]["train"]["dataset"] = "relative/inspired"
+    (run / "best" / CONFIG_FILE).write_text(json.dumps(meta))
+    monkeypatch.setattr(pecrs.pretrained, "load_pretrained", lambda *a, **kw: pytest.fail("backbone loaded"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(run), "--device", "cpu", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "train.dataset) relative/inspired: no such folder" in err and str(tmp_path) in err and "--dataset DIR" in err
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", "--dataset", "nowhere"]) == 2
+    assert "--dataset nowhere: no such folder" in capsys.readouterr().err
+
+
 def test_pecrs_evaluate_writes_predictions_beside_its_metrics(tmp_path, monkeypatch, capsys):
     """--predictions FILE: one JSON line per sample, whose ranks give back the recall the result
     JSON reports, and a reply for each recommender turn; its path is checked before evaluating."""

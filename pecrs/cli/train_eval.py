@@ -43,7 +43,7 @@ def _evaluate(args) -> int:
             raise ValueError("--predictions writes the pecrs protocol's samples; --protocol standardized has none")
         return _evaluate_standardized(args)
     from ..evaluate import evaluate
-    from ..pretrained import checkpoint_dir, load_pretrained
+    from ..pretrained import checkpoint_dir, load_pretrained, read_meta
     from ..setup import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
@@ -51,6 +51,8 @@ def _evaluate(args) -> int:
     predictions_out = _output_path(args.predictions, ckpt, "", "--predictions") if args.predictions else None
     if predictions_out is not None and predictions_out.resolve() == out.resolve():
         raise ValueError(f"--predictions {predictions_out} is where the result JSON goes (--output): give another file")
+    _check_dataset(args.dataset or read_meta(ckpt)["config"].get("train", {}).get("dataset"),
+                   given=args.dataset is not None)
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     from ..backbone import default_device
@@ -114,6 +116,15 @@ def _apply_dtype(model, dtype: str, device) -> str:
     return choice.name
 
 
+def _check_dataset(dataset: str | None, given: bool) -> None:
+    """Fail before the backbone loads when the dataset folder is not there. A model's recorded
+    dataset is usually relative ("../shared/datasets/inspired"), read from the working directory."""
+    if dataset and not Path(dataset).exists():
+        where = "--dataset" if given else "the model's dataset (its config's train.dataset)"
+        raise ValueError(f"{where} {dataset}: no such folder from the working directory {Path.cwd()}; "
+                         f"give the dataset's folder with --dataset DIR")
+
+
 def _output_path(output: str | None, ckpt: Path, filename: str, option: str = "--output") -> Path:
     """Where the result JSON goes (--output, else `_result_path`), its folder created now: a path
     that cannot be written fails before the evaluation runs, not after."""
@@ -130,11 +141,12 @@ def _output_path(output: str | None, ckpt: Path, filename: str, option: str = "-
 
 
 def _result_path(ckpt: Path, filename: str) -> Path:
-    """Where an evaluation of `ckpt` is written: its run folder, or for a model shipped inside the
-    package (never written into) the working directory, as eval_<model>_<...>.json."""
-    from ..pretrained import is_shipped
+    """Where an evaluation of `ckpt` is written: where `pecrs export` reads it (`results_dir`: the
+    run folder of a best/, else the checkpoint folder), or for a model shipped inside the package
+    (never written into) the working directory, as eval_<model>_<...>.json."""
+    from ..pretrained import is_shipped, results_dir
 
-    return Path.cwd() / f"eval_{ckpt.name}_{filename[5:]}" if is_shipped(ckpt) else ckpt.parent / filename
+    return Path.cwd() / f"eval_{ckpt.name}_{filename[5:]}" if is_shipped(ckpt) else results_dir(ckpt) / filename
 
 
 def add_evaluate_parser(subparsers) -> None:
@@ -160,7 +172,9 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), help=DTYPE_HELP)
     p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction, help=EXCLUDE_HELP)
-    p.add_argument("--output", help="write the JSON here (default RUN/eval_<split>.json)")
+    p.add_argument("--output", help="write the JSON here (default: RUN/eval_<split>.json for a run folder, "
+                                        "CKPT/eval_<split>.json for a checkpoint folder, "
+                                        "./eval_<model>_<split>.json for a shipped model)")
     p.add_argument("--predictions", metavar="FILE",
                    help="also write one JSON line per ranked sample here (every sample; with --no-generate, "
                         "those with a target): its top 10 item ids, the target's rank, and for each recommender "
