@@ -139,12 +139,13 @@ def packaged_configs() -> list[str]:
 
 
 def resolve_config_path(path_or_name: str | Path) -> Path:
-    """A config file: the path itself if it exists, else a packaged config of that name."""
+    """A config file: the path itself if it exists, else a packaged config of that name, given
+    bare ("inspired") or as the docs write it from a checkout ("configs/inspired.yaml")."""
     path = Path(path_or_name)
     if path.is_file():
         return path
     packaged = PACKAGED_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
-    if path.parent == Path(".") and packaged.is_file():
+    if path.parent in (Path("."), Path("configs")) and packaged.is_file():
         return packaged
     raise FileNotFoundError(f"config file not found: {path} (packaged configs: {', '.join(packaged_configs())})")
 

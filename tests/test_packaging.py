@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from pecrs.config import RunConfig, packaged_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,6 +19,10 @@ def test_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
     assert RunConfig.load("inspired.yaml", ["train.epochs=3"]).train.epochs == 3
     (tmp_path / "tiny.yaml").write_text("model:\n  backbone: tiny-gpt2\n")
     assert RunConfig.load("tiny.yaml").model.backbone == "tiny-gpt2"   # a file here wins over the packaged one
+    # the README's commands, run outside a checkout (no configs/ folder here)
+    assert RunConfig.load("configs/inspired-gpu.yaml").train.batch_size == RunConfig.load("inspired-gpu").train.batch_size
+    with pytest.raises(FileNotFoundError, match="packaged configs: .*inspired"):
+        RunConfig.load("elsewhere/inspired.yaml")
 
 
 def test_wheel_contains_configs_and_shipped_models(tmp_path):
