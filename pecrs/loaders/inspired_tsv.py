@@ -24,7 +24,7 @@ from pathlib import Path
 from ..data import ITEM, RECOMMENDER, SEEKER, DataError, DatasetBundle, Dialogue, Item
 from .dialogues import make_turn, order_splits, require_dialogues
 from .items import load_items, norm_title, split_title_year
-from .reading import csv_rows, read_csv, read_jsonl
+from .reading import csv_rows, official_dir, read_csv, read_jsonl
 
 TSV_COLUMNS = ("dialog_id", "speaker", "text", "text_with_placeholder", "movie_dict")
 TSV_SPEAKERS = {"SEEKER": SEEKER, "RECOMMENDER": RECOMMENDER}
@@ -35,13 +35,9 @@ _OTHER_PLACEHOLDER = re.compile(r"\[(MOVIE_GENRE|MOVIE_P_ACTOR|MOVIE_P_DIRECTOR)
 _LOOSE_DICT_ENTRY = re.compile(r"""['"](.+?)['"]?\s*:\s*(\d+)\s*(?=,|\})""")
 
 
-def _official_dir(folder: Path) -> Path:
-    return folder / "official" if (folder / "official").is_dir() else folder
-
-
 def tsv_split_files(folder: Path) -> dict[str, Path]:
     """Split name (file stem) -> file: the *.tsv files in `folder`/official, else in `folder`."""
-    return {p.stem: p for p in _official_dir(folder).glob("*.tsv")}
+    return {p.stem: p for p in official_dir(folder).glob("*.tsv")}
 
 
 def inspired_tsv_files(folder: Path) -> list[Path]:
@@ -167,7 +163,7 @@ def load_inspired_tsv(folder) -> DatasetBundle:
     items = load_items(folder / "items.jsonl")
     files = tsv_split_files(folder)
     if not files:
-        raise DataError("no <split>.tsv files", path=str(_official_dir(folder)))
+        raise DataError("no <split>.tsv files", path=str(official_dir(folder)))
     index, ambiguous = _tsv_key_index(folder, items)
     skipped: Counter = Counter()
     repaired: Counter = Counter()

@@ -14,6 +14,12 @@ from pathlib import Path
 from ..data import DataError
 
 
+def official_dir(folder: Path) -> Path:
+    """Where a release's own files are read: `folder`/official when that subfolder exists (then
+    only there: files beside it are not read), else `folder`."""
+    return folder / "official" if (folder / "official").is_dir() else folder
+
+
 def _require_file(path: Path) -> Path:
     if not path.is_file():
         raise DataError("file not found", path=str(path))

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..data import ITEM, RECOMMENDER, SEEKER, DataError, DatasetBundle, Dialogue, Item
 from .dialogues import make_turn, require_dialogues
 from .items import as_id, load_items, norm_title, split_title_year
-from .reading import check_record, check_text, csv_rows, read_csv, read_jsonl
+from .reading import check_record, check_text, csv_rows, official_dir, read_csv, read_jsonl
 
 REDIAL_SPLIT_FILES = {
     "train": ("train_data.jsonl", "train_subset_data.jsonl"),  # full release preferred
@@ -39,13 +39,9 @@ REDIAL_MENTIONS = ("pecrs", "all")
 _AT_MENTION = re.compile(r"@(\d+)")
 
 
-def _official_dir(folder: Path) -> Path:
-    return folder / "official" if (folder / "official").is_dir() else folder
-
-
 def redial_split_files(folder: Path) -> dict[str, Path]:
     """Split -> the release's file for it, of those present (the full train file before the subset)."""
-    official = _official_dir(folder)
+    official = official_dir(folder)
     found = {}
     for split, names in REDIAL_SPLIT_FILES.items():
         for name in names:
@@ -58,7 +54,7 @@ def redial_split_files(folder: Path) -> dict[str, Path]:
 def _catalog_file(folder: Path) -> Path:
     """items.jsonl when present, else the release's movies_with_mentions.csv."""
     items = folder / "items.jsonl"
-    return items if items.is_file() else _official_dir(folder) / "movies_with_mentions.csv"
+    return items if items.is_file() else official_dir(folder) / "movies_with_mentions.csv"
 
 
 def redial_files(folder: Path) -> list[Path]:
@@ -183,7 +179,7 @@ def load_redial(folder, mentions: str = "pecrs") -> DatasetBundle:
     if not files:
         raise DataError("no ReDial split files (train_data.jsonl, train_subset_data.jsonl, "
                         "valid_data.jsonl, test_data.jsonl)",
-                        path=str(_official_dir(folder)))
+                        path=str(official_dir(folder)))
     pecrs_table = _pecrs_item_table(folder, items) if mentions == "pecrs" else None
     skipped: Counter = Counter()
     splits = {}
