@@ -60,7 +60,7 @@ def _chat(args) -> int:
 def add_chat_parser(subparsers) -> None:
     p = subparsers.add_parser("chat", help="talk to a trained model in the terminal",
                               description="You are the seeker, the model the recommender. Commands: "
-                                          "/top N, /reset, /quit. Reads stdin line by line.")
+                                          "/top N, /reset, /help, /quit. Reads stdin line by line.")
     _add_recommender_args(p)
     p.add_argument("--k-items", type=positive_int, default=1, help="items injected per reply (default 1, as in the paper)")
     p.add_argument("--seed", type=seed_int, help="make sampled replies reproducible")
