@@ -33,6 +33,7 @@ from .config import RunConfig
 from .model import PECRS
 
 CONFIG_FILE, HEADS_FILE, ADAPTER_DIR = "pecrs_config.json", "heads.safetensors", "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"   # peft's file name inside ADAPTER_DIR
 MODELS_DIR = Path(__file__).parent / "models"   # models shipped inside the package, one folder each
 DEFAULT_MODEL = "inspired"                      # what `pecrs chat` / `serve` load without a run folder
 FILES_KEY = "extra_files"   # in pecrs_config.json: the torch.save files the folder must hold
@@ -220,6 +221,12 @@ def read_meta(directory: str | Path) -> dict:
         raise ValueError(f"{path}: not a readable pecrs config ({e}); the checkpoint is damaged") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path}: no 'config' object; the checkpoint is damaged")
+    for key, kind in (("model_type", str), ("hidden_size", int), ("vocab_size", int)):
+        if not isinstance(meta.get(key), kind):   # what load_pretrained checks the backbone against
+            raise ValueError(f"{path}: '{key}' is missing or not a {kind.__name__}; the checkpoint is damaged")
+    for key in ("recommender", "export"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise ValueError(f"{path}: '{key}' is not an object; the checkpoint is damaged")
     return meta
 
 
@@ -252,7 +259,13 @@ def adopt_token_roles(model: PECRS, tokenizer_dir: Path) -> None:
     path = tokenizer_dir / "tokenizer_config.json"
     if not path.is_file():
         return
-    saved, vocab = json.loads(path.read_text(encoding="utf-8")), model.tokenizer.get_vocab()
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a JSON object; the checkpoint is damaged")
+    vocab = model.tokenizer.get_vocab()
     tokens = {role: saved.get(role) for role in ("bos_token", "eos_token", "pad_token", "unk_token")}
     tokens = {role: t.get("content") if isinstance(t, dict) else t for role, t in tokens.items()}
     set_token_roles(model.tokenizer, {role: vocab[t] for role, t in tokens.items() if isinstance(t, str) and t in vocab})
@@ -260,21 +273,42 @@ def adopt_token_roles(model: PECRS, tokenizer_dir: Path) -> None:
 
 
 def load_weights(model: PECRS, directory: str | Path) -> None:
-    """Put a checkpoint's adapter and head weights into an already built model."""
-    from peft import set_peft_model_state_dict
-    from peft.utils import load_peft_weights
+    """Put a checkpoint's adapter and head weights into an already built model. Every weight the
+    model's adapter and heads hold must be in the files, in a floating dtype, and nothing else:
+    a file from another model, or one with weights missing, is a ValueError naming it."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     directory = Path(directory)
-    with _naming(directory / ADAPTER_DIR, "adapter"):
-        result = set_peft_model_state_dict(model.lm, load_peft_weights(str(directory / ADAPTER_DIR)))
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise ValueError(f"{directory / ADAPTER_DIR}: adapter weights do not fit this model: {unexpected[:5]}")
-    with _naming(directory / HEADS_FILE, "head"):
-        missing, unexpected = model.load_state_dict(load_file(directory / HEADS_FILE), strict=False)
-    missing = [k for k in missing if not k.startswith("lm.")]
+    adapter_file = directory / ADAPTER_DIR / ADAPTER_WEIGHTS
+    if not adapter_file.is_file():   # read here, not by peft, which would take the path for a Hub id
+        raise ValueError(f"{adapter_file}: missing; {directory} is not a complete pecrs checkpoint")
+    with _naming(adapter_file, "adapter"):
+        adapter = load_file(adapter_file)
+    expected = get_peft_model_state_dict(model.lm).keys()
+    # What a saved adapter must hold: the LoRA matrices and the special-token rows. peft also lists
+    # the frozen embedding beside those rows, and the LM head's rows that a tied head shares with
+    # the embedding; save_pretrained leaves both out.
+    required = [k for k in expected if "lora_" in k or (k.endswith("trainable_tokens_delta") and "lm_head" not in k)]
+    _check_weights(adapter_file, "adapter", adapter, expected, required)
+    with _naming(adapter_file, "adapter"):
+        set_peft_model_state_dict(model.lm, adapter)
+    heads_file = directory / HEADS_FILE
+    with _naming(heads_file, "head"):
+        heads = load_file(heads_file)
+    expected = head_state(model).keys()
+    _check_weights(heads_file, "head", heads, expected, required=expected)
+    with _naming(heads_file, "head"):
+        model.load_state_dict(heads, strict=False)
+
+
+def _check_weights(path: Path, what: str, weights: dict[str, torch.Tensor], expected, required) -> None:
+    missing, unexpected = sorted(set(required) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{directory / HEADS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{path}: {what} weights do not fit this model (from another model or damaged): "
+                         f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+    not_float = sorted(k for k, t in weights.items() if not t.is_floating_point())
+    if not_float:
+        raise ValueError(f"{path}: {what} weights must be floating point; {not_float[0]} is {weights[not_float[0]].dtype}")
 
 
 @contextmanager
@@ -283,7 +317,7 @@ def _naming(path: Path, what: str):
     two lines of torch's error (a size mismatch runs to one line per tensor), not a key dump."""
     try:
         yield
-    except (RuntimeError, OSError, SafetensorError) as e:
+    except (RuntimeError, OSError, SafetensorError, KeyError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         brief = " ".join(lines[:2]) + (f" (+{len(lines) - 2} more)" if len(lines) > 2 else "")
         raise ValueError(f"{path}: {what} weights cannot be loaded into this model ({brief})") from None

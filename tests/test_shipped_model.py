@@ -243,9 +243,32 @@ def test_a_damaged_or_foreign_checkpoint_names_its_file(tmp_path):
     (best / "heads.safetensors").write_bytes(b"\x08\x00")          # a truncated file
     with pytest.raises(ValueError, match=r"heads\.safetensors: head weights cannot be loaded"):
         pretrained.load_pretrained(best)
-    adapter = next((best / "adapter").glob("*.safetensors"))
+    save_file({k: v.to(torch.int8) for k, v in heads.items()}, best / "heads.safetensors")   # silently cast before
+    with pytest.raises(ValueError, match=r"heads\.safetensors: head weights must be floating point"):
+        pretrained.load_pretrained(best)
+    save_file(heads, best / "heads.safetensors")
+    adapter = best / "adapter" / "adapter_model.safetensors"
+    lora = load_file(adapter)
+    save_file({k: v for k, v in lora.items() if "lora_B" not in k}, adapter)   # loaded silently before
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors: adapter weights do not fit .* missing"):
+        pretrained.load_pretrained(best)
+    save_file({}, adapter)                                          # a raw KeyError from peft before
+    with pytest.raises(ValueError, match=r"adapter weights do not fit this model .*0 unexpected"):
+        pretrained.load_pretrained(best)
     adapter.write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match=r"adapter: adapter weights cannot be loaded"):
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors: adapter weights cannot be loaded"):
+        pretrained.load_pretrained(best)
+    adapter.unlink()   # peft would read "<folder>/adapter" as a Hub repository id and go online
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors: missing; .* not a complete pecrs checkpoint"):
+        pretrained.load_pretrained(best)
+    meta = json.loads((best / "pecrs_config.json").read_text())
+    for key, bad in (("model_type", None), ("recommender", [])):   # a raw KeyError / AttributeError before
+        (best / "pecrs_config.json").write_text(json.dumps({**meta, key: bad}))
+        with pytest.raises(ValueError, match=rf"pecrs_config\.json: '{key}' is .*the checkpoint is damaged"):
+            pretrained.read_meta(best)
+    (best / "pecrs_config.json").write_text(json.dumps(meta))
+    (best / "tokenizer" / "tokenizer_config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: not readable JSON"):
         pretrained.load_pretrained(best)
     (best / "pecrs_config.json").write_text('{"config": ')
     with pytest.raises(ValueError, match=r"pecrs_config\.json: not a readable pecrs config"):
