@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import DataError, Item
-from .loaders import load_dataset, load_items, parse_item, parse_json_line, read_lines
+from .loaders import load_dataset, load_items, parse_item, parse_json_line, read_lines_each
 
 CATALOG_FILE = "items.jsonl"     # the catalog copy that Recommender.save_pretrained writes
 
@@ -48,11 +48,13 @@ def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], lis
     items: dict[str, Item] = {}
     errors: list[str] = []
     n_bad = 0
-    for n, line in enumerate(read_lines(path), 1):  # non-UTF-8 text: a DataError naming the file
-        if not line.strip():
+    for n, line in read_lines_each(path):   # a line of bytes that are not UTF-8 is one bad line
+        if isinstance(line, str) and not line.strip():
             continue
         where = {"path": str(path), "line": n}
         try:
+            if isinstance(line, DataError):
+                raise line
             item = parse_item(parse_json_line(line, where), where)
             if item.id in items:
                 raise DataError(f"duplicate item id '{item.id}'", field="id", **where)
@@ -89,6 +91,26 @@ def _dataset_catalog(checkpoint: Path, dataset: str) -> tuple[dict[str, Item], s
                             f"and above {checkpoint}); pass catalog=path/to/items.jsonl")
 
 
+def _given_items(catalog: dict | list | tuple) -> dict[str, Item]:
+    """A dict {id: Item} or a list of Items, each checked as a line of items.jsonl is
+    (`parse_item`: a string id, a non-empty title, ...); a DataError names the entry."""
+    entries = catalog.items() if isinstance(catalog, dict) else enumerate(catalog)
+    items: dict[str, Item] = {}
+    for key, given in entries:
+        where = {"path": f"catalog[{key!r}]"}
+        if not isinstance(given, Item):
+            raise DataError(f"expected an Item, got {type(given).__name__}", **where)
+        item = parse_item({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(given).items()}, where)
+        if isinstance(catalog, dict) and key != item.id:   # the id a recommendation returns must be its key
+            raise DataError(f"a catalog dict is keyed by item id; this key holds item '{item.id}'", **where)
+        if item.id in items:
+            raise DataError(f"duplicate item id '{item.id}'", **where)
+        items[item.id] = item
+    if not items:
+        raise DataError("the catalog holds no items")
+    return items
+
+
 def resolve_catalog(catalog, checkpoint: Path | None, dataset: str | None, strict: bool = True):
     """(items, report) for a catalog given as a path, a dict or list of Items, or None."""
     if catalog is None:
@@ -99,20 +121,12 @@ def resolve_catalog(catalog, checkpoint: Path | None, dataset: str | None, stric
             return items, CatalogReport(source, len(items))
         else:
             raise ValueError("no catalog: pass catalog=path/to/items.jsonl or a list of Items")
-    if isinstance(catalog, dict):
-        items = dict(catalog)
-        return items, CatalogReport("<dict>", len(items))
-    if isinstance(catalog, (list, tuple)):
-        items = {}
-        for it in catalog:
-            if not isinstance(it, Item):
-                raise TypeError(f"a catalog list holds Items, got {type(it).__name__}")
-            if it.id in items:
-                raise DataError(f"duplicate item id '{it.id}' in the catalog")
-            items[it.id] = it
-        if not items:
-            raise DataError("catalog is empty")
-        return items, CatalogReport("<list>", len(items))
+    if isinstance(catalog, (dict, list, tuple)):
+        items = _given_items(catalog)
+        return items, CatalogReport(f"<{type(catalog).__name__}>", len(items))
+    if not isinstance(catalog, (str, Path)):
+        raise TypeError(f"catalog= takes an items.jsonl path, a dict or list of Items, or None; "
+                        f"got {type(catalog).__name__}")
     path = Path(catalog)
     if path.is_dir():
         path = path / CATALOG_FILE

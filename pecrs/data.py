@@ -14,6 +14,7 @@ SPECIAL_TOKENS = (ITEM, SEP, REC, REC_END)
 
 SEEKER, RECOMMENDER = "seeker", "recommender"
 ROLES = (SEEKER, RECOMMENDER)
+TURN_KEYS = frozenset({"role", "text", "items"})   # a turn object's keys, in every input format
 
 # INSPIRED's release writes every quote and some apostrophes as this word ("QUOTATION_MARKIt
 # QUOTATION_MARK", "IQUOTATION_MARKm"), and so do the PECRS files made from it: 442 times in its

@@ -10,7 +10,7 @@ CHARS_PER_TOKEN x context_max_tokens characters, which bounds the cost of pathol
 """
 from __future__ import annotations
 
-from .data import ITEM, ROLES, DataError, Dialogue, Turn
+from .data import ITEM, ROLES, TURN_KEYS, DataError, Dialogue, Turn
 
 CHARS_PER_TOKEN = 16             # per-turn character cut: 16 x context_max_tokens
 
@@ -41,16 +41,17 @@ def to_turns(dialogue, item_index: dict[str, int], max_chars: int | None = None)
     turns = []
     for i, t in enumerate(raw):
         where = f"turns[{i}]"
-        if isinstance(t, Turn):
-            role, text, items = t.role, t.text, list(t.items)
+        if isinstance(t, Turn):   # a str of ids would be read as one id per character
+            role, text, items = t.role, t.text, t.items if isinstance(t.items, str) else list(t.items or ())
         elif isinstance(t, dict):
-            unknown = set(t) - {"role", "text", "items"}
+            unknown = set(t) - TURN_KEYS
             if unknown:
                 raise DataError(f"unknown key(s) {sorted(unknown)} (expected 'role', 'text', 'items')", field=where)
             for key in ("role", "text"):
                 if key not in t:
                     raise DataError("missing required key", field=f"{where}.{key}")
-            role, text, items = t["role"], t["text"], t.get("items") or []
+            role, text, items = t["role"], t["text"], t.get("items")
+            items = [] if items is None else items   # 0, false or "" is a wrong type, not "no items"
         else:
             raise DataError(f"expected a Turn or a dict, got {type(t).__name__}", field=where)
         if role not in ROLES:

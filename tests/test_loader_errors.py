@@ -227,3 +227,27 @@ def test_redial_readers_agree_on_duplicates_and_null_mentions(tmp_path):
     folder = redial_folder(tmp_path / "null", plain)
     assert len(load_dataset(folder).splits["test"]) == 1
     assert load_collection(folder / "official" / "test_data.jsonl")
+
+
+@pytest.mark.parametrize("turn, field, words", [
+    ({"role": "seeker", "text": "a", "itmes": ["10"]}, "turns[0].itmes", "unknown key 'itmes'"),
+    ({"role": "seeker", "text": "a", "items": 0}, "turns[0].items", "expected a list of item ids"),
+    ({"role": "seeker", "text": "a", "items": {}}, "turns[0].items", "expected a list of item ids"),
+])
+def test_a_turn_never_loses_its_items_to_a_typo_or_a_wrong_type(tmp_path, turn, field, words):
+    """Read as "no items" before: the misspelled key, or 0 / {} for a list."""
+    e = error(jsonl_folder(tmp_path, [{"id": "d", "turns": [turn, *GOOD["turns"]]}]))
+    assert e.field == field and words in str(e) and "train.jsonl:1" in str(e)
+
+
+def test_a_lone_surrogate_escape_is_named_where_it_is_read(tmp_path):
+    """json reads "\\ud800" as a str no tokenizer can take: once a tokenizer TypeError at training."""
+    folder = jsonl_folder(tmp_path, [GOOD])
+    with open(folder / "train.jsonl", "a") as f:
+        f.write('{"id": "d1", "turns": [{"role": "seeker", "text": "bad \\ud800 here"}, '
+                '{"role": "recommender", "text": "ok"}]}\n')
+    e = error(folder)
+    assert "train.jsonl:2" in str(e) and "lone surrogate (U+D800)" in str(e)
+    write_jsonl(tmp_path / "items.jsonl", [*ITEMS, {"id": "30", "title": "A", "plot": 0}])
+    with pytest.raises(DataError, match="items.jsonl:3 field 'plot': expected a string"):
+        load_items(tmp_path / "items.jsonl")

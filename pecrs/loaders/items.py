@@ -54,7 +54,8 @@ def parse_item(obj: dict, where: dict) -> Item:
     year = obj.get("year")
     if year is not None and (not isinstance(year, int) or isinstance(year, bool)):
         raise DataError(f"expected an integer or null, got {year!r}", field="year", **where)
-    plot = obj.get("plot") or ""
+    plot = obj.get("plot")
+    plot = "" if plot is None else plot   # 0 or [] is a wrong type, not an empty plot
     if not isinstance(plot, str):
         raise DataError(f"expected a string, got {plot!r}", field="plot", **where)
     return Item(id=item_id, title=title, year=year,

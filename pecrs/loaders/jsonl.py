@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ..data import ROLES, DataError, DatasetBundle, Dialogue, Item
+from ..data import ROLES, TURN_KEYS, DataError, DatasetBundle, Dialogue, Item
 from .dialogues import make_turn, order_splits, require_dialogues
 from .items import as_id, load_items
 from .reading import check_record, check_text, read_jsonl
@@ -48,8 +48,13 @@ def load_dialogues(path, items: dict[str, Item], repaired: Counter | None = None
             if raw["role"] not in ROLES:
                 raise DataError(f"unknown role {raw['role']!r} (expected one of {list(ROLES)})",
                                 field=f"{f}.role", **where)
+            unknown = sorted(set(raw) - TURN_KEYS, key=str)
+            if unknown:   # a misspelled "items" would otherwise lose the turn's items
+                raise DataError(f"unknown key {unknown[0]!r} (a turn has {', '.join(sorted(TURN_KEYS))})",
+                                field=f"{f}.{unknown[0]}", **where)
             check_text(raw, f, where)
-            ids = raw.get("items") or []
+            ids = raw.get("items")
+            ids = [] if ids is None else ids   # 0, false or {} is a wrong type, not "no items"
             if not isinstance(ids, list):
                 raise DataError("expected a list of item ids", field=f"{f}.items", **where)
             ids = [as_id(x, where, f"{f}.items[{k}]") for k, x in enumerate(ids)]

@@ -39,6 +39,18 @@ def _read_text(path: Path) -> str:
                         path=str(path), line=line) from None
 
 
+def read_lines_each(path: Path):
+    """Yield (line number, text) per line, or (line number, DataError) for a line whose bytes are
+    not UTF-8, naming its column: a lenient reader skips that line and keeps the others."""
+    data = _require_file(path).read_bytes()
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            yield n, DataError(f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {e.start + 1} ({e.reason})",
+                               path=str(path), line=n)
+
+
 def parse_json_line(line: str, where: dict) -> dict:
     """One JSON Lines line as an object; anything else (malformed or too deeply nested JSON, an
     integer too long to convert, not an object) is a DataError at `where` ({"path", "line"})."""
@@ -53,6 +65,12 @@ def parse_json_line(line: str, where: dict) -> dict:
         raise DataError(f"malformed JSON: {e}", **where) from None
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
+    if "\\u" in line:   # only an escape can make a lone surrogate, which no tokenizer or file takes
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"a \\u escape of a lone surrogate (U+{ord(e.object[e.start]):04X}) is not text: "
+                            f"write the character itself or a valid surrogate pair", **where) from None
     return obj
 
 
