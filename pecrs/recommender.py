@@ -287,8 +287,7 @@ class Recommender:
         never the item ids in `exclude` (e.g. what the user has seen), nor with exclude_mentioned
         (None: this recommender's, inference.exclude_mentioned) an item the context mentions. Fewer
         than k when the catalog runs out. link_titles: read typed titles as [ITEM] mentions first."""
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        _check_call(k=k, link_titles=link_titles, exclude_mentioned=exclude_mentioned)
         turns = self.turns(dialogue, link_titles)
         excluded = self._excluded(turns, exclude, exclude_mentioned)
         with self._lock:
@@ -306,8 +305,8 @@ class Recommender:
         to the training response length)."""
         from .decoding import resolve, without_repeats
 
-        if not isinstance(k_items, int) or k_items < 1:
-            raise ValueError(f"k_items must be a positive integer, got {k_items!r}")
+        _check_call(k_items=k_items, seed=seed, max_new_tokens=max_new_tokens, link_titles=link_titles,
+                    exclude_mentioned=exclude_mentioned)
         strategy = without_repeats(decoding or self.decoding, self.no_repeat_ngram)
         resolve(strategy)
         turns = self.turns(dialogue, link_titles)
@@ -334,7 +333,8 @@ class Recommender:
         try:
             return self.items[item_id]
         except KeyError:
-            raise KeyError(f"unknown item id '{item_id}'") from None
+            kind = "" if isinstance(item_id, str) else f" (item ids are strings; this is {type(item_id).__name__} {item_id!r})"
+            raise KeyError(f"unknown item id {item_id!r}{kind}") from None
 
     def __len__(self) -> int:
         return len(self.item_list)
@@ -343,3 +343,25 @@ class Recommender:
         return (f"Recommender({self.checkpoint or 'in-memory model'}, {len(self)} items, "
                 f"m_inference={self.m_inference}, decoding={self.decoding!r}, index={type(self.index).__name__}, "
                 f"dtype={self.precision.name})")
+
+
+MAX_NEW_TOKENS = 1024   # a reply is trained at 64 tokens; past this a typo, not a request, is likelier
+
+
+_BOUNDS = {"k": (1, None), "k_items": (1, None), "max_new_tokens": (1, MAX_NEW_TOKENS), "seed": (0, 2 ** 32 - 1)}
+_OPTIONAL = ("max_new_tokens", "seed", "exclude_mentioned")   # None: the recommender's own
+
+
+def _check_call(**arguments) -> None:
+    """A ValueError naming the first bad per-call argument of `recommend` / `respond` (a bool is
+    not a count, a string not a flag): torch and transformers would fail later without its name."""
+    for name, value in arguments.items():
+        if value is None and name in _OPTIONAL:
+            continue
+        if name in _BOUNDS:
+            low, high = _BOUNDS[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+                bounds = f"from {low} to {high:,}" if high else f"of at least {low}"
+                raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+        elif not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")

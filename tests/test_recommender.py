@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pecrs.catalog import ItemStore
-from pecrs.data import DataError, Dialogue, Turn
+from pecrs.data import DataError, Dialogue, Item, Turn
 from pecrs.catalog_source import CATALOG_FILE, read_items_lenient
 from pecrs.dialogue_input import clip_text
 from pecrs.recommender import Recommender
@@ -186,10 +186,12 @@ def test_several_items_per_turn(rec):
     ([{"role": "seeker"}], "turns[0].text"),
     ([{"role": "seeker", "text": "hi", "mood": "happy"}], "unknown key"),
     ([{"role": "seeker", "text": 3}], "expected a string"),
+    ([{"role": "seeker", "text": "hi", "items": 0}], "expected a list of item ids"),   # once read as no items
     ([{"role": "seeker", "text": "I like [ITEM]"}], "1 [ITEM] placeholder(s) but 0 item id(s)"),
     ([{"role": "seeker", "text": "I like [ITEM]", "items": ["nope"]}], "item id 'nope' is not in the catalog"),
     ([{"role": "seeker", "text": "hello \udcff world"}], "turns[0].text"),   # undecodable bytes, surrogateescape
     ([Turn("seeker", "ok"), 5], "turns[1]"),
+    ([Turn("seeker", "[ITEM] [ITEM]", "12")], "expected a list of item ids, got '12'"),   # once items 1 and 2
 ])
 def test_bad_dialogues_are_clear_errors(rec, dialogue, message):
     with pytest.raises(DataError, match=None) as e:
@@ -214,6 +216,17 @@ def test_bad_arguments(rec):
         rec.respond(TURNS, decoding="telepathy")
     with pytest.raises(ValueError, match="k_items"):
         rec.respond(TURNS, k_items=0)
+    # each once a raw error from torch or transformers, a silent default, or taken as True
+    for call, kwargs, message in [(rec.recommend, {"k": True}, "k must be an integer"),
+                                  (rec.recommend, {"link_titles": "no"}, "link_titles must be True or False"),
+                                  (rec.recommend, {"exclude_mentioned": "no"}, "exclude_mentioned must be"),
+                                  (rec.respond, {"max_new_tokens": "5"}, "max_new_tokens must be an integer"),
+                                  (rec.respond, {"max_new_tokens": 0}, "max_new_tokens must be an integer from 1"),
+                                  (rec.respond, {"max_new_tokens": 10 ** 5}, "to 1,024"),
+                                  (rec.respond, {"seed": "x"}, "seed must be an integer"),
+                                  (rec.respond, {"seed": 2 ** 70}, "seed must be an integer from 0 to")]:
+        with pytest.raises(ValueError, match=message):
+            call(TURNS, **kwargs)
 
 
 def test_overlong_text_is_cut_to_the_budget(rec):
@@ -346,6 +359,10 @@ def test_lenient_catalog_reader_reports_bad_bytes_and_deep_json(tmp_path):
     path.write_bytes(b'{"id": "1", "title": "Caf\xe9"}\n')
     with pytest.raises(DataError, match="items.jsonl"):
         read_items_lenient(path)
+    # one line of other bytes is one bad line, not the whole catalog
+    path.write_bytes(b'{"id": "1", "title": "Alien"}\n{"id": "2", "title": "Caf\xe9"}\n{"id": "3", "title": "Heat"}\n')
+    items, errors, n_bad = read_items_lenient(path)
+    assert list(items) == ["1", "3"] and n_bad == 1 and "items.jsonl:2: not UTF-8 text: byte 0xe9 at column 26" in errors[0]
 
 
 def test_serving_keeps_no_user_text_while_a_dataset_encoder_memoises(rec):
@@ -404,3 +421,24 @@ def test_a_checkpoint_keeps_the_token_roles_it_was_trained_with(tmp_path):
     rec_end = model.tokenizer.convert_tokens_to_ids("[REC_END]")
     assert model.tokenizer.eos_token_id == model.tokenizer.pad_token_id == rec_end
     assert model.end_of_turn_ids[0] == rec_end and model.causal_lm.config.pad_token_id == rec_end
+
+
+def test_a_catalog_given_in_python_is_checked_as_a_file_would_be():
+    """A dict or list of Items once went in unchecked: an empty dict failed inside the encoder, a
+    key other than the item's id made recommendations return ids no later turn could use."""
+    from pecrs.catalog_source import resolve_catalog
+
+    good = toy_items(3)
+    items, report = resolve_catalog({i.id: i for i in good}, None, None)
+    assert list(items) == [i.id for i in good] and report.source == "<dict>"
+    for catalog, message in [({}, "holds no items"), ([], "holds no items"),
+                             ({"a": "not an item"}, "catalog['a']: expected an Item, got str"),
+                             ({"k": good[0]}, f"catalog['k']: a catalog dict is keyed by item id; this key holds item '{good[0].id}'"),
+                             ([good[0], Item(id="x", title=" ")], "catalog[1] field 'title': expected a non-empty string"),
+                             ([good[0], good[0]], f"catalog[1]: duplicate item id '{good[0].id}'")]:
+        with pytest.raises(DataError) as e:
+            resolve_catalog(catalog, None, None)
+        assert message in str(e.value)
+    with pytest.raises(TypeError, match="catalog= takes an items.jsonl path, .* got int"):
+        resolve_catalog(5, None, None)
+    assert resolve_catalog([Item(id=7, title="Seven")], None, None)[0] == {"7": Item(id="7", title="Seven")}
