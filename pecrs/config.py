@@ -12,6 +12,7 @@ hints, ranges and fixed choices (`RunConfig.validate`) before anything is loaded
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import re
 import types
@@ -181,10 +182,12 @@ class RunConfig:
         unknown = set(raw) - set(SECTIONS)
         if unknown:
             raise ConfigError(f"unknown config section(s): {sorted(unknown)} (expected {_SECTION_NAMES})")
+        for s in SECTIONS:
+            _section(raw, s)
         raw = _move_legacy_keys(raw)
-        return cls(model=_build(ModelConfig, raw.get("model") or {}, "model"),
-                   train=_build(TrainConfig, raw.get("train") or {}, "train"),
-                   inference=_build(InferenceConfig, raw.get("inference") or {}, "inference")).validate()
+        return cls(model=_build(ModelConfig, _section(raw, "model"), "model"),
+                   train=_build(TrainConfig, _section(raw, "train"), "train"),
+                   inference=_build(InferenceConfig, _section(raw, "inference"), "inference")).validate()
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "RunConfig":
@@ -197,8 +200,13 @@ class RunConfig:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict) or not all(isinstance(raw.get(s) or {}, dict) for s in SECTIONS):
+        if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a config is a mapping with sections {_SECTION_NAMES}")
+        try:
+            for s in SECTIONS:
+                _section(raw, s)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         raw = _move_legacy_keys(raw)  # so that an override by either name replaces the value
         for item in overrides:
             key, sep, value = item.partition("=")
@@ -228,6 +236,17 @@ class ConfigError(ValueError):
 _SECTION_NAMES = ", ".join(f"'{s}'" for s in SECTIONS)
 
 
+def _section(raw: dict, name: str) -> dict:
+    """raw[name] as a mapping: absent or empty ("model:" with nothing under it) is {}; a list, a
+    string or false is an error, not the defaults."""
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config section '{name}' must be a mapping of key: value, got {_show(value)}")
+    return value
+
+
 def _move_legacy_keys(raw: dict) -> dict:
     """`raw` with train.m_inference / decoding / eval_batch_size moved to the inference section
     (LEGACY_TRAIN_KEYS), so run folders and configs written before it load unchanged. A value set
@@ -235,9 +254,7 @@ def _move_legacy_keys(raw: dict) -> dict:
     train = raw.get("train")
     if not isinstance(train, dict) or not set(train) & set(LEGACY_TRAIN_KEYS):
         return raw
-    if not isinstance(raw.get("inference") or {}, dict):
-        raise ConfigError(f"config section 'inference' must be a mapping of key: value, got {_show(raw['inference'])}")
-    train, inference = dict(train), dict(raw.get("inference") or {})
+    train, inference = dict(train), dict(_section(raw, "inference"))
     for old, new in LEGACY_TRAIN_KEYS.items():
         if old not in train:
             continue
@@ -365,6 +382,8 @@ def check_value(key: str, value, hint):
     if bound and not all(_COMPARE[op](value_out, float(limit))      # (NaN fails every comparison)
                          for op, limit in (part.split() for part in bound.split(", "))):
         raise ConfigError(f"config {key}: expected {_describe(hint)} {bound}, got {_show(value)}")
+    if isinstance(value_out, float) and not math.isfinite(value_out):   # .inf passes "> 0"
+        raise ConfigError(f"config {key}: expected a finite number, got {_show(value)}")
     if key in _NON_EMPTY and not (value_out if isinstance(value_out, list) else str(value_out).strip()):
         raise ConfigError(f"config {key}: must not be empty, got {_show(value)}")
     choices = _CHOICES.get(key)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import pecrs.train
 from pecrs.cli import build_parser, main
@@ -59,6 +60,7 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("train.grad_accum=-2", ["train.grad_accum", "-2", ">= 1"]),
     ("train.lr=-0.1", ["train.lr", "-0.1", "> 0"]),
     ("train.lr=.nan", ["train.lr", "nan", "> 0"]),
+    ("train.lr=.inf", ["train.lr", "inf", "finite"]),
     ("train.lr=fast", ["train.lr", "'fast'", "number"]),
     ("train.eval_every_epochs=0", ["train.eval_every_epochs", ">= 1"]),
     ("train.m_train=0", ["train.m_train", ">= 1"]),
@@ -105,6 +107,14 @@ def test_bad_value_in_the_file_itself(tmp_path):
     path.write_text("train: [1, 2]\n")
     with pytest.raises(ConfigError, match="mapping"):
         RunConfig.load(path)
+    for empty_like in ("[]", "false", "''"):   # read as "all defaults" before
+        path.write_text(f"model: {empty_like}\n")
+        with pytest.raises(ConfigError, match=r"c\.yaml: config section 'model' must be a mapping"):
+            RunConfig.load(path)
+        with pytest.raises(ConfigError, match="section 'model' must be a mapping"):
+            RunConfig.from_dict({"model": yaml.safe_load(empty_like)})   # a checkpoint's pecrs_config.json
+    path.write_text("model:\ntrain:\n  epochs: 2\n")                     # an empty section is the defaults
+    assert RunConfig.load(path).train.epochs == 2
     path.write_text("train: {epochs: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         RunConfig.load(path)
