@@ -87,3 +87,31 @@ def test_cli_refuses_files_of_different_samples_or_another_format(tmp_path, caps
     c = _write(tmp_path / "c.jsonl", [{"dialogue_id": "d0", "turn_index": 1, "target": "5"}])
     assert main(["compare", a, c]) == 2
     assert f"{c}:1 field 'target_rank'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"target_rank": "3"}, "target_rank"),       # a raw TypeError before
+    ({"target_rank": -5}, "target_rank"),        # counted as a hit at @1 before
+    ({"target_rank": True}, "target_rank"),
+    ({"target_seen_before": "false"}, "target_seen_before"),   # the dedup rows vanished before
+    ({"dialogue_id": ["x"]}, "dialogue_id"),     # unhashable before
+    ({"turn_index": 1.5}, "turn_index"),
+    ({"generated": None}, "generated"),
+    ({"generated": "hi"}, "reference"),          # a reply without its reference: a KeyError before
+])
+def test_cli_names_a_wrongly_typed_field_with_its_line(tmp_path, capsys, change, field):
+    a = _write(tmp_path / "a.jsonl", [_record("d0", 1, "5", 1), _record("d0", 2, "6", 2)])
+    b = _write(tmp_path / "b.jsonl", [_record("d0", 1, "5", 1), {**_record("d0", 2, "6", 2), **change}])
+    assert main(["compare", a, b]) == 2
+    assert f"{b}:2 field '{field}'" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_empty_file_and_names_a_reply_in_one_file_only(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["compare", str(empty), str(empty)]) == 2
+    assert "no predictions in this file" in capsys.readouterr().err
+    a = _write(tmp_path / "a.jsonl", [_record("d0", 1, "5", 1, "Try [ITEM]"), _record("d1", 1, "6", 1, "ok")])
+    b = _write(tmp_path / "b.jsonl", [_record("d0", 1, "5", 1, "Try [ITEM]"), _record("d1", 1, "6", 1)])
+    assert main(["compare", a, b]) == 2
+    assert "replies for different samples, first dialogue 'd1' turn 1" in capsys.readouterr().err

@@ -25,10 +25,35 @@ def read_predictions(path: Path) -> dict[tuple, dict]:
             if field not in record:
                 raise DataError("missing field: is this a `pecrs evaluate --predictions` file?", path=str(path),
                                 line=line, field=field)
+        _check_record(record, {"path": str(path), "line": line})
         key = (record["dialogue_id"], record["turn_index"], record["target"])
         seen[key] += 1
         records[(*key, seen[key])] = record
+    if not records:
+        raise DataError("no predictions in this file", path=str(path))
     return records
+
+
+def _is_int(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_record(record: dict, where: dict) -> None:
+    """The types `pecrs evaluate --predictions` writes; anything else would count wrongly or fail
+    without a line (a rank "3", a seen_before "false")."""
+    checks = [("dialogue_id", isinstance(record["dialogue_id"], (str, int)) and not isinstance(record["dialogue_id"], bool),
+               "a string"),
+              ("turn_index", _is_int(record["turn_index"], 0), "an integer of at least 0"),
+              ("target", record["target"] is None or isinstance(record["target"], str), "an item id (string) or null"),
+              ("target_rank", record["target_rank"] is None or _is_int(record["target_rank"], 1),
+               "an integer of at least 1 or null"),
+              ("target_seen_before", isinstance(record.get("target_seen_before", False), bool), "true or false")]
+    if "generated" in record or "reference" in record:
+        checks += [(name, isinstance(record.get(name), str), "a string (a reply has both generated and reference)")
+                   for name in ("generated", "reference")]
+    for field, ok, expected in checks:
+        if not ok:
+            raise DataError(f"expected {expected}, got {record.get(field)!r}", field=field, **where)
 
 
 def metric_units(records: list[dict]) -> dict[str, tuple[list[int], list[float], list[float]]]:
@@ -87,7 +112,9 @@ def compare(a_path: Path, b_path: Path, resamples: int = 10_000, seed: int = 0) 
             continue
         (rows_a, num_a, den_a), (rows_b, num_b, den_b) = units_a[name], units_b[name]
         if rows_a != rows_b:
-            raise ValueError(f"{name}: the two files have replies for different samples")
+            first = keys[min(set(rows_a) ^ set(rows_b))]
+            raise ValueError(f"{name}: the two files have replies for different samples, first dialogue "
+                             f"{first[0]!r} turn {first[1]} (a reply in only one of them)")
         where = dialogue_of[rows_a]
         sums = [dialogue_sums(x, where, len(dialogues)) for x in (num_a, den_a, num_b, den_b)]
         scale = 1.0 if name.startswith(("recall", "dedup")) else 100.0
