@@ -284,25 +284,22 @@ def load_weights(model: PECRS, directory: str | Path) -> None:
         raise ValueError(f"{adapter_file}: missing; {directory} is not a complete pecrs checkpoint")
     with _naming(adapter_file, "adapter"):
         adapter = load_file(adapter_file)
-    expected = get_peft_model_state_dict(model.lm).keys()
-    # What a saved adapter must hold: the LoRA matrices and the special-token rows. peft also lists
-    # the frozen embedding beside those rows, and the LM head's rows that a tied head shares with
-    # the embedding; save_pretrained leaves both out.
-    required = [k for k in expected if "lora_" in k or (k.endswith("trainable_tokens_delta") and "lm_head" not in k)]
-    _check_weights(adapter_file, "adapter", adapter, expected, required)
+    # The keys `save_pretrained` writes (save_embedding_layers=False: the LoRA matrices and the
+    # special-token rows, not the frozen embedding); "auto" would also warn on every load.
+    expected = get_peft_model_state_dict(model.lm, save_embedding_layers=False).keys()
+    _check_weights(adapter_file, "adapter", adapter, expected)
     with _naming(adapter_file, "adapter"):
         set_peft_model_state_dict(model.lm, adapter)
     heads_file = directory / HEADS_FILE
     with _naming(heads_file, "head"):
         heads = load_file(heads_file)
-    expected = head_state(model).keys()
-    _check_weights(heads_file, "head", heads, expected, required=expected)
+    _check_weights(heads_file, "head", heads, head_state(model).keys())
     with _naming(heads_file, "head"):
         model.load_state_dict(heads, strict=False)
 
 
-def _check_weights(path: Path, what: str, weights: dict[str, torch.Tensor], expected, required) -> None:
-    missing, unexpected = sorted(set(required) - set(weights)), sorted(set(weights) - set(expected))
+def _check_weights(path: Path, what: str, weights: dict[str, torch.Tensor], expected) -> None:
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{path}: {what} weights do not fit this model (from another model or damaged): "
                          f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
