@@ -182,9 +182,7 @@ class RunConfig:
         unknown = set(raw) - set(SECTIONS)
         if unknown:
             raise ConfigError(f"unknown config section(s): {sorted(unknown)} (expected {_SECTION_NAMES})")
-        for s in SECTIONS:
-            _section(raw, s)
-        raw = _move_legacy_keys(raw)
+        raw = _move_legacy_keys(raw)   # then `_section` refuses a section that is not a mapping
         return cls(model=_build(ModelConfig, _section(raw, "model"), "model"),
                    train=_build(TrainConfig, _section(raw, "train"), "train"),
                    inference=_build(InferenceConfig, _section(raw, "inference"), "inference")).validate()

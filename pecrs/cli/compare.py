@@ -21,10 +21,6 @@ def read_predictions(path: Path) -> dict[tuple, dict]:
 
     records, seen = {}, Counter()
     for line, record in read_jsonl(path):
-        for field in ("dialogue_id", "turn_index", "target", "target_rank"):
-            if field not in record:
-                raise DataError("missing field: is this a `pecrs evaluate --predictions` file?", path=str(path),
-                                line=line, field=field)
         _check_record(record, {"path": str(path), "line": line})
         key = (record["dialogue_id"], record["turn_index"], record["target"])
         seen[key] += 1
@@ -39,8 +35,11 @@ def _is_int(value, low: int) -> bool:
 
 
 def _check_record(record: dict, where: dict) -> None:
-    """The types `pecrs evaluate --predictions` writes; anything else would count wrongly or fail
-    without a line (a rank "3", a seen_before "false")."""
+    """The fields and types `pecrs evaluate --predictions` writes; anything else would count
+    wrongly or fail without a line (a rank "3", a seen_before "false")."""
+    for field in ("dialogue_id", "turn_index", "target", "target_rank"):
+        if field not in record:
+            raise DataError("missing field: is this a `pecrs evaluate --predictions` file?", field=field, **where)
     checks = [("dialogue_id", isinstance(record["dialogue_id"], (str, int)) and not isinstance(record["dialogue_id"], bool),
                "a string"),
               ("turn_index", _is_int(record["turn_index"], 0), "an integer of at least 0"),

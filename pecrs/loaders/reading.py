@@ -34,9 +34,13 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {column} ({e.reason})",
-                        path=str(path), line=line) from None
+        raise _not_utf8(path, line, data, e, line_start=data.rfind(b"\n", 0, e.start) + 1) from None
+
+
+def _not_utf8(path: Path, line: int, data: bytes, e: UnicodeDecodeError, line_start: int = 0) -> DataError:
+    """The DataError for bytes that are not UTF-8: the line, and the column where they start."""
+    return DataError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {e.start - line_start + 1} "
+                     f"({e.reason})", path=str(path), line=line)
 
 
 def read_lines_each(path: Path):
@@ -47,8 +51,7 @@ def read_lines_each(path: Path):
         try:
             yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
         except UnicodeDecodeError as e:
-            yield n, DataError(f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {e.start + 1} ({e.reason})",
-                               path=str(path), line=n)
+            yield n, _not_utf8(path, n, raw, e)
 
 
 def parse_json_line(line: str, where: dict) -> dict:
