@@ -6,24 +6,21 @@ replies, read by evaluation and serving alike). Their defaults are the paper's s
 `configs/*.yaml` only list what differs.
 
 Values read from a file, an override or a checkpoint are checked against the dataclass type
-hints, ranges and fixed choices (`RunConfig.validate`) before anything is loaded; a bad one is a
-`ConfigError` naming the key, the value and what was expected.
+hints, ranges and fixed choices (`RunConfig.validate`; the rules are in config_checks.py) before
+anything is loaded; a bad one is a `ConfigError` naming the key, the value and what was expected.
+A key written twice in a file is an error too (plain YAML keeps the last).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import operator
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .data import DEFAULT_ITEM_FIELDS, Item
-from .decoding import ALIASES, PRESETS  # the preset names only: no torch
+from .config_checks import ConfigError, check_value, show_value  # noqa: F401 (ConfigError is pecrs.config's too)
+from .data import DEFAULT_ITEM_FIELDS
 
 
 class Section:
@@ -178,7 +175,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
         if not isinstance(raw, dict):
-            raise ConfigError(f"a config is a mapping with sections {_SECTION_NAMES}, got {_show(raw)}")
+            raise ConfigError(f"a config is a mapping with sections {_SECTION_NAMES}, got {show_value(raw)}")
         unknown = set(raw) - set(SECTIONS)
         if unknown:
             raise ConfigError(f"unknown config section(s): {sorted(unknown)} (expected {_SECTION_NAMES})")
@@ -193,11 +190,13 @@ class RunConfig:
         "tiny", ...), then apply `section.key=value` overrides (values parsed as YAML)."""
         path = resolve_config_path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a config is a mapping with sections {_SECTION_NAMES}")
         try:
@@ -227,8 +226,19 @@ class RunConfig:
         return cls.from_dict(raw)
 
 
-class ConfigError(ValueError):
-    """A bad config: unknown key, wrong type, out of range or not one of the allowed values."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key written twice in one mapping is an error: PyYAML keeps
+    the last value silently, and a config whose first `lr:` is ignored trains something else."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[str, int] = {}
+        # The keys as written, before `<<` merges are flattened (a merged key may be overridden).
+        for key_node in (k for k, _ in node.value if k.tag == "tag:yaml.org,2002:str"):
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"line {line}: '{key}' is given twice (first at line {first_line[key]})")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _SECTION_NAMES = ", ".join(f"'{s}'" for s in SECTIONS)
@@ -241,7 +251,7 @@ def _section(raw: dict, name: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"config section '{name}' must be a mapping of key: value, got {_show(value)}")
+        raise ConfigError(f"config section '{name}' must be a mapping of key: value, got {show_value(value)}")
     return value
 
 
@@ -268,129 +278,10 @@ def _move_legacy_keys(raw: dict) -> dict:
 
 def _build(kind, values: dict, section: str):
     if not isinstance(values, dict):
-        raise ConfigError(f"config section '{section}' must be a mapping of key: value, got {_show(values)}")
+        raise ConfigError(f"config section '{section}' must be a mapping of key: value, got {show_value(values)}")
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown key(s) in config section '{section}': {sorted(unknown, key=str)}; "
                           f"known: {sorted(names)}")
     return kind(**values)
-
-
-# ---- value checks --------------------------------------------------------------------------------
-# Types come from the dataclass hints; these tables add what a type cannot say. A bound is a list
-# of comparisons that must all hold; None values of optional fields are not bounded.
-
-_BOUNDS: dict[str, str] = {
-    "model.lora_r": ">= 1", "model.lora_alpha": "> 0", "model.lora_dropout": ">= 0, < 1",
-    "model.item_max_tokens": ">= 1", "model.recall_temperature": "> 0",
-    "model.context_max_tokens": ">= 1", "model.response_max_tokens": ">= 1",
-    "train.max_train_samples": ">= 0", "train.max_eval_samples": ">= 0",
-    "train.epochs": ">= 1", "train.batch_size": ">= 1", "train.grad_accum": ">= 1",
-    "train.lr": "> 0", "train.lr_reference_batch": ">= 1", "train.warmup_epochs": ">= 0",
-    "train.warmup_steps": ">= 0", "train.weight_decay": ">= 0", "train.special_token_lr_scale": "> 0",
-    "train.alpha": ">= 0", "train.beta": ">= 0", "train.gamma": ">= 0",
-    "train.m_train": ">= 1", "train.recall_pool": ">= 1", "train.rerank_temperature": "> 0",
-    "train.label_smoothing": ">= 0, < 1",
-    "train.seed": f">= 0, <= {2**32 - 1}",      # numpy's seed range
-    "train.eval_every_epochs": ">= 1",
-    "train.checkpoint_every": ">= 0", "train.max_train_minutes": "> 0",
-    "inference.m_inference": ">= 1", "inference.batch_size": ">= 1", "inference.rerank_chunk_size": ">= 1",
-    "inference.no_repeat_ngram": ">= 0",
-}
-_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-ITEM_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Item) if f.name != "id")
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "model.item_encoding": ("cached", "adapted"),
-    "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
-    "train.frozen_dtype": ("auto", "float32", "bfloat16"),
-    "train.step_mode": ("auto", "eager", "compile", "cudagraphs"),
-    "train.loss_normalization": ("batch", "targets"),
-    "inference.decoding": tuple(sorted(ALIASES) + sorted(PRESETS)),
-    "inference.dtype": ("auto", "float32", "bfloat16"),
-}
-_NON_EMPTY = {"model.backbone", "train.dataset", "train.train_split", "model.item_fields",
-              "model.lora_target_modules"}
-_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return (text if len(text) <= 60 else text[:57] + "...") + f" ({type(value).__name__})"
-
-
-def _coerce(value, hint):
-    """(True, value) if `value` fits `hint` (int -> float and float text -> float converted),
-    else (False, None). Hints are those of the dataclasses above: a base type, list[str], X | None."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(hint):
-            return True, None
-        for arg in typing.get_args(hint):
-            if arg is not type(None):
-                ok, out = _coerce(value, arg)
-                if ok:
-                    return ok, out
-        return False, None
-    if origin is list:
-        (inner,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            return False, None
-        out = []
-        for x in value:
-            ok, converted = _coerce(x, inner)
-            if not ok:
-                return False, None
-            out.append(converted)
-        return True, out
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        # YAML 1.1 reads 3e-5 (no dot) as a string; take it as the number it spells.
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return True, float(value)
-        return False, None
-    if hint is str:
-        return isinstance(value, str), value
-    raise TypeError(f"no check for config type {hint!r}")
-
-
-def _describe(hint) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
-    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def check_value(key: str, value, hint):
-    """`value` checked for config key `key` ("section.name") of type `hint`; the value to store."""
-    ok, value_out = _coerce(value, hint)
-    if not ok:
-        raise ConfigError(f"config {key}: expected {_describe(hint)}, got {_show(value)}")
-    if value_out is None:
-        return None
-    bound = _BOUNDS.get(key)
-    if bound and not all(_COMPARE[op](value_out, float(limit))      # (NaN fails every comparison)
-                         for op, limit in (part.split() for part in bound.split(", "))):
-        raise ConfigError(f"config {key}: expected {_describe(hint)} {bound}, got {_show(value)}")
-    if isinstance(value_out, float) and not math.isfinite(value_out):   # .inf passes "> 0"
-        raise ConfigError(f"config {key}: expected a finite number, got {_show(value)}")
-    if key in _NON_EMPTY and not (value_out if isinstance(value_out, list) else str(value_out).strip()):
-        raise ConfigError(f"config {key}: must not be empty, got {_show(value)}")
-    choices = _CHOICES.get(key)
-    if choices is not None and value_out not in choices:
-        raise ConfigError(f"config {key}: expected one of {', '.join(choices)}, got {_show(value)}")
-    if key == "model.item_fields":
-        bad = [x for x in value_out if x not in ITEM_FIELD_NAMES]
-        if bad:
-            raise ConfigError(f"config {key}: unknown item field(s) {bad}; "
-                              f"expected names from {', '.join(ITEM_FIELD_NAMES)}")
-    return value_out
-

@@ -123,6 +123,22 @@ def test_bad_value_in_the_file_itself(tmp_path):
         RunConfig.load(path)
 
 
+def test_a_key_written_twice_is_an_error_not_the_last_value(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1.0e-4\n  epochs: 2\n  lr: 3.0e-5\n")   # plain YAML keeps 3.0e-5
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 4: 'lr' is given twice \(first at line 2\)"):
+        RunConfig.load(path)
+    path.write_text("train:\n  epochs: 2\ntrain:\n  lr: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=r"line 3: 'train' is given twice"):
+        RunConfig.load(path)
+    # The same key in two sections is no repeat, nor is a key that overrides a YAML merge.
+    path.write_text("train:\n  batch_size: 8\ninference:\n  batch_size: 4\n")
+    assert (RunConfig.load(path).train.batch_size, RunConfig.load(path).inference.batch_size) == (8, 4)
+    from pecrs.config import _UniqueKeyLoader
+    merged = yaml.load("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n", Loader=_UniqueKeyLoader)
+    assert merged["b"] == {"p": 3, "q": 2}
+
+
 def test_good_values_pass_and_stay_plain(config_file):
     cfg = RunConfig.load(config_file, ["train.max_train_minutes=null", "train.warmup_epochs=1",
                                        "train.dev_split=''", "model.lora_target_modules=[q_proj,v_proj]",
