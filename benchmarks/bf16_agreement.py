@@ -93,7 +93,7 @@ def main(argv=None):
     # Catalog vectors by the float32 model, cached across runs (the model is seeded, so the same).
     key = hashlib.sha256(f"{args.backbone}|seed0|lora0.02|{len(items)}|{m.item_fields}|{m.item_max_tokens}".encode()).hexdigest()[:16]
     vec_path = cache_dir() / "bench" / f"bf16_agreement_{key}.pt"
-    saved = saved_catalog_vectors(checkpoint, items) if args.model else None
+    saved = saved_catalog_vectors(checkpoint, items, ref) if args.model else None
     if saved is not None:
         vectors = saved.float()
     elif args.model:

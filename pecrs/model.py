@@ -43,6 +43,7 @@ class PECRS(nn.Module):
         self.f = two_layer_mlp(d, d)   # projection head shared by recall query and rerank (§3.3)
         self.g = two_layer_mlp(d, 1)   # rerank score
         self.rec_end_id = tokenizer.convert_tokens_to_ids("[REC_END]")
+        self.backbone_fingerprint: str | None = None   # of the base weights (pretrained.from_backbone)
         use_candidate_attention(self.causal_lm)  # re-ranking skips the candidate x candidate block
 
     # ----- plumbing around the Hugging Face model -------------------------------------------

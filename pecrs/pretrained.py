@@ -2,13 +2,15 @@
 
 A checkpoint folder holds only what trains, plus what is needed to rebuild the rest:
 
-    pecrs_config.json        the run config (backbone name, LoRA and head settings, data, ...)
+    pecrs_config.json        the run config (backbone name, LoRA and head settings, data, ...) and
+                             the fingerprint of the base weights (backbone/fingerprint.py)
     adapter/                 LoRA weights and special-token embeddings, in peft's format
     heads.safetensors        item encoder (pooling weights w, h_item), f and g
     tokenizer/               the tokenizer with the four special tokens
 
 The frozen backbone is not copied: it is rebuilt from `model.backbone` (a known name or a
-local folder) and checked against the shapes recorded here.
+local folder) and checked against the shapes recorded here; other weights of the same shapes
+are named in a warning (`warn_if_other_backbone`).
 
 Saving is atomic: the folder is written as NAME.tmp (pecrs_config.json last, so a NAME.tmp that
 has it is complete), then NAME is renamed to NAME.old, NAME.tmp to NAME, and NAME.old removed.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -28,7 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .backbone import add_special_tokens, apply_lora, ensure_pad_token, load_backbone, set_token_roles
+from .backbone import add_special_tokens, apply_lora, backbone_fingerprint, ensure_pad_token, load_backbone, \
+    set_token_roles
 from .config import RunConfig
 from .model import PECRS
 
@@ -37,6 +41,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"   # peft's file name inside ADAPTE
 MODELS_DIR = Path(__file__).parent / "models"   # models shipped inside the package, one folder each
 DEFAULT_MODEL = "inspired"                      # what `pecrs chat` / `serve` load without a run folder
 FILES_KEY = "extra_files"   # in pecrs_config.json: the torch.save files the folder must hold
+FINGERPRINT_KEY = "backbone_fingerprint"   # in pecrs_config.json: the base weights it trained on
+
+log = logging.getLogger(__name__)
 
 
 def build_model(config: RunConfig, seed: int | None = None) -> PECRS:
@@ -52,11 +59,14 @@ def from_backbone(lm, tokenizer, config: RunConfig) -> PECRS:
     yourself): pad token, the four special tokens, LoRA as `config.model` sets it, new heads.
     Checkpoints of it rebuild the backbone from `config.model.backbone`, so name a folder there."""
     m = config.model
+    fingerprint = backbone_fingerprint(lm)   # of the plain LM, before anything is added
     ensure_pad_token(lm, tokenizer)
     special_ids = add_special_tokens(lm, tokenizer)
     lm = apply_lora(lm, list(special_ids.values()), r=m.lora_r, alpha=m.lora_alpha,
                     dropout=m.lora_dropout, target_modules=m.lora_target_modules)
-    return PECRS(lm, tokenizer, m)
+    model = PECRS(lm, tokenizer, m)
+    model.backbone_fingerprint = fingerprint
+    return model
 
 
 def head_state(model: PECRS) -> dict[str, torch.Tensor]:
@@ -85,7 +95,7 @@ def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extr
         torch.save(obj, tmp / name)
     meta = {"config": config.to_dict(), "hidden_size": model.hidden_size,
             "vocab_size": len(model.tokenizer), "model_type": causal.model_type,
-            FILES_KEY: sorted(extra_files or {}), **(extra or {})}
+            FINGERPRINT_KEY: model.backbone_fingerprint, FILES_KEY: sorted(extra_files or {}), **(extra or {})}
     (tmp / (CONFIG_FILE + ".part")).write_text(json.dumps(meta, indent=2))
     os.replace(tmp / (CONFIG_FILE + ".part"), tmp / CONFIG_FILE)
     _replace_dir(tmp, directory)
@@ -227,6 +237,8 @@ def read_meta(directory: str | Path) -> dict:
     for key in ("recommender", "export"):
         if not isinstance(meta.get(key, {}), dict):
             raise ValueError(f"{path}: '{key}' is not an object; the checkpoint is damaged")
+    if not isinstance(meta.get(FINGERPRINT_KEY), (str, type(None))):   # None: saved before it existed
+        raise ValueError(f"{path}: '{FINGERPRINT_KEY}' is not a string; the checkpoint is damaged")
     return meta
 
 
@@ -246,9 +258,28 @@ def load_pretrained(directory: str | Path, backbone: str | None = None) -> tuple
             f"{meta['hidden_size']}, vocabulary {meta['vocab_size']}) but '{config.model.backbone}' is a "
             f"{model.causal_lm.config.model_type} (hidden size {model.hidden_size}, vocabulary "
             f"{len(model.tokenizer)})")
+    warn_if_other_backbone(model, meta, directory)
     adopt_token_roles(model, directory / "tokenizer")
     load_weights(model, directory)
     return model, config
+
+
+def other_backbone(model: PECRS, meta: dict) -> bool:
+    """True when `model`'s base weights are not those the checkpoint of `meta` was trained on,
+    though architecture and shapes match: a base model for its instruct tuning, another
+    quantization, a local folder that changed. (False when either fingerprint is unknown.)"""
+    saved, ours = meta.get(FINGERPRINT_KEY), model.backbone_fingerprint
+    return bool(saved and ours and saved != ours)
+
+
+def warn_if_other_backbone(model: PECRS, meta: dict, directory: Path) -> None:
+    """A warning, not an error: a re-quantized copy of the same model works, only less well."""
+    if other_backbone(model, meta):
+        log.warning("%s was trained on other base weights than those of '%s' (backbone fingerprint %s in %s, "
+                    "%s here): same shapes, so it loads, but its adapter was fitted to the other weights; "
+                    "expect worse rankings and replies, and its saved item vectors are not used (the catalog "
+                    "is encoded again)", directory, model.config.backbone, meta[FINGERPRINT_KEY], CONFIG_FILE,
+                    model.backbone_fingerprint)
 
 
 def adopt_token_roles(model: PECRS, tokenizer_dir: Path) -> None:
@@ -326,6 +357,7 @@ def init_from_checkpoint(model: PECRS, config: RunConfig, name_or_path: str | Pa
     backbone is read from, else a ValueError names the fields that differ. Returns the folder."""
     directory = checkpoint_dir(name_or_path)
     check_same_model(config, directory, f"train.init_from={name_or_path}")
+    warn_if_other_backbone(model, read_meta(directory), directory)
     load_weights(model, directory)
     return directory
 

@@ -154,7 +154,7 @@ class Recommender:
         from .config import RunConfig
         from .decoding import resolve
         from .precision import resolve_dtype
-        from .pretrained import checkpoint_dir, load_pretrained, read_meta
+        from .pretrained import checkpoint_dir, load_pretrained, other_backbone, read_meta
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
         meta = read_meta(ckpt)
@@ -171,13 +171,16 @@ class Recommender:
         model, config = load_pretrained(ckpt, backbone=backbone)
         model.to(device).eval()
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
-        vectors = load_saved_vectors(ckpt, list(items)) if catalog is None else None
+        # Saved vectors were encoded by the checkpoint's own base weights: not another backbone's.
+        saved_usable = catalog is None and not other_backbone(model, meta)
+        vectors = load_saved_vectors(ckpt, list(items)) if saved_usable else None
         if vectors is not None:
             report.vectors_from_cache = True
             report.cache_path = str(ckpt / VECTORS_FILE)
         elif cache_dir is not False:
             folder = Path(cache_dir) if cache_dir else default_cache_dir()
-            vectors, path = find_cached(folder, ckpt, items, config.model, precision.dtype)
+            vectors, path = find_cached(folder, ckpt, items, config.model, precision.dtype,
+                                        model.backbone_fingerprint)
             report.cache_path = str(path)  # where they were found, else where this model's encoding goes
             report.vectors_from_cache = vectors is not None
         rec = cls(model, config, items, vectors, m_inference=m_inference, decoding=decoding, index=index,

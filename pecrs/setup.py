@@ -20,7 +20,7 @@ from .config import RunConfig
 from .data import DatasetBundle, Item, Sample
 from .loaders import load_dataset, load_items
 from .model import PECRS
-from .pretrained import build_model
+from .pretrained import build_model, other_backbone, read_meta
 from .samples import make_samples
 from .tokens import DialogueEncoder
 from .vector_cache import load_saved_vectors
@@ -60,7 +60,7 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     say(f"loading dataset {dataset or t.dataset}", progress)
     bundle = load_dataset(dataset or t.dataset)
     store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens)
-    saved = saved_catalog_vectors(Path(saved_vectors_from), store.items) if saved_vectors_from else None
+    saved = saved_catalog_vectors(Path(saved_vectors_from), store.items, model) if saved_vectors_from else None
     if saved is not None:
         say(f"{len(store):,} item vectors from {saved_vectors_from}", progress)
         store.use_saved_vectors(saved.to(model.device))
@@ -86,11 +86,14 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     return Setup(config, model, bundle, store, encoder, samples)
 
 
-def saved_catalog_vectors(checkpoint: Path, items: list[Item]) -> torch.Tensor | None:
+def saved_catalog_vectors(checkpoint: Path, items: list[Item], model: PECRS) -> torch.Tensor | None:
     """The item vectors saved with `checkpoint` when its saved catalog is exactly `items` (same
-    ids, texts and order: a catalog edited since, or another one, is encoded instead)."""
+    ids, texts and order: a catalog edited since, or another one, is encoded instead) and `model`
+    has the base weights that encoded them."""
     saved_catalog = checkpoint / CATALOG_FILE
     if not saved_catalog.is_file() or list(load_items(saved_catalog).values()) != list(items):
+        return None
+    if other_backbone(model, read_meta(checkpoint)):
         return None
     return load_saved_vectors(checkpoint, [it.id for it in items])
 

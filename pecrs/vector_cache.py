@@ -5,8 +5,8 @@ The vectors are therefore kept in two places, both checked against the catalog's
   * beside a checkpoint (`VECTORS_FILE`, safetensors, written by `Recommender.save_pretrained`
     with the catalog copy; the shipped models load with nothing to encode);
   * in a disk cache, PECRS_CACHE (default ~/.cache/pecrs)/catalogs/<key>.pt, the key hashing the
-    checkpoint files, the catalog contents, the item-text settings and the encoding precision,
-    so a second start on the same (checkpoint, catalog) loads instead of encoding.
+    checkpoint files, the catalog contents, the item-text settings, the encoding precision and the
+    base weights (backbone/fingerprint.py), so a second start on the same (checkpoint, catalog) loads instead of encoding.
 """
 from __future__ import annotations
 
@@ -48,12 +48,17 @@ def _hash_items(items) -> str:
     return h.hexdigest()
 
 
-def catalog_cache_key(checkpoint: Path, items, model_config, dtype: torch.dtype = torch.float32) -> str:
+def catalog_cache_key(checkpoint: Path, items, model_config, dtype: torch.dtype = torch.float32,
+                      backbone: str | None = None) -> str:
     """The cache file name of a catalog's vectors; `dtype`, the precision of the LM that encodes
-    them, is part of the key except for float32 (so caches written before it existed stay valid)."""
+    them, is part of the key except for float32 (so caches written before it existed stay valid),
+    and so is `backbone`, the fingerprint of the base weights that encode them (the checkpoint's
+    files do not say which base `--backbone` put under them)."""
     key = {"format": CACHE_FORMAT, "checkpoint": _hash_files(checkpoint), "catalog": _hash_items(items),
            "fields": list(model_config.item_fields), "max_tokens": model_config.item_max_tokens,
            "encoding": model_config.item_encoding}
+    if backbone:
+        key["backbone"] = backbone
     if dtype != torch.float32:
         key["dtype"] = str(dtype).removeprefix("torch.")
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
@@ -112,13 +117,13 @@ def save_vectors(vectors: torch.Tensor, ids: list[str], path: Path, half: bool =
     save_file({"vectors": vectors}, path, metadata={"ids_sha256": _hash_ids(ids), "count": str(len(ids))})
 
 
-def find_cached(folder: Path, checkpoint: Path, items: dict, model_config,
-                dtype: torch.dtype) -> tuple[torch.Tensor | None, Path]:
+def find_cached(folder: Path, checkpoint: Path, items: dict, model_config, dtype: torch.dtype,
+                backbone: str | None = None) -> tuple[torch.Tensor | None, Path]:
     """(vectors or None, cache path) for a catalog in the disk cache `folder`. Vectors encoded in
     float32 serve every precision, bfloat16-encoded ones only bfloat16; the path returned is where
     they were found, else where this precision's encoding is to be saved."""
     for key_dtype in dict.fromkeys([torch.float32, dtype]):
-        path = folder / f"{catalog_cache_key(checkpoint, items.values(), model_config, key_dtype)}.pt"
+        path = folder / f"{catalog_cache_key(checkpoint, items.values(), model_config, key_dtype, backbone)}.pt"
         vectors = load_cached(path, list(items))
         if vectors is not None:
             return vectors, path

@@ -218,6 +218,10 @@ def test_evaluating_a_shipped_model_scores_its_shipped_vectors(exported, monkeyp
     setup = prepare(config, model=model, dataset=str(data), saved_vectors_from=shipped)
     assert setup.store.mode == "saved" and encoded == []
     assert torch.equal(setup.store.all_vectors(model), load_file(shipped / VECTORS_FILE)["vectors"].float())
+    model.backbone_fingerprint = "0123456789abcdef"     # as if loaded onto other base weights
+    assert prepare(config, model=model, dataset=str(data), saved_vectors_from=shipped).store.mode == "cached"
+    assert encoded == [1]
+    encoded.clear()
     # Other item fields (Table 6), or a catalog whose text changed: encoded, never the stale vectors.
     assert main(["evaluate", "inspired", "--dataset", str(data), "--no-generate", "--json", "--device", "cpu",
                  "--item-fields", "title"]) == 0
@@ -273,3 +277,34 @@ def test_a_damaged_or_foreign_checkpoint_names_its_file(tmp_path):
     (best / "pecrs_config.json").write_text('{"config": ')
     with pytest.raises(ValueError, match=r"pecrs_config\.json: not a readable pecrs config"):
         pretrained.load_pretrained(best)
+
+
+def test_another_base_of_the_same_shapes_is_named_and_its_saved_vectors_not_used(exported, tmp_path, caplog):
+    """A checkpoint records a fingerprint of the base weights it trained on. Loaded onto another LM
+    of the same architecture and shapes (a base model for its instruct tuning, a changed folder), it
+    loads with a warning, and the item vectors saved with it, encoded by the other base, are not used."""
+    from pecrs.backbone import backbone_fingerprint, load_backbone
+    from pecrs.vector_cache import catalog_cache_key
+
+    _, shipped = exported
+    recorded = json.loads((shipped / "pecrs_config.json").read_text())["backbone_fingerprint"]
+    lm, tokenizer = load_backbone("tiny-llama")
+    assert recorded == backbone_fingerprint(lm) == backbone_fingerprint(load_backbone("tiny-llama", torch.bfloat16)[0])
+    with torch.no_grad():
+        lm.model.layers[1].mlp.down_proj.weight[0, 0] += 0.05      # one weight of 60k: another base
+    assert backbone_fingerprint(lm) != recorded
+    other = tmp_path / "other-base"
+    lm.save_pretrained(other)
+    tokenizer.save_pretrained(other)
+
+    with caplog.at_level("WARNING", logger="pecrs.pretrained"):
+        same = Recommender.from_pretrained(shipped, cache_dir=False)
+    assert same.report.vectors_from_cache and "other base weights" not in caplog.text
+    with caplog.at_level("WARNING", logger="pecrs.pretrained"):
+        moved = Recommender.from_pretrained(shipped, backbone=str(other), cache_dir=False)
+    assert f"backbone fingerprint {recorded}" in caplog.text and "trained on other base weights" in caplog.text
+    assert not moved.report.vectors_from_cache and not torch.allclose(moved.vectors, same.vectors)
+    # The disk cache tells them apart too: the checkpoint's files are the same under both bases.
+    key = [catalog_cache_key(shipped, same.items.values(), same.config.model, backbone=f)
+           for f in (recorded, backbone_fingerprint(lm))]
+    assert key[0] != key[1]

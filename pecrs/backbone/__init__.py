@@ -11,6 +11,8 @@ What lives here, one module a concern, in the order a training run needs it:
    * "tiny-gpt2", "tiny-llama": seeded random 2-layer models with an offline byte-level BPE
      tokenizer, for tests. GPT-2 weights cannot be fetched here, so GPT-2 is exercised through these.
    * a local folder holding a Hugging Face causal LM, or a path to a `.gguf` file.
+   `backbone_fingerprint(model)`: 16 hex digits naming the base weights, which a checkpoint records
+   (fingerprint.py), so that one loaded onto another LM of the same shapes says so.
 2. `add_special_tokens(model, tokenizer)`: the four tokens of §3.2, embeddings resized   (lora.py)
 3. `apply_lora(model, special_token_ids)`: LoRA on the attention projections (§3.5); the backbone is
    frozen and, of the embedding matrix, only the four special-token rows train.
@@ -28,6 +30,7 @@ Notes for callers:
   deprecated) and `Cache.crop` now takes a *negative* number of tokens to drop; 4.x took the length
   to keep. Use `cache_kwarg_name`, `output_cache` and `crop_cache` instead of either spelling.
 """
+from .fingerprint import backbone_fingerprint
 from .folder import BackboneNotAvailable, cache_dir
 from .gguf import gemma3_gguf_path, package_dir, set_token_roles, smollm2_gguf_path
 from .load import DEFAULT_BACKBONE, GGUF_BACKBONES, KNOWN_BACKBONES, TINY_BACKBONES, default_device, ensure_pad_token, \
