@@ -4,7 +4,8 @@ their vectors (Eq. 1).
 A shipped model also carries its catalog's vectors: `use_saved_vectors` makes the store read
 those (no LM pass), so `pecrs evaluate` of that model scores exactly the vectors serving uses.
 
-Two ways to get item token states (issue: measure both, pick the default):
+Two ways to get item token states (`model.item_encoding`; "cached" is the default, chosen on the
+real backbone in docs/results.md, "Choosing the item encoding default"):
 - "cached": states come once from the frozen base LM (LoRA off) and are kept in memory, so a
   training step only pools and projects them (cheap);
 - "adapted": states come from the LoRA-adapted LM, recomputed for the items a step needs
@@ -17,6 +18,8 @@ import torch
 from .data import SEP, Item
 from .tokens import marked_token_ids
 
+CACHED_STATES_DTYPE = torch.float16   # "cached" item token states: half the memory (ReDial: ~2 GB in float32)
+
 
 class ItemStore:
     def __init__(self, items: list[Item], tokenizer, fields, max_tokens: int = 128):
@@ -27,7 +30,9 @@ class ItemStore:
         rows = marked_token_ids(tokenizer, [it.text_pieces(tuple(fields)) for it in self.items], SEP)
         left = getattr(tokenizer, "truncation_side", "right") == "left"
         rows = [ids[-max_tokens:] if left else ids[:max_tokens] for ids in rows]
-        enc = tokenizer.pad({"input_ids": rows}, padding="longest", return_tensors="pt")
+        # Padded on the right whatever the tokenizer's padding side: the pooling weight w_l of Eq. 1
+        # belongs to the l-th token of the item, and "w/o item pooling" reads the last real one.
+        enc = tokenizer.pad({"input_ids": rows}, padding="longest", padding_side="right", return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
         self.states: torch.Tensor | None = None   # [N, L, d] when cached
         self.saved: torch.Tensor | None = None    # [N, d] when the vectors came with a shipped model
@@ -37,7 +42,7 @@ class ItemStore:
         return len(self.items)
 
     @torch.no_grad()
-    def cache_base_states(self, model, batch_size: int = 64, dtype=torch.float16, progress: bool = False):
+    def cache_base_states(self, model, batch_size: int = 64, dtype=CACHED_STATES_DTYPE, progress: bool = False):
         """Compute the frozen-base token states of every item once ("cached" mode)."""
         # dtype per batch: the float32 states of the whole catalog are never held (ReDial: ~2 GB).
         states = model.item_token_states(self.input_ids, self.attention_mask, adapted=False,
@@ -94,7 +99,7 @@ class ItemStore:
             mask = self.attention_mask[start:start + batch_size]
             states = model.item_token_states(ids, mask, adapted=adapted, batch_size=batch_size)
             if not adapted:  # the precision the cached mode trains on (cache_base_states)
-                states = states.to(torch.float16)
+                states = states.to(CACHED_STATES_DTYPE)
             out.append(model.item_vectors(states, mask).float())
         return torch.cat(out)
 

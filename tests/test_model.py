@@ -212,6 +212,31 @@ def test_save_load_reproduces_scores(setup, tmp_path):
     assert torch.allclose(scores, scores2, atol=1e-6)
 
 
+def test_item_vectors_do_not_depend_on_the_tokenizers_padding_side(setup):
+    """Eq. 1's w_l weighs the l-th token of an item and "w/o item pooling" reads the last one: the
+    catalog is padded on the right even for a tokenizer that pads on the left (many chat LMs)."""
+    cfg, model, _, _, _ = setup
+    tokenizer = model.tokenizer
+    short = [Item(id="1", title="Up"), Item(id="2", title="Alien", genres=["horror"]), Item(id="3", title="Heat 2")]
+    store = ItemStore(short, tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
+    assert not bool(store.attention_mask.all())       # some padding, so its side matters
+    side = tokenizer.padding_side
+    try:
+        tokenizer.padding_side = "left"
+        left = ItemStore(short, tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
+    finally:
+        tokenizer.padding_side = side
+    assert torch.equal(left.input_ids, store.input_ids) and bool(left.attention_mask[:, 0].all())
+    with torch.no_grad():
+        vectors = left.encode(model, adapted=False)
+        model.item_encoder.pooling = False        # Table 5 "w/o item pooling": the last item token
+        try:
+            last = (left.encode(model, adapted=False), store.encode(model, adapted=False))
+        finally:
+            model.item_encoder.pooling = True
+    assert torch.allclose(vectors, store.encode(model, adapted=False)) and torch.allclose(*last)
+
+
 def test_load_rejects_other_backbone(setup, tmp_path):
     cfg, model, *_ = setup
     save_pretrained(model, cfg, tmp_path / "ckpt")
