@@ -66,7 +66,7 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
     exclude: per encoded sample, catalog indices it must not be recommended (`mentioned_indices`);
     a row left with fewer items than the candidates it asks for ends in -1.
 
-    A candidate's re-rank score depends only on the context and that candidate (§3.5: candidates
+    A candidate's re-rank score depends only on the context and that candidate (§3.3: candidates
     attend to the context, not to each other), so re-ranking the largest M once and keeping, for
     each M, its first M recall candidates sorted by their scores is what separate passes give
     (up to floating-point rounding between chunk shapes, and the order of exactly tied scores).
@@ -157,8 +157,7 @@ def sample_predictions(samples: list[Sample], rows, ranked: np.ndarray, targets:
     no target), and for the sample that answers a turn the reference and the generated reply.
     rows: indices into `samples` of `ranked` [len(rows), keep] and `targets` [len(rows)] (catalog
     index, NO_ITEM without a target); replies: sample index -> reply ([ITEM] kept as is)."""
-    hits = ranked == targets[:, None]
-    rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)      # 0: not in the kept list
+    rank = metrics.target_ranks(ranked, targets) + 1      # 1-based; 0: not in the kept list
     records = []
     for j, i in enumerate(rows):
         s = samples[i]

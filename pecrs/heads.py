@@ -52,7 +52,9 @@ class ItemHead(nn.Module):
 
 
 class ItemEncoder(nn.Module):
-    """Eq. 1: v_j = h_item(w^T I_j), with w a learned weight per token position.
+    """Eq. 1: v_j = h_item(w^T I_j), with w a learned weight per token position. The weights
+    are normalised over the item's real tokens (w^T I_j / sum of w over them): with w at its
+    initial ones that is mean pooling, and an item's vector does not grow with its length.
     pooling=False (Table 5 "w/o item pooling") takes the last item token's state instead;
     head=False leaves out h_item.
 
@@ -77,7 +79,8 @@ class ItemEncoder(nn.Module):
             self.register_buffer("pooled_scale", torch.ones(d))
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """w^T I_j: states [N, L, d], mask [N, L] -> pooled states [N, d] (before standardizing)."""
+        """w^T I_j / sum(w) over real tokens: states [N, L, d], mask [N, L] (right-padded, as
+        `ItemStore` pads) -> pooled states [N, d] (before standardizing)."""
         states = states.to(self.pool_weights.dtype)
         if self.pooling:
             w = self.pool_weights[: states.shape[1]] * mask

@@ -86,11 +86,12 @@ class PECRS(nn.Module):
         """LM last-layer states of tokenised item texts. No gradient reaches the LM here (§3.3).
 
         Performance (docs/performance.md): item texts are padded to the catalog's longest (128
-        tokens) but average ~75, so with right padding the items run shortest first and each
-        batch is cut to its own longest item (~1.7x less LM work). Causal attention makes the
-        real tokens' states independent of trailing pads; positions past a batch's longest item
-        come back as zeros, which pooling ignores like any padding (mask weight 0). `dtype` converts batch by batch (the cached mode
-        keeps float16), so the float32 states of a whole catalog never exist at once.
+        tokens) but average ~65 (SmolLM2's tokens, INSPIRED), so with right padding the items run
+        shortest first and each batch is cut to its own longest item (~1.7x less LM work).
+        Causal attention makes the real tokens' states independent of trailing pads; positions
+        past a batch's longest item come back as zeros, which pooling ignores like any padding
+        (mask weight 0). `dtype` converts batch by batch (the cached mode keeps float16), so the
+        float32 states of a whole catalog never exist at once.
         `progress`: a bar over the items (a real catalog on a CPU takes minutes)."""
         N, L = input_ids.shape
         lengths = attention_mask.sum(1)

@@ -43,7 +43,10 @@ def step_seed(seed: int, epoch: int, batch: int) -> int:
 
 def training_step_losses(model: PECRS, store: ItemStore, batch, config: RunConfig, generator: torch.Generator):
     """Sample the batch's negatives (§3.6) and compute the three losses: `plan_step` on the host,
-    then `step_losses` on the model's device (what `train` runs, for one collated batch)."""
+    then `step_losses` on the model's device, for one collated batch with the config's defaults.
+    `train` runs the same two functions with more of its own: fixed shapes for a compiled or
+    captured step (`StepRunner`), seeded dropout and the candidate slots of its step mode; this
+    is the short form tests and benchmarks call."""
     inputs = plan_step(batch.to("cpu"), len(store), config.train, generator)
     return step_losses(model, store, inputs.to(model.device), config.train)
 
@@ -62,7 +65,7 @@ def parameter_groups(model: PECRS, lr: float, special_token_lr_scale: float = 1.
 
 
 def total_loss(losses: dict, config: RunConfig) -> torch.Tensor:
-    """Eq. 7: α·recall + β·rerank + γ·generation."""
+    """Eq. 8: α·recall + β·rerank + γ·generation."""
     t = config.train
     return t.alpha * losses["recall"] + t.beta * losses["rerank"] + t.gamma * losses["gen"]
 

@@ -11,7 +11,7 @@ from .markdown import fmt, md_table, paper as pcell
 from .parts import Context
 from .reports import Report, pyplot, save_png
 from .runs import eval_part, training_part
-from .measures import rankings, rankings_at, recommendation, target_ranks
+from .measures import rankings, rankings_at, recommendation
 from .tables import training_note
 
 DEFAULT_M_TRAIN = (50, 100, 150, 200)
@@ -108,7 +108,7 @@ def plan_fig4(ctx: Context):
 
     def body(setup):
         samples, ranked, targets, seconds = rankings(setup, base)
-        ranks = target_ranks(ranked, targets)
+        ranks = metrics.target_ranks(ranked, targets)
         turns = np.array([s.turn_index for s in samples], dtype=np.int64)
         return {**recommendation(setup, samples, ranked, targets), "bins": by_turns(turns, ranks),
                 "per_sample": [[int(t), int(r)] for t, r in zip(turns, ranks)],

@@ -94,10 +94,3 @@ def naive_baseline(config: RunConfig) -> dict:
     out = {k: v for k, v in out.items() if k.startswith(_RECOMMENDATION_KEYS) and not k.startswith("naive_")}
     return {**out, "n_samples": n_all, "split": split, "seconds": round(time.perf_counter() - started, 2)}
 
-
-def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each target in its row, -1 when it is not in the kept list."""
-    if ranked.size == 0:
-        return np.full(len(targets), -1, dtype=np.int64)
-    match = ranked == targets[:, None]
-    return np.where(match.any(axis=1), match.argmax(axis=1), -1)

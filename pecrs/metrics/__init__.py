@@ -31,12 +31,13 @@ One module a concern:
 from .generation import distinct_n, distinct_ratio_n, item_f1, perplexity, rouge_1_2
 from .genres import genre_accuracy, top1_genre_accuracy
 from .ranking import (DEFAULT_KS, dedup_recall_at_k, items_by_last_mention, naive_baseline_ranking, recall_at_k,
-                      unique_items)
+                      target_ranks, unique_items)
 from .summary import summarize
 
 __all__ = [
     "DEFAULT_KS",
     "recall_at_k",
+    "target_ranks",
     "dedup_recall_at_k",
     "items_by_last_mention",
     "naive_baseline_ranking",

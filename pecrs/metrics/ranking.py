@@ -39,14 +39,12 @@ def check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     return ks
 
 
-def _hit_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based position of each target in its row, or a huge sentinel when absent."""
-    n, width = ranked.shape
-    miss = np.iinfo(np.int64).max
-    if n == 0 or width == 0:
-        return np.full(n, miss, dtype=np.int64)
+def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based position of each target in its row of `ranked` [n, K], -1 when it is not there."""
+    if ranked.size == 0:
+        return np.full(len(targets), -1, dtype=np.int64)
     match = ranked == targets[:, None]
-    return np.where(match.any(axis=1), match.argmax(axis=1), miss)
+    return np.where(match.any(axis=1), match.argmax(axis=1), -1)
 
 
 def recall_at_k(ranked, targets, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
@@ -63,10 +61,10 @@ def recall_at_k(ranked, targets, ks: Iterable[int] = DEFAULT_KS) -> dict[str, fl
     """
     ranked, targets = check_ranking(ranked, targets)
     ks = check_ks(ks)
-    ranks = _hit_ranks(ranked, targets)
+    ranks = target_ranks(ranked, targets)
     if ranks.size == 0:
         return {f"recall@{k}": NAN for k in ks}
-    return {f"recall@{k}": float(np.mean(ranks < k)) for k in ks}
+    return {f"recall@{k}": float(np.mean((ranks >= 0) & (ranks < k))) for k in ks}
 
 
 def dedup_recall_at_k(ranked, targets, seen_before, ks: Iterable[int] = DEFAULT_KS
