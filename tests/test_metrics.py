@@ -18,6 +18,7 @@ from pecrs.metrics import (
     recall_at_k,
     rouge_1_2,
     summarize,
+    target_ranks,
     unique_items,
 )
 
@@ -35,6 +36,12 @@ SEEN = np.array([True, False, False, True])
 def test_recall_hand_values():
     r = recall_at_k(RANKED, TARGETS, ks=(1, 2, 3))
     assert r == {"recall@1": 0.5, "recall@2": 0.75, "recall@3": 0.75}
+
+
+def test_target_ranks_are_0_based_and_minus_one_when_absent():
+    ranked = np.array([[3, 5, -1], [1, 2, 4], [7, 7, 7]])
+    assert target_ranks(ranked, np.array([5, 9, 7])).tolist() == [1, -1, 0]
+    assert target_ranks(np.zeros((2, 0), dtype=np.int64), np.array([1, 2])).tolist() == [-1, -1]
 
 
 def test_recall_k_larger_than_list_uses_whole_row():
