@@ -137,6 +137,16 @@ def test_empty_split_is_an_error(tmp_path, fmt):
     assert e.path == str(empty) and "no dialogues" in str(e)
 
 
+def test_a_catalog_named_Items_jsonl_is_named_not_read_as_a_split(tmp_path):
+    write_jsonl(tmp_path / "Items.jsonl", ITEMS)     # was split "Items", then "items.jsonl: file not found"
+    write_jsonl(tmp_path / "train.jsonl", [GOOD])
+    e = error(tmp_path)
+    assert e.path == str(tmp_path / "Items.jsonl") and "must be named items.jsonl" in str(e)
+    (tmp_path / "Items.jsonl").rename(tmp_path / "items.jsonl")
+    write_jsonl(tmp_path / "ITEMS_sources.jsonl", [{"id": "10"}])   # provenance in any case: not a split
+    assert set(load_dataset(tmp_path).splits) == {"train"}
+
+
 def test_cli_empty_train_split_exits_2(tmp_path, capsys):
     write_jsonl(tmp_path / "items.jsonl", ITEMS)
     (tmp_path / "train.jsonl").write_text("")

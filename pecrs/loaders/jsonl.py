@@ -11,8 +11,9 @@ from .reading import check_record, check_text, read_jsonl
 
 
 def jsonl_split_files(folder: Path) -> dict[str, Path]:
-    """Split name (file stem) -> file: every *.jsonl whose name does not start with "items"."""
-    return {p.stem: p for p in folder.glob("*.jsonl") if not p.name.startswith("items")}
+    """Split name (file stem) -> file: every *.jsonl whose name does not start with "items" (in
+    any case: an "Items.jsonl" is a misnamed catalog, not a split)."""
+    return {p.stem: p for p in folder.glob("*.jsonl") if not p.name.lower().startswith("items")}
 
 
 def jsonl_files(folder: Path) -> list[Path]:
@@ -71,6 +72,10 @@ def load_jsonl_folder(folder) -> DatasetBundle:
     """items.jsonl plus every other *.jsonl whose name does not start with "items" as a split
     (split name = file stem). Files like items_sources.jsonl (catalog provenance) are ignored."""
     folder = Path(folder)
+    misnamed = [p.name for p in folder.glob("*.jsonl") if p.name.lower() == "items.jsonl" and p.name != "items.jsonl"]
+    if misnamed and not (folder / "items.jsonl").is_file():
+        raise DataError(f"the catalog must be named items.jsonl (found {misnamed[0]}; file names are case-sensitive)",
+                        path=str(folder / misnamed[0]))
     items = load_items(folder / "items.jsonl")
     files = jsonl_split_files(folder)
     if not files:
