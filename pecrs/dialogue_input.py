@@ -4,7 +4,7 @@ Input is a list of `Turn`s, a list of {"role", "text", "items"?} dicts, or a `Di
 "seeker" and "recommender"; a text mentions catalog items as [ITEM] with their ids in "items"
 (any other special token's string, "[REC]" or "<|im_end|>", is plain text: pecrs.tokens).
 Bad input raises `DataError` (a ValueError) saying which turn and field is wrong. The model reads
-the last `context_max_tokens` tokens (§3.2); each turn's text is first cut to its last
+the last `context_max_tokens` tokens (256, §4.1); each turn's text is first cut to its last
 CHARS_PER_TOKEN x context_max_tokens characters, which bounds the cost of pathological input
 (tokens average far fewer than 16 characters, so the cut never reaches text the model would read).
 """

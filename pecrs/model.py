@@ -8,7 +8,7 @@ which lays one batch out as a single sequence per row,
     [ context ... [REC] | candidates v_1..v_C | (v_p [REC_END]) "Recommender:" response ]
 
 and runs the LM once with a block attention mask: the context is causal, every candidate sees
-the context and itself only (Eq. 5), and the generation segment sees the context and itself
+the context and itself only (§3.3), and the generation segment sees the context and itself
 (Eq. 6–7). The recall query is the state at [REC] (Eq. 3). Sharing the context between the
 three losses is what keeps a PECRS step close to the cost of a plain LM step.
 """

@@ -4,7 +4,7 @@ Plain dicts only, no torch, so that checking a strategy name (a config, a CLI fl
 
 Strategies (``PRESETS``)
 ------------------------
-Table 8 footnote: "Except greedy decoding, all other techniques use a beam width of 4". Facts taken from
+Table 8's caption: "Except greedy decoding, all other techniques use a beam width of 4". Facts taken from
 the authors' public code (Ravoxsg/efficient_unified_crs, ``engine_validation.py::make_generation_embeds``
 and the argparse defaults in ``main.py``):
 
@@ -20,14 +20,14 @@ Choices made here:
 
 * ``greedy``: ``num_beams=1``, no sampling.
 * ``beam``: ``num_beams=4``.
-* ``diverse_beam_{0.5,1.0,1.5}``: ``num_beams=4`` (footnote) split into ``num_beam_groups=2`` groups of 2
-  beams: the footnote only fixes the beam width, so the group count stays at the code's default (2).
+* ``diverse_beam_{0.5,1.0,1.5}``: ``num_beams=4`` (caption) split into ``num_beam_groups=2`` groups of 2
+  beams: the caption only fixes the beam width, so the group count stays at the code's default (2).
   ``{"num_beams": 4, "num_beam_groups": 4, "diversity_penalty": x}`` (4 groups of 1 beam) is the other
   reading; pass such a dict to :func:`resolve`/:func:`generate` to use it.
 * ``top_k_{25,50,75}``: beam-sample exactly as the authors' ``top_k_sampling`` branch (``do_sample=True``,
   ``num_beams=4``, ``temperature=1.15``); ``top_p=1.0`` is set so that a checkpoint's
   ``generation_config`` (e.g. SmolLM2/Llama ship ``top_p=0.9``) cannot add a nucleus cut.
-* ``nucleus_{0.90,0.95,0.99}``: not in the public code. Beam-sample with ``num_beams=4`` (footnote),
+* ``nucleus_{0.90,0.95,0.99}``: not in the public code. Beam-sample with ``num_beams=4`` (caption),
   ``top_k=0`` (pure nucleus as in Holtzman et al.; Hugging Face would otherwise silently apply its default
   ``top_k=50``) and ``temperature=1.0``. The 1.15 temperature belongs to the authors' top-k branch only;
   Table 8 also reports nucleus p=0.99 as much *less* diverse than top-k 50 (Dist@2 0.35 vs 0.65), which
@@ -46,7 +46,7 @@ import copy
 
 #: temperature of the authors' ``top_k_sampling`` branch (``--sampling_temperature`` default).
 SAMPLING_TEMPERATURE = 1.15
-#: beam width of every strategy but greedy (Table 8 footnote).
+#: beam width of every strategy but greedy (Table 8's caption).
 BEAM_WIDTH = 4
 #: number of beam groups for diverse beam search (authors' ``--num_beam_groups`` default).
 NUM_BEAM_GROUPS = 2
