@@ -43,6 +43,22 @@ def _seeded(seed: int | None, device: torch.device):
         yield
 
 
+class StopsAsOneEos(LogitsProcessor):
+    """Every id that ends a reply as one token: the first (EOS) gets the log-sum-exp of their
+    logits and the others -inf, so the probability of ending here is unchanged; run before
+    temperature and top-k (transformers applies the caller's processors first)."""
+
+    def __init__(self, stop_ids: list[int]):
+        self.stop_ids = torch.tensor(stop_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        ids = self.stop_ids.to(scores.device)
+        ending = torch.logsumexp(scores[:, ids], dim=-1)
+        scores[:, ids[1:]] = float("-inf")
+        scores[:, ids[0]] = ending
+        return scores
+
+
 class TokenBudget(LogitsProcessor):
     """Bans `token_id` from a row once the row has generated it `limit` times (one comparison
     and one masked write per step for the whole batch, beams included: no loop over rows).
@@ -82,6 +98,14 @@ def generate(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, s
     kwargs = resolve(strategy)
     pad, eos = special_ids(model, pad_token_id, eos_token_id)
     processors = [TokenBudget(token, limit) for token, limit in (token_budget or {}).items()]
+    if kwargs.get("do_sample") and (kwargs.get("num_beams") or 1) > 1 and len(eos) > 1:
+        # transformers' beam-sample draws (1 + number of EOS ids) x num_beams candidates a step and
+        # keeps the best num_beams of them. A reply has ~20 ids that end it (tokens.reply_stop_ids):
+        # 84 draws from a top-50 pool of 4 beams always include the best continuations, and the
+        # "sampling" decoded exactly as beam search, whatever the seed. One EOS that carries the
+        # probability of all of them gives back the 2 x num_beams draws of a one-EOS model (the paper's).
+        processors.append(StopsAsOneEos(eos))
+        eos = eos[:1]
     with _seeded(seed, inputs_embeds.device):
         if (kwargs.get("num_beam_groups") or 1) > 1:
             kwargs.setdefault("diversity_penalty", 0.0)
