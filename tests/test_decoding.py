@@ -245,6 +245,52 @@ def test_sampling_seed_is_reproducible(model, strategy):
     assert len(runs) > 1  # seeds matter (hot pure sampling on a random model)
 
 
+def test_beam_sample_with_many_stop_ids_still_samples(gpt2):
+    """transformers' beam-sample draws (1 + number of EOS ids) x beams candidates a step. A PECRS
+    reply ends at ~20 ids (tokens.reply_stop_ids): passed as they are, 84 draws from the 4 x 50
+    top-k pool always held the best continuations, and "top_k" decoded as beam search whatever the
+    seed (every reply of the shipped model on 191 dev turns). The stop ids now count as one EOS."""
+    emb, mask = _inputs()
+    stops = [EOS] + list(range(200, 239))     # 40 ids that end a reply
+    kw = dict(max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=stops)
+    beam = generate(gpt2, emb, mask, "beam", **kw)
+    sampled = [generate(gpt2, emb, mask, "top_k", seed=s, **kw) for s in range(6)]
+    assert len({str(out) for out in sampled}) > 1 and beam not in sampled
+    assert not any(set(row) & set(stops) for out in sampled for row in out)   # still cut at the first
+
+
+def test_stop_ids_as_one_eos_keep_the_probability_of_ending():
+    from pecrs.decoding.generation import StopsAsOneEos
+
+    scores = torch.randn(3, 10)
+    out = StopsAsOneEos([2, 5, 9])(torch.zeros(3, 1, dtype=torch.long), scores.clone())
+    before, after = scores.softmax(-1), out.softmax(-1)
+    assert torch.allclose(after[:, 2], before[:, [2, 5, 9]].sum(-1))
+    assert bool((after[:, [5, 9]] == 0).all())
+    keep = [0, 1, 3, 4, 6, 7, 8]
+    assert torch.allclose(after[:, keep], before[:, keep])
+
+
+def test_only_beam_sampling_merges_the_stop_ids(gpt2, monkeypatch):
+    """Greedy and beam search keep every stop id as its own end (their replies, and the shipped
+    model's measured test figures, are unchanged)."""
+    seen = {}
+    original = gpt2.generate
+
+    def spy(**kwargs):
+        seen["eos"] = kwargs["eos_token_id"]
+        seen["processors"] = [type(p).__name__ for p in kwargs.get("logits_processor") or []]
+        return original(**kwargs)
+
+    monkeypatch.setattr(gpt2, "generate", spy)
+    emb, mask = _inputs()
+    stops = [EOS, 200, 201]
+    for strategy, merged in (("greedy", False), ("beam", False), ("top_k", True), ("nucleus", True),
+                             ({"do_sample": True, "num_beams": 1, "top_k": 50}, False)):
+        generate(gpt2, emb, mask, strategy, max_new_tokens=2, pad_token_id=PAD, eos_token_id=stops, seed=0)
+        assert (seen["eos"], "StopsAsOneEos" in seen["processors"]) == (([EOS], True) if merged else (stops, False))
+
+
 # ---------------------------------------------------------------------------------- diverse beam search
 
 def test_hamming_penalty_by_hand():
