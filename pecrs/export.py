@@ -31,10 +31,11 @@ CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_r
 
 
 def export(run: str | Path, destination: str | Path, catalog=None, device=None, notes: str | None = None,
-           no_repeat_ngram: int | None = None) -> Path:
+           no_repeat_ngram: int | None = None, decoding: str | None = None) -> Path:
     """Write the shipped form of `run` (a run folder or checkpoint) to `destination`. `notes`:
     markdown for the card's "About this model" (how and why it was trained, what it is not).
-    no_repeat_ngram: the shipped inference.no_repeat_ngram (None: the run's)."""
+    no_repeat_ngram, decoding: the shipped inference.no_repeat_ngram and inference.decoding
+    (None: the run's)."""
     from .recommender import Recommender
 
     ckpt = checkpoint_dir(run)
@@ -45,7 +46,7 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
                               f"replace it; choose another folder")
     # float32: the shipped item vectors must not carry a bfloat16 encoder's rounding.
     rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False, dtype="float32",
-                                      no_repeat_ngram=no_repeat_ngram)
+                                      no_repeat_ngram=no_repeat_ngram, decoding=decoding)
     provenance = {"source": str(ckpt), "git_revision": git_revision() or "unknown", "hardware": hardware(),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__}
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})

@@ -30,7 +30,7 @@ def exported(tmp_path_factory):
     models = root / "models"
     (root / "notes.md").write_text("Trained on a laptop, for a demo.\n")
     assert main(["export", str(run), str(models / "inspired"), "--notes", str(root / "notes.md"),
-                 "--no-repeat-ngram", "3"]) == 0
+                 "--no-repeat-ngram", "3", "--decoding", "beam"]) == 0
     return run, models / "inspired"
 
 
@@ -47,10 +47,11 @@ def test_export_is_half_precision_with_vectors_and_a_card(exported):
                    "Limitations", "git", "item_vectors.safetensors",
                    "## About this model\n\nTrained on a laptop, for a demo.",
                    "stopped early (max_train_minutes) at epoch 2, batch 7, after 10 minutes",
-                   "no 3-gram twice in a reply"):
+                   "no 3-gram twice in a reply", "decoding `beam`"):
         assert needed in card, needed
     meta = json.loads((shipped / "pecrs_config.json").read_text())
     assert meta["export"]["source"].endswith("best") and meta["config"]["inference"]["no_repeat_ngram"] == 3
+    assert meta["config"]["inference"]["decoding"] == "beam"
 
 
 def test_export_never_replaces_its_run_or_a_folder_that_is_not_a_model(exported, capsys):

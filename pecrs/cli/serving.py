@@ -104,7 +104,7 @@ def _export(args) -> int:
 
     notes = read_notes(args.notes) if args.notes else None
     dest = export(args.run_dir, args.destination, catalog=args.catalog, device=args.device, notes=notes,
-                  no_repeat_ngram=args.no_repeat_ngram)
+                  no_repeat_ngram=args.no_repeat_ngram, decoding=args.decoding)
     sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
     print(json.dumps({"exported": str(dest), "bytes": sum(sizes.values()), "files": sizes}))
     return 0
@@ -132,4 +132,6 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",
                    help="the shipped model's inference.no_repeat_ngram: no n-gram of N tokens twice in one "
                         "reply (default: the run's, 0 unless set)")
+    p.add_argument("--decoding", help="the shipped model's inference.decoding, a pecrs.decoding preset "
+                                      "(default: the run's, top_k unless set)")
     p.set_defaults(func=_export)
