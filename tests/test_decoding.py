@@ -257,6 +257,8 @@ def test_beam_sample_with_many_stop_ids_still_samples(gpt2):
     sampled = [generate(gpt2, emb, mask, "top_k", seed=s, **kw) for s in range(6)]
     assert len({str(out) for out in sampled}) > 1 and beam not in sampled
     assert not any(set(row) & set(stops) for out in sampled for row in out)   # still cut at the first
+    full = generate(gpt2, emb, mask, {**PRESETS["top_k_50"], "min_new_tokens": NEW}, seed=0, **kw)
+    assert all(len(row) == NEW for row in full)          # min_new_tokens still holds off every stop id
 
 
 def test_stop_ids_as_one_eos_keep_the_probability_of_ending():
@@ -269,6 +271,9 @@ def test_stop_ids_as_one_eos_keep_the_probability_of_ending():
     assert bool((after[:, [5, 9]] == 0).all())
     keep = [0, 1, 3, 4, 6, 7, 8]
     assert torch.allclose(after[:, keep], before[:, keep])
+    scores[0, 2] = float("-inf")             # EOS banned before it (min_new_tokens): no ending at all
+    out = StopsAsOneEos([2, 5, 9])(torch.zeros(3, 1, dtype=torch.long), scores.clone())
+    assert bool((out[0, [2, 5, 9]] == float("-inf")).all()) and bool(torch.isfinite(out[1:, 2]).all())
 
 
 def test_only_beam_sampling_merges_the_stop_ids(gpt2, monkeypatch):

@@ -45,15 +45,17 @@ def _seeded(seed: int | None, device: torch.device):
 
 class StopsAsOneEos(LogitsProcessor):
     """Every id that ends a reply as one token: the first (EOS) gets the log-sum-exp of their
-    logits and the others -inf, so the probability of ending here is unchanged; run before
-    temperature and top-k (transformers applies the caller's processors first)."""
+    logits and the others -inf, so the probability of ending here is unchanged. transformers runs
+    it after its own processors but before temperature and top-k: an EOS that one of those banned
+    (`min_new_tokens` bans EOS only) stays banned, and so does ending."""
 
     def __init__(self, stop_ids: list[int]):
         self.stop_ids = torch.tensor(stop_ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         ids = self.stop_ids.to(scores.device)
-        ending = torch.logsumexp(scores[:, ids], dim=-1)
+        banned = scores[:, ids[0]] == float("-inf")
+        ending = torch.logsumexp(scores[:, ids], dim=-1).masked_fill(banned, float("-inf"))
         scores[:, ids[1:]] = float("-inf")
         scores[:, ids[0]] = ending
         return scores
