@@ -3,8 +3,9 @@
 A context turn is rendered as "Seeker: text\n" or "Recommender: text\n". Items mentioned in a
 turn become *item slots*: positions whose input embedding is the item's vector v_j (Eq. 1)
 instead of a token embedding. As in the authors' code, a seeker turn is followed by
-[SEP] v.. [SEP] (§3.2 writes the items to the left of the seeker's words), and a recommender turn is preceded by [REC] v.. [REC_END], which is exactly the
-layout the model generates at that turn (Eq. 6: context, [REC], v_p, [REC_END], response).
+[SEP] v.. [SEP] (§3.2 writes the items to the left of the seeker's words), and a recommender
+turn is preceded by [REC] v.. [REC_END], which is exactly the layout the model generates at that
+turn (Eq. 6: context, [REC], v_p, [REC_END], response).
 
 Every sample becomes:
     context  = last `context_max_tokens` tokens of the rendered turns, then [REC]  (Eq. 2)

@@ -6,7 +6,8 @@ The vectors are therefore kept in two places, both checked against the catalog's
     with the catalog copy; the shipped models load with nothing to encode);
   * in a disk cache, PECRS_CACHE (default ~/.cache/pecrs)/catalogs/<key>.pt, the key hashing the
     checkpoint files, the catalog contents, the item-text settings, the encoding precision and the
-    base weights (backbone/fingerprint.py), so a second start on the same (checkpoint, catalog) loads instead of encoding.
+    base weights (backbone/fingerprint.py), so a second start on the same (checkpoint, catalog)
+    loads instead of encoding.
 """
 from __future__ import annotations
 
