@@ -173,14 +173,16 @@ def _breakdown(model, batches, vectors, m_inference, chunk):
 
     import torch
     from pecrs.attention import use_candidate_attention, use_stock_attention
+    from pecrs.retrieval import ExactIndex
 
+    index = ExactIndex(vectors, model.config.recall_temperature)   # built once, as a Recommender does
     parts = {"context_pass": [], "search": [], "rerank": [], "rerank_stock_attention": []}
     with torch.inference_mode():
         for b in batches:
             t0 = time.perf_counter()
             q, cache = model.context_pass(b.context_ids, b.context_items, b.context_len, vectors)
             t1 = time.perf_counter()
-            _, top = model.recall_scores(q, vectors).topk(min(m_inference, vectors.shape[0]), dim=1)
+            _, top = index.search(q, m_inference)
             t2 = time.perf_counter()
             model.rerank_with_cache(cache, b.context_len, b.context_ids.shape[1], vectors[top], chunk)
             t3 = time.perf_counter()

@@ -22,10 +22,9 @@ def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def recall_logits(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 3 logits: -angular(f(d_t), v) / temperature. queries [B, d] (already f-projected);
-    keys [B, C, d] (each row's own candidates) -> [B, C], or [N, d] (scored against every
-    query, one matrix product) -> [B, N]."""
-    if keys.dim() == 2:
-        return recall_from_cosine(F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T, temperature)
+    keys [B, C, d] (each row's own candidates, training's positives and shared negatives) -> [B, C].
+    The whole catalog is scored by a search index instead (pecrs.retrieval.ExactIndex: the same
+    logits by one matrix product of unit vectors), at evaluation as in serving."""
     return -angular_distance(queries.unsqueeze(1), keys) / temperature
 
 

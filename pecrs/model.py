@@ -26,7 +26,7 @@ from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute
 from .config import InferenceConfig, ModelConfig
 from .data import ITEM, REC, REC_END
 from .heads import ItemEncoder, recall_logits, two_layer_mlp
-from .retrieval import search_excluding
+from .retrieval import ExactIndex, search_excluding
 from .tokens import NO_ITEM, Batch, reply_stop_ids, reply_text
 
 
@@ -122,7 +122,7 @@ class PECRS(nn.Module):
     # ----- scores ---------------------------------------------------------------------------
     def recall_scores(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Eq. 3 logits at model.recall_temperature (pecrs.heads.recall_logits). queries [B, d]
-        (already f-projected), keys [B, C, d] -> [B, C] or [N, d] (every query) -> [B, N]."""
+        (already f-projected), keys [B, C, d] -> [B, C]."""
         return recall_logits(queries, keys, self.config.recall_temperature)
 
     def rerank_scores(self, candidate_states: torch.Tensor) -> torch.Tensor:
@@ -325,9 +325,9 @@ class PECRS(nn.Module):
         replaces the exact search; sort=False keeps the recall order. exclude [B, n]: catalog indices
         never returned (-1 pads); a row with fewer than M items left ends in -1, scored -inf."""
         queries, cache = self.context_pass(context_ids, context_items, context_len, catalog_vectors, keep_cache=rerank)
-        search = index.search if index is not None else lambda q, m: (   # at most N items, as an index
-            self.recall_scores(q, catalog_vectors).topk(min(m, len(catalog_vectors)), 1))
-        recall_scores, top = search_excluding(search, queries, min(m_inference, len(catalog_vectors)), exclude)
+        if index is None:   # the exact search that pecrs.Recommender serves with (build_index)
+            index = ExactIndex(catalog_vectors, self.config.recall_temperature)
+        recall_scores, top = search_excluding(index.search, queries, min(m_inference, len(catalog_vectors)), exclude)
         if not rerank:
             return top, recall_scores
         scores = self.rerank_with_cache(cache, context_len, context_ids.shape[1], catalog_vectors[top], chunk_size)

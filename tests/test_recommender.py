@@ -10,6 +10,7 @@ from pecrs.catalog import ItemStore
 from pecrs.data import DataError, Dialogue, Item, Turn
 from pecrs.catalog_source import CATALOG_FILE, read_items_lenient
 from pecrs.dialogue_input import clip_text
+from pecrs.heads import recall_logits
 from pecrs.recommender import Recommender
 from pecrs.retrieval import ExactIndex, FaissIndex, build_index
 from pecrs.samples import make_samples
@@ -320,11 +321,29 @@ def test_lenient_catalog_reading(tmp_path):
 # ---- retrieval -------------------------------------------------------------------------------
 
 def test_exact_index_ranks_as_the_model_does(rec):
+    """The index scores the catalog with Eq. 3's logits as training computes them (angular distance
+    per candidate), at the index's temperature."""
     queries = torch.randn(3, rec.vectors.shape[1], generator=torch.Generator().manual_seed(0))
     scores, idx = build_index(rec.vectors, "exact", temperature=0.1).search(queries, 5)
-    full = rec.model.recall_scores(queries, rec.vectors)
+    every_item = rec.vectors.expand(3, *rec.vectors.shape)                      # [B, N, d]
+    full = recall_logits(queries, every_item, temperature=0.1)
     ref_scores, ref_idx = full.topk(5, dim=1)
     assert torch.equal(idx, ref_idx) and torch.allclose(scores, ref_scores, atol=1e-4)
+
+
+def test_evaluation_and_serving_rank_with_one_search(rec, monkeypatch):
+    """PECRS.recommend without an index (evaluation) searches with pecrs.retrieval.ExactIndex, the
+    index a Recommender over a small catalog serves with: one implementation of the recall step."""
+    import pecrs.model
+
+    made = []
+    monkeypatch.setattr(pecrs.model, "ExactIndex",
+                        lambda *a, **k: made.append(ExactIndex(*a, **k)) or made[-1])
+    context = rec._context(rec.turns(TURNS, False))
+    served, _ = rec.model.recommend(*context, rec.vectors, m_inference=5, rerank=False, index=rec.index)
+    evaluated, _ = rec.model.recommend(*context, rec.vectors, m_inference=5, rerank=False)
+    assert isinstance(rec.index, ExactIndex) and len(made) == 1
+    assert made[0].temperature == rec.model.config.recall_temperature and torch.equal(served, evaluated)
 
 
 def test_faiss_index_recall_and_api():
