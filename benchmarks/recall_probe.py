@@ -68,6 +68,7 @@ def features(args) -> dict:
 
 def train_heads(data: dict, standardize: bool, passes: int, args) -> dict:
     from pecrs.heads import ItemEncoder, recall_logits, two_layer_mlp
+    from pecrs.retrieval import ExactIndex
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -98,9 +99,9 @@ def train_heads(data: dict, standardize: bool, passes: int, args) -> dict:
             losses.append(loss.item())
     with torch.no_grad():
         vectors = items(pooled[:, None], one)
-        scores = recall_logits(f(data["dev_rec"]), vectors, args.temperature)
-        target_score = scores.gather(1, data["dev_target"][:, None])
-        rank = (scores > target_score).sum(1)
+        # The whole catalog, best first, by the exact search that evaluation and serving use.
+        _, order = ExactIndex(vectors, args.temperature).search(f(data["dev_rec"]), n_items)
+        rank = (order == data["dev_target"][:, None]).int().argmax(1)
         unit = F.normalize(vectors, dim=-1)
         off_diagonal = ~torch.eye(n_items, dtype=torch.bool)
     return {"standardize": standardize, "passes": passes, "updates": len(losses),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every CPU benchmark in turn; JSON results go to $RESULTS (default benchmarks/results/), the
+# Run the CPU benchmarks below in turn (ann.py, load_test.py and the bf16 / profiling scripts run
+# on their own: benchmarks/README.md); JSON results go to $RESULTS (default benchmarks/results/), the
 # one-line summaries to stdout. Pass --quick for a smoke run (minutes instead of about an hour).
 # Check `uptime` first: on a shared machine, figures taken with a load average above ~1.5 are noise.
 #   bash benchmarks/run_all.sh [--quick]

@@ -3,7 +3,8 @@
 Three dataclasses hold every knob of a run: `model` (backbone, LoRA, item text, lengths), `train`
 (data, optimisation, negatives, checkpoints) and `inference` (how a trained model ranks and
 replies, read by evaluation and serving alike). Their defaults are the paper's settings (§4.1);
-`configs/*.yaml` only list what differs.
+`configs/inspired.yaml` and `configs/redial.yaml` still spell out the paper's main ones, to be read
+as the recipe, and the other configs list what they change.
 
 Values read from a file, an override or a checkpoint are checked against the dataclass type
 hints, ranges and fixed choices (`RunConfig.validate`; the rules are in config_checks.py) before
