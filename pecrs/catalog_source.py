@@ -44,7 +44,7 @@ def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], lis
     Returns (items, the first `max_errors` messages, the number of bad lines)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError("file not found", path=str(path))
+        raise DataError("a folder, not a file" if path.is_dir() else "file not found", path=str(path))
     items: dict[str, Item] = {}
     errors: list[str] = []
     n_bad = 0

@@ -45,7 +45,7 @@ import torch
 from .backbone import default_device
 from .catalog import ItemStore
 from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_items
-from .config import check_value
+from .config import ConfigError, check_value
 from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
 from .mentions import same_film, with_twins
@@ -122,7 +122,8 @@ class Recommender:
             self.report.encode_seconds = time.perf_counter() - started
         self.vectors = vectors.to(model.device, torch.float32)
         self.index = build_index(self.vectors, index, temperature=m.recall_temperature)
-        self.m_inference = m_inference or config.inference.m_inference
+        self.m_inference = check_value("inference.m_inference",   # the config's own check
+                                       config.inference.m_inference if m_inference is None else m_inference, int)
         self.decoding = decoding
         self.no_repeat_ngram = no_repeat_ngram
         self.exclude_mentioned = exclude_mentioned
@@ -154,7 +155,7 @@ class Recommender:
         from .config import RunConfig
         from .decoding import resolve
         from .precision import resolve_dtype
-        from .pretrained import checkpoint_dir, load_pretrained, other_backbone, read_meta
+        from .pretrained import CONFIG_FILE, checkpoint_dir, load_pretrained, other_backbone, read_meta
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
         meta = read_meta(ckpt)
@@ -163,7 +164,11 @@ class Recommender:
         # them in checkpoints saved before the section existed, are under "recommender".
         inference = RunConfig.from_dict(meta["config"]).inference
         saved = meta.get("recommender", {})
-        m_inference = m_inference or saved.get("m_inference") or inference.m_inference
+        if m_inference is None and saved.get("m_inference") is not None:   # before loading: fails in no time
+            try:
+                m_inference = check_value("inference.m_inference", saved["m_inference"], int)
+            except ConfigError as e:
+                raise ConfigError(f"{ckpt / CONFIG_FILE} field 'recommender.m_inference': {e}") from None
         decoding = decoding or saved.get("decoding") or inference.decoding
         resolve(decoding)  # before loading: a bad value fails in no time
         device = default_device(device)
@@ -173,7 +178,7 @@ class Recommender:
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
         # Saved vectors were encoded by the checkpoint's own base weights: not another backbone's.
         saved_usable = catalog is None and not other_backbone(model, meta)
-        vectors = load_saved_vectors(ckpt, list(items)) if saved_usable else None
+        vectors = load_saved_vectors(ckpt, list(items), model.hidden_size) if saved_usable else None
         if vectors is not None:
             report.vectors_from_cache = True
             report.cache_path = str(ckpt / VECTORS_FILE)

@@ -59,7 +59,7 @@ WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
 
 class TurnIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)   # no "3" for 3, no "yes" for true
     role: Literal["seeker", "recommender"]
     text: str = Field(max_length=MAX_TEXT_CHARS)
     items: list[str] = Field(default_factory=list, max_length=MAX_ITEMS_PER_TURN)
@@ -75,7 +75,7 @@ class TurnIn(BaseModel):
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)   # no "3" for 3, no "yes" for true
     turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
@@ -84,7 +84,7 @@ class RecommendRequest(BaseModel):
 
 
 class RespondRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)   # no "3" for 3, no "yes" for true
     turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
     decoding: str | None = Field(None, max_length=MAX_DECODING_CHARS)
     k_items: int = Field(1, ge=1, le=MAX_K_ITEMS)

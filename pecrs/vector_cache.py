@@ -11,6 +11,7 @@ The vectors are therefore kept in two places, both checked against the catalog's
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -75,18 +76,29 @@ def _hash_ids(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def load_saved_vectors(checkpoint: Path, ids: list[str]) -> torch.Tensor | None:
-    """The item vectors saved beside a checkpoint's catalog, if they are that catalog's."""
-    from safetensors import safe_open
+def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Tensor | None:
+    """The item vectors [len(ids), width] saved beside a checkpoint's catalog, if they are that
+    catalog's. Vectors are derived data: a damaged file, or one of another shape, is re-encoded
+    (with a warning naming it) rather than refused."""
+    from safetensors import SafetensorError, safe_open
 
     path = checkpoint / VECTORS_FILE
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        if (f.metadata() or {}).get("ids_sha256") != _hash_ids(ids):
-            log.warning("%s does not match the catalog %s: re-encoding", path, checkpoint / CATALOG_FILE)
-            return None
-        return f.get_tensor("vectors").float()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("ids_sha256") != _hash_ids(ids):
+                log.warning("%s does not match the catalog %s: re-encoding", path, checkpoint / CATALOG_FILE)
+                return None
+            vectors = f.get_tensor("vectors").float()
+    except (SafetensorError, OSError) as e:
+        log.warning("%s cannot be read (%s): re-encoding the catalog", path, str(e).splitlines()[0])
+        return None
+    if tuple(vectors.shape) != (len(ids), width):
+        log.warning("%s holds vectors of shape %s, not [%d, %d] for this model and catalog: re-encoding",
+                    path, list(vectors.shape), len(ids), width)
+        return None
+    return vectors
 
 
 def load_cached(path: Path, ids: list[str]) -> torch.Tensor | None:
@@ -97,16 +109,24 @@ def load_cached(path: Path, ids: list[str]) -> torch.Tensor | None:
     except Exception as e:  # a truncated or foreign file: re-encode and overwrite it
         log.warning("ignoring unreadable catalog cache %s: %s", path, e)
         return None
-    if payload.get("ids") != ids:
-        return None
+    if not isinstance(payload, dict) or payload.get("ids") != ids or not torch.is_tensor(payload.get("vectors")):
+        return None   # a foreign file under the hashed name: re-encode and overwrite it
     return payload["vectors"]
 
 
 def save_cached(path: Path, ids: list[str], vectors: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the cache file; the cache only saves time, so a folder that cannot be written (read-only
+    home, PECRS_CACHE naming a file) is a warning, and the vectors just encoded are used anyway."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": CACHE_FORMAT, "ids": ids, "vectors": vectors.detach().float().cpu()}, tmp)
-    os.replace(tmp, tmp.with_name(path.name))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": CACHE_FORMAT, "ids": ids, "vectors": vectors.detach().float().cpu()}, tmp)
+        os.replace(tmp, tmp.with_name(path.name))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        log.warning("cannot write the catalog cache %s (%s): the catalog will be encoded again next time "
+                    "(set PECRS_CACHE to a writable folder)", path, e)
 
 
 def save_vectors(vectors: torch.Tensor, ids: list[str], path: Path, half: bool = False) -> None:

@@ -86,6 +86,21 @@ def test_preset_names():
     assert resolve("diverse_beam_1.5")["diversity_penalty"] == 1.5
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    ({"num_beams": 0}, "num_beams must be an integer >= 1, got 0"),     # transformers: ZeroDivisionError
+    ({"num_beams": True}, "num_beams must be an integer >= 1, got True"),
+    ({"num_beams": 2.0}, "num_beams must be an integer"),
+    ({"top_k": -1, "do_sample": True}, "top_k must be an integer >= 0"),
+    ({"do_sample": True, "temperature": 0.0}, "temperature must be a number > 0"),
+    ({"do_sample": True, "top_p": 1.5}, r"top_p must be a number in \(0, 1\]"),
+    ({"do_sample": True, "temperature": float("nan")}, "temperature must be a number > 0"),
+])
+def test_a_strategy_dict_with_impossible_numbers_fails_when_given_not_at_the_first_reply(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        resolve(kwargs)
+    assert resolve({"do_sample": True, "num_beams": 2, "temperature": 1, "top_p": 1})["temperature"] == 1
+
+
 def test_resolve_returns_a_copy():
     kw = resolve("beam")
     kw["num_beams"] = 99

@@ -227,6 +227,11 @@ def test_cli_list_and_merge(run, mini_data, root, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["parts"]["train"] == "not run" and out["parts"]["test-no-plot"] == "not run"
     assert out["parts"]["test-none"] == "done earlier"
+    # a file that is not a result.json is named, whatever it holds
+    for name, content in (("list.json", b"[1, 2]"), ("parts.json", b'{"parts": [1]}'), ("bytes.json", b"\xff")):
+        (tmp_path / name).write_bytes(content)
+        assert main(args + ["--merge", str(tmp_path / name)]) == 2
+        assert f"{tmp_path / name}: not a result.json" in capsys.readouterr().err
 
 
 @pytest.mark.smoke

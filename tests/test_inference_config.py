@@ -206,3 +206,27 @@ def test_pecrs_evaluate_writes_predictions_beside_its_metrics(tmp_path, monkeypa
     assert "is where the result JSON goes" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--protocol", "standardized", "--predictions", str(predictions)]) == 2
     assert "--protocol standardized has none" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("world"))
+
+
+@pytest.mark.parametrize("value, words", [(2.5, "expected an integer, got 2.5"), ("x", "expected an integer"),
+                                          (-5, ">= 1, got -5"), (True, "got True"), (0, ">= 1, got 0")])
+def test_m_inference_is_checked_as_the_config_checks_it(tiny_run, tmp_path, value, words):
+    """From Python and from a checkpoint's "recommender" section alike: a bad M_inference is an
+    error at load time, not a torch error at the first request (0 once fell back to the default)."""
+    from pecrs.recommender import Recommender
+
+    run_dir, items = tiny_run
+    with pytest.raises(ConfigError, match=rf"inference\.m_inference: .*{words}"):
+        Recommender.from_pretrained(run_dir, catalog=items, device="cpu", cache_dir=False, m_inference=value)
+    saved = Recommender.from_pretrained(run_dir, catalog=items, device="cpu", cache_dir=False).save_pretrained(
+        tmp_path / "saved")
+    meta = json.loads((saved / CONFIG_FILE).read_text())
+    meta["recommender"] = {"m_inference": value}
+    (saved / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=rf"pecrs_config\.json field 'recommender\.m_inference'.*{words}"):
+        Recommender.from_pretrained(saved, device="cpu", cache_dir=False)

@@ -261,3 +261,43 @@ def test_a_lone_surrogate_escape_is_named_where_it_is_read(tmp_path):
     write_jsonl(tmp_path / "items.jsonl", [*ITEMS, {"id": "30", "title": "A", "plot": 0}])
     with pytest.raises(DataError, match="items.jsonl:3 field 'plot': expected a string"):
         load_items(tmp_path / "items.jsonl")
+
+
+def test_a_row_longer_than_its_header_is_an_error_not_a_shifted_row(tmp_path):
+    """An unquoted tab inside a TSV text (or a comma inside a CSV title) moves every later column
+    one place right: the row would load with its mention and half its text gone."""
+    folder = tsv(tmp_path / "tsv", [])
+    rows = [["a", "SEEKER", "hi", "hi", "{}"],    # written by hand: a csv writer would quote the tab
+            ["a", "RECOMMENDER", "you should see\tHeat (1995) today", "you should see [MOVIE_TITLE_0] today",
+             "{'Heat (1995)': 0}"]]
+    (folder / "dev.tsv").write_text("\n".join("\t".join(r) for r in [TSV_HEADER, *rows]) + "\n")
+    e = error(folder, fmt="inspired-tsv")
+    assert e.path.endswith("dev.tsv") and e.line == 3 and f"the header {len(TSV_HEADER)}" in str(e)
+    write_jsonl(tmp_path / "csv" / "test_data.jsonl", [conv()])
+    (tmp_path / "csv" / "movies_with_mentions.csv").write_text(
+        "movieId,movieName,nbMentions\n10,Heat (1995),3\n111,Crazy, Stupid, Love (2011),5\n")
+    e = error(tmp_path / "csv")
+    assert e.path.endswith("movies_with_mentions.csv") and e.line == 3 and "5 fields, the header 3" in str(e)
+
+
+def test_a_key_written_twice_is_an_error_not_a_lost_value(tmp_path):
+    """Plain JSON keeps the last of two equal keys: a dialogue's first "turns", with its item
+    mentions, would vanish without a word (the YAML configs refuse duplicates for the same reason)."""
+    turns = json.dumps(GOOD["turns"])
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(i) for i in ITEMS) + "\n")
+    (tmp_path / "train.jsonl").write_text(json.dumps(GOOD) + "\n"
+                                          + f'{{"id": "d1", "turns": {turns}, "turns": [{{"role": "seeker", '
+                                            f'"text": "hi"}}]}}\n')
+    e = error(tmp_path)
+    assert e.path.endswith("train.jsonl") and e.line == 2 and "key 'turns' written twice" in str(e)
+    (tmp_path / "items.jsonl").write_text('{"id": "1", "title": "Heat", "year": 1995, "title": "Alien"}\n')
+    with pytest.raises(DataError, match=r"items\.jsonl:1: key 'title' written twice"):
+        load_items(tmp_path / "items.jsonl")
+
+
+def test_a_split_that_is_a_folder_is_named_so(tmp_path):
+    folder = jsonl_folder(tmp_path, [GOOD])
+    (folder / "train.jsonl").unlink()
+    (folder / "train.jsonl").mkdir()
+    e = error(folder)
+    assert e.path.endswith("train.jsonl") and "a folder, not a file" in str(e)

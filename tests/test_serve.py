@@ -92,6 +92,12 @@ def _locs(response):
     ("/respond", {"turns": [SEEKER], "decoding": "telepathy"}, ("body", "decoding")),
     ("/respond", {"turns": [SEEKER], "k_items": 11}, ("body", "k_items")),
     ("/respond", {"turns": [SEEKER], "seed": -1}, ("body", "seed")),
+    # strict types, as the Python API: no bool or text for a count, no text for a flag
+    ("/recommend", {"turns": [SEEKER], "k": True}, ("body", "k")),
+    ("/recommend", {"turns": [SEEKER], "k": "3"}, ("body", "k")),
+    ("/recommend", {"turns": [SEEKER], "exclude_mentioned": "yes"}, ("body", "exclude_mentioned")),
+    ("/respond", {"turns": [SEEKER], "link_titles": "on"}, ("body", "link_titles")),
+    ("/recommend", {"turns": [{**SEEKER, "items": [3]}]}, ("body", "turns", 0, "items", 0)),
 ])
 def test_invalid_requests_are_422(client, path, body, loc):
     r = client.post(path, json=body)

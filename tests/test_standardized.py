@@ -325,3 +325,15 @@ def test_bad_bytes_and_deep_json_are_data_errors_naming_the_file(tmp_path):
         (folder / "test_data.jsonl").write_bytes(payload)
         with pytest.raises(DataError, match="test_data.jsonl"):
             load_collection(folder)
+
+
+def test_the_catalog_csv_is_read_as_the_loaders_read_it(tmp_path):
+    """`pecrs baseline naive` takes the catalog ids from movies_with_mentions.csv with the loaders'
+    reader: a byte order mark is accepted, a non-UTF-8 byte names the file and line."""
+    path = tmp_path / "official" / "movies_with_mentions.csv"
+    path.parent.mkdir()
+    path.write_bytes("\ufeffmovieId,movieName,nbMentions\n10,Heat (1995),3\n20,Up (2009),1\n".encode())
+    assert S.catalog_ids(tmp_path) == ["10", "20"]
+    path.write_bytes(b"movieId,movieName,nbMentions\n10,Heat (1995),3\n20,Am\xe9lie (2001),1\n")
+    with pytest.raises(DataError, match=r"movies_with_mentions\.csv:3: not UTF-8"):
+        S.catalog_ids(tmp_path)

@@ -165,24 +165,28 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise `gguf` to float32 and `save_pretrained` it into `target` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {_dtype_kwarg_name(): torch.float32}
-    gguf_config = _dequantizing_gguf_config()
-    if gguf_config is not None:
-        kwargs["quantization_config"] = gguf_config
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    roles = gguf_token_roles(gguf)
-    set_token_roles(tokenizer, roles)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
-    _drop_quantizer(model)
-    for role, token_id in roles.items():
-        for config in (model.config, getattr(model, "generation_config", None)):
-            if config is not None and role != "unk_token":
-                setattr(config, f"{role}_id", token_id)
-
-    # Write beside the target and rename, so a concurrent or interrupted run never sees half a cache.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    # Written beside the target and renamed, so a concurrent or interrupted run never sees half a
+    # cache; the folder is made first, so an unwritable cache fails before the conversion's seconds.
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    except OSError as e:
+        raise ValueError(f"cannot write the converted backbone under {target.parent} ({e.strerror or e}): "
+                         f"set PECRS_CACHE to a writable folder") from None
+    try:
+        kwargs = {_dtype_kwarg_name(): torch.float32}
+        gguf_config = _dequantizing_gguf_config()
+        if gguf_config is not None:
+            kwargs["quantization_config"] = gguf_config
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        roles = gguf_token_roles(gguf)
+        set_token_roles(tokenizer, roles)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
+        _drop_quantizer(model)
+        for role, token_id in roles.items():
+            for config in (model.config, getattr(model, "generation_config", None)):
+                if config is not None and role != "unk_token":
+                    setattr(config, f"{role}_id", token_id)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "pecrs_source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")

@@ -31,8 +31,11 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path):
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`; None when the file is missing, unreadable, not UTF-8 JSON, or holds
+    something else than an object (every file read here is one: a stray one is not ours)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
+    return data if isinstance(data, dict) else None

@@ -137,12 +137,12 @@ def merge(ctx: Context, parts: list[Part], files: list[str]) -> list[str]:
     by_name = {p.name: p for p in parts}
     for f in files:
         data = read_json(Path(f))
-        if not data:
-            raise ValueError(f"{f}: not a result.json")
+        if not data or not isinstance(data.get("parts", {}), dict):
+            raise ValueError(f"{f}: not a result.json (a JSON object whose 'parts' maps part names to records)")
         for name, entry in (data.get("parts") or {}).items():
-            rec = entry.get("record")
+            rec = entry.get("record") if isinstance(entry, dict) else None
             part = by_name.get(name)
-            if not rec or part is None or rec.get("key") != part_key(part):
+            if not isinstance(rec, dict) or part is None or rec.get("key") != part_key(part):
                 continue
             if finished_result(ctx, part, rec["key"]) is None:
                 write_json(part_file(ctx, part), rec)

@@ -30,9 +30,9 @@ from .inspired_tsv import TSV_COLUMNS, TSV_SPEAKERS, load_inspired_tsv
 from .items import load_items, parse_item, split_title_year
 from .jsonl import load_dialogues, load_jsonl_folder
 from .reading import check_record, check_text, parse_json_line, read_jsonl, read_lines, read_lines_each
-from .redial import REDIAL_MENTIONS, REDIAL_SPLIT_FILES, load_redial
+from .redial import REDIAL_MENTIONS, REDIAL_SPLIT_FILES, items_from_movies_csv, load_redial
 
 __all__ = ["SPLIT_ORDER", "FORMATS", "dataset_files", "detect_format", "load_dataset", "TSV_COLUMNS",
            "TSV_SPEAKERS", "load_inspired_tsv", "load_items", "parse_item", "split_title_year",
            "load_dialogues", "load_jsonl_folder", "check_record", "check_text", "parse_json_line", "read_jsonl", "read_lines", "read_lines_each",
-           "REDIAL_MENTIONS", "REDIAL_SPLIT_FILES", "load_redial"]
+           "REDIAL_MENTIONS", "REDIAL_SPLIT_FILES", "items_from_movies_csv", "load_redial"]

@@ -22,7 +22,7 @@ def official_dir(folder: Path) -> Path:
 
 def _require_file(path: Path) -> Path:
     if not path.is_file():
-        raise DataError("file not found", path=str(path))
+        raise DataError("a folder, not a file" if path.is_dir() else "file not found", path=str(path))
     return path
 
 
@@ -54,11 +54,27 @@ def read_lines_each(path: Path):
             yield n, _not_utf8(path, n, raw, e)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):   # the rare bad line: find which key
+        keys = [key for key, _ in pairs]
+        raise _DuplicateKey(next(key for i, key in enumerate(keys) if key in keys[:i]))
+    return obj
+
+
 def parse_json_line(line: str, where: dict) -> dict:
     """One JSON Lines line as an object; anything else (malformed or too deeply nested JSON, an
-    integer too long to convert, not an object) is a DataError at `where` ({"path", "line"})."""
+    integer too long to convert, not an object, an object with a key written twice, whose first
+    value plain JSON would drop) is a DataError at `where` ({"path", "line"})."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, object_pairs_hook=_object_without_duplicate_keys)
+    except _DuplicateKey as e:
+        raise DataError(f"key {e.args[0]!r} written twice in one object (JSON would keep the last one "
+                        f"and drop the first)", **where) from None
     except json.JSONDecodeError as e:  # e.msg may end in "at" ("Unterminated string starting at")
         at = "" if e.msg.endswith(" at") else " at"
         raise DataError(f"malformed JSON: {e.msg}{at} column {e.colno}", **where) from None
@@ -122,7 +138,8 @@ def read_csv(path: Path, delimiter: str, columns) -> csv.DictReader:
 
 def csv_rows(reader: csv.DictReader, path: Path, columns):
     """Yield (line number, row) with every name in `columns` present: a row too short to have
-    one, or a line the csv module cannot read, is a DataError."""
+    one, a row longer than the header (an unquoted delimiter inside a field shifts every later
+    column), or a line the csv module cannot read, is a DataError."""
     while True:
         try:
             row = next(reader)
@@ -130,6 +147,10 @@ def csv_rows(reader: csv.DictReader, path: Path, columns):
             return
         except csv.Error as e:
             raise DataError(f"malformed row: {e}", path=str(path), line=reader.line_num) from None
+        if row.get(None):   # DictReader keeps the fields past the header under the key None
+            raise DataError(f"row has {len(reader.fieldnames) + len(row[None])} fields, the header "
+                            f"{len(reader.fieldnames)} (a delimiter inside a field must be quoted)",
+                            path=str(path), line=reader.line_num)
         for col in columns:
             if row.get(col) is None:
                 n = sum(v is not None for k, v in row.items() if k is not None)

@@ -62,7 +62,7 @@ def redial_files(folder: Path) -> list[Path]:
     return [_catalog_file(folder), folder / "items_sources.jsonl", *redial_split_files(folder).values()]
 
 
-def _items_from_movies_csv(path: Path) -> dict[str, Item]:
+def items_from_movies_csv(path: Path) -> dict[str, Item]:
     """A titles-only catalog from ReDial's movies_with_mentions.csv (movieId,movieName,...)."""
     items = {}
     columns = ("movieId", "movieName")
@@ -171,7 +171,7 @@ def load_redial(folder, mentions: str = "pecrs") -> DatasetBundle:
     if catalog.name == "items.jsonl":
         items = load_items(catalog)
     elif catalog.is_file():
-        items = _items_from_movies_csv(catalog)
+        items = items_from_movies_csv(catalog)
     else:
         raise DataError("file not found (neither items.jsonl nor "
                         f"{catalog.name} is present)", path=str(folder / "items.jsonl"))

@@ -7,14 +7,13 @@ naming file, line and field.
 """
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataError
-from ..loaders import check_record, check_text, load_items, read_jsonl
+from ..loaders import check_record, check_text, items_from_movies_csv, load_items, read_jsonl
 
 VARIANTS = ("full", "dedup")
 TEST_FILE = "test_data.jsonl"
@@ -186,12 +185,8 @@ def catalog_ids(folder) -> list[str] | None:
     if (folder / "items.jsonl").is_file():
         return list(load_items(folder / "items.jsonl"))
     for csv_path in (folder / "movies_with_mentions.csv", folder / "official" / "movies_with_mentions.csv"):
-        if csv_path.is_file():
-            with open(csv_path, encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f)
-                if "movieId" not in (reader.fieldnames or []):
-                    raise DataError("missing column", path=str(csv_path), line=1, field="movieId")
-                return [row["movieId"] for row in reader]
+        if csv_path.is_file():   # read as `pecrs data stats` and training read it
+            return list(items_from_movies_csv(csv_path))
     return None
 
 
