@@ -21,6 +21,7 @@ from .config import InferenceConfig
 from .data import ITEM, DataError, Item, Sample
 from .decoding import without_repeats
 from .mentions import same_film, with_twins
+from .retrieval import ExactIndex
 from .samples import mentioned_items
 from .tokens import DialogueEncoder, collate, pad_rows
 
@@ -79,6 +80,8 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
         raise ValueError("m_values is empty")
     if index is not None and len(m_values) > 1:
         raise ValueError("rank_samples_at with an approximate index takes one M_inference at a time")
+    if index is None:   # built once for every batch: the exact search that serving uses
+        index = ExactIndex(catalog_vectors, model.config.recall_temperature)
     out = {m: [] for m in m_values}
     batches = length_sorted_batches([len(e.context_ids) for e in encoded], batch_size)
     for rows in tqdm(batches, desc="rank", disable=not progress):

@@ -95,6 +95,8 @@ class Recommender:
         from .retrieval import build_index
 
         resolve(decoding)  # fail early on an unknown strategy
+        m_inference = check_value("inference.m_inference",   # the config's own check
+                                  config.inference.m_inference if m_inference is None else m_inference, int)
         if no_repeat_ngram is None:
             no_repeat_ngram = config.inference.no_repeat_ngram
         check_value("inference.no_repeat_ngram", no_repeat_ngram, int)  # the config's own check
@@ -122,8 +124,7 @@ class Recommender:
             self.report.encode_seconds = time.perf_counter() - started
         self.vectors = vectors.to(model.device, torch.float32)
         self.index = build_index(self.vectors, index, temperature=m.recall_temperature)
-        self.m_inference = check_value("inference.m_inference",   # the config's own check
-                                       config.inference.m_inference if m_inference is None else m_inference, int)
+        self.m_inference = m_inference
         self.decoding = decoding
         self.no_repeat_ngram = no_repeat_ngram
         self.exclude_mentioned = exclude_mentioned
@@ -164,7 +165,9 @@ class Recommender:
         # them in checkpoints saved before the section existed, are under "recommender".
         inference = RunConfig.from_dict(meta["config"]).inference
         saved = meta.get("recommender", {})
-        if m_inference is None and saved.get("m_inference") is not None:   # before loading: fails in no time
+        if m_inference is not None:   # checked before loading: a bad value fails in no time
+            check_value("inference.m_inference", m_inference, int)
+        elif saved.get("m_inference") is not None:
             try:
                 m_inference = check_value("inference.m_inference", saved["m_inference"], int)
             except ConfigError as e:

@@ -122,7 +122,7 @@ def save_cached(path: Path, ids: list[str], vectors: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"format": CACHE_FORMAT, "ids": ids, "vectors": vectors.detach().float().cpu()}, tmp)
         os.replace(tmp, tmp.with_name(path.name))
-    except OSError as e:
+    except (OSError, RuntimeError) as e:   # torch.save reports a full disk as a RuntimeError
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         log.warning("cannot write the catalog cache %s (%s): the catalog will be encoded again next time "

@@ -92,13 +92,17 @@ def test_preset_names():
     ({"num_beams": 2.0}, "num_beams must be an integer"),
     ({"top_k": -1, "do_sample": True}, "top_k must be an integer >= 0"),
     ({"do_sample": True, "temperature": 0.0}, "temperature must be a number > 0"),
-    ({"do_sample": True, "top_p": 1.5}, r"top_p must be a number in \(0, 1\]"),
+    ({"do_sample": True, "top_p": 1.5}, r"top_p must be a number in \[0, 1\]"),
     ({"do_sample": True, "temperature": float("nan")}, "temperature must be a number > 0"),
 ])
 def test_a_strategy_dict_with_impossible_numbers_fails_when_given_not_at_the_first_reply(kwargs, words):
     with pytest.raises(ValueError, match=words):
         resolve(kwargs)
-    assert resolve({"do_sample": True, "num_beams": 2, "temperature": 1, "top_p": 1})["temperature"] == 1
+    # what transformers takes: temperature 0 without sampling (ignored), an integer temperature
+    # (made a float: its processors refuse an int), top_p 0
+    assert resolve({"do_sample": False, "temperature": 0.0}) == {"do_sample": False, "temperature": 0.0}
+    sampled = resolve({"do_sample": True, "num_beams": 2, "temperature": 2, "repetition_penalty": 2, "top_p": 0})
+    assert type(sampled["temperature"]) is float and type(sampled["repetition_penalty"]) is float
 
 
 def test_resolve_returns_a_copy():

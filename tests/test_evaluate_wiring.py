@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pecrs.config import InferenceConfig
+from pecrs.config import InferenceConfig, ModelConfig
 from pecrs.data import REC_END, RECOMMENDER, SEEKER, Dialogue, Item, Turn
 from pecrs.evaluate import evaluate, recall_only
 from pecrs.samples import make_samples
@@ -75,6 +75,7 @@ class StubStore:
 class StubModel:
     """recommend / generate / training_losses from PLAN, looked up by the context tokens."""
     device = torch.device("cpu")
+    config = ModelConfig()   # read for the recall temperature of the search index, which recommend ignores
 
     def __init__(self, encoder, samples):
         self.tokenizer = encoder.tokenizer

@@ -97,7 +97,8 @@ def _locs(response):
     ("/recommend", {"turns": [SEEKER], "k": "3"}, ("body", "k")),
     ("/recommend", {"turns": [SEEKER], "exclude_mentioned": "yes"}, ("body", "exclude_mentioned")),
     ("/respond", {"turns": [SEEKER], "link_titles": "on"}, ("body", "link_titles")),
-    ("/recommend", {"turns": [{**SEEKER, "items": [3]}]}, ("body", "turns", 0, "items", 0)),
+    ("/recommend", {"turns": [SEEKER], "k": 5.0}, ("body", "k")),
+    ("/respond", {"turns": [SEEKER], "seed": "7"}, ("body", "seed")),
 ])
 def test_invalid_requests_are_422(client, path, body, loc):
     r = client.post(path, json=body)

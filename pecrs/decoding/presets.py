@@ -87,14 +87,33 @@ ALIASES: dict[str, str] = {
 }
 
 # generate kwargs whose values transformers accepts unchecked and fails on deep inside generate
-# (num_beams 0: a division by zero at the first reply): (kind, test, what the test asks)
+# (num_beams 0: a division by zero at the first reply): key -> (kind, test, what the test asks).
+# The sampling ones are checked only when the strategy samples: without it transformers ignores them.
 _NUMBERS = {"num_beams": (int, lambda v: v >= 1, ">= 1"), "num_beam_groups": (int, lambda v: v >= 1, ">= 1"),
-            "top_k": (int, lambda v: v >= 0, ">= 0"), "min_new_tokens": (int, lambda v: v >= 0, ">= 0"),
+            "min_new_tokens": (int, lambda v: v >= 0, ">= 0"),
             "no_repeat_ngram_size": (int, lambda v: v >= 0, ">= 0"),
-            "temperature": (float, lambda v: 0 < v < float("inf"), "> 0"),
-            "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
             "diversity_penalty": (float, lambda v: 0 <= v < float("inf"), ">= 0"),
             "repetition_penalty": (float, lambda v: 0 < v < float("inf"), "> 0")}
+_SAMPLING_NUMBERS = {"top_k": (int, lambda v: v >= 0, ">= 0"),
+                     "temperature": (float, lambda v: 0 < v < float("inf"), "> 0"),
+                     "top_p": (float, lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+
+def _check_numbers(kwargs: dict) -> None:
+    """Each number of `kwargs` of its kind and range (a ValueError naming it); an integer given for
+    a float setting becomes a float, as transformers' logits processors require (temperature 2)."""
+    checked = {**_NUMBERS, **(_SAMPLING_NUMBERS if kwargs.get("do_sample") else {})}
+    for key, (kind, test, asked) in checked.items():
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        of_kind = isinstance(value, int) or (kind is float and isinstance(value, float))
+        if isinstance(value, bool) or not of_kind or not test(value):
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"decoding {key} must be {what} {asked}, got {value!r}")
+        if kind is float:
+            kwargs[key] = float(value)
+
 
 # keys this module sets itself; a strategy dict must not carry them
 _RESERVED = {"inputs_embeds", "attention_mask", "input_ids", "max_new_tokens", "pad_token_id",
@@ -116,14 +135,7 @@ def resolve(strategy: str | dict) -> dict:
     bad = _RESERVED & set(kwargs)
     if bad:
         raise ValueError(f"strategy must not set {sorted(bad)}: pass them to generate() instead")
-    for key, (kind, test, asked) in _NUMBERS.items():
-        value = kwargs.get(key)
-        if value is None:
-            continue
-        of_kind = isinstance(value, int) or (kind is float and isinstance(value, float))
-        if isinstance(value, bool) or not of_kind or not test(value):
-            what = "an integer" if kind is int else "a number"
-            raise ValueError(f"decoding {key} must be {what} {asked}, got {value!r}")
+    _check_numbers(kwargs)
     if kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError("num_return_sequences must be 1 (one response per row)")
     groups = kwargs.get("num_beam_groups", 1) or 1
