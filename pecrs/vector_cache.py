@@ -78,8 +78,8 @@ def _hash_ids(ids: list[str]) -> str:
 
 def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Tensor | None:
     """The item vectors [len(ids), width] saved beside a checkpoint's catalog, if they are that
-    catalog's. Vectors are derived data: a damaged file, or one of another shape, is re-encoded
-    (with a warning naming it) rather than refused."""
+    catalog's. Vectors are derived data: a damaged file, one of another shape or one holding NaN or
+    infinite values is re-encoded (with a warning naming it) rather than refused."""
     from safetensors import SafetensorError, safe_open
 
     path = checkpoint / VECTORS_FILE
@@ -97,6 +97,9 @@ def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Te
     if tuple(vectors.shape) != (len(ids), width):
         log.warning("%s holds vectors of shape %s, not [%d, %d] for this model and catalog: re-encoding",
                     path, list(vectors.shape), len(ids), width)
+        return None
+    if not torch.isfinite(vectors).all():
+        log.warning("%s holds NaN or infinite vectors: re-encoding", path)
         return None
     return vectors
 

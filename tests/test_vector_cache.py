@@ -36,7 +36,7 @@ def test_a_cache_that_cannot_be_written_is_a_warning(saved, tmp_path, caplog):
     assert [r.item.id for r in loaded.recommend(TURNS, k=3)] == [r.item.id for r in rec.recommend(TURNS, k=3)]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "other width"])
+@pytest.mark.parametrize("damage", ["truncated", "other width", "not finite"])
 def test_damaged_saved_vectors_are_encoded_again(saved, tmp_path, caplog, damage):
     rec, folder = saved
     path = folder / VECTORS_FILE
@@ -44,8 +44,10 @@ def test_damaged_saved_vectors_are_encoded_again(saved, tmp_path, caplog, damage
     try:
         if damage == "truncated":
             path.write_bytes(original[:-40])
-        else:   # the ids hash matches, the width is not this model's
+        elif damage == "other width":   # the ids hash matches, the width is not this model's
             save_vectors(torch.randn(len(rec), 7), list(rec.items), path)
+        else:
+            save_vectors(rec.vectors.clone().index_fill_(0, torch.tensor([2]), float("nan")), list(rec.items), path)
         with caplog.at_level(logging.WARNING, logger="pecrs.vector_cache"):
             loaded = Recommender.from_pretrained(folder, device="cpu", cache_dir=False)
     finally:
