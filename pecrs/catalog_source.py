@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .data import DataError, Item
 from .loaders import load_dataset, load_items, parse_item, parse_json_line, read_lines_each
+from .loaders.reading import require_file
 
 CATALOG_FILE = "items.jsonl"     # the catalog copy that Recommender.save_pretrained writes
 
@@ -42,9 +43,7 @@ def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], lis
     """An items.jsonl read like `loaders.load_items`, except that a bad line (malformed JSON, a
     missing title, a wrong type, a duplicate id) is skipped and reported instead of raised.
     Returns (items, the first `max_errors` messages, the number of bad lines)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("a folder, not a file" if path.is_dir() else "file not found", path=str(path))
+    path = require_file(Path(path))
     items: dict[str, Item] = {}
     errors: list[str] = []
     n_bad = 0

@@ -58,8 +58,12 @@ DECODINGS = sorted(ALIASES) + sorted(PRESETS)
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
 
-class TurnIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)   # no "3" for 3, no "yes" for true
+class _Body(BaseModel):
+    """A request body or part of one: no unknown fields, JSON's own types (no "3" for 3, no "yes" for true)."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TurnIn(_Body):
     role: Literal["seeker", "recommender"]
     text: str = Field(max_length=MAX_TEXT_CHARS)
     items: list[str] = Field(default_factory=list, max_length=MAX_ITEMS_PER_TURN)
@@ -74,8 +78,7 @@ class TurnIn(BaseModel):
         return text
 
 
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)   # no "3" for 3, no "yes" for true
+class RecommendRequest(_Body):
     turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
@@ -83,8 +86,7 @@ class RecommendRequest(BaseModel):
     exclude_mentioned: bool | None = None
 
 
-class RespondRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)   # no "3" for 3, no "yes" for true
+class RespondRequest(_Body):
     turns: list[TurnIn] = Field(min_length=1, max_length=MAX_TURNS)
     decoding: str | None = Field(None, max_length=MAX_DECODING_CHARS)
     k_items: int = Field(1, ge=1, le=MAX_K_ITEMS)

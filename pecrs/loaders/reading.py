@@ -20,7 +20,8 @@ def official_dir(folder: Path) -> Path:
     return folder / "official" if (folder / "official").is_dir() else folder
 
 
-def _require_file(path: Path) -> Path:
+def require_file(path: Path) -> Path:
+    """`path` if it is a file; else a DataError saying whether it is missing or a folder."""
     if not path.is_file():
         raise DataError("a folder, not a file" if path.is_dir() else "file not found", path=str(path))
     return path
@@ -29,7 +30,7 @@ def _require_file(path: Path) -> Path:
 def _read_text(path: Path) -> str:
     """The whole file as text (UTF-8, a leading byte-order mark dropped); bytes that are not
     UTF-8 are a DataError naming the line and column where they start."""
-    data = _require_file(path).read_bytes()
+    data = require_file(path).read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -46,7 +47,7 @@ def _not_utf8(path: Path, line: int, data: bytes, e: UnicodeDecodeError, line_st
 def read_lines_each(path: Path):
     """Yield (line number, text) per line, or (line number, DataError) for a line whose bytes are
     not UTF-8, naming its column: a lenient reader skips that line and keeps the others."""
-    data = _require_file(path).read_bytes()
+    data = require_file(path).read_bytes()
     for n, raw in enumerate(data.split(b"\n"), 1):
         try:
             yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
