@@ -2,7 +2,9 @@
 
 Three dataclasses hold every knob of a run: `model` (backbone, LoRA, item text, lengths), `train`
 (data, optimisation, negatives, checkpoints) and `inference` (how a trained model ranks and
-replies, read by evaluation and serving alike). Their defaults are the paper's settings (§4.1);
+replies, read by evaluation and serving alike). Their defaults are the paper's settings (§4.1)
+but for the backbone, `model.item_encoding` and `model.recall_temperature` (README, "Where pecrs
+departs from the paper");
 `configs/inspired.yaml` and `configs/redial.yaml` still spell out the paper's main ones, to be read
 as the recipe, and the other configs list what they change.
 
@@ -77,7 +79,7 @@ class TrainConfig(Section):
     lr_reference_batch: int | None = None   # set: lr is tuned at this batch, scaled by sqrt(batch / it)
     warmup_epochs: float = 1.0
     warmup_steps: int | None = None         # set: warm-up in optimiser updates (overrides warmup_epochs)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0               # §4.1 names AdamW without a decay; 0 (torch's default is 0.01)
     # Beyond the paper: the four special-token rows ([ITEM], [SEP], [REC], [REC_END]) learn at
     # lr x this. They start at the mean embedding; at a LoRA learning rate [ITEM] stays unlikely
     # (p ~ 2e-5 where a reply names a movie, after 446 updates at 1e-4) and the model writes

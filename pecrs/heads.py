@@ -1,4 +1,4 @@
-"""The item side of PECRS and its scores (§3.3): the item encoder of Eq. 1 (learned pooling of the
+"""The item side of PECRS and its scores (§3.2-3.3): the item encoder of Eq. 1 (learned pooling of the
 LM's token states of an item text, then the residual head h_item), the two-layer MLPs that build
 the projection f and the rerank head g, and the angular distance behind Eq. 3's recall logits.
 
@@ -39,7 +39,8 @@ def two_layer_mlp(d_in: int, d_out: int) -> nn.Sequential:
 
 
 class ItemHead(nn.Module):
-    """h_item of Eq. 1: a residual MLP then a projection, from pooled LM states [N, d] to v_j [N, d]."""
+    """h_item of Eq. 1: a residual MLP then a projection, from pooled LM states [N, d] to v_j [N, d].
+    §3.2 says only "a MLP layer"; the residual form is the authors' released code's."""
 
     def __init__(self, d: int):
         super().__init__()

@@ -16,7 +16,8 @@ Scales (decided once, here):
 Which samples go where, as in the reference implementation (Ravoxsg/efficient_unified_crs,
 engine.py): recall@k and Unique use every sample that has a target, including the
 `repeated` samples of a multi-item turn; ROUGE, the [ITEM] F-1 and Dist@K use one entry per
-response turn (samples with `repeated=False`), with or without a target.
+response turn (samples with `repeated=False`), with or without a target; perplexity uses every
+sample, so a k-item turn's reference reply counts k times, each with its own item injected.
 
 A metric that is undefined on its input (no samples, 0/0) returns ``float("nan")``;
 `summarize` turns NaN into ``None`` so its output is valid JSON.

@@ -138,7 +138,8 @@ def perplexity(total_nll, total_tokens) -> float:
     an array of per-sample sums (they are summed). total_tokens: how many tokens those NLLs
     cover, a number or an array (summed). The tokens to count are the response tokens the LM
     predicts under teacher forcing — the recommender turn, its special tokens included —
-    never the context or padding; every sample's response counts once. NaN when no token.
+    never the context or padding; every sample's response counts once (a k-item turn's reply k
+    times, each with its own item injected). NaN when no token.
 
     Note: the PECRS code logs the mean over batches of exp(batch-mean per-sentence NLL), which
     weights short responses more and is not equal to this corpus-level value.
