@@ -155,7 +155,8 @@ def catalog(model, cfg, dataset: str = "inspired"):
     from pecrs.loaders import load_items
 
     items = load_items(DATASETS / dataset / "items.jsonl")
-    return ItemStore(list(items.values()), model.tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
+    return ItemStore(list(items.values()), model.tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens,
+                     cfg.model.item_encoding)
 
 
 def fake_cached_states(store, hidden: int, seed: int = 0, dtype=torch.float16):

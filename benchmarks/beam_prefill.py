@@ -38,11 +38,11 @@ def main(argv=None):
     vectors = setup.store.all_vectors(model)
     top1 = np.zeros(n, dtype=np.int64)
     strategy = without_repeats(config.inference.decoding, 3)
-    args_ = (model, setup.store, encoded, top1, vectors, args.batch_size, strategy, config.model.response_max_tokens)
+    args_ = (model, encoded, top1, vectors, args.batch_size, strategy, config.model.response_max_tokens)
 
     shared = generation.prompt_cache_kwargs
     with torch.inference_mode(), model.merged_lora():
-        generate_responses(model, setup.store, encoded[:2], top1[:2], vectors, 2, strategy, 2)  # warm-up
+        generate_responses(model, encoded[:2], top1[:2], vectors, 2, strategy, 2)  # warm-up
         ours, t_shared = C.timed(generate_responses, *args_, seed=0)
         generation.prompt_cache_kwargs = lambda *a, **k: {}
         try:

@@ -61,8 +61,7 @@ def main(argv=None):
     auto = resolve_dtype("auto", "cpu")
 
     def encode_catalog(model, items):  # as Recommender encodes a catalog
-        store = ItemStore(items, model.tokenizer, m.item_fields, m.item_max_tokens)
-        return store.encode(model, adapted=m.item_encoding == "adapted")
+        return ItemStore(items, model.tokenizer, m.item_fields, m.item_max_tokens, m.item_encoding).all_vectors(model)
 
     if args.model:
         from pecrs.pretrained import checkpoint_dir, load_pretrained

@@ -44,10 +44,10 @@ def main(argv=None):
     kw = dict(chunk_size=config.inference.rerank_chunk_size)
 
     with torch.inference_mode(), model.merged_lora():
-        rank_samples(model, setup.store, encoded[:2], vectors, m, bs, **kw)  # warm-up
+        rank_samples(model, encoded[:2], vectors, m, bs, **kw)  # warm-up
         in_order, t_order = C.timed(lambda: np.concatenate(
-            [rank_samples(model, setup.store, encoded[i:i + bs], vectors, m, bs, **kw) for i in range(0, n, bs)]))
-        by_length, t_sorted = C.timed(rank_samples, model, setup.store, encoded, vectors, m, bs, **kw)
+            [rank_samples(model, encoded[i:i + bs], vectors, m, bs, **kw) for i in range(0, n, bs)]))
+        by_length, t_sorted = C.timed(rank_samples, model, encoded, vectors, m, bs, **kw)
 
     lengths = [len(e.context_ids) for e in encoded_all]
     order_batches = [np.arange(i, min(i + bs, len(lengths))) for i in range(0, len(lengths), bs)]

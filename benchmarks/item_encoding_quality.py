@@ -20,7 +20,7 @@ for bb in ["tiny-llama", "tiny-gpt2"]:
   for mode in ["cached", "adapted"]:
     cfg = RunConfig(); cfg.model.backbone, cfg.model.item_max_tokens, cfg.train.m_train = bb, 16, 8
     model = build_model(cfg, seed=0)
-    store = ItemStore(ITEMS, model.tokenizer, cfg.model.item_fields, 16)
+    store = ItemStore(ITEMS, model.tokenizer, cfg.model.item_fields, 16, encoding=mode)
     if mode == "cached": store.cache_base_states(model)
     enc = DialogueEncoder(model.tokenizer, store.index, 64, 16)
     train = enc.encode_all(make_samples(dialogues(0, 400))); test = enc.encode_all(make_samples(dialogues(1, 64)))
@@ -33,6 +33,6 @@ for bb in ["tiny-llama", "tiny-gpt2"]:
         loss = total_loss(l, cfg); opt.zero_grad(); loss.backward(); opt.step()
     secs = time.perf_counter() - t
     model.eval(); tg = np.array([e.target for e in test])
-    r = rank_samples(model, store, test, store.all_vectors(model), 16, 16)
-    rr = rank_samples(model, store, test, store.all_vectors(model), 16, 16, rerank=False)
+    r = rank_samples(model, test, store.all_vectors(model), 16, 16)
+    rr = rank_samples(model, test, store.all_vectors(model), 16, 16, rerank=False)
     print(f"{bb} {mode}: R@1 recall+rerank {(r[:,0]==tg).mean():.3f} recall-only {(rr[:,0]==tg).mean():.3f} R@5 {np.mean([t in row[:5] for t,row in zip(tg,r)]):.3f} train {secs:.1f}s/300 steps")

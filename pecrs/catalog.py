@@ -22,7 +22,12 @@ CACHED_STATES_DTYPE = torch.float16   # "cached" item token states: half the mem
 
 
 class ItemStore:
-    def __init__(self, items: list[Item], tokenizer, fields, max_tokens: int = 128):
+    """A catalog's tokenised item texts and the way their vectors are made: "cached" or "adapted"
+    (`model.item_encoding`), or "saved" once `use_saved_vectors` gives a shipped model's vectors."""
+
+    def __init__(self, items: list[Item], tokenizer, fields, max_tokens: int = 128, encoding: str = "cached"):
+        if encoding not in ("cached", "adapted"):
+            raise ValueError(f"model.item_encoding must be 'cached' or 'adapted', not {encoding!r}")
         self.items = list(items)
         self.ids = [it.id for it in self.items]
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
@@ -34,16 +39,17 @@ class ItemStore:
         # belongs to the l-th token of the item, and "w/o item pooling" reads the last real one.
         enc = tokenizer.pad({"input_ids": rows}, padding="longest", padding_side="right", return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
-        self.states: torch.Tensor | None = None   # [N, L, d] when cached
+        self.states: torch.Tensor | None = None   # [N, L, d] once cache_base_states has run
         self.saved: torch.Tensor | None = None    # [N, d] when the vectors came with a shipped model
-        self.mode = "adapted"
+        self.mode = encoding
 
     def __len__(self) -> int:
         return len(self.items)
 
     @torch.no_grad()
     def cache_base_states(self, model, batch_size: int = 64, dtype=CACHED_STATES_DTYPE, progress: bool = False):
-        """Compute the frozen-base token states of every item once ("cached" mode)."""
+        """Compute the frozen-base token states of every item once and keep them ("cached" mode):
+        a training step then only pools and projects them."""
         # dtype per batch: the float32 states of the whole catalog are never held (ReDial: ~2 GB).
         states = model.item_token_states(self.input_ids, self.attention_mask, adapted=False,
                                          batch_size=batch_size, dtype=dtype, progress=progress)
@@ -71,12 +77,16 @@ class ItemStore:
         return self
 
     def token_states(self, model, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM token states [n, L, d] and masks [n, L] of the items at catalog `indices`: the held
+        cache, or the LM run now (LoRA off for "cached", in the cache's float16; on for "adapted")."""
         idx = indices.to(self.attention_mask.device)
         mask = self.attention_mask[idx]
-        if self.mode == "cached":
+        if self.mode == "cached" and self.states is not None:
             return self.states[idx.to(self.states.device)], mask
-        # "adapted" runs the LM over the items; its length-sorted batching reads lengths on the host.
-        return model.item_token_states(self.input_ids[idx], mask, adapted=True), mask
+        # The LM's length-sorted batching reads lengths on the host.
+        adapted = self.mode == "adapted"
+        return model.item_token_states(self.input_ids[idx], mask, adapted=adapted,
+                                       dtype=None if adapted else CACHED_STATES_DTYPE), mask
 
     def vectors(self, model, indices: torch.Tensor) -> torch.Tensor:
         """Item vectors v (Eq. 1) for catalog indices, with gradient into the item encoder (in
@@ -86,46 +96,45 @@ class ItemStore:
         states, mask = self.token_states(model, indices)
         return model.item_vectors(states, mask)
 
+    def length_sorted_chunks(self, size: int) -> tuple[torch.Tensor, ...]:
+        """Catalog indices, shortest item text first, in chunks of `size`. The LM cuts each chunk
+        to its longest item, so sorting the whole catalog first wastes little on padding: on
+        INSPIRED (SmolLM2's tokens) chunks of 64 in catalog order run 1.90x the real tokens,
+        sorted ones 1.04x."""
+        return torch.argsort(self.attention_mask.sum(1), stable=True).split(size)
+
     @torch.no_grad()
-    def encode(self, model, adapted: bool, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """Every item's vector (Eq. 1) [N, d] float32, computed batch by batch from the LM (LoRA
-        off: the frozen base, as "cached" training reads it; on: "adapted"), so the token states
-        of the whole catalog are never held at once (a new catalog at serving time)."""
+    def all_vectors(self, model, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Every item's vector (Eq. 1) [N, d], for evaluation and serving alike: the saved vectors,
+        or `vectors` over length-sorted chunks, so that without a cache the token states of the
+        whole catalog are never held at once. Recomputed on every call: callers keep the result."""
+        if self.mode == "saved":
+            return self.saved.to(model.device)
         from tqdm import tqdm
 
-        out = []
-        for start in tqdm(range(0, len(self), batch_size), desc="encode catalog", disable=not progress):
-            ids = self.input_ids[start:start + batch_size]
-            mask = self.attention_mask[start:start + batch_size]
-            states = model.item_token_states(ids, mask, adapted=adapted, batch_size=batch_size)
-            if not adapted:  # the precision the cached mode trains on (cache_base_states)
-                states = states.to(CACHED_STATES_DTYPE)
-            out.append(model.item_vectors(states, mask).float())
-        return torch.cat(out)
+        out = None
+        with tqdm(total=len(self), desc="encoding items", unit="item", disable=not progress) as bar:
+            for rows in self.length_sorted_chunks(batch_size):
+                v = self.vectors(model, rows)
+                if out is None:
+                    out = v.new_empty(len(self), v.shape[-1])
+                out[rows.to(out.device)] = v
+                bar.update(len(rows))
+        return out if out is not None else torch.zeros(0, model.hidden_size, device=model.device)
 
     @torch.no_grad()
     def base_pooled_states(self, model, batch_size: int = 64) -> torch.Tensor:
         """Every item's pooled frozen-base state w^T I_j [N, d] float32 (LoRA off, whatever the
         mode): what `model.item_standardize` fits its statistics on before training."""
-        out = []
-        for start in range(0, len(self), batch_size):
-            mask = self.attention_mask[start:start + batch_size]
+        out = torch.zeros(len(self), model.hidden_size, device=model.device)
+        for rows in self.length_sorted_chunks(batch_size):
+            mask = self.attention_mask[rows]
             if self.states is not None:
-                states = self.states[start:start + batch_size]
+                states = self.states[rows.to(self.states.device)]
             else:
-                states = model.item_token_states(self.input_ids[start:start + batch_size], mask, adapted=False,
-                                                 batch_size=batch_size)
-            out.append(model.item_encoder.pool(states.to(model.device), mask.to(model.device)).float())
-        return torch.cat(out) if out else torch.zeros(0, model.hidden_size)
-
-    @torch.no_grad()
-    def all_vectors(self, model, batch_size: int = 256) -> torch.Tensor:
-        """Every item's vector, for inference: computed once per catalog and checkpoint."""
-        out = []
-        for start in range(0, len(self), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(self)))
-            out.append(self.vectors(model, idx))
-        return torch.cat(out)
+                states = model.item_token_states(self.input_ids[rows], mask, adapted=False, batch_size=len(rows))
+            out[rows.to(out.device)] = model.item_encoder.pool(states.to(model.device), mask.to(model.device)).float()
+        return out
 
 
 def sample_negatives(n_items: int, positives: torch.Tensor, m: int, rows: int | None = None,

@@ -1,6 +1,7 @@
 """Evaluation (§4.1): recommendation and conversation metrics of a model on one split.
 
-    recommend  every sample: retrieve top M_inference by recall score, re-rank, keep the top 50
+    recommend  every sample (only those with a target when no reply is generated): retrieve the
+               top M_inference by recall score, re-rank, keep the top 50
     recall     R@1/10/50 and Unique over samples with a target; the same on the de-duplicated
                samples (target not mentioned earlier) and for the naive "earlier items" baseline
     generate   one response per recommender turn, with the top-1 item injected (§3.6); ROUGE,
@@ -16,14 +17,14 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .catalog import ItemStore, vector_slots
+from .catalog import ItemStore
 from .config import InferenceConfig
 from .data import ITEM, DataError, Item, Sample
 from .decoding import without_repeats
-from .mentions import same_film, with_twins
+from .mentions import same_film
 from .retrieval import ExactIndex
-from .samples import mentioned_items
-from .tokens import DialogueEncoder, collate, pad_rows
+from .samples import excluded_rows, mentioned_items
+from .tokens import NO_ITEM, DialogueEncoder, collate, pad_rows
 
 TOP_K_KEPT = 50
 
@@ -36,11 +37,11 @@ def length_sorted_batches(lengths, size: int) -> list[np.ndarray]:
     return [order[start:start + size] for start in range(0, len(order), size)]
 
 
-def rank_samples(model, store: ItemStore, encoded, catalog_vectors, m_inference: int, batch_size: int,
+def rank_samples(model, encoded, catalog_vectors, m_inference: int, batch_size: int,
                  rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False, index=None,
                  chunk_size: int = InferenceConfig.rerank_chunk_size, exclude=None) -> np.ndarray:
     """Catalog indices [n, keep] best first for every encoded sample."""
-    return rank_samples_at(model, store, encoded, catalog_vectors, [m_inference], batch_size, rerank, keep,
+    return rank_samples_at(model, encoded, catalog_vectors, [m_inference], batch_size, rerank, keep,
                            progress, index, chunk_size, exclude)[m_inference]
 
 
@@ -49,8 +50,8 @@ def mentioned_indices(samples, items: list[Item]) -> list[list[int]]:
     (`mentioned_items`) and their twins (`pecrs.mentions.same_film`): the `exclude` of
     rank_samples under inference.exclude_mentioned, as `Recommender` excludes them. A DataError
     names the dialogue and turn whose context mentions the whole catalog (nothing left to rank)."""
-    index, twins = {it.id: k for k, it in enumerate(items)}, same_film(items)
-    excluded = [[index[i] for i in with_twins(mentioned_items(s.context), twins) if i in index] for s in samples]
+    row_of, twins = {it.id: k for k, it in enumerate(items)}, same_film(items)
+    excluded = [excluded_rows(mentioned_items(s.context), twins, row_of) for s in samples]
     for s, row in zip(samples, excluded):
         if len(row) >= len(items):
             raise DataError(f"dialogue '{s.dialogue_id}' turn {s.turn_index}: its context mentions every item "
@@ -59,7 +60,7 @@ def mentioned_indices(samples, items: list[Item]) -> list[list[int]]:
 
 
 @torch.no_grad()
-def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values, batch_size: int,
+def rank_samples_at(model, encoded, catalog_vectors, m_values, batch_size: int,
                     rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False,
                     index=None, chunk_size: int = InferenceConfig.rerank_chunk_size,
                     exclude=None) -> dict[int, np.ndarray]:
@@ -107,25 +108,24 @@ def rank_samples_at(model, store: ItemStore, encoded, catalog_vectors, m_values,
 
 
 @torch.no_grad()
-def response_nll(model, store: ItemStore, encoded, batch_size: int, progress: bool = False) -> tuple[float, int]:
-    """Summed NLL and token count of the reference responses (perplexity)."""
+def response_nll(model, encoded, catalog_vectors, batch_size: int, progress: bool = False) -> tuple[float, int]:
+    """Summed NLL and token count of the reference responses (perplexity), the ground-truth items
+    read from `catalog_vectors` [N, d], the vectors ranking and generation read."""
     tok = model.tokenizer
     total, count = 0.0, 0  # device tensors after the first batch: read once at the end, not per batch
+    catalog_rows = torch.arange(len(catalog_vectors), device=model.device)   # catalog index -> its row
     lengths = [len(e.context_ids) + len(e.response_ids) for e in encoded]
     for rows in tqdm(length_sorted_batches(lengths, batch_size), desc="perplexity", disable=not progress):
-        batch = collate([encoded[i] for i in rows], tok.pad_token_id, model.rec_end_id)
-        items, row = vector_slots(len(store), batch.target, batch.context_items, batch.gen_items)  # on the host
-        batch = batch.to(model.device)
-        vectors, row = store.vectors(model, items.to(model.device)), row.to(model.device)
+        batch = collate([encoded[i] for i in rows], tok.pad_token_id, model.rec_end_id).to(model.device)
         empty = torch.zeros(len(batch.target), 0, dtype=torch.long, device=model.device)
-        losses = model.training_losses(batch, vectors, row, empty, empty, score_items=False)
+        losses = model.training_losses(batch, catalog_vectors, catalog_rows, empty, empty, score_items=False)
         total = total + losses["gen_nll_sum"].double()
         count = count + losses["gen_tokens"]
     return float(total), int(count)
 
 
 @torch.no_grad()
-def generate_responses(model, store: ItemStore, encoded, recommended: np.ndarray, catalog_vectors,
+def generate_responses(model, encoded, recommended: np.ndarray, catalog_vectors,
                        batch_size: int, strategy: str = "top_k", max_new_tokens: int = 64, seed: int = 0,
                        progress: bool = False) -> list[str]:
     """Generated texts for each encoded sample, the [ITEM] token kept as is. Samples run in
@@ -179,7 +179,8 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
              max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None,
              predictions: bool = False) -> dict:
     """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
-    `inference`: M_inference, decoding and no_repeat_ngram, batch size, re-rank chunk (None: defaults).
+    `inference`: M_inference, decoding and no_repeat_ngram, batch size, re-rank chunk,
+    exclude_mentioned (None: defaults).
     generate=False: no responses (ROUGE, F-1, Dist are None); perplexity=False: no PPL (a forward
     pass over every sample: on a CPU, most of a recall-only evaluation's time). predictions=True:
     also "predictions", one record per ranked sample (`sample_predictions`)."""
@@ -192,49 +193,49 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     catalog_vectors = store.all_vectors(model)
     # LoRA folded into the weights for the whole evaluation (model.merged_lora); unfolded after.
     with model.merged_lora():
-        rec_rows = np.array([s.target is not None for s in samples], dtype=bool)
+        has_target = np.array([s.target is not None for s in samples], dtype=bool)
         # Generation needs a recommendation for every turn; the recall metrics only for the rows
         # with a target (28% of INSPIRED's test samples).
-        rank_rows = np.arange(len(samples)) if generate else np.flatnonzero(rec_rows)
-        ranked_rows = rank_samples(model, store, [encoded[i] for i in rank_rows], catalog_vectors, m_inference,
-                                   batch_size, progress=progress, index=index, chunk_size=inference.rerank_chunk_size,
-                                   exclude=mentioned_indices([samples[i] for i in rank_rows], store.items)
-                                   if inference.exclude_mentioned else None)
-        ranked = np.zeros((len(samples), ranked_rows.shape[1]), dtype=ranked_rows.dtype)
-        ranked[rank_rows] = ranked_rows
-        targets = np.array([e.target for e in encoded])[rec_rows]
-        seen = np.array([s.target_seen_before for s in samples])[rec_rows]
-        naive = naive_ranking([s for s, r in zip(samples, rec_rows) if r], store.index)
+        ranked_idx = np.arange(len(samples)) if generate else np.flatnonzero(has_target)
+        ranked_subset = rank_samples(model, [encoded[i] for i in ranked_idx], catalog_vectors, m_inference,
+                                     batch_size, progress=progress, index=index, chunk_size=inference.rerank_chunk_size,
+                                     exclude=mentioned_indices([samples[i] for i in ranked_idx], store.items)
+                                     if inference.exclude_mentioned else None)
+        ranked = np.full((len(samples), ranked_subset.shape[1]), NO_ITEM, dtype=ranked_subset.dtype)
+        ranked[ranked_idx] = ranked_subset
+        targets = np.array([e.target for e in encoded])[has_target]
+        seen = np.array([s.target_seen_before for s in samples])[has_target]
+        naive = naive_ranking([s for s, r in zip(samples, has_target) if r], store.index)
         result = {}
-        nll, count = response_nll(model, store, encoded, batch_size, progress) if perplexity else (None, None)
+        nll, count = response_nll(model, encoded, catalog_vectors, batch_size, progress) if perplexity else (None, None)
         gen_args, replies = {}, {}
         if generate:
             # One response per recommender turn: the first sample of each turn (repeated=False).
-            turn_rows = [i for i, s in enumerate(samples) if not s.repeated]
-            turn_encoded = [encoded[i] for i in turn_rows]
-            top1 = ranked[turn_rows, 0]
+            reply_idx = [i for i, s in enumerate(samples) if not s.repeated]
+            turn_encoded = [encoded[i] for i in reply_idx]
+            top1 = ranked[reply_idx, 0]
             # ROUGE and Dist compare text; [ITEM] stands in both for "some item", as in the references.
-            clean = generate_responses(model, store, turn_encoded, top1, catalog_vectors, batch_size, strategy,
-                                       max_new_tokens, seed, progress)
-            refs = [samples[i].response.text for i in turn_rows]
-            replies = dict(zip(turn_rows, clean))
-            gen_args = dict(predictions=clean, references=refs,
-                            pred_has_item=np.array([ITEM in t for t in clean]),
+            generated = generate_responses(model, turn_encoded, top1, catalog_vectors, batch_size, strategy,
+                                           max_new_tokens, seed, progress)
+            refs = [samples[i].response.text for i in reply_idx]
+            replies = dict(zip(reply_idx, generated))
+            gen_args = dict(predictions=generated, references=refs,
+                            pred_has_item=np.array([ITEM in t for t in generated]),
                             ref_has_item=np.array([ITEM in r for r in refs]))
             result["examples"] = [
                 {"dialogue_id": samples[i].dialogue_id, "turn_index": samples[i].turn_index,
                  "reference": samples[i].response.text, "generated": t,
                  "recommended": store.items[int(top1[j])].display()}
-                for j, (i, t) in enumerate(zip(turn_rows[:20], clean[:20]))]
-        summary = metrics.summarize(ranked=ranked[rec_rows], targets=targets, seen_before=seen, naive_ranked=naive,
+                for j, (i, t) in enumerate(zip(reply_idx[:20], generated[:20]))]
+        summary = metrics.summarize(ranked=ranked[has_target], targets=targets, seen_before=seen, naive_ranked=naive,
                                     total_nll=nll, total_tokens=count, n_samples=len(samples), **gen_args)
         # Tables 9-10 (Appendix B): is the top-1 at least of the target's genre?
-        summary["genres"] = metrics.top1_genre_accuracy(ranked[rec_rows, 0], targets,
+        summary["genres"] = metrics.top1_genre_accuracy(ranked[has_target, 0], targets,
                                                         [it.genres for it in store.items])
         summary["seconds"] = round(time.perf_counter() - started, 2)
         if predictions:
             all_targets = np.array([e.target for e in encoded])      # NO_ITEM (-1) where none
-            result["predictions"] = sample_predictions(samples, rank_rows, ranked_rows, all_targets[rank_rows],
+            result["predictions"] = sample_predictions(samples, ranked_idx, ranked_subset, all_targets[ranked_idx],
                                                        store.items, replies)
         return {**summary, **result}
 
@@ -250,7 +251,7 @@ def recall_only(model, store, encoder, samples, inference: InferenceConfig | Non
     with_target = [s for s in samples if s.target is not None]
     encoded = encoder.encode_all(with_target)
     vectors = store.all_vectors(model)
-    ranked = rank_samples(model, store, encoded, vectors, inference.m_inference, inference.batch_size,
+    ranked = rank_samples(model, encoded, vectors, inference.m_inference, inference.batch_size,
                           progress=progress, chunk_size=inference.rerank_chunk_size,
                           exclude=mentioned_indices(with_target, store.items) if inference.exclude_mentioned else None)
     out = metrics.recall_at_k(ranked, np.array([e.target for e in encoded]))

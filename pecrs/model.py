@@ -24,10 +24,10 @@ from tqdm import tqdm
 from .attention import SELF_ONLY_KWARG, use_candidate_attention
 from .backbone import additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, crop_cache, output_cache
 from .config import InferenceConfig, ModelConfig
-from .data import ITEM, REC, REC_END
+from .data import ITEM, REC_END
 from .heads import ItemEncoder, recall_logits, two_layer_mlp
 from .retrieval import ExactIndex, search_excluding
-from .tokens import NO_ITEM, Batch, reply_stop_ids, reply_text
+from .tokens import IGNORE_INDEX, NO_ITEM, SLOT_ID, Batch, reply_stop_ids, reply_text
 
 
 class PECRS(nn.Module):
@@ -42,7 +42,7 @@ class PECRS(nn.Module):
                                         config.item_standardize)
         self.f = two_layer_mlp(d, d)   # projection head shared by recall query and rerank (§3.3)
         self.g = two_layer_mlp(d, 1)   # rerank score
-        self.rec_end_id = tokenizer.convert_tokens_to_ids("[REC_END]")
+        self.rec_end_id = tokenizer.convert_tokens_to_ids(REC_END)
         self.backbone_fingerprint: str | None = None   # of the base weights (pretrained.from_backbone)
         use_candidate_attention(self.causal_lm)  # re-ranking skips the candidate x candidate block
 
@@ -238,8 +238,8 @@ class PECRS(nn.Module):
         # Generation: the LM head on the generation segment only (Eq. 7, mean per response).
         logits = self.causal_lm.get_output_embeddings()(h[:, Lc + C:]).float()
         token_nll = F.cross_entropy(logits.transpose(1, 2), batch.gen_labels, reduction="none",
-                                    ignore_index=-100)
-        counted = (batch.gen_labels != -100)
+                                    ignore_index=IGNORE_INDEX)
+        counted = (batch.gen_labels != IGNORE_INDEX)
         token_loss = token_nll
         if label_smoothing:
             # torch's label smoothing, (1 - e)·NLL + e·mean over the vocabulary of -log p, from the
@@ -347,7 +347,7 @@ class PECRS(nn.Module):
         rec = recommended.view(len(context_ids), -1).to(context_ids.device)
         B, k = rec.shape
         dev = context_ids.device
-        head_ids = torch.tensor([0] * k + [self.rec_end_id] + list(prompt_ids), device=dev).expand(B, -1)
+        head_ids = torch.tensor([SLOT_ID] * k + [self.rec_end_id] + list(prompt_ids), device=dev).expand(B, -1)
         head_items = torch.cat([rec, torch.full((B, 1 + len(prompt_ids)), NO_ITEM, device=dev)], 1)
         ids = torch.cat([context_ids, head_ids], 1)            # [B, Lc + H], real tokens then pads then head
         items = torch.cat([context_items, head_items], 1)

@@ -7,10 +7,11 @@
     rec.respond(turns)             # Response(text, raw_text, items, recommended)
 
 What happens on a turn (paper §3.6): the dialogue is laid out as in training (`DialogueEncoder`),
-the LM reads it once up to [REC] (`PECRS.context_pass`); the recall head retrieves the top
+the LM reads it up to [REC] (`PECRS.context_pass`); the recall head retrieves the top
 `m_inference` items (`pecrs.retrieval`: exact for small catalogs, faiss past 50k items), the
 re-ranker orders them, and the response is generated with the top item injected as
-"[REC] v [REC_END] Recommender:". The [ITEM] tokens of the generated text are then filled in.
+"[REC] v [REC_END] Recommender:" (the context read again, as the prompt of `PECRS.generate`).
+The [ITEM] tokens of the generated text are then filled in.
 
 Several items per turn (`respond(..., k_items=k)`; the paper's limitations 1-2). The top k re-ranked
 items are injected together, "[REC] v_1 .. v_k [REC_END]", the layout the encoder already uses
@@ -48,8 +49,8 @@ from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_
 from .config import ConfigError, check_value
 from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
-from .mentions import same_film, with_twins
-from .samples import mentioned_items
+from .mentions import same_film
+from .samples import excluded_rows, mentioned_items
 from .setup import dialogue_encoder, say
 from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, load_saved_vectors, save_cached, save_vectors
 
@@ -118,9 +119,9 @@ class Recommender:
         self.report = report or CatalogReport("<memory>", len(items))
         if vectors is None:
             started = time.perf_counter()
-            store = ItemStore(self.item_list, model.tokenizer, m.item_fields, m.item_max_tokens)
+            store = ItemStore(self.item_list, model.tokenizer, m.item_fields, m.item_max_tokens, m.item_encoding)
             say(f"encoding {len(store):,} catalog items (once per catalog and checkpoint)", progress)
-            vectors = store.encode(model, adapted=m.item_encoding == "adapted", progress=progress)
+            vectors = store.all_vectors(model, progress=progress)
             self.report.encode_seconds = time.perf_counter() - started
         self.vectors = vectors.to(model.device, torch.float32)
         self.index = build_index(self.vectors, index, temperature=m.recall_temperature)
@@ -264,7 +265,7 @@ class Recommender:
     def _excluded(self, turns, exclude, exclude_mentioned: bool | None) -> list[int]:
         """Catalog indices never to recommend: the ids in `exclude` (a `recommend` / `respond`
         argument) and, with exclude_mentioned (None: this recommender's setting), every item the
-        turns mention (`mentioned_items`), each with its twins (`same_film`), as the evaluation
+        turns mention (`mentioned_items`), each with its twins: `excluded_rows`, as the evaluation
         excludes them."""
         if isinstance(exclude, str) or not isinstance(exclude, (list, tuple, set, frozenset)):
             raise DataError(f"expected a list of item ids, got {type(exclude).__name__}", field="exclude")
@@ -276,10 +277,10 @@ class Recommender:
         ids = list(exclude)
         if self.exclude_mentioned if exclude_mentioned is None else exclude_mentioned:
             ids += mentioned_items(turns)
-        ids = with_twins(ids, self.twins)         # a film listed twice is excluded under both ids
-        if len(ids) >= len(self):
+        rows = excluded_rows(ids, self.twins, self.item_index)
+        if len(rows) >= len(self):
             raise DataError("every item of the catalog is excluded", field="exclude")
-        return sorted(self.item_index[x] for x in ids)
+        return rows
 
     def _rank(self, context, k: int, exclude: list[int] = ()) -> tuple[list[int], list[float]]:
         """The top k catalog indices and scores, none of them in `exclude` (catalog indices)."""

@@ -59,7 +59,7 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
         model.to(device)
     say(f"loading dataset {dataset or t.dataset}", progress)
     bundle = load_dataset(dataset or t.dataset)
-    store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens)
+    store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens, m.item_encoding)
     saved = saved_catalog_vectors(Path(saved_vectors_from), store.items, model) if saved_vectors_from else None
     if saved is not None:
         say(f"{len(store):,} item vectors from {saved_vectors_from}", progress)
@@ -67,8 +67,6 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     elif m.item_encoding == "cached":
         say(f"encoding {len(store):,} items with the frozen base LM (once)", progress)
         store.cache_base_states(model, progress=progress)
-    elif m.item_encoding != "adapted":
-        raise ValueError(f"model.item_encoding must be 'cached' or 'adapted', not '{m.item_encoding}'")
     encoder = dialogue_encoder(model, config, store.index)
     samples = {name: make_samples(dialogues) for name, dialogues in bundle.splits.items()}
     if t.targets_only and t.train_split in samples:

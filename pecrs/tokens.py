@@ -11,6 +11,8 @@ Every sample becomes:
     context  = last `context_max_tokens` tokens of the rendered turns, then [REC]  (Eq. 2)
     prompt   = "Recommender:"                            (no loss; tells the LM who speaks)
     response = " " + text, first `response_max_tokens` tokens, then EOS   (loss, Eq. 7)
+(EOS is the tokenizer's eos token. The shipped model's is <|im_start|>: the transformers it
+trained with read SmolLM2's GGUF so, and a checkpoint keeps its roles, pretrained.adopt_token_roles.)
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import torch
 from .data import ITEM, REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn, unescape_quotes
 
 NO_ITEM = -1  # item-slot value of an ordinary token
+SLOT_ID = 0   # token id at an item slot: any id, its embedding is replaced by the item's vector (PECRS.embed)
+IGNORE_INDEX = -100   # label of a position with no loss (torch's cross_entropy default)
 
 
 def special_tokens(tokenizer) -> set[str]:
@@ -62,7 +66,7 @@ def marked_token_ids(tokenizer, pieces: list[list[str]], marker: str) -> list[li
     special token's string inside a piece ("[REC]", "<|im_end|>", the film "[REC]", or the marker
     itself) is read as plain text, so neither a catalog nor a user can forge the layout's markers
     or end a turn. Texts without such strings (nearly all) are tokenized joined, in one batched
-    call, exactly as before this rule; the others piece by piece with split_special_tokens
+    call (the ids the joined text has always had); the others piece by piece with split_special_tokens
     (whose pieces a SentencePiece tokenizer may each start with a space)."""
     marker_id = tokenizer.convert_tokens_to_ids(marker)
     forged = re.compile("|".join(map(re.escape, sorted(special_tokens(tokenizer) | {marker}, key=len, reverse=True))))
@@ -131,10 +135,10 @@ class DialogueEncoder:
         if not slots:
             return body, [NO_ITEM] * len(body)
         if turn.role == SEEKER:
-            ids = body + [self.sep] + [0] * len(slots) + [self.sep]
+            ids = body + [self.sep] + [SLOT_ID] * len(slots) + [self.sep]
             items = [NO_ITEM] * (len(body) + 1) + slots + [NO_ITEM]
         else:
-            ids = [self.rec] + [0] * len(slots) + [self.rec_end] + body
+            ids = [self.rec] + [SLOT_ID] * len(slots) + [self.rec_end] + body
             items = [NO_ITEM] + slots + [NO_ITEM] * (len(body) + 1)
         return ids, items
 
@@ -171,7 +175,7 @@ class Batch:
     gen_ids: torch.Tensor         # [B, Lg] generation segment: (v_p, [REC_END])? prompt response
     gen_items: torch.Tensor       # [B, Lg] the v_p slot of rows with a target
     gen_len: torch.Tensor         # [B]
-    gen_labels: torch.Tensor      # [B, Lg] next-token targets at each position, -100 where no loss
+    gen_labels: torch.Tensor      # [B, Lg] next-token targets at each position, IGNORE_INDEX where no loss
     target: torch.Tensor          # [B] catalog index or NO_ITEM
 
     @property
@@ -213,13 +217,13 @@ def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_
         Lc = context_width
     gens, gen_items, labels = [], [], []
     for e in encoded:
-        head_ids, head_items = ([0, rec_end_id], [e.target, NO_ITEM]) if e.target >= 0 else ([], [])
+        head_ids, head_items = ([SLOT_ID, rec_end_id], [e.target, NO_ITEM]) if e.target >= 0 else ([], [])
         ids = head_ids + e.prompt_ids + e.response_ids
         gens.append(ids)
         gen_items.append(head_items + [NO_ITEM] * (len(ids) - len(head_items)))
         # Position j predicts token j+1; only response tokens are predicted (Eq. 7).
         first_response = len(ids) - len(e.response_ids)
-        labels.append([-100] * (first_response - 1) + e.response_ids + [-100])
+        labels.append([IGNORE_INDEX] * (first_response - 1) + e.response_ids + [IGNORE_INDEX])
     Lg = max(len(g) for g in gens)
     if gen_width is not None:
         if Lg > gen_width:
@@ -233,7 +237,7 @@ def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_
         gen_ids=pad_rows(gens, Lg, pad_id),
         gen_items=pad_rows(gen_items, Lg, NO_ITEM),
         gen_len=torch.tensor([len(g) for g in gens]),
-        gen_labels=pad_rows(labels, Lg, -100),
+        gen_labels=pad_rows(labels, Lg, IGNORE_INDEX),
         target=torch.tensor([e.target for e in encoded]),
     )
 

@@ -60,8 +60,8 @@ def test_its_vectors_are_its_own_encoding_of_the_catalog(shipped):
     of the catalog with the shipped weights and compare."""
     items = shipped.item_list[:: len(shipped) // 24][:24]
     cfg = shipped.config.model
-    store = ItemStore(items, shipped.model.tokenizer, cfg.item_fields, cfg.item_max_tokens)
-    fresh = store.encode(shipped.model, adapted=cfg.item_encoding == "adapted")
+    store = ItemStore(items, shipped.model.tokenizer, cfg.item_fields, cfg.item_max_tokens, encoding=cfg.item_encoding)
+    fresh = store.all_vectors(shipped.model)
     rows = torch.tensor([shipped.item_index[it.id] for it in items])
     cosine = torch.nn.functional.cosine_similarity(fresh, shipped.vectors[rows].float(), dim=-1)
     assert cosine.min() > 0.999, cosine.min()

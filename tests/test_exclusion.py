@@ -247,8 +247,8 @@ def test_length_sorted_batches_give_each_row_its_own_exclusions(rec):
     assert len(encoded[-1].context_ids) < len(encoded[0].context_ids)      # sorting moves "short" first
     exclude = mentioned_indices(samples, store.items)
     vectors = store.all_vectors(rec.model)
-    together = rank_samples(rec.model, store, encoded, vectors, 12, 8, exclude=exclude)
-    alone = rank_samples(rec.model, store, encoded, vectors, 12, 1, exclude=exclude)
+    together = rank_samples(rec.model, encoded, vectors, 12, 8, exclude=exclude)
+    alone = rank_samples(rec.model, encoded, vectors, 12, 1, exclude=exclude)
     assert (together == alone).all()
     for row, banned in zip(together, exclude):
         assert banned and not set(banned) & set(row.tolist())

@@ -47,7 +47,7 @@ def test_training_lifts_recall_far_above_chance(backbone, seed=int(os.environ.ge
         rerank_losses.append(losses["rerank"].item())
         if step == 200:
             model.eval()
-            ranked = rank_samples(model, store, test, store.all_vectors(model), 16, 16, rerank=False)
+            ranked = rank_samples(model, test, store.all_vectors(model), 16, 16, rerank=False)
             chance = 1 / len(ITEMS)
             assert (ranked[:, 0] == targets).mean() >= 4 * chance
             for group in optimizer.param_groups:
@@ -69,14 +69,14 @@ def test_one_rerank_pass_serves_every_m_inference(backbone):
     vectors = store.all_vectors(model)
     grid = [3, 8, 16, 40]                       # 40 > the 16-item catalog: clamped like a single pass
     for rerank in (True, False):
-        together = rank_samples_at(model, store, test, vectors, grid, 5, rerank=rerank, keep=6)
+        together = rank_samples_at(model, test, vectors, grid, 5, rerank=rerank, keep=6)
         for m in grid:
-            alone = rank_samples(model, store, test, vectors, m, 5, rerank=rerank, keep=6)
+            alone = rank_samples(model, test, vectors, m, 5, rerank=rerank, keep=6)
             assert together[m].shape == alone.shape == (len(test), min(m, 6))
             np.testing.assert_array_equal(together[m], alone)
-    together = rank_samples_at(model, store, test, vectors, grid, 5, keep=6)
+    together = rank_samples_at(model, test, vectors, grid, 5, keep=6)
     with pytest.raises(ValueError, match="one M_inference"):
-        rank_samples_at(model, store, test, vectors, grid, 5, index=object())
+        rank_samples_at(model, test, vectors, grid, 5, index=object())
     # ...and the model's own sorted ranking, one batch
     batch = collate(test, model.tokenizer.pad_token_id, model.rec_end_id)
     with torch.no_grad():

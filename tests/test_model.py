@@ -228,13 +228,13 @@ def test_item_vectors_do_not_depend_on_the_tokenizers_padding_side(setup):
         tokenizer.padding_side = side
     assert torch.equal(left.input_ids, store.input_ids) and bool(left.attention_mask[:, 0].all())
     with torch.no_grad():
-        vectors = left.encode(model, adapted=False)
+        vectors = left.all_vectors(model)
         model.item_encoder.pooling = False        # Table 5 "w/o item pooling": the last item token
         try:
-            last = (left.encode(model, adapted=False), store.encode(model, adapted=False))
+            last = (left.all_vectors(model), store.all_vectors(model))
         finally:
             model.item_encoder.pooling = True
-    assert torch.allclose(vectors, store.encode(model, adapted=False)) and torch.allclose(*last)
+    assert torch.allclose(vectors, store.all_vectors(model)) and torch.allclose(*last)
 
 
 def test_load_rejects_other_backbone(setup, tmp_path):
@@ -309,13 +309,13 @@ def test_merged_lora_ranks_as_unmerged_and_restores_the_weights(setup):
     encoded = encoder.encode_all(samples[:6])
     vectors = store.all_vectors(model)
     before = {n: p.clone() for n, p in model.lm.named_parameters() if "base_layer" in n}
-    plain = rank_samples(model, store, encoded, vectors, 8, 3, keep=5)
+    plain = rank_samples(model, encoded, vectors, 8, 3, keep=5)
     b = _batch(model, encoder, samples[:6])
     queries, _ = model.context_pass(b.context_ids, b.context_items, b.context_len, vectors, keep_cache=False)
     with model.merged_lora():
         merged_weights = {n: p.clone() for n, p in model.lm.named_parameters() if "base_layer" in n}
         assert any(not torch.equal(before[n], merged_weights[n]) for n in before)  # LoRA really folded in
-        merged = rank_samples(model, store, encoded, vectors, 8, 3, keep=5)
+        merged = rank_samples(model, encoded, vectors, 8, 3, keep=5)
         merged_queries, _ = model.context_pass(b.context_ids, b.context_items, b.context_len, vectors, keep_cache=False)
     assert (plain == merged).all()
     assert torch.allclose(queries, merged_queries, atol=1e-5)
@@ -335,8 +335,8 @@ def test_length_sorted_generation_equals_one_by_one(setup):
     assert len({len(e.context_ids) for e in encoded}) > 1
     vectors = store.all_vectors(model)
     recommended = np.arange(5)
-    batched = generate_responses(model, store, encoded, recommended, vectors, 3, "greedy", max_new_tokens=6)
-    single = [generate_responses(model, store, [e], recommended[i:i + 1], vectors, 1, "greedy", max_new_tokens=6)[0]
+    batched = generate_responses(model, encoded, recommended, vectors, 3, "greedy", max_new_tokens=6)
+    single = [generate_responses(model, [e], recommended[i:i + 1], vectors, 1, "greedy", max_new_tokens=6)[0]
               for i, e in enumerate(encoded)]
     assert batched == single
 
@@ -370,3 +370,29 @@ def test_rerank_candidates_never_see_context_padding(backbone):
     other = _rerank(model, store, _batch(model, encoder, [long_]), cands)[0]
     assert (other - single).abs().max() > 1e-4
     assert torch.allclose(padded, single, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_perplexity_reads_the_catalog_vectors_ranking_reads(setup):
+    """response_nll injects each sample's item from the evaluation's catalog vectors: the summed
+    NLL and token count equal the per-sample generation losses computed from the batch's own
+    vectors (the training path), in batches of any size; other vectors change the NLL."""
+    from pecrs.evaluate import response_nll
+
+    cfg, model, store, encoder, samples = setup
+    encoded = encoder.encode_all(samples)
+    assert any(e.target >= 0 for e in encoded)
+    expected_nll, expected_tokens = 0.0, 0
+    for e in encoded:
+        b = collate([e], model.tokenizer.pad_token_id, model.rec_end_id)
+        vectors, row = batch_item_vectors(model, store, b.target, b.context_items, b.gen_items)
+        empty = torch.zeros(1, 0, dtype=torch.long)
+        losses = model.training_losses(b, vectors, row, empty, empty, score_items=False)
+        expected_nll += float(losses["gen_nll_sum"])
+        expected_tokens += int(losses["gen_tokens"])
+    catalog_vectors = store.all_vectors(model)
+    for batch_size in (1, 4):
+        nll, tokens = response_nll(model, encoded, catalog_vectors, batch_size)
+        assert tokens == expected_tokens and nll == pytest.approx(expected_nll, rel=1e-5)
+    other, _ = response_nll(model, encoded, 10 * torch.randn_like(catalog_vectors), 4)
+    assert other != pytest.approx(expected_nll, rel=1e-5)

@@ -107,7 +107,7 @@ def test_served_and_evaluated_replies_end_by_the_same_rule(rec, monkeypatch):
     served = rec.respond(TURNS, decoding="greedy")
     encoded = rec.encoder.encode_all(make_samples([Dialogue("d", (*rec.turns(TURNS), Turn("recommender", "ok")))]))
     top = rec._rank(rec._context(rec.turns(TURNS)), 1)[0]
-    evaluated = generate_responses(rec.model, None, encoded[-1:], np.array(top), rec.vectors, 1, "greedy",
+    evaluated = generate_responses(rec.model, encoded[-1:], np.array(top), rec.vectors, 1, "greedy",
                                    rec.config.model.response_max_tokens)
     newline = rec.model.tokenizer("\n", add_special_tokens=False)["input_ids"]
     assert len(stops) == 2 and stops[0] == stops[1] == rec.model.end_of_turn_ids
@@ -264,12 +264,26 @@ def test_catalog_sources_and_disk_cache(run, rec, tmp_path):
 
 
 def test_vectors_match_the_training_item_store(rec):
+    """Serving's vectors are the training store's; `all_vectors` (length-sorted chunks written back
+    to catalog order) equals one `vectors` call over the catalog in order, whatever the chunk size,
+    with the states held or not, and "adapted" runs the LoRA-adapted LM instead."""
     m = rec.config.model
     store = ItemStore(rec.item_list, rec.model.tokenizer, m.item_fields, m.item_max_tokens).cache_base_states(rec.model)
     assert torch.allclose(store.all_vectors(rec.model), rec.vectors, atol=1e-5)
-    adapted = store.encode(rec.model, adapted=True, batch_size=5)
-    store.mode = "adapted"
-    assert torch.allclose(store.all_vectors(rec.model), adapted, atol=1e-5)
+    # Titles alone, long and short in turn: catalog order is not length order.
+    mixed = [it for full in rec.item_list for it in (full, Item(f"t{full.id}", "X" * (len(full.id) % 3 + 1)))]
+    everything = torch.arange(len(mixed))
+    for encoding in ("cached", "adapted"):
+        fresh = ItemStore(mixed, rec.model.tokenizer, ["title"], m.item_max_tokens, encoding=encoding)
+        lengths = fresh.attention_mask.sum(1)
+        assert not bool((lengths[1:] >= lengths[:-1]).all())
+        in_order = fresh.vectors(rec.model, everything)
+        assert torch.allclose(fresh.all_vectors(rec.model, batch_size=5), in_order, atol=1e-5)
+        assert torch.allclose(fresh.all_vectors(rec.model), in_order, atol=1e-5)
+    cached = ItemStore(mixed, rec.model.tokenizer, ["title"], m.item_max_tokens).all_vectors(rec.model)
+    assert not torch.allclose(in_order, cached, atol=1e-3)   # the adapter changes the item states
+    with pytest.raises(ValueError, match="model.item_encoding must be 'cached' or 'adapted', not 'frozen'"):
+        ItemStore(rec.item_list, rec.model.tokenizer, m.item_fields, m.item_max_tokens, encoding="frozen")
 
 
 def test_save_pretrained_round_trip(rec, tmp_path):

@@ -55,7 +55,7 @@ def rankings_at(setup, config: RunConfig, m_values):
     encoded = setup.encoder.encode_all(samples)
     vectors = setup.store.all_vectors(setup.model)
     exclude = mentioned_indices(samples, setup.store.items) if config.inference.exclude_mentioned else None
-    ranked = rank_samples_at(setup.model, setup.store, encoded, vectors, m_values, config.inference.batch_size,
+    ranked = rank_samples_at(setup.model, encoded, vectors, m_values, config.inference.batch_size,
                              chunk_size=config.inference.rerank_chunk_size, exclude=exclude)
     targets = np.array([e.target for e in encoded], dtype=np.int64)
     return samples, ranked, targets, time.perf_counter() - started

@@ -69,7 +69,7 @@ def rank_instances(model, store, encoder, collection: Collection, *, m_inference
     if not encoded:
         return np.zeros((0, max(KS)), dtype=np.int64)
     vectors = store.all_vectors(model)
-    return rank_samples(model, store, encoded, vectors, m_inference, batch_size, keep=max(KS),
+    return rank_samples(model, encoded, vectors, m_inference, batch_size, keep=max(KS),
                         progress=progress, index=index, chunk_size=chunk_size,
                         exclude=mentioned_indices(samples, store.items) if exclude_mentioned else None)
 
