@@ -30,7 +30,7 @@ def chat(recommender, lines=None, out=None, decoding=None, k_items: int = 1, see
     """Run the conversation loop over `lines` (default stdin), writing to `out` (default stdout).
     link_titles: catalog titles typed in a line become [ITEM] mentions, as in training
     (`Recommender.link_titles`), and are shown as "(read as: ...)". exclude_mentioned: never
-    recommend a movie the conversation named (a person asking for "something like X" has seen X;
+    recommend an item the conversation named (a person asking for "something like X" has seen X;
     the paper's protocol, whose references often repeat an earlier movie, does not exclude)."""
     lines = sys.stdin if lines is None else lines
     out = sys.stdout if out is None else out
@@ -65,8 +65,8 @@ def chat(recommender, lines=None, out=None, decoding=None, k_items: int = 1, see
             else:
                 say(f"unknown command {command}; commands: {COMMANDS}")
             continue
-        if ITEM in line:   # the model's placeholder: a person names a movie by its title
-            say(f"(not sent: {ITEM} is reserved for the model; type the movie's title instead)")
+        if ITEM in line:   # the model's placeholder: a person names an item by its title
+            say(f"(not sent: {ITEM} is reserved for the model; type the title instead)")
             continue
         # Cut as the model will read it (dialogue_input), then link: "(read as: ...)" shows only
         # mentions the model gets.

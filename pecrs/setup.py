@@ -59,6 +59,9 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
         model.to(device)
     say(f"loading dataset {dataset or t.dataset}", progress)
     bundle = load_dataset(dataset or t.dataset)
+    for kind, counts in (("skipped", bundle.skipped), ("repaired", bundle.repaired)):
+        for what, n in sorted(counts.items()):   # documented departures (docs/data-format.md)
+            say(f"{bundle.name}: {kind} {what}: {n:,} (pecrs data stats)", progress)
     store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens, m.item_encoding)
     saved = saved_catalog_vectors(Path(saved_vectors_from), store.items, model) if saved_vectors_from else None
     if saved is not None:

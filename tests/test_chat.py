@@ -194,4 +194,4 @@ def test_a_title_the_cut_drops_is_not_read_as_a_mention(rec):
     lines = _chat(rec, f"I loved Movie 3 {tail}\nI loved Movie 4\n", decoding="greedy")
     assert sum(line.startswith("  (read as:") for line in lines) == 1
     assert "  (read as: Movie 4 (2004))" in lines
-    assert "(not sent: [ITEM] is reserved for the model; type the movie's title instead)" in _chat(rec, "I like [ITEM]\n")
+    assert "(not sent: [ITEM] is reserved for the model; type the title instead)" in _chat(rec, "I like [ITEM]\n")

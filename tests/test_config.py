@@ -253,3 +253,26 @@ def test_fresh_targets_only_drops_the_train_samples_whose_target_was_mentioned_b
     cfg.train.fresh_targets_only = False
     assert train_key(cfg) != fresh_key
     assert train_key(RunConfig.load("configs/inspired.yaml")) == "96b9c7cdfd3d"
+
+
+def test_prepare_reports_what_reading_the_dataset_skipped_or_repaired(tmp_path, monkeypatch, capsys):
+    """Mentions written as text and repaired records (bundle.skipped / repaired, what `pecrs data
+    stats` shows) are said when a run reads its dataset, not left for the user to discover."""
+    import pecrs.setup
+    from pecrs.setup import prepare
+    from pecrs.testing import tiny_config, write_dataset
+
+    write_dataset(tmp_path / "data")
+    read = pecrs.setup.load_dataset
+
+    def counted(path):
+        bundle = read(path)
+        bundle.skipped["redial: mention not in catalog"] = 7
+        bundle.repaired["QUOTATION_MARK read as a quote"] = 1234
+        return bundle
+    monkeypatch.setattr(pecrs.setup, "load_dataset", counted)
+    prepare(tiny_config(tmp_path / "data"), progress=True)
+    err = capsys.readouterr().err
+    assert "skipped redial: mention not in catalog: 7" in err and "repaired QUOTATION_MARK read as a quote: 1,234" in err
+    prepare(tiny_config(tmp_path / "data"), progress=False)
+    assert "skipped" not in capsys.readouterr().err

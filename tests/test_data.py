@@ -197,6 +197,7 @@ def test_bad_dialogues(tmp_path, rows, line, field):
     ({"id": "3", "title": "X", "year": "1999"}, "year"),
     ({"id": "3", "title": "X", "actors": "Al Pacino"}, "actors"),
     ({"id": "1", "title": "Duplicate"}, "id"), ({"id": True, "title": "X"}, "id"),
+    ({"id": " 3", "title": "Spaced id"}, "id"), ({"id": "3\t", "title": "Spaced id"}, "id"),
 ])
 def test_bad_items(tmp_path, row, field):
     path = write_jsonl(tmp_path / "items.jsonl", ITEMS + [row])

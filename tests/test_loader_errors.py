@@ -189,6 +189,10 @@ def test_movies_csv_rows(tmp_path):
     (tmp_path / "movies_with_mentions.csv").write_text("movieId,movieName\n,Heat (1995)\n")
     e = error(tmp_path)
     assert e.line == 2 and e.field == "movieId"
+    # A movieId written twice: the second row would replace Heat unseen.
+    (tmp_path / "movies_with_mentions.csv").write_text("movieId,movieName\n10,Heat (1995)\n11,Up (2009)\n10,Other\n")
+    e = error(tmp_path)
+    assert e.line == 4 and e.field == "movieId" and "duplicate movieId '10' (first on line 2)" in str(e)
 
 
 def test_line_helpers_for_other_readers(tmp_path):
@@ -204,6 +208,13 @@ def test_line_helpers_for_other_readers(tmp_path):
         with pytest.raises(DataError) as e:
             parse_json_line(line, where)
         assert str(e.value).startswith("f.jsonl:4: ") and words in str(e.value), str(e.value)
+    # A JSON array or a pretty-printed object where JSON Lines belongs: said, on its first line only.
+    for opening in ("[", "{", '[{"id": "1", "title": "Heat"}]'):
+        with pytest.raises(DataError, match="one object per line, not an array"):
+            parse_json_line(opening, {"path": "items.jsonl", "line": 1})
+        with pytest.raises(DataError) as e:
+            parse_json_line(opening, where)
+        assert "one object per line" not in str(e.value)
     path = tmp_path / "x.jsonl"
     path.write_bytes(b"a\r\nb\xe2\x80\xa8c\n")
     assert read_lines(path) == ["a\r", "b\u2028c", ""]

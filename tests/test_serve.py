@@ -205,3 +205,21 @@ def test_an_item_id_with_a_slash_resolves(tmp_path):
         for path in ("/items/imdb/3", "/items/imdb%2F3"):   # as typed, and as the page encodes it
             r = c.get(path)
             assert r.status_code == 200 and r.json()["title"] == "Movie 3", path
+
+
+def test_cli_serve_refuses_a_port_in_use_before_loading(monkeypatch, capsys):
+    """A port another process listens on is an error (status 2) before the model and its catalog
+    load, which can take minutes, not uvicorn's failure after."""
+    import socket
+
+    import pecrs.cli.serving
+    from pecrs.cli import main
+
+    loaded = []
+    monkeypatch.setattr(pecrs.cli.serving, "_load_recommender", lambda args: loaded.append(args))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    assert loaded == [] and f"--host 127.0.0.1 --port {port}: cannot listen there" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def add_chat_parser(subparsers) -> None:
     p.add_argument("--k-items", type=positive_int, default=1, help="items injected per reply (default 1, as in the paper)")
     p.add_argument("--seed", type=seed_int, help="make sampled replies reproducible")
     p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction,
-                   help="never recommend a movie the conversation named (default: on in chat; "
+                   help="never recommend an item the conversation named (default: on in chat; "
                         "--no-exclude-mentioned allows it, as the paper's protocol does)")
     p.add_argument("--no-link-titles", dest="link_titles", action="store_false",
                    help="read typed titles as plain words (default: a catalog title you type becomes an item "
@@ -73,9 +73,25 @@ def add_chat_parser(subparsers) -> None:
     p.set_defaults(func=_chat)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on before the model loads (a large catalog takes
+    minutes to encode; uvicorn would only find out after). Bound as uvicorn binds it."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); "
+                             "another --port, or stop what uses it") from None
+
+
 def _serve(args) -> int:
     from ..serve import serve
 
+    _check_port_free(args.host, args.port)
     rec = _load_recommender(args)
     print(f"serving on http://{args.host}:{args.port}/ (API: /recommend, /respond, /items/ID, /health)",
           file=sys.stderr)

@@ -47,6 +47,8 @@ def parse_item(obj: dict, where: dict) -> Item:
     if "id" not in obj:
         raise DataError("missing required field", field="id", **where)
     item_id = as_id(obj["id"], where, "id")
+    if item_id != item_id.strip():   # " b01" would be another id than the "b01" dialogues name
+        raise DataError(f"item id {item_id!r} has spaces around it", field="id", **where)
     title = obj.get("title")
     if not isinstance(title, str) or not title.strip():
         msg = "missing required field" if "title" not in obj else "expected a non-empty string"

@@ -78,13 +78,17 @@ def parse_json_line(line: str, where: dict) -> dict:
                         f"and drop the first)", **where) from None
     except json.JSONDecodeError as e:  # e.msg may end in "at" ("Unterminated string starting at")
         at = "" if e.msg.endswith(" at") else " at"
-        raise DataError(f"malformed JSON: {e.msg}{at} column {e.colno}", **where) from None
+        # A whole JSON array (or a pretty-printed object) where one object per line belongs.
+        hint = ("; JSON Lines holds one object per line, not an array or an object spread over lines"
+                if where.get("line") == 1 and line.strip() in ("[", "{") else "")
+        raise DataError(f"malformed JSON: {e.msg}{at} column {e.colno}{hint}", **where) from None
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", **where) from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
         raise DataError(f"malformed JSON: {e}", **where) from None
     if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
+        hint = "; JSON Lines holds one object per line, not an array" if isinstance(obj, list) and where.get("line") == 1 else ""
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}{hint}", **where)
     if "\\u" in line:   # only an escape can make a lone surrogate, which no tokenizer or file takes
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")

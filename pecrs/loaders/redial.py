@@ -64,10 +64,14 @@ def redial_files(folder: Path) -> list[Path]:
 
 def items_from_movies_csv(path: Path) -> dict[str, Item]:
     """A titles-only catalog from ReDial's movies_with_mentions.csv (movieId,movieName,...)."""
-    items = {}
+    items, first_line = {}, {}
     columns = ("movieId", "movieName")
     for n, row in csv_rows(read_csv(path, ",", columns), path, columns):
         movie_id = as_id(row["movieId"].strip(), {"path": str(path), "line": n}, "movieId")
+        if movie_id in first_line:   # the later row would replace the earlier movie unseen
+            raise DataError(f"duplicate movieId '{movie_id}' (first on line {first_line[movie_id]})",
+                            path=str(path), line=n, field="movieId")
+        first_line[movie_id] = n
         if not row["movieName"].strip():
             raise DataError("expected a movie name", path=str(path), line=n, field="movieName")
         title, year = split_title_year(row["movieName"])
