@@ -21,7 +21,7 @@ from .catalog import ItemStore
 from .config import InferenceConfig
 from .data import ITEM, DataError, Item, Sample
 from .decoding import without_repeats
-from .mentions import same_film
+from .twins import same_film
 from .retrieval import ExactIndex
 from .samples import excluded_rows, mentioned_items
 from .tokens import NO_ITEM, DialogueEncoder, collate, pad_rows
@@ -47,7 +47,7 @@ def rank_samples(model, encoded, catalog_vectors, m_inference: int, batch_size: 
 
 def mentioned_indices(samples, items: list[Item]) -> list[list[int]]:
     """Per sample, the catalog indices (into `items`) of the items its context mentions
-    (`mentioned_items`) and their twins (`pecrs.mentions.same_film`): the `exclude` of
+    (`mentioned_items`) and their twins (`pecrs.twins.same_film`): the `exclude` of
     rank_samples under inference.exclude_mentioned, as `Recommender` excludes them. A DataError
     names the dialogue and turn whose context mentions the whole catalog (nothing left to rank)."""
     row_of, twins = {it.id: k for k, it in enumerate(items)}, same_film(items)

@@ -17,7 +17,9 @@ key tuple to its items; 10^5-10^6 titles rule out one big regex, so building is 
 the catalog and a lookup costs a few dict probes. The text is scanned left to right, at each word
 trying the longest title first (up to the longest catalog title starting with that word), so
 "Deadpool 2" wins over "Deadpool" and "John Wick: Chapter 2" over "John Wick". Matches do not
-overlap; a rejected candidate (below) lets a shorter one at the same word be tried.
+overlap; a rejected candidate (below) lets a shorter one at the same word be tried. What a title
+has before its first word or after its last ("(" of "(500) Days of Summer", the brackets of the
+film "[REC]") joins the [ITEM] when typed there too, so no stray half of it is left in the text.
 
 Guards. Many titles are ordinary words or names ("Us", "It", "Adam", "Glass", "Get Out", "Check
 It Out", "1917"), and a wrong [ITEM] is worse than a missed one: it hides what was said and, in a
@@ -29,9 +31,8 @@ common-word, longer-name and other-year rules below they linked 115 times; of th
 rules removed, 19 were false ("Sir" 3 times, "It" 3, "Furious" of "Fast and the Furious (2001)"
 twice, "Cool", "Good" of "Good fellas", "Me" of "Me before you", "Spider" of "Spider-Verse", "The
 Rise" of "The Rise of Skywalker") and 3 were films ("Us" twice, "Signs"); on the dev split 17
-removed, about 4 films ("Us" twice, "Her"). A first version, 3+ word
-titles in any case and no name, all-caps or sequel rules,
-linked 241 times in those 2,089 turns: "check it out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6;
+removed, about 4 films ("Us" twice, "Her"). A first version, 3+ word titles in any case and no
+name, all-caps or sequel rules, linked 241 times in those 2,089 turns: "check it out" 18 times, "Adam" of Adam Sandler 7, "YOU" 6;
 before the cast rule of (d), "Joaquin Phoenix" starting a sentence and "Kevin hart" linked 4
 times.) Sequel numbers compare alike however they are written ("Frozen 2", "Frozen II", "Frozen
 two"), so a catalog's sequel is matched first; a title then followed by a number, or by "chapter
@@ -70,16 +71,14 @@ word ("Up", "Her", "Cars", "Heat", "Glass", "Split", "It", "Us"): typed bare the
 films, and `pecrs chat` shows what it read so a user can quote them. (On INSPIRED's train
 dialogues the rule and the longer-name rules remove 173 of 941 links of 1-3 words; read by eye,
 about a quarter of those were films: "Us" 19 times, about half of the 32 "It"s, "Split" 4 times.)
-Rarer one-word titles
-("Looper" 2.5, "Deadpool" 3.2, "Frozen" 4.3, "Batman" 4.2) link as before. Names that are titles
+Rarer one-word titles ("Looper" 2.5, "Deadpool" 3.2, "Frozen" 4.3, "Batman" 4.2) link as before. Names that are titles
 ("Morgan", "Arnold", "Veronica") are not caught: a first-name rule would also drop "Rocky",
 "Logan", "Carrie" and "Annabelle".
 
 Remakes. Several items may share a title key ("It" 1990 and 2017): the year of (b) picks one, else
 the most recent (no year counts as oldest); ties keep catalog order.
 
-The same film under several ids. Catalogs list some films twice; `same_film` pairs the ids of
-one title key whose years are at most one apart, so that excluding a film excludes all its ids.
+The same film under several ids (one title key, years at most one apart) is `pecrs.twins`'s.
 
 Placeholders already in the text are left alone and never matched into (titles are found only
 between them). `link(text, items)` takes the ids of those placeholders and returns the ids of all
@@ -90,8 +89,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from .data import ITEM, Item
 
@@ -192,10 +190,13 @@ class TitleLinker:
         self._people = {key for item in items for person in (*item.actors, *item.directors)
                         if len(key := title_words(person)[1]) > 1}
         self._longest_person = max(map(len, self._people), default=0)
+        self._edges: dict[str, tuple[str, str]] = {}   # id -> what its title has before its first word, after its last
         for item in items:
             words, key = title_words(item.title)
             if not key:
                 continue
+            spans = [m.span() for m in _WORD.finditer(item.title)]
+            self._edges[item.id] = (item.title[:spans[0][0]].strip(), item.title[spans[-1][1]:].strip())
             title = self._titles.get(key)
             if title is None:
                 title = self._titles[key] = _Title(key)
@@ -216,6 +217,10 @@ class TitleLinker:
             end = placeholder.start() if placeholder else len(text)
             found += self._scan(text, _words(text, start, end))
             start = placeholder.end() if placeholder else end
+        for k, (start, end, id_) in enumerate(found):   # typed edges join the [ITEM]: not "([ITEM]"
+            before, after = self._edges[id_]
+            start -= len(before) if start >= len(before) and text.startswith(before, start - len(before)) else 0
+            found[k] = (start, end + (len(after) if text.startswith(after, end) else 0), id_)
         return found
 
     def link(self, text: str, items: Sequence[str] = ()) -> tuple[str, list[str]]:
@@ -299,7 +304,7 @@ class TitleLinker:
 def _common_words(keys: Iterable[str], min_zipf: float) -> frozenset[str]:
     """Those of `keys` (word keys) whose Zipf frequency (log10 of uses per 10^9 words) in wordfreq's
     English "small" list (every word down to Zipf 3; loads in ~20 ms) is at least `min_zipf`.
-    Imported here: only a linker needs it, and `pecrs` imports this module for `same_film`."""
+    Imported here: only a linker needs it, and `pecrs` imports this module for `title_words`."""
     from wordfreq import get_frequency_dict
 
     frequency = get_frequency_dict("en", wordlist="small")          # word -> f; Zipf = log10(f) + 9
@@ -369,32 +374,3 @@ def _touches_a_name(text: str, words: list[tuple[int, int, str, str]], i: int, n
              and capitalised(before) and not _sentence_start(text, words[before][0]))
             or (after < len(words) and text[words[after - 1][1]:words[after][0]].strip(" \t") == ""
                 and capitalised(after)))
-
-
-# ---- the same film under several ids --------------------------------------------------------
-
-def same_film(items: Sequence[Item]) -> dict[str, tuple[str, ...]]:
-    """id -> the other ids of the same film: the same title key (as typed titles are compared)
-    and years at most one apart, or both unknown. Catalogs hold duplicates (INSPIRED's has
-    "John Wick: Chapter 2" twice, "Emma" and "Emma.") and sources that disagree on a year
-    (Insidious 2010 and 2011); excluding one id must exclude them all. Remakes (The Lion King 1994
-    and 2019) are other films. Only ids that have such twins are keys."""
-    by_title: dict[tuple[str, ...], list[Item]] = defaultdict(list)
-    for item in items:
-        _, key = title_words(item.title)
-        if key:
-            by_title[key].append(item)
-    twins: dict[str, tuple[str, ...]] = {}
-    for group in by_title.values():
-        for a in group if len(group) > 1 else ():
-            same = tuple(b.id for b in group if b is not a and (
-                (a.year is None and b.year is None) or (a.year is not None and b.year is not None
-                                                        and abs(a.year - b.year) <= 1)))
-            if same:
-                twins[a.id] = same
-    return twins
-
-
-def with_twins(ids: Iterable[str], twins: Mapping[str, tuple[str, ...]]) -> list[str]:
-    """`ids` and their twins (`same_film`), each once, in order."""
-    return list(dict.fromkeys(x for i in ids for x in (i, *twins.get(i, ()))))

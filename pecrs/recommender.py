@@ -49,7 +49,7 @@ from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_
 from .config import ConfigError, check_value
 from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
-from .mentions import same_film
+from .twins import same_film
 from .samples import excluded_rows, mentioned_items
 from .setup import dialogue_encoder, say
 from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, load_saved_vectors, save_cached, save_vectors

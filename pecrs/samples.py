@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from .data import RECOMMENDER, Dialogue, Sample, Turn
-from .mentions import with_twins
+from .twins import with_twins
 
 
 def mentioned_items(turns: Iterable[Turn]) -> list[str]:
@@ -31,7 +31,7 @@ def mentioned_items(turns: Iterable[Turn]) -> list[str]:
 
 
 def excluded_rows(ids: Iterable[str], twins: Mapping[str, tuple[str, ...]], row_of: Mapping[str, int]) -> list[int]:
-    """The catalog rows never to recommend, sorted: `ids` and their twins (`pecrs.mentions.same_film`:
+    """The catalog rows never to recommend, sorted: `ids` and their twins (`pecrs.twins.same_film`:
     a film listed twice is excluded under both ids), ids outside the catalog skipped. Evaluation
     passes a sample's `mentioned_items`, serving those and the caller's `exclude`."""
     return sorted({row_of[x] for x in with_twins(ids, twins) if x in row_of})

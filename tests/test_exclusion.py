@@ -256,7 +256,7 @@ def test_length_sorted_batches_give_each_row_its_own_exclusions(rec):
 
 def test_the_same_film_under_two_ids_is_excluded_under_both(run, rec):
     """A catalog listing a film twice (INSPIRED has 11 such pairs): excluding or mentioning one id
-    excludes its twin too (pecrs.mentions.same_film)."""
+    excludes its twin too (pecrs.twins.same_film)."""
     from pecrs.data import Item
 
     twin = Item("3b", rec.items[MENTIONED].title, rec.items[MENTIONED].year)

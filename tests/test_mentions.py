@@ -206,7 +206,7 @@ def test_a_title_inside_a_cast_members_name_is_not_linked():
 
 
 def test_same_film_finds_duplicates_not_remakes():
-    from pecrs.mentions import same_film, with_twins
+    from pecrs.twins import same_film, with_twins
 
     items = [Item("w1", "John Wick: Chapter 2", 2017), Item("w2", "John Wick Chapter 2", 2017),
              Item("i1", "Insidious", 2010), Item("i2", "Insidious", 2011), Item("l1", "The Lion King", 1994),
@@ -301,3 +301,16 @@ def test_inspired_catalog():
     # INSPIRED's catalog has "Sir" and "Cool!"; "Looper" is rare enough to link bare
     assert linker.link("Thanks Sir, that sounds Cool")[1] == []
     assert [items[i].title for i in linker.link("I liked Looper a lot")[1]] == ["Looper"]
+
+
+def test_a_titles_own_edge_characters_join_its_item():
+    """What a title has before its first word or after its last ("(500) Days of Summer", the film
+    "[REC]", "Emma.") is part of the mention when typed there: no "([ITEM]" or "[[ITEM]]" left."""
+    linker = TitleLinker([Item("500", "(500) Days of Summer", 2009), Item("rec", "[REC]", 2007),
+                          Item("emma", "Emma.", 2020), Item("heat", "Heat", 1995)], common_zipf=math.inf)
+    assert linker.link("I loved (500) Days of Summer") == ("I loved [ITEM]", ["500"])
+    assert linker.link('I loved "(500) Days of Summer"!') == ('I loved "[ITEM]"!', ["500"])
+    assert linker.link("Have you seen [REC]?") == ("Have you seen [ITEM]?", ["rec"])
+    assert linker.link("I loved 500 Days of Summer") == ("I loved [ITEM]", ["500"])   # edges typed or not
+    assert linker.link("Seen Emma. Loved it") == ("Seen [ITEM] Loved it", ["emma"])
+    assert linker.link("I saw (Heat) twice") == ("I saw ([ITEM]) twice", ["heat"])      # not the title's own
