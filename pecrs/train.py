@@ -7,7 +7,9 @@ folder gets `last/` (resumable: adapters, heads, optimiser, scheduler, position 
 `best/` (the checkpoint with the best mean of dev R@1, R@10, R@50), `metrics.jsonl` and
 `config.yaml`. Rerunning the same command resumes from `last/` after a crash: every step's
 randomness (negatives, dropout, candidate order) is seeded from (seed, epoch, batch), so a
-resumed run repeats exactly the steps an uninterrupted run would take.
+resumed run repeats exactly the steps an uninterrupted run would take. Resuming with other data
+or another model section is refused (`check_same_data`, `check_same_model`); a start that fails
+leaves the run folder as it was (config.yaml is written once everything has loaded).
 """
 from __future__ import annotations
 
@@ -26,15 +28,27 @@ from transformers import get_linear_schedule_with_warmup
 from .catalog import ItemStore
 from .config import RunConfig
 from .evaluate import recall_only
+from .catalog_source import dataset_sha1
 from .setup import Setup, prepare, say
 from .model import PECRS
-from .pretrained import check_same_model, init_from_checkpoint, load_weights, recover_checkpoint, save_pretrained
+from .pretrained import (CONFIG_FILE, check_same_model, init_from_checkpoint, load_weights, read_meta,
+                         recover_checkpoint, save_pretrained)
+from .samples import make_samples
 from .step import (StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, restore_grads, saved_grads,
                    scaled_lr, shard, step_losses)
 from .tokens import collate, static_widths
 
 STATE_FILE = "trainer_state.pt"
 LOSS_REFRESH_SECONDS = 2.0  # how often the train bar's loss is read back from the device
+# The train.* settings that decide which samples a run trains and is selected on: resuming with
+# another value would continue a run on other data (or compare dev scores of two dev sets for
+# best/), so it is refused (`check_same_data`; train.dataset is compared as a folder, not a
+# spelling). Everything else may change on resume: the length of the run (epochs, the deadline,
+# checkpoint and eval cadence), how steps run (precision, step mode, batch size on a smaller GPU)
+# and the inference section. A batch size or seed changed mid-epoch re-cuts the rest of that
+# epoch (a few samples twice or not at all), a lesser harm than a run that can never continue.
+DATA_KEYS = ("train_split", "dev_split", "max_train_samples", "max_eval_samples", "targets_only",
+             "fresh_targets_only")
 
 
 def step_seed(seed: int, epoch: int, batch: int) -> int:
@@ -73,7 +87,6 @@ def total_loss(losses: dict, config: RunConfig) -> torch.Tensor:
 def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop_after_steps: int | None = None) -> dict:
     t = config.train
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     precision = t.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -94,12 +107,11 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         recover_checkpoint(last)
         recover_checkpoint(out / "best")
     accelerator.wait_for_everyone()
-    # Resuming (a run folder with last/): the same model or nothing; config.yaml is only rewritten after.
+    # Resuming (a run folder with last/): the same model and data or nothing.
     resuming = (last / STATE_FILE).is_file()
     if resuming:
         check_same_model(config, last, f"resuming {out} (another --output-dir starts a new run)")
-    if accelerator.is_main_process:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        check_same_data(config, last, f"resuming {out} (another --output-dir starts a new run)")
 
     frozen = t.frozen_dtype if t.frozen_dtype != "auto" else ("bfloat16" if precision == "bf16" else "float32")
     if frozen == "bfloat16" and precision != "bf16":  # said before minutes of loading, not at the first step
@@ -116,6 +128,25 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     train_samples = setup.samples[t.train_split]
     if not train_samples:
         raise ValueError(f"split '{t.train_split}' of {t.dataset} has no samples to train on")
+    # Refused, not warned: recall and re-ranking (the recommender) would learn nothing, which a
+    # warning scrolled away by the progress bars reveals only after the whole run; stopping now
+    # loses nothing. Without those losses (alpha = beta = 0) the replies alone train, as asked.
+    if (t.alpha or t.beta) and not any(s.target is not None for s in train_samples):
+        sliced = f" (train.max_train_samples={t.max_train_samples})" if t.max_train_samples else ""
+        raise ValueError(f"split '{t.train_split}' of {t.dataset}: none of its {len(train_samples):,} training "
+                         f"samples{sliced} recommends a catalog item, so the recall and re-rank losses "
+                         f"(train.alpha, train.beta) have nothing to learn from; check that its dialogues' item "
+                         f"ids are those of the catalog, or set train.alpha=0 train.beta=0 to train the replies only")
+    dev = dev_targets(setup, config)
+    if t.dev_split in setup.bundle.splits and not dev:
+        n = len(make_samples(setup.bundle.splits[t.dev_split]))
+        say(f"split '{t.dev_split}' of {t.dataset}: none of its {n:,} samples recommends an item (nothing to "
+            f"rank): no dev selection, best/ is the latest evaluated model", accelerator.is_main_process)
+    # Everything has loaded and been checked: only now is the run folder made or its config replaced.
+    data = data_record(t.dataset)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     say(f"encoding {len(train_samples):,} training samples", show)
     encoded = encoder.encode_all(train_samples)
 
@@ -235,14 +266,14 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                               "global_step": state["global_step"], "seconds": round(time.perf_counter() - started, 2),
                               "lr": scheduler.get_last_lr()[0], **mean_losses(sums)}
                     # The deadline's partial epoch is dev-evaluated too, so it can become best/.
-                    record.update(_select_on_dev(core, setup, config, state, out, accelerator, show,
+                    record.update(_select_on_dev(core, setup, config, dev, state, out, accelerator, show,
                                                  {"epoch": epoch, "batch": b + 1}))
                     with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                _save_last(core, config, optimizer, scheduler, state, last, accelerator)
+                        f.write(json_line(record) + "\n")
+                _save_last(core, config, optimizer, scheduler, state, last, accelerator, data)
                 return state
             if t.checkpoint_every and accelerator.sync_gradients and state["batch"] % t.checkpoint_every == 0:
-                _save_last(core, config, optimizer, scheduler, state, last, accelerator)
+                _save_last(core, config, optimizer, scheduler, state, last, accelerator, data)
 
         record = {"epoch": epoch + 1, "global_step": state["global_step"],
                   "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
@@ -254,27 +285,70 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         state["epoch"], state["batch"] = epoch + 1, 0
         if accelerator.is_main_process:
             if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs:
-                record.update(_select_on_dev(core, setup, config, state, out, accelerator, show, {"epoch": epoch + 1}))
+                record.update(_select_on_dev(core, setup, config, dev, state, out, accelerator, show,
+                                             {"epoch": epoch + 1}))
             with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            accelerator.print(json.dumps(record))
-        _save_last(core, config, optimizer, scheduler, state, last, accelerator)
+                f.write(json_line(record) + "\n")
+            accelerator.print(json_line(record))
+        _save_last(core, config, optimizer, scheduler, state, last, accelerator, data)
     return state
 
 
-def _select_on_dev(core, setup: Setup, config: RunConfig, state: dict, out: Path, accelerator, show: bool,
-                   position: dict) -> dict:
-    """Dev recall (§4.1's selection score) of the model as it is now; saves best/ when it beats the
-    best so far (state["best"]). Without a dev split the latest evaluated model is kept. Returns
-    the dev_* fields for metrics.jsonl. `position`: {"epoch": epochs completed[, "batch": batches
-    into the next one]}, as trainer_state counts them."""
+def json_line(record: dict) -> str:
+    """A metrics.jsonl line: NaN and infinities (a diverged loss) as null, since bare NaN is not JSON."""
+    def finite(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    return json.dumps({k: finite(v) for k, v in record.items()}, allow_nan=False)
+
+
+def dev_targets(setup: Setup, config: RunConfig) -> list:
+    """The dev samples selection ranks: those with a target (the others have nothing to rank),
+    the first train.max_eval_samples of them. Counted after filtering, so that a slice of a dev
+    split whose first samples recommend nothing still scores. [] without a dev split."""
     t = config.train
-    dev = setup.samples.get(t.dev_split) or []
+    if not t.dev_split or t.dev_split not in setup.bundle.splits:
+        return []
+    with_target = [s for s in make_samples(setup.bundle.splits[t.dev_split]) if s.target is not None]
+    return with_target[: t.max_eval_samples or None]
+
+
+def data_record(dataset: str) -> dict:
+    """What last/ records of the data it trained on: the folder, resolved, and a hash of the files
+    the loader reads (a byte copy elsewhere, e.g. a run moved with its data, hashes alike)."""
+    return {"dataset": str(Path(dataset).resolve()), "sha1": dataset_sha1(Path(dataset))}
+
+
+def check_same_data(config: RunConfig, last: Path, what: str) -> None:
+    """A ValueError naming every DATA_KEYS setting, and train.dataset, that differs from the run
+    in `last`. The dataset is the same when it is the recorded folder or holds the same files;
+    a run saved before the record existed compares its config's spelling, then the folders."""
+    meta = read_meta(last)
+    theirs, ours = RunConfig.from_dict(meta["config"]).train, config.train
+    differ = [f"train.{k} is {getattr(theirs, k)!r} there, {getattr(ours, k)!r} here"
+              for k in DATA_KEYS if getattr(theirs, k) != getattr(ours, k)]
+    recorded, here = meta.get("data") or {}, Path(ours.dataset).resolve()
+    there = Path(recorded.get("dataset") or Path(theirs.dataset).resolve())
+    same = here == there or (recorded.get("sha1") is not None
+                             and dataset_sha1(here) == recorded["sha1"])
+    if not same and (recorded or theirs.dataset != ours.dataset):
+        def shown(spelling, folder):  # the folder too where the spelling is relative
+            return repr(spelling) if str(folder) == spelling else f"{spelling!r} ({folder})"
+        differ.insert(0, f"train.dataset is {shown(theirs.dataset, there)} there, {shown(ours.dataset, here)} here")
+    if differ:
+        raise ValueError(f"{what}: {last / CONFIG_FILE} was trained on other data: " + ", ".join(differ))
+
+
+def _select_on_dev(core, setup: Setup, config: RunConfig, dev: list, state: dict, out: Path, accelerator,
+                   show: bool, position: dict) -> dict:
+    """Dev recall (§4.1's selection score) of the model as it is now on `dev` (`dev_targets`);
+    saves best/ when it beats the best so far (state["best"]). Without dev samples to rank the
+    latest evaluated model is kept. Returns the dev_* fields for metrics.jsonl. `position`:
+    {"epoch": epochs completed[, "batch": batches into the next one]}, as trainer_state counts them."""
     if not dev:
         state["best_epoch"] = position["epoch"]
         save_pretrained(core, config, out / "best", dict(position))
         return {}
-    say(f"dev evaluation: ranking the catalog for {sum(s.target is not None for s in dev):,} samples", show)
+    say(f"dev evaluation: ranking the catalog for {len(dev):,} samples", show)
     with accelerator.autocast():  # bfloat16 frozen weights need it outside training too
         scores = recall_only(core, setup.store, setup.encoder, dev, config.inference, progress=show)
     core.train()
@@ -298,13 +372,14 @@ def mean_losses(sums: dict) -> dict:
     return {f"train_{k}": float(sums[k]) / max(sums["n"], 1) for k in ("loss", "recall", "rerank", "gen")}
 
 
-def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerator) -> None:
+def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerator, data: dict) -> None:
+    """`data`: `data_record` of the dataset, which a resume is checked against (`check_same_data`)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     kept = {k: v for k, v in state.items() if k != "stopped_early"}  # how this call ended, not the run's state
     trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": kept}
-    save_pretrained(core, config, last, {"trainer": dict(kept)}, extra_files={STATE_FILE: trainer})
+    save_pretrained(core, config, last, {"trainer": dict(kept), "data": data}, extra_files={STATE_FILE: trainer})
 
 
 def _resume(core, optimizer, scheduler, last: Path) -> dict:

@@ -150,3 +150,83 @@ def test_a_missing_train_split_is_named(tmp_path):
     cfg.train.train_split = "nope"
     with pytest.raises(ValueError, match=r"train\.train_split: .* has no split 'nope' \(it has .*train"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_resuming_on_other_data_is_refused_and_leaves_the_run_as_it_was(tmp_path):
+    """Reusing a run folder with another dataset (or split, or slice) would "resume" the finished
+    run and train nothing, or continue it on other data, while config.yaml claimed the new data."""
+    import os
+    import re
+    import shutil
+
+    import pytest
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    write_dataset(data)
+    write_dataset(other)
+    (other / "dev.jsonl").write_text((other / "dev.jsonl").read_text().splitlines()[0] + "\n")  # other files
+    cfg = tiny_config(data)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after_steps=1).get("stopped_early")
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    for change, named in ((dict(dataset=str(other)), rf"train\.dataset is '{re.escape(str(data))}' there, "
+                                                     rf"'{re.escape(str(other))}' here"),
+                          (dict(dataset=str(tmp_path / "nonexistent")), r"train\.dataset is .*nonexistent' here"),
+                          (dict(dev_split="valid", max_train_samples=8),
+                           r"train\.dev_split is 'dev' there, 'valid' here, train\.max_train_samples is None "
+                           r"there, 8 here")):
+        changed = tiny_config(data)
+        for key, value in change.items():
+            setattr(changed.train, key, value)
+        with pytest.raises(ValueError, match=rf"resuming .*\(another --output-dir starts a new run\): .*was "
+                                             rf"trained on other data: {named}$"):
+            train(changed, run, progress=False)
+        assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before, change
+    # the same data: spelled otherwise, or a byte copy elsewhere (a run moved with its data), resumes
+    cfg.train.dataset = os.path.relpath(data)   # relative to the working directory
+    assert train(cfg, run, progress=False, stop_after_steps=1)["batch"] == 2
+    shutil.copytree(data, tmp_path / "copy")
+    cfg.train.dataset = str(tmp_path / "copy")
+    assert train(cfg, run, progress=False, stop_after_steps=1)["batch"] == 3
+
+
+def test_a_run_saved_before_the_data_record_compares_its_config(tmp_path):
+    """last/ of a run made before last/ recorded its data: the same spelling resumes (as it did),
+    another folder is refused."""
+    import pytest
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    write_dataset(data)
+    write_dataset(other)
+    cfg = tiny_config(data)
+    train(cfg, tmp_path / "run", progress=False, stop_after_steps=1)
+    meta_path = tmp_path / "run" / "last" / "pecrs_config.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("data", None)   # what older versions saved
+    meta_path.write_text(json.dumps(meta))
+    cfg.train.dataset = str(other)
+    with pytest.raises(ValueError, match=r"train\.dataset is '.*data' there, '.*other' here"):
+        train(cfg, tmp_path / "run", progress=False)
+    cfg.train.dataset = str(data)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after_steps=1)["batch"] == 2
+
+
+def test_a_start_that_fails_to_load_writes_nothing(tmp_path):
+    """config.yaml is written once the data has loaded and been checked: a failed first start
+    leaves no run folder, a failed start in a run folder without last/ leaves its config.yaml."""
+    import pytest
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    with pytest.raises(Exception, match="nonexistent"):
+        train(tiny_config(tmp_path / "nonexistent"), tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+    cfg = tiny_config(data)
+    cfg.train.epochs = 1
+    train(cfg, tmp_path / "run", progress=False, stop_after_steps=1)
+    (tmp_path / "run" / "last").rename(tmp_path / "run" / "kept")   # no last/: a new start, not a resume
+    config_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    cfg.train.train_split = "nope"
+    with pytest.raises(ValueError, match=r"has no split 'nope'"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml

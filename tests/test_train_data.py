@@ -1,0 +1,97 @@
+"""What training does with splits whose samples recommend nothing: a dev split without a target is
+no dev split (best/ is the latest model, said once), a max_eval_samples slice counts dev samples
+with a target, a train split without a target is refused before anything is written, and
+metrics.jsonl stays valid JSON (NaN as null)."""
+import json
+import math
+
+import pytest
+
+import pecrs.train as train_module
+from pecrs.testing import tiny_config, write_dataset, write_jsonl
+from pecrs.train import json_line, train
+
+NO_ITEM = {"id": "v1", "turns": [{"role": "seeker", "text": "Hi"}, {"role": "recommender", "text": "What genre?"},
+                                 {"role": "seeker", "text": "Fantasy"}, {"role": "recommender", "text": "Let me think."}]}
+
+
+def strict_records(path):
+    """metrics.jsonl parsed as JSON is: bare NaN / Infinity (Python's json accepts them) fail."""
+    def refuse(constant):
+        raise ValueError(f"{path}: {constant} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def rewrite_split(folder, split, rows):
+    write_jsonl(folder / f"{split}.jsonl", rows)
+
+
+def no_item(n):
+    return {**NO_ITEM, "id": f"v{n}"}
+
+
+def with_item(n):
+    return {"id": f"t{n}", "turns": [{"role": "seeker", "text": "Something with a dragon"},
+                                     {"role": "recommender", "text": "Try [ITEM]", "items": ["3"]}]}
+
+
+def test_a_dev_split_without_targets_selects_the_latest_model(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_dataset(data)
+    rewrite_split(data, "dev", [NO_ITEM])
+    state = train(tiny_config(data), tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("none of its 2 samples recommends an item") == 1, err   # said once, not at every epoch
+    assert "split 'dev'" in err and "best/ is the latest evaluated model" in err
+    records = strict_records(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2] and not any(k.startswith("dev_") for r in records for k in r)
+    best = json.loads((tmp_path / "run" / "best" / "pecrs_config.json").read_text())
+    assert best["epoch"] == 2 == state["best_epoch"]
+
+
+def test_max_eval_samples_counts_dev_samples_with_a_target(tmp_path, monkeypatch):
+    """The first two dev samples recommend nothing: a slice of 2 must still rank 2 samples."""
+    data = tmp_path / "data"
+    write_dataset(data)
+    rewrite_split(data, "dev", [NO_ITEM, with_item(1), with_item(2), with_item(3)])
+    cfg = tiny_config(data)
+    cfg.train.epochs, cfg.train.max_eval_samples = 1, 2
+    ranked = []
+    real = train_module.recall_only
+
+    def spy(model, store, encoder, samples, *args, **kwargs):
+        ranked.append(list(samples))
+        return real(model, store, encoder, samples, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "recall_only", spy)
+    train(cfg, tmp_path / "run", progress=False)
+    assert [len(s) for s in ranked] == [2] and all(x.target == "3" for x in ranked[0])
+    record = strict_records(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert math.isfinite(record["dev_recall_mean"])
+    assert (tmp_path / "run" / "best").is_dir()
+
+
+def test_a_train_split_without_targets_is_refused_before_the_run_folder_exists(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    rewrite_split(data, "train", [no_item(n) for n in range(3)])
+    with pytest.raises(ValueError, match=r"split 'train' of .*: none of its 6 training samples recommends a "
+                                         r"catalog item.*train\.alpha=0 train\.beta=0"):
+        train(tiny_config(data), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_replies_alone_train_on_a_split_without_targets(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    rewrite_split(data, "train", [no_item(n) for n in range(3)])
+    cfg = tiny_config(data)
+    cfg.train.epochs, cfg.train.alpha, cfg.train.beta = 1, 0.0, 0.0
+    assert train(cfg, tmp_path / "run", progress=False)["epoch"] == 1
+    assert (tmp_path / "run" / "best").is_dir()
+
+
+def test_metrics_lines_write_nan_and_infinity_as_null():
+    line = json_line({"epoch": 1, "train_loss": float("nan"), "train_gen": float("inf"), "lr": 1e-3})
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == {
+        "epoch": 1, "train_loss": None, "train_gen": None, "lr": 1e-3}
