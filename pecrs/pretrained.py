@@ -75,11 +75,12 @@ def head_state(model: PECRS) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extra: dict | None = None,
-                    extra_files: dict[str, object] | None = None) -> Path:
+                    extra_files: dict[str, object] | None = None, write_more=None) -> Path:
     """Write the checkpoint atomically: into a temporary sibling folder, then renamed over.
     extra_files: name -> object saved with torch.save in the same folder (trainer state); they
     must load with torch.load(weights_only=True). pecrs_config.json is written last, listing them,
-    so that `checkpoint_complete` can tell a finished temporary folder from a half-written one."""
+    so that `checkpoint_complete` can tell a finished temporary folder from a half-written one.
+    write_more(folder) adds files to the temporary folder (a recommender's catalog and vectors)."""
     directory = Path(directory)
     check_replaceable(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -93,6 +94,8 @@ def save_pretrained(model: PECRS, config: RunConfig, directory: str | Path, extr
     causal = model.causal_lm.config
     for name, obj in (extra_files or {}).items():
         torch.save(obj, tmp / name)
+    if write_more is not None:
+        write_more(tmp)
     meta = {"config": config.to_dict(), "hidden_size": model.hidden_size,
             "vocab_size": len(model.tokenizer), "model_type": causal.model_type,
             FINGERPRINT_KEY: model.backbone_fingerprint, FILES_KEY: sorted(extra_files or {}), **(extra or {})}
@@ -121,6 +124,18 @@ def check_replaceable(directory: Path, sources: tuple[Path, ...] = ()) -> None:
     if directory.is_dir() and any(directory.iterdir()) and not (directory / CONFIG_FILE).is_file():
         raise FileExistsError(f"{directory} exists and is not a pecrs checkpoint (no {CONFIG_FILE}); saving would "
                               f"replace everything in it: remove it or choose another folder")
+
+
+def check_save_destination(directory: Path, catalog_file: str, sources: tuple[Path, ...] = ()) -> None:
+    """Where a trained model may be saved with its catalog (`Recommender.save_pretrained`, which
+    `pecrs export` calls): `check_replaceable`, and never over a checkpoint that training wrote
+    (RUN/best; RUN/last and its trainer state), which, unlike an earlier save with a catalog or an
+    export, has no `catalog_file` (catalog_source.CATALOG_FILE): a ValueError names the folder."""
+    check_replaceable(directory, sources)
+    if (directory / CONFIG_FILE).is_file() and not (directory / catalog_file).is_file():
+        raise ValueError(f"{directory} is a training checkpoint ({CONFIG_FILE} without the {catalog_file} of a saved "
+                         f"recommender or an export), not an earlier save: saving would replace it and any trainer "
+                         f"state it keeps; choose another folder")
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -251,17 +266,23 @@ def load_pretrained(directory: str | Path, backbone: str | None = None) -> tuple
     if backbone:
         config.model.backbone = backbone
     model = build_model(config)
-    if model.causal_lm.config.model_type != meta["model_type"] or model.hidden_size != meta["hidden_size"] \
-            or len(model.tokenizer) != meta["vocab_size"]:
-        raise ValueError(
-            f"{directory}: checkpoint was trained on a {meta['model_type']} backbone (hidden size "
-            f"{meta['hidden_size']}, vocabulary {meta['vocab_size']}) but '{config.model.backbone}' is a "
-            f"{model.causal_lm.config.model_type} (hidden size {model.hidden_size}, vocabulary "
-            f"{len(model.tokenizer)})")
+    check_architecture(model, meta, directory)
     warn_if_other_backbone(model, meta, directory)
     adopt_token_roles(model, directory / "tokenizer")
     load_weights(model, directory)
     return model, config
+
+
+def check_architecture(model: PECRS, meta: dict, where) -> None:
+    """A ValueError, starting with `where`, when `model`'s backbone is not of the architecture of the
+    checkpoint of `meta`: its weights cannot fit (loading them would fail with a dump of names)."""
+    if model.causal_lm.config.model_type != meta["model_type"] or model.hidden_size != meta["hidden_size"] \
+            or len(model.tokenizer) != meta["vocab_size"]:
+        raise ValueError(
+            f"{where}: checkpoint was trained on a {meta['model_type']} backbone (hidden size "
+            f"{meta['hidden_size']}, vocabulary {meta['vocab_size']}) but '{model.config.backbone}' is a "
+            f"{model.causal_lm.config.model_type} (hidden size {model.hidden_size}, vocabulary "
+            f"{len(model.tokenizer)})")
 
 
 def other_backbone(model: PECRS, meta: dict) -> bool:
@@ -356,8 +377,11 @@ def init_from_checkpoint(model: PECRS, config: RunConfig, name_or_path: str | Pa
     built from `config`. The checkpoint's model section must equal config.model but for where the
     backbone is read from, else a ValueError names the fields that differ. Returns the folder."""
     directory = checkpoint_dir(name_or_path)
+    meta = read_meta(directory)
+    # The backbone first: with another architecture no setting could make the weights fit.
+    check_architecture(model, meta, f"train.init_from={name_or_path} ({directory})")
     check_same_model(config, directory, f"train.init_from={name_or_path}")
-    warn_if_other_backbone(model, read_meta(directory), directory)
+    warn_if_other_backbone(model, meta, directory)
     load_weights(model, directory)
     return directory
 

@@ -206,9 +206,12 @@ class Recommender:
         no_repeat_ngram and exclude_mentioned (in the saved config's inference section; a decoding
         given as a dict of generate kwargs under "recommender"); `from_pretrained(directory)` gives
         it back. half=True stores adapter, heads and vectors in float16 (the shipped model, `pecrs
-        export`)."""
-        from .pretrained import halve_weights, save_pretrained
+        export`). `directory` may be new or an earlier save, never a training checkpoint nor the
+        checkpoint this recommender was loaded from (`check_save_destination`: a ValueError)."""
+        from .pretrained import check_save_destination, halve_weights, results_dir, save_pretrained
 
+        ckpt = self.checkpoint
+        check_save_destination(Path(directory), CATALOG_FILE, (ckpt, results_dir(ckpt)) if ckpt else ())
         config = copy.deepcopy(self.config)
         config.inference.m_inference = self.m_inference
         config.inference.no_repeat_ngram = self.no_repeat_ngram
@@ -217,12 +220,13 @@ class Recommender:
             config.inference.decoding = self.decoding
         else:
             extra = {"recommender": {"decoding": self.decoding}, **(extra or {})}
-        directory = Path(save_pretrained(self.model, config, directory, extra=extra))
-        write_items(self.item_list, directory / CATALOG_FILE)
-        save_vectors(self.vectors, list(self.items), directory / VECTORS_FILE, half=half)
-        if half:
-            halve_weights(directory)
-        return directory
+
+        def write_catalog(folder: Path) -> None:   # inside the atomic save: never a folder without them
+            write_items(self.item_list, folder / CATALOG_FILE)
+            save_vectors(self.vectors, self.item_list, config.model, folder / VECTORS_FILE, half=half)
+            if half:
+                halve_weights(folder)
+        return Path(save_pretrained(self.model, config, directory, extra=extra, write_more=write_catalog))
 
     # ---- inference ---------------------------------------------------------------------------
     def turns(self, dialogue, link_titles: bool = False) -> tuple[Turn, ...]:
@@ -259,7 +263,7 @@ class Recommender:
 
     @functools.cached_property
     def twins(self) -> dict[str, tuple[str, ...]]:
-        """The same film under several ids (pecrs.mentions.same_film), found on first use."""
+        """The same film under several ids (pecrs.twins.same_film), found on first use."""
         return same_film(self.item_list)
 
     def _excluded(self, turns, exclude, exclude_mentioned: bool | None) -> list[int]:

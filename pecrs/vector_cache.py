@@ -1,9 +1,12 @@
 """A catalog's item vectors (Eq. 1) without encoding it again.
 
 Encoding a catalog runs every item's text through the LM: minutes on a CPU for thousands of items.
-The vectors are therefore kept in two places, both checked against the catalog's ids:
+The vectors are therefore kept in two places, both checked against what they encode:
   * beside a checkpoint (`VECTORS_FILE`, safetensors, written by `Recommender.save_pretrained`
-    with the catalog copy; the shipped models load with nothing to encode);
+    with the catalog copy; the shipped models load with nothing to encode), with the hash of the
+    catalog copy's items as the checkpoint's config makes them text (`items_sha256`), so that a
+    catalog copy edited since (same ids, another plot) is encoded again; files written before
+    that hash existed carry the ids' hash only, and are checked against the ids as before;
   * in a disk cache, PECRS_CACHE (default ~/.cache/pecrs)/catalogs/<key>.pt, the key hashing the
     checkpoint files, the catalog contents, the item-text settings, the encoding precision and the
     base weights (backbone/fingerprint.py), so a second start on the same (checkpoint, catalog)
@@ -50,15 +53,25 @@ def _hash_items(items) -> str:
     return h.hexdigest()
 
 
+def _encoding_key(items, model_config) -> dict:
+    """What a catalog's vectors encode, but for the weights: every item (ids, order, all fields)
+    and the settings that make an item its text and pool it."""
+    return {"catalog": _hash_items(items), "fields": list(model_config.item_fields),
+            "max_tokens": model_config.item_max_tokens, "encoding": model_config.item_encoding}
+
+
+def items_sha256(items, model_config) -> str:
+    """The hash of what a saved vectors file encodes (`_encoding_key`, as the disk cache keys it)."""
+    return hashlib.sha256(json.dumps(_encoding_key(items, model_config), sort_keys=True).encode()).hexdigest()
+
+
 def catalog_cache_key(checkpoint: Path, items, model_config, dtype: torch.dtype = torch.float32,
                       backbone: str | None = None) -> str:
     """The cache file name of a catalog's vectors; `dtype`, the precision of the LM that encodes
     them, is part of the key except for float32 (so caches written before it existed stay valid),
     and so is `backbone`, the fingerprint of the base weights that encode them (the checkpoint's
     files do not say which base `--backbone` put under them)."""
-    key = {"format": CACHE_FORMAT, "checkpoint": _hash_files(checkpoint), "catalog": _hash_items(items),
-           "fields": list(model_config.item_fields), "max_tokens": model_config.item_max_tokens,
-           "encoding": model_config.item_encoding}
+    key = {"format": CACHE_FORMAT, "checkpoint": _hash_files(checkpoint), **_encoding_key(items, model_config)}
     if backbone:
         key["backbone"] = backbone
     if dtype != torch.float32:
@@ -78,8 +91,10 @@ def _hash_ids(ids: list[str]) -> str:
 
 def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Tensor | None:
     """The item vectors [len(ids), width] saved beside a checkpoint's catalog, if they are that
-    catalog's. Vectors are derived data: a damaged file, one of another shape or one holding NaN or
-    infinite values is re-encoded (with a warning naming it) rather than refused."""
+    catalog's: the catalog of `ids`, which callers serve from the catalog copy beside the
+    checkpoint, and (in files that record it) that copy's items as the checkpoint's config reads
+    them. Vectors are derived data: a damaged file, one of another catalog or shape, or one holding
+    NaN or infinite values is re-encoded (with a warning naming it) rather than refused."""
     from safetensors import SafetensorError, safe_open
 
     path = checkpoint / VECTORS_FILE
@@ -87,8 +102,15 @@ def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Te
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("ids_sha256") != _hash_ids(ids):
+            meta = f.metadata() or {}
+            if meta.get("ids_sha256") != _hash_ids(ids):
                 log.warning("%s does not match the catalog %s: re-encoding", path, checkpoint / CATALOG_FILE)
+                return None
+            # Files saved before items_sha256 existed (the shipped model's) are checked by ids only.
+            if "items_sha256" in meta and meta["items_sha256"] != _catalog_copy_sha256(checkpoint):
+                log.warning("%s was encoded from other item texts or item settings than the catalog %s and "
+                            "%s now hold (edited since it was saved?): re-encoding",
+                            path, checkpoint / CATALOG_FILE, checkpoint / "pecrs_config.json")
                 return None
             vectors = f.get_tensor("vectors").float()
     except (SafetensorError, OSError) as e:
@@ -102,6 +124,22 @@ def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Te
         log.warning("%s holds NaN or infinite vectors: re-encoding", path)
         return None
     return vectors
+
+
+def _catalog_copy_sha256(checkpoint: Path) -> str | None:
+    """`items_sha256` of the catalog copy beside `checkpoint`, its items read as the checkpoint's
+    model config reads them; None when there is no copy to read (then nothing can match)."""
+    from .catalog_source import read_items_lenient
+    from .config import RunConfig
+    from .data import DataError
+    from .pretrained import read_meta
+
+    try:
+        # Leniently, as a server reads it: the ids check above has already compared the ids served.
+        items, _, _ = read_items_lenient(checkpoint / CATALOG_FILE)
+    except (DataError, OSError):
+        return None
+    return items_sha256(items.values(), RunConfig.from_dict(read_meta(checkpoint)["config"]).model)
 
 
 def load_cached(path: Path, ids: list[str]) -> torch.Tensor | None:
@@ -132,13 +170,17 @@ def save_cached(path: Path, ids: list[str], vectors: torch.Tensor) -> None:
                     "(set PECRS_CACHE to a writable folder)", path, e)
 
 
-def save_vectors(vectors: torch.Tensor, ids: list[str], path: Path, half: bool = False) -> None:
-    """`vectors` [N, d] of the catalog `ids` as safetensors at `path` (float16 when `half`), with
-    the ids' hash that `load_saved_vectors` checks."""
+def save_vectors(vectors: torch.Tensor, items, model_config, path: Path, half: bool = False) -> None:
+    """`vectors` [N, d] of the catalog `items` (Items, in row order) as safetensors at `path`
+    (float16 when `half`), with what `load_saved_vectors` checks: the hash of the ids (all that
+    older pecrs versions check) and `items_sha256` of the items and `model_config`'s item settings."""
     from safetensors.torch import save_file
 
+    items = list(items)
     vectors = vectors.detach().cpu().to(torch.float16 if half else torch.float32).contiguous()
-    save_file({"vectors": vectors}, path, metadata={"ids_sha256": _hash_ids(ids), "count": str(len(ids))})
+    save_file({"vectors": vectors}, path, metadata={"ids_sha256": _hash_ids([it.id for it in items]),
+                                                    "items_sha256": items_sha256(items, model_config),
+                                                    "count": str(len(items))})
 
 
 def find_cached(folder: Path, checkpoint: Path, items: dict, model_config, dtype: torch.dtype,

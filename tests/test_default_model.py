@@ -47,7 +47,7 @@ def test_it_loads_by_name_without_encoding_and_answers(shipped, monkeypatch):
     def no_encoding(*args, **kwargs):
         raise AssertionError("the shipped model must not encode its catalog")
 
-    monkeypatch.setattr(ItemStore, "encode", no_encoding)
+    monkeypatch.setattr(ItemStore, "all_vectors", no_encoding)
     dialogue = [{"role": "seeker", "text": "Hi! I love scary movies. Can you recommend one?"}]
     top = shipped.recommend(dialogue, k=5)
     assert len({r.item.id for r in top}) == 5 and all(r.item.id in shipped.items for r in top)

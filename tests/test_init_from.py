@@ -63,3 +63,23 @@ def test_a_stopped_fine_tune_resumes_instead_of_starting_over(first, tmp_path):
     train(cfg, tmp_path / "resumed", progress=False, stop_after_steps=2)
     train(cfg, tmp_path / "resumed", progress=False)   # reloading the checkpoint here would undo 2 steps
     assert same_weights(tmp_path / "straight" / "last", tmp_path / "resumed" / "last")
+
+
+def test_init_from_a_checkpoint_of_another_backbone_names_the_backbone(first, tmp_path):
+    """Every model.* setting but the backbone matched, so the settings check passed and loading
+    failed with a dump of adapter weight names: the architecture is checked first, as
+    `load_pretrained` checks it."""
+    from pecrs.pretrained import build_model, save_pretrained
+
+    _, cfg = first
+    gpt2 = copy.deepcopy(cfg)
+    gpt2.model.backbone = "tiny-gpt2"
+    save_pretrained(build_model(gpt2, seed=0), gpt2, tmp_path / "gpt2" / "best")
+    cfg = copy.deepcopy(cfg)
+    cfg.train.init_from = str(tmp_path / "gpt2")
+    with pytest.raises(ValueError) as e:
+        train(cfg, tmp_path / "tuned", progress=False, stop_after_steps=1)
+    message = str(e.value)
+    assert message.startswith(f"train.init_from={tmp_path / 'gpt2'} ({tmp_path / 'gpt2' / 'best'}): ")
+    assert "checkpoint was trained on a gpt2 backbone" in message and "'tiny-llama' is a llama" in message
+    assert "weights" not in message

@@ -475,3 +475,50 @@ def test_a_catalog_given_in_python_is_checked_as_a_file_would_be():
     with pytest.raises(TypeError, match="catalog= takes an items.jsonl path, .* got int"):
         resolve_catalog(5, None, None)
     assert resolve_catalog([Item(id=7, title="Seven")], None, None)[0] == {"7": Item(id="7", title="Seven")}
+
+
+def test_save_pretrained_never_replaces_a_training_checkpoint_nor_its_source(run, rec, tmp_path):
+    """`pecrs export`'s rule (pretrained.check_save_destination): another run's best/, a last/ with
+    its trainer state and the checkpoint the recommender came from were once replaced silently."""
+    import shutil
+
+    run_dir, _ = run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "best", other / "best")
+    shutil.copytree(run_dir / "best", other / "last")
+    (other / "last" / "trainer_state.pt").write_bytes(b"optimizer and scheduler")
+    mine = rec.save_pretrained(tmp_path / "mine")
+    loaded = Recommender.from_pretrained(mine, cache_dir=False)
+
+    def snapshot():
+        return {p: p.read_bytes() for root in (run_dir, tmp_path) for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    for saver, destination, message in ((rec, other / "best", "is a training checkpoint"),
+                                        (rec, other / "last", "is a training checkpoint"),
+                                        (rec, run_dir / "best", "which is being saved from"),
+                                        (rec, run_dir, "which is being saved from"),
+                                        (loaded, mine, "which is being saved from")):
+        with pytest.raises(ValueError, match="choose another folder") as e:
+            saver.save_pretrained(destination)
+        assert str(destination) in str(e.value) and message in str(e.value)
+    assert snapshot() == before   # nothing replaced, nothing lost
+    again = rec.save_pretrained(tmp_path / "mine")   # over an earlier save: replaced, as the docs show
+    assert Recommender.from_pretrained(again, cache_dir=False).report.vectors_from_cache
+
+
+def test_a_failed_save_keeps_the_earlier_save_whole(rec, tmp_path, monkeypatch):
+    """The catalog and vectors are written inside the atomic save: a save that fails writing them
+    leaves the earlier save as it was, not a folder without its catalog."""
+    import pecrs.recommender
+
+    first = rec.save_pretrained(tmp_path / "mine")
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pecrs.recommender, "save_vectors", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        rec.save_pretrained(first)
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before

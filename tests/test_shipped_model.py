@@ -125,7 +125,7 @@ def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):
     def no_encoding(*args, **kwargs):
         raise AssertionError("the shipped catalog must not be re-encoded")
 
-    monkeypatch.setattr(ItemStore, "encode", no_encoding)
+    monkeypatch.setattr(ItemStore, "all_vectors", no_encoding)
     rec = Recommender.from_pretrained("inspired", device="cpu")
     assert rec.report.vectors_from_cache and rec.report.cache_path.endswith(VECTORS_FILE)
     monkeypatch.undo()

@@ -1,7 +1,10 @@
 """Catalog vectors are derived data (pecrs.vector_cache): a cache that cannot be written, a saved
 vectors file that is damaged or of another shape, or a foreign file in the cache costs an encoding
 and a warning naming the file, never the load."""
+import hashlib
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ import torch
 
 from pecrs.backbone.gguf import _convert_gguf
 from pecrs.recommender import Recommender
-from pecrs.testing import TURNS, make_tiny_run
+from pecrs.testing import TURNS, make_tiny_run, toy_items
 from pecrs.vector_cache import VECTORS_FILE, load_cached, save_vectors
 
 
@@ -44,10 +47,11 @@ def test_damaged_saved_vectors_are_encoded_again(saved, tmp_path, caplog, damage
     try:
         if damage == "truncated":
             path.write_bytes(original[:-40])
-        elif damage == "other width":   # the ids hash matches, the width is not this model's
-            save_vectors(torch.randn(len(rec), 7), list(rec.items), path)
+        elif damage == "other width":   # the hashes match, the width is not this model's
+            save_vectors(torch.randn(len(rec), 7), rec.item_list, rec.config.model, path)
         else:
-            save_vectors(rec.vectors.clone().index_fill_(0, torch.tensor([2]), float("nan")), list(rec.items), path)
+            save_vectors(rec.vectors.clone().index_fill_(0, torch.tensor([2]), float("nan")), rec.item_list,
+                         rec.config.model, path)
         with caplog.at_level(logging.WARNING, logger="pecrs.vector_cache"):
             loaded = Recommender.from_pretrained(folder, device="cpu", cache_dir=False)
     finally:
@@ -67,3 +71,77 @@ def test_an_unwritable_backbone_cache_is_named_before_converting(tmp_path):
     not_a_folder.write_text("")
     with pytest.raises(ValueError, match=rf"cannot write the converted backbone under {not_a_folder}.*PECRS_CACHE"):
         _convert_gguf(Path("never-read.gguf"), not_a_folder / "backbones" / "model")
+
+
+def _edit_jsonl_first(path: Path, **fields) -> None:
+    lines = path.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), **fields})
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("edit", ["item text", "item_fields"])
+def test_saved_vectors_of_other_item_texts_are_encoded_again(saved, tmp_path, caplog, edit):
+    """Same ids, other texts: a catalog copy edited since it was saved (or the item settings of its
+    config) once kept serving the old vectors, "loaded from cache"."""
+    rec, folder = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    unchanged = Recommender.from_pretrained(copy, device="cpu", cache_dir=False)
+    assert unchanged.report.vectors_from_cache and torch.equal(unchanged.vectors, rec.vectors.float())
+    if edit == "item text":
+        _edit_jsonl_first(copy / "items.jsonl", title="Another Film Entirely", plot="robots take over the moon")
+    else:
+        meta = json.loads((copy / "pecrs_config.json").read_text())
+        model = meta["config"]["model"]
+        model["item_fields"] = ["plot", "title"]
+        (copy / "pecrs_config.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="pecrs.vector_cache"):
+        loaded = Recommender.from_pretrained(copy, device="cpu", cache_dir=False)
+    assert str(copy / VECTORS_FILE) in caplog.text and "re-encoding" in caplog.text
+    assert not loaded.report.vectors_from_cache
+    assert not torch.allclose(loaded.vectors[0], rec.vectors[0], atol=1e-4)   # item 0 as it reads now
+    if edit == "item text":   # the other items' texts did not change, nor their vectors
+        assert torch.allclose(loaded.vectors[1:], rec.vectors[1:], atol=1e-5)
+
+
+def test_the_items_hash_covers_what_the_model_reads():
+    """item_max_tokens cannot be edited in a saved checkpoint (the pooling weights have its length),
+    so the hash is checked directly for it, with the other inputs of an item's vector."""
+    from dataclasses import replace
+
+    from pecrs.config import RunConfig
+    from pecrs.vector_cache import items_sha256
+
+    items, model = toy_items(3), RunConfig().model
+    other = [replace(items[0], plot="another plot"), *items[1:]]
+    renamed = [replace(items[0], id="x"), *items[1:]]
+    variants = [items_sha256(items, model), items_sha256(other, model), items_sha256(renamed, model),
+                items_sha256(items[::-1], model)]
+    for setting, value in (("item_max_tokens", 7), ("item_fields", ["title"]), ("item_encoding", "adapted")):
+        changed = RunConfig().model
+        setattr(changed, setting, value)
+        variants.append(items_sha256(items, changed))
+    assert len(set(variants)) == len(variants)
+    assert items_sha256(list(items), RunConfig().model) == variants[0]
+
+
+def test_vectors_saved_with_the_ids_hash_only_still_load(saved, tmp_path, monkeypatch):
+    """Files written before the items hash existed (the shipped model's) carry the hash of the ids
+    alone: they load, checked against the ids as before, with nothing encoded."""
+    from safetensors.torch import save_file
+
+    from pecrs.catalog import ItemStore
+
+    rec, folder = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    ids = list(rec.items)
+    legacy = {"ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "count": str(len(ids))}
+    save_file({"vectors": rec.vectors.half()}, copy / VECTORS_FILE, metadata=legacy)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("vectors saved with the ids hash only must load, not be encoded")
+
+    monkeypatch.setattr(ItemStore, "all_vectors", no_encoding)
+    loaded = Recommender.from_pretrained(copy, device="cpu", cache_dir=False)
+    assert loaded.report.vectors_from_cache and torch.equal(loaded.vectors, rec.vectors.half().float())
