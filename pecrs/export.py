@@ -10,12 +10,13 @@
 Copied to pecrs/models/NAME, the folder is what `Recommender.from_pretrained("NAME")`, `pecrs chat`
 and `pecrs serve` load with no run folder (NAME "inspired" is the default). A run folder keeps its
 own metrics: RUN/metrics.jsonl (dev curve) and RUN/eval_test.json (`pecrs evaluate RUN`), both
-quoted in the card when present.
+quoted in the card when present (eval_test.json only when measured on the run's own dataset).
 """
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ from .config import RunConfig
 from .experiments.json_files import read_json
 from .experiments.provenance import git_revision
 from .pretrained import CONFIG_FILE, check_replaceable, checkpoint_dir, read_meta, results_dir
+
+log = logging.getLogger(__name__)
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_recall@10", "dedup_recall@50",
@@ -50,15 +53,40 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
     provenance = {"source": str(ckpt), "git_revision": git_revision() or "unknown", "hardware": hardware(),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__}
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
-    card = model_card(destination.name, read_meta(destination), _read_jsonl(run_dir / "metrics.jsonl"),
-                      read_json(run_dir / "eval_test.json"), destination, notes)
+    meta = read_meta(destination)
+    test = read_json(run_dir / "eval_test.json")
+    elsewhere = measured_elsewhere(test, ckpt, meta["config"].get("train", {}).get("dataset"))
+    if elsewhere:
+        log.warning("%s: not quoted in the model card: %s", run_dir / "eval_test.json", elsewhere)
+    card = model_card(destination.name, meta, _read_jsonl(run_dir / "metrics.jsonl"),
+                      None if elsewhere else test, destination, notes, left_out=elsewhere)
     (destination / CARD_FILE).write_text(card)
     return destination
 
 
+def measured_elsewhere(test: dict | None, checkpoint: Path, dataset: str | None) -> str | None:
+    """Why `test` (RUN/eval_test.json) is not the run's test metrics: it records another dataset
+    than the run's (`dataset`, found as `pecrs evaluate` finds it; a byte copy elsewhere, such as
+    the GPU machine's, is the same dataset). None when it is the run's, or when it records no
+    dataset (written before results did: quoted as before)."""
+    from .catalog_source import DatasetNotFound, dataset_sha1, find_dataset
+
+    if not test or "dataset" not in test or not dataset:
+        return None
+    try:
+        own = find_dataset(dataset, checkpoint)
+    except DatasetNotFound:
+        return f"it was measured on {test['dataset']}; the run's dataset {dataset} was not found to compare it with"
+    if Path(test["dataset"]).resolve() == own.resolve() or (
+            test.get("dataset_sha1") is not None and test["dataset_sha1"] == dataset_sha1(own)):
+        return None
+    return f"it was measured on {test['dataset']}, not on the run's dataset {own}"
+
+
 def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, folder: Path,
-               notes: str | None = None) -> str:
-    """MODEL_CARD.md: what a user needs to judge the model before trusting its recommendations."""
+               notes: str | None = None, left_out: str | None = None) -> str:
+    """MODEL_CARD.md: what a user needs to judge the model before trusting its recommendations.
+    `left_out`: why the run's eval_test.json is not quoted (`measured_elsewhere`)."""
     config, export_info = meta["config"], meta.get("export", {})
     m, t = config["model"], config["train"]
     inference = RunConfig.from_dict(config).inference  # (older checkpoints: read from train / "recommender")
@@ -111,7 +139,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
                          "a resumed row's train loss covers the batches since the resume.")
         else:
             lines.append(f"\nTraining stopped early {where}.")
-    lines += ["", *card_test_metrics(test)]
+    lines += ["", *card_test_metrics(test, left_out)]
     sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
     lines += ["", "## Limitations", "",
               "- Recommends only items of its catalog; another catalog (`--catalog`) is encoded on first use, and "
@@ -134,14 +162,22 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def card_test_metrics(test: dict | None) -> list[str]:
-    """The card's "## Test metrics" lines from a `pecrs evaluate --json` result (None: not evaluated)."""
+def card_test_metrics(test: dict | None, left_out: str | None = None) -> list[str]:
+    """The card's "## Test metrics" lines from a `pecrs evaluate --json` result (None: not
+    evaluated, or `left_out` says why eval_test.json is not quoted)."""
     lines = ["## Test metrics", ""]
+    if left_out:
+        return lines + [f"Not quoted: the run's eval_test.json is not its test metrics ({left_out}). "
+                        f"`pecrs evaluate RUN` measures them on the run's own dataset."]
     if not test:
         return lines + ["Not evaluated on a test split (no eval_test.json beside the run)."]
     lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_metric(k, test[k])} |" for k in CARD_METRICS if test.get(k) is not None]  # unmeasured: left out
     samples = f"{test.get('n_rec_samples', '?')} samples with a target"
+    if test.get("max_samples"):   # a partial evaluation, or other item texts, says so
+        samples = f"the first {test['max_samples']} samples of the split, {samples}"
+    if test.get("item_fields"):
+        samples += f", item fields {','.join(test['item_fields'])}"
     if test.get("n_gen_samples") is not None:
         samples += f", {test['n_gen_samples']} replies generated"
     lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({samples}, decoding "

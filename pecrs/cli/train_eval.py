@@ -47,18 +47,22 @@ def _evaluate(args) -> int:
     from ..setup import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
-    out = _output_path(args.output, ckpt, f"eval_{args.split}.json")  # checked before minutes of work
-    predictions_out = _output_path(args.predictions, ckpt, "", "--predictions") if args.predictions else None
+    # Checked before minutes of work: the dataset, then where the results go.
+    meta = read_meta(ckpt)
+    dataset, own = _measured_dataset(args.dataset, ckpt, meta)
+    variant = _variant(args, dataset, own, meta)
+    out = _output_path(args.output, ckpt, _result_name(args.split, variant), dataset=dataset)
+    predictions_out = (_output_path(args.predictions, ckpt, "", "--predictions", dataset=dataset)
+                       if args.predictions else None)
     if predictions_out is not None and predictions_out.resolve() == out.resolve():
         raise ValueError(f"--predictions {predictions_out} is where the result JSON goes (--output): give another file")
-    _check_dataset(args.dataset or read_meta(ckpt)["config"].get("train", {}).get("dataset"),
-                   given=args.dataset is not None)
+    _say_where(args.output, out, variant, f"eval_{args.split}.json")
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     from ..backbone import default_device
 
     dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
-    setup = prepare(config, model=model, dataset=args.dataset, device=default_device(args.device),
+    setup = prepare(config, model=model, dataset=str(dataset), device=default_device(args.device),
                     saved_vectors_from=None if getattr(args, "item_fields", None) else ckpt)
     if args.split not in setup.samples:
         raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
@@ -73,8 +77,8 @@ def _evaluate(args) -> int:
     if predictions_out is not None:
         predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
                                    encoding="utf-8")
-    result = {"checkpoint": str(ckpt), "split": args.split, "decoding": inference.decoding,
-              "no_repeat_ngram": inference.no_repeat_ngram,
+    result = {"checkpoint": str(ckpt), "split": args.split, **_measured_on(dataset, args),
+              "decoding": inference.decoding, "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
               "dtype": dtype, **result,
               "measured": {"date": now(), "git_revision": revision, "hardware": hardware()}}
@@ -116,19 +120,90 @@ def _apply_dtype(model, dtype: str, device) -> str:
     return choice.name
 
 
-def _check_dataset(dataset: str | None, given: bool) -> None:
-    """Fail before the backbone loads when the dataset folder is not there. A model's recorded
-    dataset is usually relative ("../shared/datasets/inspired"), read from the working directory."""
-    if dataset and not Path(dataset).exists():
-        where = "--dataset" if given else "the model's dataset (its config's train.dataset)"
-        raise ValueError(f"{where} {dataset}: no such folder from the working directory {Path.cwd()}; "
-                         f"give the dataset's folder with --dataset DIR")
+def _measured_dataset(given: str | None, ckpt: Path, meta: dict, folder: bool = True) -> tuple[Path, bool]:
+    """The dataset an evaluation reads, found before the backbone loads, and whether it is the
+    run's own (its config's train.dataset). That recorded path is relative to where training ran:
+    it is looked for as a chat's catalog is (`catalog_source.find_dataset`: the working
+    directory, then each folder above the checkpoint). --dataset is a path from the working
+    directory (`folder` False: any path, the standardized protocol takes a test file too); it is
+    the run's own when it holds the same files (`same_dataset`: a copy elsewhere counts)."""
+    from ..catalog_source import DatasetNotFound, find_dataset, not_a_dataset, same_dataset
+
+    recorded = meta["config"].get("train", {}).get("dataset")
+    try:
+        own = find_dataset(recorded, ckpt) if recorded else None
+    except DatasetNotFound as e:
+        if given is None:
+            looked = "; ".join(f"{place} ({why})" for place, why in e.looked)
+            raise ValueError(f"the model's dataset (its config's train.dataset) {recorded}: no such folder with a "
+                             f"dataset in it, from the working directory {Path.cwd()} or above the checkpoint "
+                             f"{ckpt} (looked in {looked}); give the dataset's folder with --dataset DIR") from None
+        own = None
+    if given is None:
+        if own is None:
+            raise ValueError(f"{ckpt}: its config records no train.dataset; give the dataset's folder with --dataset DIR")
+        return own, True
+    why = not_a_dataset(Path(given)) if folder or not Path(given).is_file() else None
+    if why is not None:
+        raise ValueError(f"--dataset {given}: {why} "
+                         f"(from the working directory {Path.cwd()}); give the dataset's folder with --dataset DIR")
+    return Path(given), own is not None and same_dataset(Path(given), own)
 
 
-def _output_path(output: str | None, ckpt: Path, filename: str, option: str = "--output") -> Path:
+def _variant(args, dataset: Path, own: bool, meta: dict) -> tuple[str | None, list[str], list[str]]:
+    """What sets this evaluation apart from the run's own figures: (another dataset's folder
+    name, the other parts of the default file name: "first<N>" for --max-samples N, the fields
+    joined by "-" for --item-fields other than the run's, and why each is there). None of them:
+    eval_<split>.json, the file `pecrs export` quotes as the run's test metrics, measured on the
+    run's dataset, whole split, with its own settings."""
+    from ..config import RunConfig
+
+    extras: list[str] = []
+    why = [] if own else [f"--dataset {args.dataset} is not the run's dataset"]
+    if args.max_samples:
+        extras.append(f"first{args.max_samples}")
+        why.append(f"--max-samples {args.max_samples}")
+    fields = args.item_fields.split(",") if getattr(args, "item_fields", None) else None
+    if fields and fields != list(RunConfig.from_dict(meta["config"]).model.item_fields):
+        extras.append("-".join(fields))
+        why.append(f"--item-fields {args.item_fields}")
+    folder = dataset.resolve() if dataset.is_dir() else dataset.resolve().parent   # (standardized: a test file)
+    return (None if own else folder.name), extras, why
+
+
+def _result_name(what: str, variant: tuple[str | None, list[str], list[str]]) -> str:
+    """eval_<what>.json, another dataset's name first as in README's eval_inspired_test.json:
+    eval_redial_test.json, eval_test_first150.json, eval_redial_test_first8_title-genres.json."""
+    dataset, extras, _ = variant
+    return "eval_" + "_".join([*([dataset] if dataset else []), what, *extras]) + ".json"
+
+
+def _say_where(output: str | None, out: Path, variant: tuple[str | None, list[str], list[str]], canonical: str) -> None:
+    """A default file name other than the run's own says why on stderr (stdout keeps the JSON)."""
+    if output is None and variant[2]:
+        print(f"pecrs: writing {out}, not {canonical} (the run's own figures): {'; '.join(variant[2])}",
+              file=sys.stderr)
+
+
+def _measured_on(dataset: Path, args) -> dict:
+    """What a result records of what it measured: the dataset (its absolute path, and the hash
+    of its files `pecrs export` compares with the run's), and --max-samples / --item-fields when set."""
+    from ..catalog_source import dataset_sha1
+
+    return {"dataset": str(dataset.resolve()), "dataset_sha1": dataset_sha1(dataset),
+            **({"max_samples": args.max_samples} if args.max_samples else {}),
+            **({"item_fields": args.item_fields.split(",")} if getattr(args, "item_fields", None) else {})}
+
+
+def _output_path(output: str | None, ckpt: Path, filename: str, option: str = "--output",
+                 dataset: Path | None = None) -> Path:
     """Where the result JSON goes (--output, else `_result_path`), its folder created now: a path
-    that cannot be written fails before the evaluation runs, not after."""
+    that cannot be written, or that holds what evaluations read (`_input_there`), fails before
+    the evaluation runs, not after."""
     out = Path(output) if output else _result_path(ckpt, filename)
+    why = _input_there(out, dataset)
+    if why:
+        raise ValueError(f"{option} {out}: refused, {why}; write it elsewhere")
     try:
         if out.is_dir():
             raise IsADirectoryError(f"{out} is a folder")
@@ -138,6 +213,49 @@ def _output_path(output: str | None, ckpt: Path, filename: str, option: str = "-
     except OSError as e:
         raise ValueError(f"{option} {out}: cannot write the result there ({e})") from None
     return out
+
+
+def _input_there(out: Path, dataset: Path | None) -> str | None:
+    """Why writing `out` would destroy an input (None: it would not): a file of the dataset
+    being evaluated, or a .jsonl/.tsv/.csv beside them that the loaders would read as part of it
+    next time (a split, a catalog); a file of a pecrs checkpoint (any folder holding
+    pecrs_config.json: its named files and subfolders; a shipped model, whole), or the
+    metrics.jsonl / config.yaml that training keeps in a run folder."""
+    from ..catalog_source import CATALOG_FILE
+    from ..export import CARD_FILE
+    from ..loaders import dataset_files
+    from ..pretrained import ADAPTER_DIR, CONFIG_FILE, FILES_KEY, HEADS_FILE, is_shipped, read_meta
+    from ..vector_cache import VECTORS_FILE
+
+    target = out.resolve()
+    if dataset is not None:
+        data = dataset.resolve()
+        if target == data:
+            return f"it is the dataset file {dataset} this evaluation reads"
+        try:
+            read = {f.resolve() for f in dataset_files(data)} if data.is_dir() else set()
+        except ValueError:   # a folder whose format cannot be told: loading it fails with its own message
+            read = set()
+        if target in read:
+            return f"it is {target.relative_to(data)} of the dataset {dataset}, which this evaluation reads"
+        if target.parent in (data, data / "official") and target.suffix in (".jsonl", ".tsv", ".csv"):
+            return (f"a {target.suffix} file in the dataset folder {dataset} is read as part of the dataset "
+                    f"(a split or its catalog)")
+    for folder in target.parents:
+        if (folder / CONFIG_FILE).is_file():
+            try:
+                extra = read_meta(folder).get(FILES_KEY, [])
+            except ValueError:
+                extra = []
+            own = {CONFIG_FILE, HEADS_FILE, ADAPTER_DIR, "tokenizer", CATALOG_FILE, VECTORS_FILE, CARD_FILE, *extra}
+            if is_shipped(folder):
+                return f"it is inside the model {folder} that ships with pecrs"
+            if target.parent != folder or target.name in own:
+                return f"it is part of the pecrs checkpoint {folder}"
+        if target.parent == folder and target.name in ("metrics.jsonl", "config.yaml") and any(
+                (folder / sub / CONFIG_FILE).is_file() for sub in ("best", "last")):
+            return f"it is the {target.name} that `pecrs train` keeps in the run folder {folder}"
+    return None
 
 
 def _result_path(ckpt: Path, filename: str) -> Path:
@@ -165,7 +283,8 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--no-generate", action="store_true", help="recommendation metrics and perplexity only")
     p.add_argument("--no-ppl", action="store_true", help="no perplexity (with --no-generate: recall only, "
                                                         "the fastest check of a model)")
-    p.add_argument("--dataset", help="dataset folder (default: the one the run trained on)")
+    p.add_argument("--dataset", help="dataset folder (default: the one the run trained on, looked for from the "
+                                     "working directory, then above the run)")
     p.add_argument("--item-fields", type=item_fields,
                    help="comma-separated item fields, e.g. title,genres (Table 6)")
     p.add_argument("--backbone", help="where the base LM comes from, if not the recorded one")
@@ -174,7 +293,10 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction, help=EXCLUDE_HELP)
     p.add_argument("--output", help="write the JSON here (default: RUN/eval_<split>.json for a run folder, "
                                         "CKPT/eval_<split>.json for a checkpoint folder, "
-                                        "./eval_<model>_<split>.json for a shipped model)")
+                                        "./eval_<model>_<split>.json for a shipped model; on another --dataset, "
+                                        "with --max-samples N or other --item-fields: eval_<dataset>_<split>"
+                                        "_first<N>_<fields>.json, so that eval_<split>.json, which `pecrs export` "
+                                        "quotes, stays the run's own figures)")
     p.add_argument("--predictions", metavar="FILE",
                    help="also write one JSON line per ranked sample here (every sample; with --no-generate, "
                         "those with a target): its top 10 item ids, the target's rank, and for each recommender "
@@ -201,24 +323,28 @@ def _print_standardized(result: dict, as_json: bool) -> None:
 
 def _evaluate_standardized(args) -> int:
     from ..backbone import default_device
-    from ..pretrained import checkpoint_dir, load_pretrained
+    from ..pretrained import checkpoint_dir, load_pretrained, read_meta
     from ..standardized import evaluate_model, load_collection, restrict
     from ..setup import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
-    out = _output_path(args.output, ckpt, "eval_standardized.json")
+    meta = read_meta(ckpt)
+    dataset, own = _measured_dataset(args.dataset, ckpt, meta, folder=False)
+    variant = _variant(args, dataset, own, meta)
+    out = _output_path(args.output, ckpt, _result_name("standardized", variant), dataset=dataset)
+    _say_where(args.output, out, variant, "eval_standardized.json")
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
-    dataset = args.dataset or config.train.dataset
     collection = restrict(load_collection(dataset), args.max_samples)
     dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
-    setup = prepare(config, model=model, dataset=dataset, device=default_device(args.device),
+    setup = prepare(config, model=model, dataset=str(dataset), device=default_device(args.device),
                     saved_vectors_from=None if getattr(args, "item_fields", None) else ckpt)
     result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
                             m_inference=inference.m_inference, batch_size=inference.batch_size,
                             chunk_size=inference.rerank_chunk_size, exclude_mentioned=inference.exclude_mentioned,
                             progress=not args.json, log=lambda msg: print(msg, file=sys.stderr))
     out.write_text(json.dumps({"checkpoint": str(ckpt), "protocol": "standardized", "collection": collection.path,
+                               **_measured_on(dataset, args),
                                "exclude_mentioned": inference.exclude_mentioned, "dtype": dtype, **result}, indent=2))
     _print_standardized(result, args.json)
     return 0
