@@ -50,6 +50,8 @@ class ItemStore:
     def cache_base_states(self, model, batch_size: int = 64, dtype=CACHED_STATES_DTYPE, progress: bool = False):
         """Compute the frozen-base token states of every item once and keep them ("cached" mode):
         a training step then only pools and projects them."""
+        if self.mode == "adapted":   # its steps run the adapted LM and would never read them
+            raise ValueError("cache_base_states: this store encodes items with the adapted LM (item_encoding 'adapted')")
         # dtype per batch: the float32 states of the whole catalog are never held (ReDial: ~2 GB).
         states = model.item_token_states(self.input_ids, self.attention_mask, adapted=False,
                                          batch_size=batch_size, dtype=dtype, progress=progress)

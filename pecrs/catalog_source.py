@@ -148,10 +148,19 @@ def dataset_sha1(folder: Path) -> str | None:
     return dataset_fingerprint(str(folder)).get("sha1")
 
 
-def same_dataset(a: Path, b: Path) -> bool:
-    """Whether two paths hold the same dataset: the same folder, or the same files (the GPU
-    machine's copy of a dataset is the one the run names)."""
-    return a.resolve() == b.resolve() or dataset_sha1(a) is not None and dataset_sha1(a) == dataset_sha1(b)
+def dataset_record(folder: Path) -> dict:
+    """What a result (`pecrs evaluate`) or a resumable checkpoint (last/) records of the dataset it
+    was made from: the folder, absolute, and the hash of its files (`dataset_sha1`)."""
+    return {"dataset": str(Path(folder).resolve()), "dataset_sha1": dataset_sha1(Path(folder))}
+
+
+def matches_record(record: dict, folder: Path) -> bool:
+    """Whether `folder` holds the dataset of `record` (`dataset_record`): the same files, wherever
+    they are (the GPU machine's byte copy is the run's dataset; the same folder edited since is
+    not), or, for a record without a hash, the same folder."""
+    if record.get("dataset_sha1") is not None:
+        return dataset_sha1(Path(folder)) == record["dataset_sha1"]
+    return Path(record["dataset"]).resolve() == Path(folder).resolve()
 
 
 def _dataset_catalog(checkpoint: Path, dataset: str) -> tuple[dict[str, Item], str]:

@@ -67,7 +67,7 @@ class TrainConfig(Section):
     dev_split: str = "dev"
     test_split: str = "test"
     max_train_samples: int | None = None   # a slice of the train split (tiny runs)
-    max_eval_samples: int | None = None    # a slice of dev and test; dev selection ranks the first N dev samples with a target
+    max_eval_samples: int | None = None    # the first N samples of dev and test (tiny runs)
     targets_only: bool = False              # train on the samples that recommend an item only (CPU-budget runs)
     # Beyond the paper: drop the train samples whose target the dialogue mentioned before. They
     # teach the model to repeat a named film, which inference.exclude_mentioned (chat) forbids.

@@ -24,7 +24,8 @@ import torch
 from .config import RunConfig
 from .experiments.json_files import read_json
 from .experiments.provenance import git_revision
-from .pretrained import CONFIG_FILE, check_replaceable, checkpoint_dir, read_meta, results_dir
+from .catalog_source import CATALOG_FILE
+from .pretrained import check_save_destination, checkpoint_dir, read_meta, results_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,8 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
 
     ckpt = checkpoint_dir(run)
     run_dir = results_dir(ckpt)
-    check_replaceable(Path(destination), sources=(ckpt, run_dir))
-    if (Path(destination) / CONFIG_FILE).is_file() and "export" not in read_meta(destination):
-        raise FileExistsError(f"{destination} is a training checkpoint, not an earlier export: exporting would "
-                              f"replace it; choose another folder")
+    # Before minutes of loading; the rule `Recommender.save_pretrained` applies again when it writes.
+    check_save_destination(Path(destination), CATALOG_FILE, sources=(ckpt, run_dir))
     # float32: the shipped item vectors must not carry a bfloat16 encoder's rounding.
     rec = Recommender.from_pretrained(ckpt, catalog=catalog, device=device, cache_dir=False, dtype="float32",
                                       no_repeat_ngram=no_repeat_ngram, decoding=decoding)
@@ -69,7 +68,7 @@ def measured_elsewhere(test: dict | None, checkpoint: Path, dataset: str | None)
     than the run's (`dataset`, found as `pecrs evaluate` finds it; a byte copy elsewhere, such as
     the GPU machine's, is the same dataset). None when it is the run's, or when it records no
     dataset (written before results did: quoted as before)."""
-    from .catalog_source import DatasetNotFound, dataset_sha1, find_dataset
+    from .catalog_source import DatasetNotFound, find_dataset, matches_record
 
     if not test or "dataset" not in test or not dataset:
         return None
@@ -77,9 +76,10 @@ def measured_elsewhere(test: dict | None, checkpoint: Path, dataset: str | None)
         own = find_dataset(dataset, checkpoint)
     except DatasetNotFound:
         return f"it was measured on {test['dataset']}; the run's dataset {dataset} was not found to compare it with"
-    if Path(test["dataset"]).resolve() == own.resolve() or (
-            test.get("dataset_sha1") is not None and test["dataset_sha1"] == dataset_sha1(own)):
+    if matches_record(test, own):
         return None
+    if Path(test["dataset"]).resolve() == own.resolve():
+        return f"it was measured on {own}, whose files changed since"
     return f"it was measured on {test['dataset']}, not on the run's dataset {own}"
 
 
@@ -124,7 +124,8 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
             label = (f"{r['epoch']} (stopped at batch {r.get('batch')})" if "stopped" in r else
                      f"{r['epoch']} (resumed at batch {r['train_from_batch']})" if "train_from_batch" in r else
                      f"{r['epoch']}")
-            lines.append(f"| {label} | {r.get('train_loss', float('nan')):.3f} | {_pct(r.get('dev_recall@1'))} | "
+            loss = "n/a" if r.get("train_loss") is None else f"{r['train_loss']:.3f}"   # null: it diverged (NaN)
+            lines.append(f"| {label} | {loss} | {_pct(r.get('dev_recall@1'))} | "
                          f"{_pct(r.get('dev_recall@10'))} | {_pct(r.get('dev_recall@50'))} |")
     else:
         lines.append("No dev evaluation was found in metrics.jsonl beside the checkpoint.")
@@ -180,8 +181,10 @@ def card_test_metrics(test: dict | None, left_out: str | None = None) -> list[st
         samples += f", item fields {','.join(test['item_fields'])}"
     if test.get("n_gen_samples") is not None:
         samples += f", {test['n_gen_samples']} replies generated"
-    lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({samples}, decoding "
-                 f"`{test.get('decoding', '?')}`, no_repeat_ngram {test.get('no_repeat_ngram', 0)}).")
+    excluded = ", the items a conversation mentions excluded" if test.get("exclude_mentioned") else ""
+    lines.append(f"\nFrom `pecrs evaluate` on split `{test.get('split', '?')}` ({samples}, M_inference "
+                 f"{test.get('m_inference', '?')}{excluded}, decoding `{test.get('decoding', '?')}`, "
+                 f"no_repeat_ngram {test.get('no_repeat_ngram', 0)}).")
     genres = test.get("genres") or {}
     if genres.get("accuracy") is not None:
         lines.append(f"Genre of the top-1 (Tables 9-10): the target's first genre in {_pct(genres['accuracy'])}% of "

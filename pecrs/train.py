@@ -28,12 +28,11 @@ from transformers import get_linear_schedule_with_warmup
 from .catalog import ItemStore
 from .config import RunConfig
 from .evaluate import recall_only
-from .catalog_source import dataset_sha1
+from .catalog_source import dataset_record, matches_record
 from .setup import Setup, prepare, say
 from .model import PECRS
 from .pretrained import (CONFIG_FILE, check_same_model, init_from_checkpoint, load_weights, read_meta,
                          recover_checkpoint, save_pretrained)
-from .samples import make_samples
 from .step import (StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, restore_grads, saved_grads,
                    scaled_lr, shard, step_losses)
 from .tokens import collate, static_widths
@@ -138,12 +137,16 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                          f"(train.alpha, train.beta) have nothing to learn from; check that its dialogues' item "
                          f"ids are those of the catalog, or set train.alpha=0 train.beta=0 to train the replies only")
     dev = dev_targets(setup, config)
-    if t.dev_split in setup.bundle.splits and not dev:
-        n = len(make_samples(setup.bundle.splits[t.dev_split]))
-        say(f"split '{t.dev_split}' of {t.dataset}: none of its {n:,} samples recommends an item (nothing to "
-            f"rank): no dev selection, best/ is the latest evaluated model", accelerator.is_main_process)
+    if t.dev_split in setup.samples and not dev:
+        n, sliced = len(setup.samples[t.dev_split]), " (train.max_eval_samples)" if t.max_eval_samples else ""
+        say(f"split '{t.dev_split}' of {t.dataset}: none of its {n:,} samples{sliced} recommends an item (nothing "
+            f"to rank): no dev selection, best/ is the latest evaluated model", accelerator.is_main_process)
+    # Before the run folder is made (a wrong checkpoint leaves nothing behind), any step and the
+    # model's wrapping; a resumed run reads them back from last/.
+    if t.init_from and not resuming:  # the checkpoint's heads carry its item standardization
+        say(f"starting from {init_from_checkpoint(model, config, t.init_from)}", show)
     # Everything has loaded and been checked: only now is the run folder made or its config replaced.
-    data = data_record(t.dataset)
+    data = dataset_record(Path(t.dataset))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -161,10 +164,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     store.to(device)
     mode = resolve_step_mode(t.step_mode, device, static)
 
-    # Before any step and before the model is wrapped; a resumed run reads them back from last/.
-    if t.init_from and not resuming:  # the checkpoint's heads carry its item standardization
-        say(f"starting from {init_from_checkpoint(model, config, t.init_from)}", show)
-    elif config.model.item_standardize and not resuming:
+    # Before any step and before the model is wrapped; a resumed run reads it back from last/.
+    if config.model.item_standardize and not resuming and not t.init_from:
         say("fitting the item standardization on the catalog's pooled states", show)
         with accelerator.autocast():  # bfloat16 frozen weights run under autocast
             model.item_encoder.fit_standardization(store.base_pooled_states(model))
@@ -302,35 +303,26 @@ def json_line(record: dict) -> str:
 
 
 def dev_targets(setup: Setup, config: RunConfig) -> list:
-    """The dev samples selection ranks: those with a target (the others have nothing to rank),
-    the first train.max_eval_samples of them. Counted after filtering, so that a slice of a dev
-    split whose first samples recommend nothing still scores. [] without a dev split."""
-    t = config.train
-    if not t.dev_split or t.dev_split not in setup.bundle.splits:
-        return []
-    with_target = [s for s in make_samples(setup.bundle.splits[t.dev_split]) if s.target is not None]
-    return with_target[: t.max_eval_samples or None]
-
-
-def data_record(dataset: str) -> dict:
-    """What last/ records of the data it trained on: the folder, resolved, and a hash of the files
-    the loader reads (a byte copy elsewhere, e.g. a run moved with its data, hashes alike)."""
-    return {"dataset": str(Path(dataset).resolve()), "sha1": dataset_sha1(Path(dataset))}
+    """The dev samples selection ranks: those with a target of the dev split (of its first
+    train.max_eval_samples samples, as every evaluation slices it); the others have nothing to
+    rank. [] without a dev split."""
+    return [s for s in setup.samples.get(config.train.dev_split) or [] if s.target is not None]
 
 
 def check_same_data(config: RunConfig, last: Path, what: str) -> None:
     """A ValueError naming every DATA_KEYS setting, and train.dataset, that differs from the run
-    in `last`. The dataset is the same when it is the recorded folder or holds the same files;
-    a run saved before the record existed compares its config's spelling, then the folders."""
+    in `last`. The dataset is the same when it holds the files recorded (`matches_record`: the same
+    folder edited since is not); a run saved before the record existed compares its config's
+    spelling, then the folders."""
     meta = read_meta(last)
     theirs, ours = RunConfig.from_dict(meta["config"]).train, config.train
     differ = [f"train.{k} is {getattr(theirs, k)!r} there, {getattr(ours, k)!r} here"
               for k in DATA_KEYS if getattr(theirs, k) != getattr(ours, k)]
-    recorded, here = meta.get("data") or {}, Path(ours.dataset).resolve()
-    there = Path(recorded.get("dataset") or Path(theirs.dataset).resolve())
-    same = here == there or (recorded.get("sha1") is not None
-                             and dataset_sha1(here) == recorded["sha1"])
-    if not same and (recorded or theirs.dataset != ours.dataset):
+    recorded, here = meta.get("data"), Path(ours.dataset).resolve()
+    there = Path(recorded["dataset"]) if recorded else Path(theirs.dataset).resolve()
+    if recorded and here == there and not matches_record(recorded, here):
+        differ.insert(0, f"the files of train.dataset {here} changed since it was saved")
+    elif not (matches_record(recorded, here) if recorded else here == there or theirs.dataset == ours.dataset):
         def shown(spelling, folder):  # the folder too where the spelling is relative
             return repr(spelling) if str(folder) == spelling else f"{spelling!r} ({folder})"
         differ.insert(0, f"train.dataset is {shown(theirs.dataset, there)} there, {shown(ours.dataset, here)} here")
@@ -373,7 +365,7 @@ def mean_losses(sums: dict) -> dict:
 
 
 def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerator, data: dict) -> None:
-    """`data`: `data_record` of the dataset, which a resume is checked against (`check_same_data`)."""
+    """`data`: `dataset_record` of the dataset, which a resume is checked against (`check_same_data`)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return

@@ -126,8 +126,10 @@ def test_export_leaves_out_test_metrics_measured_on_another_dataset(world, tmp_p
     shutil.copytree(root / "books", twin)
     (twin / "test.jsonl").write_text("")                                 # same path name, other files
     assert measured_elsewhere({"recall@1": 0.1}, ckpt, "books") is None   # written before results recorded it
-    ours = {"dataset": str(root / "books"), "dataset_sha1": "x"}
+    ours = {"dataset": str(root / "books"), "dataset_sha1": dataset_sha1(root / "books")}
     assert measured_elsewhere(ours, ckpt, "books") is None
+    edited = {**ours, "dataset_sha1": "x"}                               # the run's folder, its files changed since
+    assert "files changed since" in measured_elsewhere(edited, ckpt, "books")
     gpu_copy = {"dataset": "/gpu/.devdata/books", "dataset_sha1": dataset_sha1(root / "books")}
     assert measured_elsewhere(gpu_copy, ckpt, "books") is None           # a byte copy: the same dataset
     foreign = {"dataset": str(twin), "dataset_sha1": "0123"}

@@ -83,3 +83,4 @@ def test_init_from_a_checkpoint_of_another_backbone_names_the_backbone(first, tm
     assert message.startswith(f"train.init_from={tmp_path / 'gpt2'} ({tmp_path / 'gpt2' / 'best'}): ")
     assert "checkpoint was trained on a gpt2 backbone" in message and "'tiny-llama' is a llama" in message
     assert "weights" not in message
+    assert not (tmp_path / "tuned").exists()          # a refused start leaves no run folder behind

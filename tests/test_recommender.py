@@ -284,6 +284,8 @@ def test_vectors_match_the_training_item_store(rec):
     assert not torch.allclose(in_order, cached, atol=1e-3)   # the adapter changes the item states
     with pytest.raises(ValueError, match="model.item_encoding must be 'cached' or 'adapted', not 'frozen'"):
         ItemStore(rec.item_list, rec.model.tokenizer, m.item_fields, m.item_max_tokens, encoding="frozen")
+    with pytest.raises(ValueError, match="encodes items with the adapted LM"):   # base states it would never read
+        ItemStore(rec.item_list, rec.model.tokenizer, m.item_fields, m.item_max_tokens, "adapted").cache_base_states(rec.model)
 
 
 def test_save_pretrained_round_trip(rec, tmp_path):

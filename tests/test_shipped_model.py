@@ -62,12 +62,15 @@ def test_export_never_replaces_its_run_or_a_folder_that_is_not_a_model(exported,
     before = sorted(p.relative_to(run.parent) for p in run.parent.rglob("*"))
     for destination, message in ((run, "being saved from"), (run / "best", "being saved from"),
                                  (run.parent, "being saved from"), (run.parent / "data", "is not a pecrs checkpoint"),
-                                 (stray, "is a file"), (run / "last", "a training checkpoint, not an earlier export"),
+                                 (stray, "is a file"), (run / "last", "is a training checkpoint"),
                                  (run.parent / "link", "is a symbolic link")):
         assert main(["export", str(run), str(destination)]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.relative_to(run.parent) for p in run.parent.rglob("*")) == before   # nothing lost
     assert main(["export", str(run), str(shipped), "--no-repeat-ngram", "3"]) == 0     # an export: replaced
+    # A Recommender's save: export and save_pretrained follow one rule, and both may replace it.
+    saved = Recommender.from_pretrained(shipped, device="cpu").save_pretrained(run.parent / "saved")
+    assert main(["export", str(run), str(saved)]) == 0
     shutil.rmtree(run / "last")
     (run.parent / "link").unlink()
 
@@ -89,7 +92,9 @@ def test_the_card_quotes_replies_and_genres_when_evaluated():
             "genres": {"accuracy": 0.328, "wrong_genre_rate": 0.32, "random_genre_rate": 0.185}}
     text = "\n".join(card_test_metrics(full))
     assert "| recall@1 | 9.7% |" in text and "| rouge1 | 13.2 |" in text
-    assert "(279 samples with a target, 960 replies generated, decoding `top_k`, no_repeat_ngram 3)" in text
+    assert "(279 samples with a target, 960 replies generated, M_inference ?, decoding `top_k`, no_repeat_ngram 3)" in text
+    excluded = "\n".join(card_test_metrics({**full, "m_inference": 700, "exclude_mentioned": True}))
+    assert "M_inference 700, the items a conversation mentions excluded, decoding" in excluded
     assert "first genre in 32.8% of samples; among wrong top-1 items 32.0%, against 18.5%" in text
     recall_only = "\n".join(card_test_metrics({"split": "test", "recall@1": 0.1, "n_rec_samples": 279}))
     assert "replies generated" not in recall_only and "Genre" not in recall_only
@@ -110,6 +115,8 @@ def test_the_card_tells_a_resumed_run_from_a_stopped_one(exported):
     assert "Training stopped early (max_train_minutes) at epoch 1, batch 357, after 70 minutes." in stopped
     assert "stopped early" not in resumed and "then resumed from that checkpoint" in resumed
     assert "| 1 (resumed at batch 358) | 9.800 | 8.0 | 22.0 | 28.0 |" in resumed
+    diverged = {**finish, "train_loss": None}       # metrics.jsonl writes a NaN loss as null
+    assert "| 1 (resumed at batch 358) | n/a | 8.0 |" in model_card("m", meta, [stop, diverged], None, shipped)
     meta["config"]["train"]["epochs"] = 2
     assert "- Training: 2 epochs planned," in model_card("m", meta, [stop], None, shipped)
     meta["config"]["train"]["epochs"] = 1

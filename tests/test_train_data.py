@@ -49,8 +49,10 @@ def test_a_dev_split_without_targets_selects_the_latest_model(tmp_path, capsys):
     assert best["epoch"] == 2 == state["best_epoch"]
 
 
-def test_max_eval_samples_counts_dev_samples_with_a_target(tmp_path, monkeypatch):
-    """The first two dev samples recommend nothing: a slice of 2 must still rank 2 samples."""
+def test_a_max_eval_samples_slice_without_targets_is_said_and_ranks_nothing(tmp_path, monkeypatch, capsys):
+    """train.max_eval_samples keeps the first N dev samples, as every evaluation slices them; when
+    none of those recommends an item, selection says so (naming the setting) and best/ is the
+    latest model, instead of a run that never writes best/. A slice with targets ranks only them."""
     data = tmp_path / "data"
     write_dataset(data)
     rewrite_split(data, "dev", [NO_ITEM, with_item(1), with_item(2), with_item(3)])
@@ -65,10 +67,12 @@ def test_max_eval_samples_counts_dev_samples_with_a_target(tmp_path, monkeypatch
 
     monkeypatch.setattr(train_module, "recall_only", spy)
     train(cfg, tmp_path / "run", progress=False)
-    assert [len(s) for s in ranked] == [2] and all(x.target == "3" for x in ranked[0])
-    record = strict_records(tmp_path / "run" / "metrics.jsonl")[-1]
-    assert math.isfinite(record["dev_recall_mean"])
+    assert ranked == [] and "none of its 2 samples (train.max_eval_samples) recommends an item" in capsys.readouterr().err
     assert (tmp_path / "run" / "best").is_dir()
+    cfg.train.max_eval_samples = 4
+    train(cfg, tmp_path / "run4", progress=False)
+    assert [len(s) for s in ranked] == [2] and all(x.target is not None for x in ranked[0])
+    assert math.isfinite(strict_records(tmp_path / "run4" / "metrics.jsonl")[-1]["dev_recall_mean"])
 
 
 def test_a_train_split_without_targets_is_refused_before_the_run_folder_exists(tmp_path):

@@ -56,7 +56,7 @@ def _evaluate(args) -> int:
                        if args.predictions else None)
     if predictions_out is not None and predictions_out.resolve() == out.resolve():
         raise ValueError(f"--predictions {predictions_out} is where the result JSON goes (--output): give another file")
-    _say_where(args.output, out, variant, f"eval_{args.split}.json")
+    _say_where(args.output, out, variant, _result_path(ckpt, f"eval_{args.split}.json").name)
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     from ..backbone import default_device
@@ -77,7 +77,9 @@ def _evaluate(args) -> int:
     if predictions_out is not None:
         predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
                                    encoding="utf-8")
-    result = {"checkpoint": str(ckpt), "split": args.split, **_measured_on(dataset, args),
+    t = config.train   # prepare cuts dev and test to train.max_eval_samples
+    config_slice = t.max_eval_samples if args.split in (t.dev_split, t.test_split) else None
+    result = {"checkpoint": str(ckpt), "split": args.split, **_measured_on(dataset, args, config_slice),
               "decoding": inference.decoding, "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
               "dtype": dtype, **result,
@@ -120,14 +122,14 @@ def _apply_dtype(model, dtype: str, device) -> str:
     return choice.name
 
 
-def _measured_dataset(given: str | None, ckpt: Path, meta: dict, folder: bool = True) -> tuple[Path, bool]:
+def _measured_dataset(given: str | None, ckpt: Path, meta: dict, folder: bool = True) -> tuple[Path, bool | None]:
     """The dataset an evaluation reads, found before the backbone loads, and whether it is the
-    run's own (its config's train.dataset). That recorded path is relative to where training ran:
+    run's own (its config's train.dataset; None: that one was not found to compare with). That recorded path is relative to where training ran:
     it is looked for as a chat's catalog is (`catalog_source.find_dataset`: the working
     directory, then each folder above the checkpoint). --dataset is a path from the working
     directory (`folder` False: any path, the standardized protocol takes a test file too); it is
-    the run's own when it holds the same files (`same_dataset`: a copy elsewhere counts)."""
-    from ..catalog_source import DatasetNotFound, find_dataset, not_a_dataset, same_dataset
+    the run's own when it holds the same files (`matches_record`: a copy elsewhere counts)."""
+    from ..catalog_source import DatasetNotFound, dataset_record, find_dataset, matches_record, not_a_dataset
 
     recorded = meta["config"].get("train", {}).get("dataset")
     try:
@@ -147,10 +149,10 @@ def _measured_dataset(given: str | None, ckpt: Path, meta: dict, folder: bool = 
     if why is not None:
         raise ValueError(f"--dataset {given}: {why} "
                          f"(from the working directory {Path.cwd()}); give the dataset's folder with --dataset DIR")
-    return Path(given), own is not None and same_dataset(Path(given), own)
+    return Path(given), None if own is None else matches_record(dataset_record(own), Path(given))
 
 
-def _variant(args, dataset: Path, own: bool, meta: dict) -> tuple[str | None, list[str], list[str]]:
+def _variant(args, dataset: Path, own: bool | None, meta: dict) -> tuple[str | None, list[str], list[str]]:
     """What sets this evaluation apart from the run's own figures: (another dataset's folder
     name, the other parts of the default file name: "first<N>" for --max-samples N, the fields
     joined by "-" for --item-fields other than the run's, and why each is there). None of them:
@@ -159,7 +161,9 @@ def _variant(args, dataset: Path, own: bool, meta: dict) -> tuple[str | None, li
     from ..config import RunConfig
 
     extras: list[str] = []
-    why = [] if own else [f"--dataset {args.dataset} is not the run's dataset"]
+    recorded = meta["config"].get("train", {}).get("dataset")
+    why = [] if own else [f"--dataset {args.dataset} is not the run's dataset" if own is False
+                          else f"the run's dataset {recorded} was not found to compare --dataset {args.dataset} with"]
     if args.max_samples:
         extras.append(f"first{args.max_samples}")
         why.append(f"--max-samples {args.max_samples}")
@@ -172,8 +176,8 @@ def _variant(args, dataset: Path, own: bool, meta: dict) -> tuple[str | None, li
 
 
 def _result_name(what: str, variant: tuple[str | None, list[str], list[str]]) -> str:
-    """eval_<what>.json, another dataset's name first as in README's eval_inspired_test.json:
-    eval_redial_test.json, eval_test_first150.json, eval_redial_test_first8_title-genres.json."""
+    """eval_<what>.json, another dataset's folder name first: eval_redial_test.json,
+    eval_test_first150.json, eval_redial_test_first8_title-genres.json."""
     dataset, extras, _ = variant
     return "eval_" + "_".join([*([dataset] if dataset else []), what, *extras]) + ".json"
 
@@ -185,13 +189,16 @@ def _say_where(output: str | None, out: Path, variant: tuple[str | None, list[st
               file=sys.stderr)
 
 
-def _measured_on(dataset: Path, args) -> dict:
+def _measured_on(dataset: Path, args, config_slice: int | None = None) -> dict:
     """What a result records of what it measured: the dataset (its absolute path, and the hash
-    of its files `pecrs export` compares with the run's), and --max-samples / --item-fields when set."""
-    from ..catalog_source import dataset_sha1
+    of its files `pecrs export` compares with the run's), the samples kept when the split was cut
+    (--max-samples, or the run's own train.max_eval_samples, `config_slice`, which `prepare`
+    applies), and --item-fields when set."""
+    from ..catalog_source import dataset_record
 
-    return {"dataset": str(dataset.resolve()), "dataset_sha1": dataset_sha1(dataset),
-            **({"max_samples": args.max_samples} if args.max_samples else {}),
+    kept = min(n for n in (args.max_samples, config_slice) if n) if args.max_samples or config_slice else None
+    return {**dataset_record(dataset),
+            **({"max_samples": kept} if kept else {}),
             **({"item_fields": args.item_fields.split(",")} if getattr(args, "item_fields", None) else {})}
 
 
@@ -332,12 +339,14 @@ def _evaluate_standardized(args) -> int:
     dataset, own = _measured_dataset(args.dataset, ckpt, meta, folder=False)
     variant = _variant(args, dataset, own, meta)
     out = _output_path(args.output, ckpt, _result_name("standardized", variant), dataset=dataset)
-    _say_where(args.output, out, variant, "eval_standardized.json")
+    _say_where(args.output, out, variant, _result_path(ckpt, "eval_standardized.json").name)
     model, config = load_pretrained(ckpt, backbone=args.backbone)
     inference = _inference_settings(config, args)
     collection = restrict(load_collection(dataset), args.max_samples)
     dtype = _apply_dtype(model, inference.dtype, default_device(args.device))
-    setup = prepare(config, model=model, dataset=str(dataset), device=default_device(args.device),
+    # A test file given: its catalog is the dataset folder's that holds it (test_data.jsonl or official/).
+    folder = dataset if dataset.is_dir() else dataset.parent.parent if dataset.parent.name == "official" else dataset.parent
+    setup = prepare(config, model=model, dataset=str(folder), device=default_device(args.device),
                     saved_vectors_from=None if getattr(args, "item_fields", None) else ckpt)
     result = evaluate_model(setup.model, setup.store, setup.encoder, collection,
                             m_inference=inference.m_inference, batch_size=inference.batch_size,
