@@ -21,9 +21,11 @@ def _missing_folder(folder: Path) -> DataError:
 
 def detect_format(folder) -> str:
     """Which loader fits `folder`: ReDial if it (or its official/) holds ReDial's file names
-    (train_data.jsonl, test_data.jsonl, ...), else JSON Lines if it holds a split *.jsonl next to
-    items.jsonl (the shared INSPIRED folder holds both JSON Lines and TSV files: JSON Lines
-    wins), else INSPIRED TSV if it (or official/) holds *.tsv files."""
+    (train_data.jsonl, test_data.jsonl, ...), else JSON Lines if it holds any other *.jsonl, taken
+    for a split (its items.jsonl is then required: loading without one names it; the shared
+    INSPIRED folder holds both JSON Lines and TSV files: JSON Lines wins), else INSPIRED TSV if it
+    (or official/) holds *.tsv files. A folder is not checked for being a dataset here: a run
+    folder's metrics.jsonl reads as a split (`catalog_source.not_a_dataset` asks for a catalog)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise _missing_folder(folder)

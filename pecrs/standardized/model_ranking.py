@@ -17,10 +17,12 @@ from .scoring import KS, item_codes, score_all
 
 
 def context_turns(conv: Conversation, upto: int, item_index: Mapping[str, int]):
-    """The dialogue before message `upto` as the model's `Turn`s, laid out as in training on
-    ReDial (pecrs.loaders): consecutive messages of one side merged with a space; each mention
-    `@m` of a catalog movie becomes [ITEM] with m in `items`, of a movie missing from the catalog
-    its name from movieMentions (year dropped); other text is kept as it is."""
+    """The dialogue before message `upto` as the model's `Turn`s, laid out as `pecrs.loaders`
+    lays out ReDial with mentions="all": consecutive messages of one side merged with a space;
+    each mention `@m` of a catalog movie becomes [ITEM] with m in `items`, of a movie missing from
+    the catalog its name from movieMentions (year dropped); other text is kept as it is. The
+    protocol counts every mention, so every one is linked; training's default "pecrs" rule writes
+    some as titles instead (991 on ReDial-subset's splits, loaders/redial.py rule 3)."""
     merged: list[list] = []   # [role, text, items]
     for by_recommender, text in conv.messages[:upto]:
         items: list[str] = []
