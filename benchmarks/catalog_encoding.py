@@ -9,6 +9,11 @@ the first 200 INSPIRED items). Two ways to get the catalog's item vectors (pecrs
              only pools and projects them. This is the one-off cost before training/inference.
   * adapted: `all_vectors` with item_encoding="adapted" runs the LoRA-adapted LM over every item
              (what evaluation does per checkpoint in that mode).
+  * serving: what `Recommender` does with a catalog it has no vectors for (`--modes serving`):
+             `all_vectors` of a store without cached states, the frozen base LM run over
+             length-sorted chunks of 64 items, no catalog-wide states held;
+             `serving-catalog-order` runs the same chunks in catalog order (how serving encoded
+             before 2026-11-30), for the ratio. Both print the LM's padded tokens over real ones.
 Each (catalog, mode) runs in a fresh subprocess so that its peak memory is its own: peak RSS
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) after the model is built and after encoding, and
 the size of the kept token states.
@@ -58,7 +63,7 @@ def child(dataset: str, mode: str, limit: int | None, threads: int | None, legac
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     cfg = C.run_config("smollm2-135m-instruct")
-    cfg.model.item_encoding = mode
+    cfg.model.item_encoding = "cached" if mode.startswith("serving") else mode
     model = C.build(cfg, stock_peft_tokens=stock_tokens)
     model.eval()
     if legacy:
@@ -75,14 +80,22 @@ def child(dataset: str, mode: str, limit: int | None, threads: int | None, legac
         if mode == "cached":
             store.cache_base_states(model)
         t1 = time.perf_counter()
-        vectors = store.all_vectors(model)
+        if mode == "serving-catalog-order":
+            chunks = torch.arange(n).split(64)
+            vectors = torch.cat([store.vectors(model, rows) for rows in chunks])
+        else:
+            chunks = store.length_sorted_chunks(64)
+            vectors = store.all_vectors(model)
     t2 = time.perf_counter()
+    lengths = store.attention_mask.sum(1)
     out = {"dataset": dataset, "mode": mode, "legacy": legacy, "items": n, "item_tokens": tokens,
            "padded_width": int(store.input_ids.shape[1]),
            "seconds": round(t2 - t0, 2), "items_per_s": round(n / (t2 - t0), 2),
            "real_tokens_per_s": round(tokens / (t2 - t0), 1),
            "peak_rss_mb_after_model": round(peak_before), "peak_rss_mb": round(rss_mb()),
            "vectors_shape": list(vectors.shape)}
+    if mode.startswith("serving"):   # each chunk runs at its longest item's length
+        out["padded_over_real_tokens"] = round(sum(int(lengths[c].max()) * len(c) for c in chunks) / tokens, 3)
     if mode == "cached":
         out["cache_states_seconds"] = round(t1 - t0, 2)
         out["pool_project_seconds"] = round(t2 - t1, 3)
