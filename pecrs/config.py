@@ -68,6 +68,10 @@ class TrainConfig(Section):
     test_split: str = "test"
     max_train_samples: int | None = None   # a slice of the train split (tiny runs)
     max_eval_samples: int | None = None    # the first N samples of dev and test (tiny runs)
+    # ReDial-format data only (pecrs.loaders.redial): "pecrs" links the mentions PECRS's data did
+    # (its sample counts); "all" links every @id of the catalog, as data without
+    # respondentQuestions forms needs (under "pecrs" it would keep none).
+    redial_mentions: str = "pecrs"
     targets_only: bool = False              # train on the samples that recommend an item only (CPU-budget runs)
     # Beyond the paper: drop the train samples whose target the dialogue mentioned before. They
     # teach the model to repeat a named film, which inference.exclude_mentioned (chat) forbids.

@@ -47,6 +47,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.frozen_dtype": ("auto", "float32", "bfloat16"),
     "train.step_mode": ("auto", "eager", "compile", "cudagraphs"),
     "train.loss_normalization": ("batch", "targets"),
+    "train.redial_mentions": ("pecrs", "all"),
     "inference.decoding": tuple(sorted(ALIASES) + sorted(PRESETS)),
     "inference.dtype": ("auto", "float32", "bfloat16"),
 }

@@ -58,7 +58,7 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     if device is not None:
         model.to(device)
     say(f"loading dataset {dataset or t.dataset}", progress)
-    bundle = load_dataset(dataset or t.dataset)
+    bundle = load_dataset(dataset or t.dataset, mentions=t.redial_mentions)
     for kind, counts in (("skipped", bundle.skipped), ("repaired", bundle.repaired)):
         for what, n in sorted(counts.items()):   # documented departures (docs/data-format.md)
             say(f"{bundle.name}: {kind} {what}: {n:,} (pecrs data stats)", progress)

@@ -47,7 +47,7 @@ LOSS_REFRESH_SECONDS = 2.0  # how often the train bar's loss is read back from t
 # and the inference section. A batch size or seed changed mid-epoch re-cuts the rest of that
 # epoch (a few samples twice or not at all), a lesser harm than a run that can never continue.
 DATA_KEYS = ("train_split", "dev_split", "max_train_samples", "max_eval_samples", "targets_only",
-             "fresh_targets_only")
+             "fresh_targets_only", "redial_mentions")
 
 
 def step_seed(seed: int, epoch: int, batch: int) -> int:
@@ -135,7 +135,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         raise ValueError(f"split '{t.train_split}' of {t.dataset}: none of its {len(train_samples):,} training "
                          f"samples{sliced} recommends a catalog item, so the recall and re-rank losses "
                          f"(train.alpha, train.beta) have nothing to learn from; check that its dialogues' item "
-                         f"ids are those of the catalog, or set train.alpha=0 train.beta=0 to train the replies only")
+                         f"ids are those of the catalog (ReDial-format data without respondentQuestions forms: "
+                         f"train.redial_mentions=all), or set train.alpha=0 train.beta=0 to train the replies only")
     dev = dev_targets(setup, config)
     if t.dev_split in setup.samples and not dev:
         n, sliced = len(setup.samples[t.dev_split]), " (train.max_eval_samples)" if t.max_eval_samples else ""

@@ -265,8 +265,8 @@ def test_prepare_reports_what_reading_the_dataset_skipped_or_repaired(tmp_path, 
     write_dataset(tmp_path / "data")
     read = pecrs.setup.load_dataset
 
-    def counted(path):
-        bundle = read(path)
+    def counted(path, **kwargs):
+        bundle = read(path, **kwargs)
         bundle.skipped["redial: mention not in catalog"] = 7
         bundle.repaired["QUOTATION_MARK read as a quote"] = 1234
         return bundle

@@ -99,3 +99,26 @@ def test_metrics_lines_write_nan_and_infinity_as_null():
     line = json_line({"epoch": 1, "train_loss": float("nan"), "train_gen": float("inf"), "lr": 1e-3})
     assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == {
         "epoch": 1, "train_loss": None, "train_gen": None, "lr": 1e-3}
+
+
+def test_redial_format_data_without_forms_trains_with_redial_mentions_all(tmp_path):
+    """ReDial-format data of one's own without respondentQuestions forms: the default "pecrs" rule
+    links none of its mentions (training is refused and names the setting); with
+    train.redial_mentions=all every @id of the catalog is an [ITEM] and the run trains."""
+    from pecrs.testing import toy_items
+
+    data = tmp_path / "rd"
+    data.mkdir()
+    write_jsonl(data / "items.jsonl", [{"id": it.id, "title": it.title, "year": it.year} for it in toy_items()])
+    convs = [{"conversationId": str(n), "initiatorWorkerId": 1, "respondentWorkerId": 2, "movieMentions": {},
+              "messages": [{"senderWorkerId": 1, "text": f"I liked @{n % 12}"},
+                           {"senderWorkerId": 2, "text": f"Then try @{(n + 1) % 12}"}]} for n in range(8)]
+    write_jsonl(data / "train_data.jsonl", convs)
+    write_jsonl(data / "test_data.jsonl", convs[:2])
+    cfg = tiny_config(data)
+    cfg.train.epochs = 1
+    with pytest.raises(ValueError, match="train.redial_mentions=all"):
+        train(cfg, tmp_path / "pecrs-rule", progress=False)
+    cfg.train.redial_mentions = "all"
+    state = train(cfg, tmp_path / "all", progress=False)
+    assert state["global_step"] > 0 and (tmp_path / "all" / "best").is_dir()

@@ -28,7 +28,7 @@ EVAL_ONLY_SETTINGS = ("test_split", "decoding", "no_repeat_ngram", "eval_generat
 # Settings added after keys were first stored ("section.name"): left out of a key while at their default.
 SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": False,
                         "train.special_token_lr_scale": 1.0, "train.no_repeat_ngram": 0, "train.init_from": None,
-                        "train.fresh_targets_only": False}
+                        "train.fresh_targets_only": False, "train.redial_mentions": "pecrs"}
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 

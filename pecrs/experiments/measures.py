@@ -77,7 +77,7 @@ def naive_baseline(config: RunConfig) -> dict:
     """Table 2's naive row on the test split, without any model: recommend the items already
     mentioned in the dialogue, most recent first. Same samples and scoring as `evaluate`."""
     started = time.perf_counter()
-    bundle = load_dataset(config.train.dataset)
+    bundle = load_dataset(config.train.dataset, mentions=config.train.redial_mentions)
     split = config.train.test_split
     if split not in bundle.splits:
         raise ValueError(f"split '{split}' not found in {config.train.dataset}; have {sorted(bundle.splits)}")

@@ -111,7 +111,7 @@ def zero_shot(model_name: str, config: RunConfig, progress: bool = False) -> dic
         raise NotAvailable(f"{model_name}: {e}") from None
     started = time.perf_counter()
     lm = lm.to("cuda" if cuda else "cpu").eval()
-    bundle = load_dataset(t.dataset)
+    bundle = load_dataset(t.dataset, mentions=t.redial_mentions)
     if t.test_split not in bundle.splits:
         raise ValueError(f"split '{t.test_split}' not found in {t.dataset}")
     samples = make_samples(bundle.splits[t.test_split])
