@@ -197,6 +197,9 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     if resuming:
         state = _resume(core, optimizer, scheduler, last)
         accelerator.print(f"resuming from {last}: epoch {state['epoch']}, batch {state['batch']}")
+        if not math.isclose(scheduler.base_lrs[0], lr):   # the saved scheduler keeps its base rates
+            say(f"train.lr: the resumed run keeps the learning rate it started with ({scheduler.base_lrs[0]:g}, "
+                f"not {lr:g}); another --output-dir starts a run at {lr:g}", accelerator.is_main_process)
 
     log_path = out / "metrics.jsonl"
     steps_done = 0

@@ -104,6 +104,23 @@ def test_a_resumed_run_that_finishes_is_not_reported_as_stopped(tmp_path):
     assert not train(cfg, tmp_path / "run", progress=False).get("stopped_early")  # nothing left to do
 
 
+def test_a_learning_rate_changed_on_resume_is_said_to_be_the_saved_one(tmp_path, capsys):
+    """The scheduler restores the base rates it was saved with, so train.lr changed on resume has
+    no effect: said, rather than a run that silently trains at the old rate."""
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.epochs = 1
+    train(cfg, tmp_path / "run", progress=False, stop_after_steps=1)
+    capsys.readouterr()
+    train(cfg, tmp_path / "run", progress=False, stop_after_steps=2)
+    assert "train.lr" not in capsys.readouterr().err
+    started = cfg.train.lr
+    cfg.train.lr = started * 10
+    train(cfg, tmp_path / "run", progress=False)
+    assert f"keeps the learning rate it started with ({started:g}, not {started * 10:g})" in capsys.readouterr().err
+
+
 def test_a_finished_run_resumed_with_more_epochs_trains_them_on_the_longer_schedule(tmp_path):
     """tools/cpu/train_inspired.sh's second pass: a one-epoch run whose schedule ended at lr 0,
     rerun with train.epochs=2, must re-plan the linear decay over both epochs (lr > 0 again in
