@@ -175,15 +175,18 @@ def _dataset_catalog(checkpoint: Path, dataset: str) -> tuple[dict[str, Item], s
 
 
 def _given_items(catalog: dict | list | tuple) -> dict[str, Item]:
-    """A dict {id: Item} or a list of Items, each checked as a line of items.jsonl is
-    (`parse_item`: a string id, a non-empty title, ...); a DataError names the entry."""
+    """A dict {id: Item} or a list of Items, or of dicts shaped as lines of items.jsonl, each
+    checked as such a line is (`parse_item`: a string id, a non-empty title, ...); a DataError
+    names the entry."""
     entries = catalog.items() if isinstance(catalog, dict) else enumerate(catalog)
     items: dict[str, Item] = {}
     for key, given in entries:
         where = {"path": f"catalog[{key!r}]"}
-        if not isinstance(given, Item):
-            raise DataError(f"expected an Item, got {type(given).__name__}", **where)
-        item = parse_item({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(given).items()}, where)
+        if isinstance(given, Item):
+            given = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(given).items()}
+        elif not isinstance(given, dict):
+            raise DataError(f"expected an Item or an items.jsonl object, got {type(given).__name__}", **where)
+        item = parse_item(given, where)
         if isinstance(catalog, dict) and key != item.id:   # the id a recommendation returns must be its key
             raise DataError(f"a catalog dict is keyed by item id; this key holds item '{item.id}'", **where)
         if item.id in items:
@@ -208,8 +211,8 @@ def resolve_catalog(catalog, checkpoint: Path | None, dataset: str | None, stric
         items = _given_items(catalog)
         return items, CatalogReport(f"<{type(catalog).__name__}>", len(items))
     if not isinstance(catalog, (str, Path)):
-        raise TypeError(f"catalog= takes an items.jsonl path, a dict or list of Items, or None; "
-                        f"got {type(catalog).__name__}")
+        raise TypeError(f"catalog= takes an items.jsonl path, a dict or list of Items (or of items.jsonl "
+                        f"objects), or None; got {type(catalog).__name__}")
     path = Path(catalog)
     if path.is_dir():
         path = path / CATALOG_FILE

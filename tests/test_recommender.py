@@ -467,7 +467,8 @@ def test_a_catalog_given_in_python_is_checked_as_a_file_would_be():
     items, report = resolve_catalog({i.id: i for i in good}, None, None)
     assert list(items) == [i.id for i in good] and report.source == "<dict>"
     for catalog, message in [({}, "holds no items"), ([], "holds no items"),
-                             ({"a": "not an item"}, "catalog['a']: expected an Item, got str"),
+                             ({"a": "not an item"}, "catalog['a']: expected an Item or an items.jsonl object, got str"),
+                             ([{"id": "d1"}], "catalog[0] field 'title': missing required field"),
                              ({"k": good[0]}, f"catalog['k']: a catalog dict is keyed by item id; this key holds item '{good[0].id}'"),
                              ([good[0], Item(id="x", title=" ")], "catalog[1] field 'title': expected a non-empty string"),
                              ([good[0], good[0]], f"catalog[1]: duplicate item id '{good[0].id}'")]:
@@ -477,6 +478,9 @@ def test_a_catalog_given_in_python_is_checked_as_a_file_would_be():
     with pytest.raises(TypeError, match="catalog= takes an items.jsonl path, .* got int"):
         resolve_catalog(5, None, None)
     assert resolve_catalog([Item(id=7, title="Seven")], None, None)[0] == {"7": Item(id="7", title="Seven")}
+    # Lines of items.jsonl as dicts, as a practitioner holds a catalog in Python.
+    assert resolve_catalog([{"id": "b1", "title": "Dune", "year": 1965, "genres": ["Sci-Fi"]}], None, None)[0] == \
+        {"b1": Item(id="b1", title="Dune", year=1965, genres=("Sci-Fi",))}
 
 
 def test_save_pretrained_never_replaces_a_training_checkpoint_nor_its_source(run, rec, tmp_path):
