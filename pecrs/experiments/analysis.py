@@ -177,7 +177,8 @@ def report_table9_10(ctx: Context, recs: dict, status: dict | None = None) -> Re
         ok = rec is not None
         g = rec["result"]["genres"] if ok else {}
         per = g.get("per_genre", {})
-        pg = paper.GENRES.get(key, {})
+        ours = {name.casefold(): name for name in per}   # the paper writes "Sci-fi", "Film-noir"; the data "Sci-Fi"
+        pg = {ours.get(name.casefold(), name): row for name, row in paper.GENRES.get(key, {}).items()}
         ps = paper.GENRE_SUMMARY.get(key, {})
         names = list(per) + [n for n in pg if n not in per]
         def cell(o, field, kind):

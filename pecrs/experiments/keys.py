@@ -28,7 +28,8 @@ EVAL_ONLY_SETTINGS = ("test_split", "decoding", "no_repeat_ngram", "eval_generat
 # Settings added after keys were first stored ("section.name"): left out of a key while at their default.
 SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": False,
                         "train.special_token_lr_scale": 1.0, "train.no_repeat_ngram": 0, "train.init_from": None,
-                        "train.fresh_targets_only": False, "train.redial_mentions": "pecrs"}
+                        "train.fresh_targets_only": False, "train.redial_mentions": "pecrs",
+                        "train.exclude_mentioned": False}
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
@@ -96,7 +97,8 @@ def _normalized(config: RunConfig, drop: tuple[str, ...]) -> dict:
     d = config.to_dict()
     inference = d.pop("inference")
     d["train"].update(m_inference=inference["m_inference"], decoding=inference["decoding"],
-                      no_repeat_ngram=inference["no_repeat_ngram"], eval_generate=False)
+                      no_repeat_ngram=inference["no_repeat_ngram"], eval_generate=False,
+                      exclude_mentioned=inference["exclude_mentioned"])
     d["train"]["dataset"] = dataset_fingerprint(config.train.dataset)
     for name in drop:
         d["train"].pop(name, None)

@@ -26,7 +26,9 @@ that was not measured is never shown: its cell reads "not run".
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +144,11 @@ def merge(ctx: Context, parts: list[Part], files: list[str]) -> list[str]:
         for name, entry in (data.get("parts") or {}).items():
             rec = entry.get("record") if isinstance(entry, dict) else None
             part = by_name.get(name)
-            if not isinstance(rec, dict) or part is None or rec.get("key") != part_key(part):
+            if not isinstance(rec, dict):
+                continue   # a part that file never measured
+            if part is None or rec.get("key") != part_key(part):   # said: a merge that restores less than meant
+                why = "no such part here" if part is None else "other settings (config, overrides or data)"
+                print(f"pecrs: {f}: part {name} not merged: {why}", file=sys.stderr)
                 continue
             if finished_result(ctx, part, rec["key"]) is None:
                 write_json(part_file(ctx, part), rec)
@@ -168,7 +174,10 @@ def run_parts(ctx: Context, parts: list[Part], chosen: list[Part], log=print) ->
         log(f"[{ctx.name}] {part.name}: {part.describe or part.kind} ...")
         started = time.perf_counter()
         try:
-            result = part.run()
+            # Training's and generation's progress lines go to stderr: stdout is the experiment's
+            # own output (with --json, one JSON object).
+            with contextlib.redirect_stdout(sys.stderr):
+                result = part.run()
         except Blocked as e:
             status[part.name] = {"status": "blocked", "reason": str(e)}
             log(f"[{ctx.name}] {part.name}: blocked: {e}")

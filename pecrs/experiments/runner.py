@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import RunConfig
+from ..config import RunConfig, resolve_config_path
 from . import ALIASES, EXPERIMENT_NAMES, NAMES, analysis, tables, zeroshot
 from .caches import clear_caches
 from .keys import DATASET_LABELS, dataset_fingerprint, dataset_key, dataset_label
@@ -55,8 +55,13 @@ def split_overrides(overrides) -> tuple[list[str], dict[str, list[str]]]:
 
 
 def default_redial_config(config: str | Path) -> Path | None:
-    """configs/redial.yaml when --config is configs/inspired.yaml (the paper's ReDial settings)."""
-    config = Path(config)
+    """redial.yaml beside inspired.yaml (the paper's ReDial settings) when --config is the INSPIRED
+    recipe, however given: a path, or the name of a packaged config (`resolve_config_path`), so
+    that outside a checkout ReDial is not trained with INSPIRED's settings."""
+    try:
+        config = resolve_config_path(config)
+    except FileNotFoundError:   # RunConfig.load names it
+        return None
     sibling = config.with_name("redial.yaml")
     return sibling if config.name == "inspired.yaml" and sibling.is_file() else None
 

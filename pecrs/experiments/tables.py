@@ -23,6 +23,16 @@ def ours_label(config, rec: dict | None = None) -> str:
     return label
 
 
+def _tested_on(ctx: Context) -> str:
+    """What the test rows measured: the whole official test split, or the first N samples when a
+    config's train.max_eval_samples cut it (a quick table must not read as the full one)."""
+    cuts = {key: cfg.train.max_eval_samples for key, cfg in ctx.configs.items() if cfg.train.max_eval_samples}
+    if not cuts:
+        return "the complete official test set"
+    return "the first samples of the test set only (train.max_eval_samples: " + ", ".join(
+        f"{key} {n:,}" for key, n in cuts.items()) + ")"
+
+
 def training_note(recs: dict, name: str, ctx: Context | None = None, config=None) -> str:
     """One line on how a model was trained (epochs, best epoch, time per batch); for a run still in
     progress (given its ctx and config), how far it got; else "not run"."""
@@ -36,7 +46,9 @@ def training_note(recs: dict, name: str, ctx: Context | None = None, config=None
                 f"{fmt(spb, 'sec') if spb is not None else 'n/a'} s/batch), run folder `runs/{going['run_dir']}`")
     r = rec["result"]
     spb = r.get("seconds_per_batch")
-    return (f"`{name}`: {r.get('epoch')}/{r.get('epochs')} epochs, best dev epoch {r.get('best_epoch')}, "
+    kept = (f"best dev epoch {r.get('best_epoch')}" if config is None or config.train.dev_split
+            else "the last epoch kept (no dev split)")
+    return (f"`{name}`: {r.get('epoch')}/{r.get('epochs')} epochs, {kept}, "
             f"{r.get('train_batches')} batches, {fmt(spb, 'sec') if spb is not None else 'n/a'} s/batch "
             f"({r.get('hardware', '?')}), run folder `runs/{r.get('run_dir')}`")
 
@@ -97,7 +109,7 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
           "in the dialogue, most recently mentioned first, so its dedup recall is 0 by construction (—) (the paper "
           "reports neither). Paper rows use GPT-2 small/medium backbones; the paper's ReDial model was "
           "trained on the full ReDial train split (10,006 dialogues), ours on ReDial-subset (the 1,813 train "
-          "dialogues available here), tested on the complete official test set.", "",
+          f"dialogues available here), tested on {_tested_on(ctx)}.", "",
           "## Table 3: conversation", "",
           md_table(["Dataset", "Model", "RG-1", "RG-2", "F-1", "PPL", "Dist@2", "Dist@3", "Dist@4", "responses"],
                    conv_rows), "",
