@@ -84,6 +84,10 @@ def test_cli_refuses_files_of_different_samples_or_another_format(tmp_path, caps
     b = _write(tmp_path / "b.jsonl", [_record("d0", 1, "6", 1)])
     assert main(["compare", a, b]) == 2
     assert "hold different samples (1 only in the first, 1 only in the second)" in capsys.readouterr().err
+    # One split, one of them written with --no-generate (only the samples with a target): said so.
+    full = _write(tmp_path / "full.jsonl", [_record("d0", 1, "5", 1), _record("d0", 3, None, None)])
+    assert main(["compare", full, a]) == 2
+    assert f"{a} holds only the samples with a target (written with --no-generate)" in capsys.readouterr().err
     c = _write(tmp_path / "c.jsonl", [{"dialogue_id": "d0", "turn_index": 1, "target": "5"}])
     assert main(["compare", a, c]) == 2
     assert f"{c}:1 field 'target_rank'" in capsys.readouterr().err

@@ -96,8 +96,13 @@ def compare(a_path: Path, b_path: Path, resamples: int = 10_000, seed: int = 0) 
 
     a, b = read_predictions(a_path), read_predictions(b_path)
     if a.keys() != b.keys():
+        hint = "compare evaluations of one split"
+        for part, whole, name in ((a, b, a_path), (b, a, b_path)):   # one split, one file recall-only
+            if part.keys() < whole.keys() and all(r.get("target") is not None for r in part.values()):
+                hint = (f"{name} holds only the samples with a target (written with --no-generate): compare it "
+                        f"with another --no-generate evaluation")
         raise ValueError(f"{a_path} and {b_path} hold different samples ({len(a.keys() - b.keys())} only in the "
-                         f"first, {len(b.keys() - a.keys())} only in the second): compare evaluations of one split")
+                         f"first, {len(b.keys() - a.keys())} only in the second): {hint}")
     keys = sorted(a, key=str)
     recs_a, recs_b = [a[k] for k in keys], [b[k] for k in keys]
     dialogues = {d: n for n, d in enumerate(dict.fromkeys(k[0] for k in keys))}
