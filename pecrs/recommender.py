@@ -182,7 +182,7 @@ class Recommender:
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
         # Saved vectors were encoded by the checkpoint's own base weights: not another backbone's.
         saved_usable = catalog is None and not other_backbone(model, meta)
-        vectors = load_saved_vectors(ckpt, list(items), model.hidden_size) if saved_usable else None
+        vectors = load_saved_vectors(ckpt, items.values(), config.model, model.hidden_size) if saved_usable else None
         if vectors is not None:
             report.vectors_from_cache = True
             report.cache_path = str(ckpt / VECTORS_FILE)

@@ -96,7 +96,7 @@ def saved_catalog_vectors(checkpoint: Path, items: list[Item], model: PECRS) -> 
         return None
     if other_backbone(model, read_meta(checkpoint)):
         return None
-    return load_saved_vectors(checkpoint, [it.id for it in items], model.hidden_size)
+    return load_saved_vectors(checkpoint, items, model.config, model.hidden_size)
 
 
 def dialogue_encoder(model: PECRS, config: RunConfig, item_index: dict[str, int],

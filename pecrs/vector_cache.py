@@ -89,25 +89,25 @@ def _hash_ids(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Tensor | None:
-    """The item vectors [len(ids), width] saved beside a checkpoint's catalog, if they are that
-    catalog's: the catalog of `ids`, which callers serve from the catalog copy beside the
-    checkpoint, and (in files that record it) that copy's items as the checkpoint's config reads
-    them. Vectors are derived data: a damaged file, one of another catalog or shape, or one holding
-    NaN or infinite values is re-encoded (with a warning naming it) rather than refused."""
+def load_saved_vectors(checkpoint: Path, items, model_config, width: int) -> torch.Tensor | None:
+    """The item vectors [len(items), width] saved beside a checkpoint's catalog, if they encode
+    `items` (Items in row order, the catalog served) under `model_config`'s item settings: the ids'
+    hash, and in files that record it `items_sha256` (older files, the shipped model's, carry the
+    ids' hash only). Vectors are derived data: a damaged file, one of another catalog or shape, or
+    one holding NaN or infinite values is re-encoded (with a warning naming it) rather than refused."""
     from safetensors import SafetensorError, safe_open
 
     path = checkpoint / VECTORS_FILE
     if not path.is_file():
         return None
+    items = list(items)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("ids_sha256") != _hash_ids(ids):
+            if meta.get("ids_sha256") != _hash_ids([it.id for it in items]):
                 log.warning("%s does not match the catalog %s: re-encoding", path, checkpoint / CATALOG_FILE)
                 return None
-            # Files saved before items_sha256 existed (the shipped model's) are checked by ids only.
-            if "items_sha256" in meta and meta["items_sha256"] != _catalog_copy_sha256(checkpoint):
+            if "items_sha256" in meta and meta["items_sha256"] != items_sha256(items, model_config):
                 log.warning("%s was encoded from other item texts or item settings than the catalog %s and "
                             "%s now hold (edited since it was saved?): re-encoding",
                             path, checkpoint / CATALOG_FILE, checkpoint / "pecrs_config.json")
@@ -116,30 +116,14 @@ def load_saved_vectors(checkpoint: Path, ids: list[str], width: int) -> torch.Te
     except (SafetensorError, OSError) as e:
         log.warning("%s cannot be read (%s): re-encoding the catalog", path, str(e).splitlines()[0])
         return None
-    if tuple(vectors.shape) != (len(ids), width):
+    if tuple(vectors.shape) != (len(items), width):
         log.warning("%s holds vectors of shape %s, not [%d, %d] for this model and catalog: re-encoding",
-                    path, list(vectors.shape), len(ids), width)
+                    path, list(vectors.shape), len(items), width)
         return None
     if not torch.isfinite(vectors).all():
         log.warning("%s holds NaN or infinite vectors: re-encoding", path)
         return None
     return vectors
-
-
-def _catalog_copy_sha256(checkpoint: Path) -> str | None:
-    """`items_sha256` of the catalog copy beside `checkpoint`, its items read as the checkpoint's
-    model config reads them; None when there is no copy to read (then nothing can match)."""
-    from .catalog_source import read_items_lenient
-    from .config import RunConfig
-    from .data import DataError
-    from .pretrained import read_meta
-
-    try:
-        # Leniently, as a server reads it: the ids check above has already compared the ids served.
-        items, _, _ = read_items_lenient(checkpoint / CATALOG_FILE)
-    except (DataError, OSError):
-        return None
-    return items_sha256(items.values(), RunConfig.from_dict(read_meta(checkpoint)["config"]).model)
 
 
 def load_cached(path: Path, ids: list[str]) -> torch.Tensor | None:

@@ -144,7 +144,8 @@ def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):
     assert torch.allclose(rec.vectors, original.vectors, atol=2e-2, rtol=1e-2)
     # another catalog is encoded as usual (the shipped vectors are that catalog's only)
     from pecrs.vector_cache import load_saved_vectors
-    assert load_saved_vectors(shipped, ["x", "y"], rec.vectors.shape[1]) is None
+    from pecrs.data import Item
+    assert load_saved_vectors(shipped, [Item("x", "X"), Item("y", "Y")], rec.config.model, rec.vectors.shape[1]) is None
 
 
 def test_chat_without_a_run_folder_uses_the_shipped_default(exported, monkeypatch, capsys):

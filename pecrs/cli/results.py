@@ -54,11 +54,10 @@ def _variant(args, dataset: Path, own: bool | None, meta: dict) -> tuple[str | N
                           else f"the run's dataset {recorded} was not found to compare --dataset {args.dataset} with"]
     run = RunConfig.from_dict(meta["config"])
     if args.max_samples:   # named by the samples kept: the run's own train.max_eval_samples may cut more
-        t = run.train
-        cut = t.max_eval_samples if getattr(args, "split", None) in (t.dev_split, t.test_split) else None
-        extras.append(f"first{min(args.max_samples, cut) if cut else args.max_samples}")
-        why.append(f"--max-samples {args.max_samples}" + (f" (the run's train.max_eval_samples keeps {cut})"
-                                                          if cut and cut < args.max_samples else ""))
+        kept = samples_kept(args, run.train)
+        extras.append(f"first{kept}")
+        why.append(f"--max-samples {args.max_samples}" + (f" (the run's train.max_eval_samples keeps {kept})"
+                                                          if kept < args.max_samples else ""))
     fields = args.item_fields.split(",") if getattr(args, "item_fields", None) else None
     if fields and fields != list(run.model.item_fields):
         extras.append("-".join(fields))
@@ -93,14 +92,21 @@ def _say_where(output: str | None, out: Path, variant: tuple[str | None, list[st
               file=sys.stderr)
 
 
-def _measured_on(dataset: Path, args, config_slice: int | None = None) -> dict:
+def samples_kept(args, train) -> int | None:
+    """How many samples of the split an evaluation reads when it is cut (None: all): --max-samples,
+    or the run's own train.max_eval_samples, which `prepare` applies to dev and test."""
+    config_slice = train.max_eval_samples if getattr(args, "split", None) in (train.dev_split, train.test_split) else None
+    cuts = [n for n in (args.max_samples, config_slice) if n]
+    return min(cuts) if cuts else None
+
+
+def _measured_on(dataset: Path, args, train=None) -> dict:
     """What a result records of what it measured: the dataset (its absolute path, and the hash
     of its files `pecrs export` compares with the run's), the samples kept when the split was cut
-    (--max-samples, or the run's own train.max_eval_samples, `config_slice`, which `prepare`
-    applies), and --item-fields when set."""
+    (`samples_kept`, with the run's `train` section), and --item-fields when set."""
     from ..catalog_source import dataset_record
 
-    kept = min(n for n in (args.max_samples, config_slice) if n) if args.max_samples or config_slice else None
+    kept = samples_kept(args, train) if train is not None else args.max_samples
     return {**dataset_record(dataset),
             **({"max_samples": kept} if kept else {}),
             **({"item_fields": args.item_fields.split(",")} if getattr(args, "item_fields", None) else {})}

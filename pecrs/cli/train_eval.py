@@ -78,9 +78,7 @@ def _evaluate(args) -> int:
     if predictions_out is not None:
         predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
                                    encoding="utf-8")
-    t = config.train   # prepare cuts dev and test to train.max_eval_samples
-    config_slice = t.max_eval_samples if args.split in (t.dev_split, t.test_split) else None
-    result = {"checkpoint": str(ckpt), "split": args.split, **_measured_on(dataset, args, config_slice),
+    result = {"checkpoint": str(ckpt), "split": args.split, **_measured_on(dataset, args, config.train),
               "decoding": inference.decoding, "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
               "dtype": dtype, **result,
