@@ -10,7 +10,8 @@
 Copied to pecrs/models/NAME, the folder is what `Recommender.from_pretrained("NAME")`, `pecrs chat`
 and `pecrs serve` load with no run folder (NAME "inspired" is the default). A run folder keeps its
 own metrics: RUN/metrics.jsonl (dev curve) and RUN/eval_test.json (`pecrs evaluate RUN`), both
-quoted in the card when present (eval_test.json only when measured on the run's own dataset).
+quoted in the card when present (eval_test.json only when measured on the run's own dataset, of
+the checkpoint exported: a best/ saved since, at another epoch, is not the one it measured).
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def export(run: str | Path, destination: str | Path, catalog=None, device=None, 
     destination = rec.save_pretrained(destination, half=True, extra={"export": provenance})
     meta = read_meta(destination)
     test = read_json(run_dir / "eval_test.json")
-    elsewhere = measured_elsewhere(test, ckpt, meta["config"].get("train", {}).get("dataset"))
+    elsewhere = (measured_elsewhere(test, ckpt, meta["config"].get("train", {}).get("dataset"))
+                 or measured_before(test, read_meta(ckpt)))
     if elsewhere:
         log.warning("%s: not quoted in the model card: %s", run_dir / "eval_test.json", elsewhere)
     card = model_card(destination.name, meta, _read_jsonl(run_dir / "metrics.jsonl"),
@@ -83,10 +85,35 @@ def measured_elsewhere(test: dict | None, checkpoint: Path, dataset: str | None)
     return f"it was measured on {test['dataset']}, not on the run's dataset {own}"
 
 
+def checkpoint_position(meta: dict) -> dict:
+    """The training position a checkpoint was saved at, as an evaluation records it beside the
+    checkpoint's path: {"checkpoint_position": {"epoch": e[, "batch": b]}} (best/ and last/ hold
+    it), {} for one that holds none (an export; the GPU flow's adopted best/)."""
+    if "epoch" not in meta:
+        return {}
+    return {"checkpoint_position": {k: meta[k] for k in ("epoch", "batch") if k in meta}}
+
+
+def measured_before(test: dict | None, meta: dict) -> str | None:
+    """Why `test` is not the metrics of the checkpoint of `meta`: it evaluated the run's best/ as
+    it was at another training position (training went on and found a better dev epoch since).
+    None when both positions are known and equal, or either is not recorded (nothing to compare)."""
+    then = (test or {}).get("checkpoint_position")
+    now = checkpoint_position(meta).get("checkpoint_position")
+    if then is None or now is None or then == now:
+        return None
+    return (f"it evaluated the checkpoint saved at {_position(then)}, and the one exported was saved at "
+            f"{_position(now)}; run `pecrs evaluate` on the run again")
+
+
+def _position(position: dict) -> str:
+    return f"epoch {position['epoch']}" + (f", batch {position['batch']}" if "batch" in position else "")
+
+
 def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, folder: Path,
                notes: str | None = None, left_out: str | None = None) -> str:
     """MODEL_CARD.md: what a user needs to judge the model before trusting its recommendations.
-    `left_out`: why the run's eval_test.json is not quoted (`measured_elsewhere`)."""
+    `left_out`: why the run's eval_test.json is not quoted (`measured_elsewhere`, `measured_before`)."""
     config, export_info = meta["config"], meta.get("export", {})
     m, t = config["model"], config["train"]
     inference = RunConfig.from_dict(config).inference  # (older checkpoints: read from train / "recommender")

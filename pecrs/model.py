@@ -27,7 +27,7 @@ from .config import InferenceConfig, ModelConfig
 from .data import ITEM, REC_END
 from .heads import ItemEncoder, recall_logits, two_layer_mlp
 from .retrieval import ExactIndex, search_excluding
-from .tokens import IGNORE_INDEX, NO_ITEM, SLOT_ID, Batch, reply_stop_ids, reply_text
+from .tokens import IGNORE_INDEX, NO_ITEM, Batch, item_head, reply_stop_ids, reply_text
 
 
 class PECRS(nn.Module):
@@ -347,7 +347,8 @@ class PECRS(nn.Module):
         rec = recommended.view(len(context_ids), -1).to(context_ids.device)
         B, k = rec.shape
         dev = context_ids.device
-        head_ids = torch.tensor([SLOT_ID] * k + [self.rec_end_id] + list(prompt_ids), device=dev).expand(B, -1)
+        slot_ids, _ = item_head(range(k), self.rec_end_id)    # the same ids in every row; the items differ
+        head_ids = torch.tensor(slot_ids + list(prompt_ids), device=dev).expand(B, -1)
         head_items = torch.cat([rec, torch.full((B, 1 + len(prompt_ids)), NO_ITEM, device=dev)], 1)
         ids = torch.cat([context_ids, head_ids], 1)            # [B, Lc + H], real tokens then pads then head
         items = torch.cat([context_items, head_items], 1)

@@ -138,8 +138,9 @@ class DialogueEncoder:
             ids = body + [self.sep] + [SLOT_ID] * len(slots) + [self.sep]
             items = [NO_ITEM] * (len(body) + 1) + slots + [NO_ITEM]
         else:
-            ids = [self.rec] + [SLOT_ID] * len(slots) + [self.rec_end] + body
-            items = [NO_ITEM] + slots + [NO_ITEM] * (len(body) + 1)
+            head_ids, head_items = item_head(slots, self.rec_end)
+            ids = [self.rec] + head_ids + body
+            items = [NO_ITEM] + head_items + [NO_ITEM] * len(body)
         return ids, items
 
     def encode_context(self, turns: tuple[Turn, ...] | list[Turn]) -> tuple[list[int], list[int]]:
@@ -204,6 +205,14 @@ def pad_rows(rows: list[list[int]], width: int | None = None, value: int = NO_IT
     return out
 
 
+def item_head(items: list[int], rec_end_id: int) -> tuple[list[int], list[int]]:
+    """The injected items as (token ids, item slots): one slot per item (its id SLOT_ID, its
+    embedding replaced by the item's vector) then [REC_END], the layout of Eq. 6 ([REC] v_p
+    [REC_END], the [REC] closing the context). The one layout of training (`collate`), generation
+    (`PECRS.generation_inputs`) and an earlier recommender turn in a context (`turn_tokens`)."""
+    return [SLOT_ID] * len(items) + [rec_end_id], list(items) + [NO_ITEM]
+
+
 def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_width: int | None = None,
             gen_width: int | None = None) -> Batch:
     """Pad a list of encoded samples into a `Batch` (a loop over the B rows, not over tokens).
@@ -217,7 +226,7 @@ def collate(encoded: list[EncodedSample], pad_id: int, rec_end_id: int, context_
         Lc = context_width
     gens, gen_items, labels = [], [], []
     for e in encoded:
-        head_ids, head_items = ([SLOT_ID, rec_end_id], [e.target, NO_ITEM]) if e.target >= 0 else ([], [])
+        head_ids, head_items = item_head([e.target], rec_end_id) if e.target >= 0 else ([], [])
         ids = head_ids + e.prompt_ids + e.response_ids
         gens.append(ids)
         gen_items.append(head_items + [NO_ITEM] * (len(ids) - len(head_items)))

@@ -18,7 +18,7 @@ import pecrs.pretrained
 import pecrs.setup
 from pecrs.catalog_source import DatasetNotFound, dataset_sha1, find_dataset, resolve_catalog
 from pecrs.cli import main
-from pecrs.export import card_test_metrics, export, measured_elsewhere
+from pecrs.export import card_test_metrics, export, measured_before, measured_elsewhere
 from pecrs.pretrained import CONFIG_FILE
 from pecrs.testing import make_tiny_run, toy_items, write_jsonl
 
@@ -148,6 +148,35 @@ def test_export_leaves_out_test_metrics_measured_on_another_dataset(world, tmp_p
     card = (dest / "MODEL_CARD.md").read_text()
     assert "Not quoted" in card and str(twin) in card and "90.0%" not in card
     (run / "eval_test.json").unlink()
+
+
+def test_export_leaves_out_test_metrics_of_an_earlier_best(world, stubbed, tmp_path, monkeypatch):
+    """Training went on after `pecrs evaluate RUN` and saved a better best/: the old eval_test.json
+    is not the exported checkpoint's metrics. A checkpoint recording no position (an export, the
+    GPU flow's adopted best/) is compared with nothing, as before."""
+    root, run = world
+    monkeypatch.chdir(root)
+    meta_path = run / "best" / CONFIG_FILE
+    original = meta_path.read_text()
+    meta = json.loads(original)
+    try:
+        meta_path.write_text(json.dumps({**meta, "epoch": 3, "dev": {"recall_mean": 0.1}}))
+        assert main(["evaluate", str(run), "--device", "cpu", "--json"]) == 0
+        test = json.loads((run / "eval_test.json").read_text())
+        assert test["checkpoint_position"] == {"epoch": 3}
+        assert measured_before(test, {**meta, "epoch": 3}) is None
+        assert measured_before(test, meta) is None                      # exported/adopted: no position to compare
+        card = (export(run, tmp_path / "shipped", device="cpu") / "MODEL_CARD.md").read_text()
+        assert "50.0%" in card and "Not quoted" not in card             # the same best/: quoted
+        assert measured_before({"recall@1": 0.5}, {**meta, "epoch": 7}) is None   # written before results recorded it
+        meta_path.write_text(json.dumps({**meta, "epoch": 7, "batch": 40}))      # training went on
+        why = measured_before(test, json.loads(meta_path.read_text()))
+        assert "epoch 3" in why and "epoch 7, batch 40" in why
+        card = (export(run, tmp_path / "shipped", device="cpu") / "MODEL_CARD.md").read_text()
+        assert "Not quoted" in card and "epoch 3" in card and "50.0%" not in card
+    finally:
+        meta_path.write_text(original)
+        (run / "eval_test.json").unlink(missing_ok=True)
 
 
 def test_card_says_when_the_test_figures_cover_part_of_the_split():

@@ -193,6 +193,11 @@ def test_cli_baseline_and_errors(tmp_path, capsys):
         for key in ("recall@1", "recall@10", "recall@50", "sr", "rdl"):
             assert 0.0 <= variant[key] <= 1.0
     assert out["full"]["n_missing_from_catalog"] == 1
+    # --max-samples: the instances `pecrs evaluate --protocol standardized --max-samples N` scores.
+    assert main(["baseline", "naive", str(folder), "--max-samples", "1", "--json"]) == 0
+    cut = json.loads(capsys.readouterr().out)
+    assert cut == S.evaluate_naive(S.restrict(S.load_collection(folder), 1), [str(i) for i in range(1, 9)])
+    assert cut["full"]["n_instances"] < out["full"]["n_instances"]
     assert main(["baseline", "naive", str(folder / "official" / "test_data.jsonl")]) == 0   # a file; a table
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["full", "dedup"] and lines[3].split() == ["recall@1", "0.1250", "0.0000"]

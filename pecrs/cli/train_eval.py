@@ -44,6 +44,7 @@ def _evaluate(args) -> int:
             raise ValueError("--predictions writes the pecrs protocol's samples; --protocol standardized has none")
         return _evaluate_standardized(args)
     from ..evaluate import evaluate
+    from ..export import checkpoint_position
     from ..pretrained import checkpoint_dir, load_pretrained, read_meta
     from ..setup import prepare
 
@@ -78,7 +79,8 @@ def _evaluate(args) -> int:
     if predictions_out is not None:
         predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
                                    encoding="utf-8")
-    result = {"checkpoint": str(ckpt), "split": args.split, **_measured_on(dataset, args, config.train),
+    result = {"checkpoint": str(ckpt), **checkpoint_position(meta), "split": args.split,
+              **_measured_on(dataset, args, config.train),
               "decoding": inference.decoding, "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
               "dtype": dtype, **result,
@@ -211,9 +213,10 @@ def _evaluate_standardized(args) -> int:
 
 
 def _baseline(args) -> int:
-    from ..standardized import catalog_ids, evaluate_naive, load_collection
+    from ..standardized import catalog_ids, evaluate_naive, load_collection, restrict
 
-    collection = load_collection(args.dataset_dir)
+    # --max-samples cuts as `pecrs evaluate --protocol standardized --max-samples N` does: the same instances.
+    collection = restrict(load_collection(args.dataset_dir), args.max_samples)
     _print_standardized(evaluate_naive(collection, catalog_ids(args.dataset_dir)), args.json)
     return 0
 
@@ -229,5 +232,7 @@ def add_baseline_parser(subparsers) -> None:
                                            "items.jsonl or movies_with_mentions.csv gives the missing-from-catalog count")
     naive.add_argument("--protocol", choices=("standardized",), default="standardized",
                        help="evaluation protocol (default and only one: standardized)")
+    naive.add_argument("--max-samples", type=positive_int, help="the whole conversations holding the first N "
+                                                                 "instances (as pecrs evaluate --max-samples N)")
     naive.add_argument("--json", action="store_true", help="print one JSON object {\"full\": ..., \"dedup\": ...}")
     naive.set_defaults(func=_baseline)
