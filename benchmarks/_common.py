@@ -194,11 +194,11 @@ def synthetic_encoded(tokenizer, n: int, n_items: int, context_tokens: int = 256
 
 
 def trained_model(model_name: str, dataset: str | None):
-    """(checkpoint folder, model in eval mode, its config, `pecrs.setup.prepare` of `dataset` (None:
+    """(checkpoint folder, model in eval mode, its config, `pecrs.prepare.prepare` of `dataset` (None:
     the one the model trained on) with the checkpoint's saved item vectors) for a shipped model's
     name or a run/checkpoint folder."""
     from pecrs.pretrained import checkpoint_dir, load_pretrained
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
 
     checkpoint = checkpoint_dir(model_name)
     model, config = load_pretrained(checkpoint)

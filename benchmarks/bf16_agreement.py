@@ -65,7 +65,7 @@ def main(argv=None):
 
     if args.model:
         from pecrs.pretrained import checkpoint_dir, load_pretrained
-        from pecrs.setup import saved_catalog_vectors
+        from pecrs.prepare import saved_catalog_vectors
 
         checkpoint = checkpoint_dir(args.model)
         ref, cfg = load_pretrained(checkpoint)

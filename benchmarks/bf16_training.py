@@ -56,7 +56,7 @@ def main(argv=None):
     if args.fake_states:
         C.fake_cached_states(store, ref.hidden_size)
     else:
-        store.cache_base_states(ref)          # as pecrs.setup.prepare: float32, before any cast
+        store.cache_base_states(ref)          # as pecrs.prepare.prepare: float32, before any cast
     encoded = C.inspired_encoded(ref, store, cfg, "train", with_target=None)
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(len(encoded), generator=g).tolist()

@@ -7,7 +7,7 @@ Meant for a GPU machine (not run on the CPU dev box except as a --quick smoke te
 
 What it does, with the training recipe of `pecrs train configs/inspired.yaml` (bf16 autocast on
 GPUs that have it, AdamW, M_train 150 shared negatives, cached item encoding):
-  1. builds the model, then `pecrs.setup.prepare`: data, and the catalog's frozen-base token states
+  1. builds the model, then `pecrs.prepare.prepare`: data, and the catalog's frozen-base token states
      (timed together: `catalog_cache_s`);
   2. for each batch size: `--warmup` steps, then `--steps` timed steps over real shuffled INSPIRED
      training batches (the time includes collation and negative sampling, as in `pecrs train`);
@@ -52,7 +52,7 @@ def main(argv=None):
     import torch
     from pecrs.evaluate import recall_only
     from pecrs.tokens import collate
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
 
     steps = args.steps or (3 if args.quick else 200)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10)

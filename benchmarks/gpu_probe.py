@@ -111,7 +111,7 @@ def main(argv=None):
     from pecrs.config import RunConfig
     from pecrs.step import StepRunner, cast_frozen, item_slots, plan_step
     from pecrs.tokens import collate, static_widths
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
     from pecrs.train import step_seed, total_loss
 
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)

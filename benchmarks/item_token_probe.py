@@ -27,7 +27,7 @@ import torch
 
 def generation_losses(model, store, encoded) -> dict:
     """The teacher-forced generation losses of `encoded` (no items scored), as `training_losses` gives them."""
-    from pecrs.catalog import vector_slots
+    from pecrs.step import vector_slots
     from pecrs.tokens import collate
 
     batch = collate(encoded, model.tokenizer.pad_token_id, model.rec_end_id)

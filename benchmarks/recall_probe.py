@@ -37,7 +37,7 @@ def features(args) -> dict:
             return saved
         print(f"{path} holds features of {saved.get('made_from')}: recomputing", file=sys.stderr)
     from pecrs.config import RunConfig
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
     from pecrs.tokens import collate
 
     cfg = RunConfig()

@@ -1,4 +1,4 @@
-"""How fast `pecrs.mentions.TitleLinker` builds and links, and what it links on real dialogues.
+"""How fast `pecrs.title_linking.TitleLinker` builds and links, and what it links on real dialogues.
 
     python benchmarks/title_linking.py                 # 10^5 synthetic titles + the INSPIRED catalog
     python benchmarks/title_linking.py --items 1000000
@@ -19,7 +19,7 @@ import time
 from _common import DATASETS, emit, parser
 
 from pecrs.data import Item
-from pecrs.mentions import TitleLinker
+from pecrs.title_linking import TitleLinker
 
 LINE = ("I love the dark night of the game and i like a movie of the night, "
         "what would you say I Love The Dark Night Of The Game and then a movie like The Night Game?")

@@ -4,8 +4,9 @@ their vectors (Eq. 1).
 A shipped model also carries its catalog's vectors: `use_saved_vectors` makes the store read
 those (no LM pass), so `pecrs evaluate` of that model scores exactly the vectors serving uses.
 
-Two ways to get item token states (`model.item_encoding`; "cached" is the default, chosen on the
-real backbone in docs/results.md, "Choosing the item encoding default"):
+Two ways to get item token states (`model.item_encoding`; "cached" is the default, chosen on a
+toy task with random tiny models, docs/results.md "Choosing the item encoding default"; the
+comparison on a real backbone waits for a GPU run):
 - "cached": states come once from the frozen base LM (LoRA off) and are kept in memory, so a
   training step only pools and projects them (cheap);
 - "adapted": states come from the LoRA-adapted LM, recomputed for the items a step needs
@@ -56,7 +57,6 @@ class ItemStore:
         states = model.item_token_states(self.input_ids, self.attention_mask, adapted=False,
                                          batch_size=batch_size, dtype=dtype, progress=progress)
         self.states = states
-        self.mode = "cached"
         return self
 
     def use_saved_vectors(self, vectors: torch.Tensor) -> "ItemStore":
@@ -137,31 +137,3 @@ class ItemStore:
                 states = model.item_token_states(self.input_ids[rows], mask, adapted=False, batch_size=len(rows))
             out[rows.to(out.device)] = model.item_encoder.pool(states.to(model.device), mask.to(model.device)).float()
         return out
-
-
-def sample_negatives(n_items: int, positives: torch.Tensor, m: int, rows: int | None = None,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """M catalog indices that are none of the batch's positives (§3.6), drawn without replacement.
-    rows=None: one shared set [M]; rows=B: an independent set per row [B, M] (ablation)."""
-    weights = torch.ones(n_items)
-    weights[positives.cpu()] = 0
-    m = min(m, int(weights.sum()))
-    if rows is None:
-        return torch.multinomial(weights, m, replacement=False, generator=generator)
-    return torch.multinomial(weights.expand(rows, n_items), m, replacement=False, generator=generator)
-
-
-def vector_slots(n_items: int, *index_tensors: torch.Tensor, size: int | None = None):
-    """On the host: the distinct catalog indices a batch touches, (items [U], row [n_items]) with
-    row[items[j]] = j (-1 elsewhere). `size` pads items to a fixed U (repeating the first index;
-    the padded rows are computed and never read) so that every step has the same shapes."""
-    flat = torch.cat([t.flatten().cpu() for t in index_tensors])
-    needed = torch.unique(flat[flat >= 0])
-    row = torch.full((n_items,), -1, dtype=torch.long)
-    row[needed] = torch.arange(len(needed))
-    if size is not None:
-        if len(needed) > size:
-            raise ValueError(f"the batch touches {len(needed)} items, more than its fixed item slots ({size})")
-        fill = needed[:1] if len(needed) else torch.zeros(1, dtype=torch.long)
-        needed = torch.cat([needed, fill.expand(size - len(needed))])
-    return needed, row

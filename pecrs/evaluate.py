@@ -21,10 +21,10 @@ from .catalog import ItemStore
 from .config import InferenceConfig
 from .data import ITEM, DataError, Item, Sample
 from .decoding import without_repeats
-from .twins import same_film
 from .retrieval import ExactIndex
-from .samples import excluded_rows, mentioned_items
+from .samples import mentioned_items
 from .tokens import NO_ITEM, DialogueEncoder, collate, pad_rows
+from .twins import excluded_rows, same_film
 
 TOP_K_KEPT = 50
 
@@ -40,7 +40,8 @@ def length_sorted_batches(lengths, size: int) -> list[np.ndarray]:
 def rank_samples(model, encoded, catalog_vectors, m_inference: int, batch_size: int,
                  rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False, index=None,
                  chunk_size: int = InferenceConfig.rerank_chunk_size, exclude=None) -> np.ndarray:
-    """Catalog indices [n, keep] best first for every encoded sample."""
+    """Catalog indices [n, min(keep, M)] best first for every encoded sample (M: m_inference, at
+    most the catalog's size)."""
     return rank_samples_at(model, encoded, catalog_vectors, [m_inference], batch_size, rerank, keep,
                            progress, index, chunk_size, exclude)[m_inference]
 
@@ -64,9 +65,11 @@ def rank_samples_at(model, encoded, catalog_vectors, m_values, batch_size: int,
                     rerank: bool = True, keep: int = TOP_K_KEPT, progress: bool = False,
                     index=None, chunk_size: int = InferenceConfig.rerank_chunk_size,
                     exclude=None) -> dict[int, np.ndarray]:
-    """{M_inference: catalog indices [n, keep] best first} for several M_inference from one pass.
-    exclude: per encoded sample, catalog indices it must not be recommended (`mentioned_indices`);
-    a row left with fewer items than the candidates it asks for ends in -1.
+    """{M_inference: catalog indices [n, min(keep, M)] best first} for several M_inference from one
+    pass. exclude: per encoded sample, catalog indices it must not be recommended
+    (`mentioned_indices`); a row left with fewer items than the candidates it asks for ends in -1.
+    The samples of a turn that names k items share their context and exclusions (ReDial test:
+    1,242 of 4,751 targets are such repeats): each distinct (context, exclusions) is ranked once.
 
     A candidate's re-rank score depends only on the context and that candidate (§3.3: candidates
     attend to the context, not to each other), so re-ranking the largest M once and keeping, for
@@ -75,7 +78,6 @@ def rank_samples_at(model, encoded, catalog_vectors, m_values, batch_size: int,
     Exact search only: an approximate `index` re-scores a candidate pool that grows with M, so its
     first M of a search at the largest M are not what a search at M returns.
     """
-    tok = model.tokenizer
     m_values = sorted({int(m) for m in m_values})
     if not m_values:
         raise ValueError("m_values is empty")
@@ -83,6 +85,20 @@ def rank_samples_at(model, encoded, catalog_vectors, m_values, batch_size: int,
         raise ValueError("rank_samples_at with an approximate index takes one M_inference at a time")
     if index is None:   # built once for every batch: the exact search that serving uses
         index = ExactIndex(catalog_vectors, model.config.recall_temperature)
+    distinct: dict[tuple, int] = {}   # (context ids, its item slots, exclusions) -> its row among the distinct
+    copy_of = np.array([distinct.setdefault((tuple(e.context_ids), tuple(e.context_items),
+                                             tuple(exclude[i]) if exclude is not None else ()), len(distinct))
+                        for i, e in enumerate(encoded)], dtype=np.int64)
+    first = np.unique(copy_of, return_index=True)[1]   # the first sample of each distinct row, in order
+    ranked = _rank_distinct(model, [encoded[i] for i in first], catalog_vectors, m_values, batch_size, rerank,
+                            keep, progress, index, chunk_size, None if exclude is None else [exclude[i] for i in first])
+    return {m: r[copy_of] for m, r in ranked.items()}
+
+
+def _rank_distinct(model, encoded, catalog_vectors, m_values, batch_size, rerank, keep, progress, index,
+                   chunk_size, exclude) -> dict[int, np.ndarray]:
+    """`rank_samples_at` for samples with distinct contexts: length-sorted batches, one pass each."""
+    tok = model.tokenizer
     out = {m: [] for m in m_values}
     batches = length_sorted_batches([len(e.context_ids) for e in encoded], batch_size)
     for rows in tqdm(batches, desc="rank", disable=not progress):
@@ -147,9 +163,7 @@ def generate_responses(model, encoded, recommended: np.ndarray, catalog_vectors,
 def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
     """The naive baseline's ranking [n, <=50] for `samples`: the items already mentioned in the
     dialogue, most recently mentioned first (it needs no model)."""
-    return metrics.naive_baseline_ranking([s.earlier_items for s in samples],
-                                          last_mention_order=[metrics.items_by_last_mention(s.context)
-                                                              for s in samples],
+    return metrics.naive_baseline_ranking([metrics.items_by_last_mention(s.context) for s in samples],
                                           item_index=item_index)
 
 
@@ -192,6 +206,9 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     encoded = encoder.encode_all(samples)
     catalog_vectors = store.all_vectors(model)
     # LoRA folded into the weights for the whole evaluation (model.merged_lora); unfolded after.
+    # Three index spaces: every sample (`samples`, `encoded`, `ranked`, `has_target`); the ranked
+    # ones (`ranked_idx` into samples, `ranked_subset` row for row); the ones with a target
+    # (`ranked[has_target]`, `targets`, `seen`, `naive`), which the recall metrics read.
     with model.merged_lora():
         has_target = np.array([s.target is not None for s in samples], dtype=bool)
         # Generation needs a recommendation for every turn; the recall metrics only for the rows

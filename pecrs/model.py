@@ -132,8 +132,7 @@ class PECRS(nn.Module):
     # ----- training -------------------------------------------------------------------------
     def training_losses(self, batch: Batch, vectors: torch.Tensor, vector_row: torch.Tensor,
                         recall_negatives: torch.Tensor, rerank_negatives: torch.Tensor,
-                        generator: torch.Generator | None = None, score_items: bool = True,
-                        place: torch.Tensor | None = None, normalize: str = "batch",
+                        score_items: bool = True, place: torch.Tensor | None = None, normalize: str = "batch",
                         rerank_temperature: float = 1.0, label_smoothing: float = 0.0,
                         ) -> dict[str, torch.Tensor]:
         """The three losses of Eq. 8 for one batch, in one LM forward pass.
@@ -142,7 +141,8 @@ class PECRS(nn.Module):
         maps a catalog index to its row in `vectors`. recall_negatives [B, Mr], rerank_negatives
         [B, M]: catalog indices (the same rows everywhere when negatives are shared, §3.6); M = 0
         (or score_items=False, perplexity evaluation) skips recall and rerank. place [B]: where
-        the positive sits among the M+1 candidates (drawn with `generator` when None).
+        the positive sits among the M+1 candidates (drawn on the host by `step.plan_step`;
+        needed when there are candidates).
 
         Nothing here reads a device value on the host: whether candidates are laid out is decided
         by the shape of rerank_negatives, so a training step never waits for the GPU.
@@ -170,7 +170,7 @@ class PECRS(nn.Module):
             M = rerank_negatives.shape[1]
             C = M + 1
             if place is None:
-                place = torch.randint(0, C, (B,), generator=generator).to(dev)
+                raise ValueError("training_losses: rerank negatives given without `place` (step.plan_step draws it)")
             slot = torch.arange(C, device=dev).unsqueeze(0)
             is_pos = slot == place.unsqueeze(1)
             neg_slot = (slot - (slot > place.unsqueeze(1)).long()).clamp(max=M - 1)

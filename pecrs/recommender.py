@@ -16,8 +16,9 @@ The [ITEM] tokens of the generated text are then filled in.
 Several items per turn (`respond(..., k_items=k)`; the paper's limitations 1-2). The top k re-ranked
 items are injected together, "[REC] v_1 .. v_k [REC_END]", the layout the encoder already uses
 for context turns that mention several items, and the generated [ITEM] placeholders are filled
-in order with v_1, v_2, ... (placeholders beyond k repeat v_k; with k = 1 every [ITEM] is the
-top item, as in the paper). Training generated after a single item only, so with k > 1 a model
+in order with v_1, v_2, ... (generation writes at most k [ITEM] tokens, `PECRS.generate`'s token
+budget; with k = 1 the one [ITEM] is the top item, as in the paper; an "[ITEM]" spelled out of
+ordinary tokens beyond k repeats v_k). Training generated after a single item only, so with k > 1 a model
 may name fewer items than it was given: `Response.items` lists what the text actually names.
 
 Input (a list of turns or a `Dialogue`) is checked and cut by `pecrs.dialogue_input`; the catalog
@@ -49,9 +50,9 @@ from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_
 from .config import ConfigError, check_value
 from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
-from .twins import same_film
-from .samples import excluded_rows, mentioned_items
-from .setup import dialogue_encoder, say
+from .prepare import dialogue_encoder, say
+from .samples import mentioned_items
+from .twins import excluded_rows, same_film
 from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, load_saved_vectors, save_cached, save_vectors
 
 log = logging.getLogger(__name__)
@@ -246,9 +247,9 @@ class Recommender:
         """`text` with each catalog title it types ("I loved The Conjuring") replaced by an [ITEM]
         mention, as training dialogues mark them, and the ids of all its [ITEM]s in order (`items`:
         those of the placeholders already there). The rules against false matches ("I love it" is
-        not the movie "It") are in pecrs.mentions."""
+        not the movie "It") are in pecrs.title_linking."""
         if self._linker is None:
-            from .mentions import TitleLinker
+            from .title_linking import TitleLinker
 
             with self._lock:   # built once, on first use (~10 us per item)
                 if self._linker is None:

@@ -18,23 +18,15 @@ tokenizer stage (pecrs.tokens), not here.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from .data import RECOMMENDER, Dialogue, Sample, Turn
-from .twins import with_twins
 
 
 def mentioned_items(turns: Iterable[Turn]) -> list[str]:
     """The item ids `turns` mention, each once, in first-mention order: a sample's earlier_items,
     and what inference.exclude_mentioned keeps from being recommended (served and evaluated)."""
     return list(dict.fromkeys(item for turn in turns for item in turn.items))
-
-
-def excluded_rows(ids: Iterable[str], twins: Mapping[str, tuple[str, ...]], row_of: Mapping[str, int]) -> list[int]:
-    """The catalog rows never to recommend, sorted: `ids` and their twins (`pecrs.twins.same_film`:
-    a film listed twice is excluded under both ids), ids outside the catalog skipped. Evaluation
-    passes a sample's `mentioned_items`, serving those and the caller's `exclude`."""
-    return sorted({row_of[x] for x in with_twins(ids, twins) if x in row_of})
 
 
 def dialogue_samples(dialogue: Dialogue) -> list[Sample]:

@@ -16,7 +16,7 @@ with [ITEM]s and their ids), which a client appends to "turns" so that the model
 recommendations as item vectors, as in training. "response" is the same text with titles filled in.
 "exclude" lists item ids never to recommend (say, what the user has seen); with the model's
 inference.exclude_mentioned (`pecrs serve --exclude-mentioned`) the items the turns mention are excluded too.
-"link_titles": true reads catalog titles typed in the texts as [ITEM] mentions first (pecrs.mentions),
+"link_titles": true reads catalog titles typed in the texts as [ITEM] mentions first (pecrs.title_linking),
 and "exclude_mentioned" overrides the model's setting for one request; the chat page sets both.
 "read_as" lists the items the titles typed in the last (seeker) turn were read as ([] without link_titles).
 

@@ -5,9 +5,11 @@
             seeded generator, so a step is reproducible and resumable.
     device  step_losses: item vectors (Eq. 1) and the three losses in one LM pass (Eq. 3–7).
 
-The device part never reads a device value on the host and never builds a tensor from host
-data, so on a GPU the host prepares the next batch while the current one runs (and the step can
-be captured as a CUDA graph). tests/test_step.py checks this at the dispatcher level.
+With `model.item_encoding: cached` (the default) the device part never reads a device value on
+the host and never builds a tensor from host data, so on a GPU the host prepares the next batch
+while the current one runs (and the step can be captured as a CUDA graph). tests/test_step.py
+checks this at the dispatcher level. "adapted" re-encodes the step's items and reads their
+lengths on the host (`PECRS.item_token_states`): it syncs once a step.
 
 With static shapes every step has the same tensor shapes: contexts and responses padded to their
 maxima (`tokens.static_widths`), candidates laid out even in batches without a target, and the
@@ -21,7 +23,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .catalog import ItemStore, sample_negatives, vector_slots
+from .catalog import ItemStore
 from .config import TrainConfig
 from .tokens import Batch, EncodedSample
 
@@ -97,6 +99,33 @@ def item_slots(encoded: list[EncodedSample], rows: int, t: TrainConfig) -> int:
     per_sample = max((len({i for i in e.context_items if i >= 0} | ({e.target} if e.target >= 0 else set()))
                       for e in encoded), default=0)
     return negative_slots(t, rows) + rows * per_sample
+
+def sample_negatives(n_items: int, positives: torch.Tensor, m: int, rows: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """M catalog indices that are none of the batch's positives (§3.6), drawn without replacement.
+    rows=None: one shared set [M]; rows=B: an independent set per row [B, M] (ablation)."""
+    weights = torch.ones(n_items)
+    weights[positives.cpu()] = 0
+    m = min(m, int(weights.sum()))
+    if rows is None:
+        return torch.multinomial(weights, m, replacement=False, generator=generator)
+    return torch.multinomial(weights.expand(rows, n_items), m, replacement=False, generator=generator)
+
+
+def vector_slots(n_items: int, *index_tensors: torch.Tensor, size: int | None = None):
+    """On the host: the distinct catalog indices a batch touches, (items [U], row [n_items]) with
+    row[items[j]] = j (-1 elsewhere). `size` pads items to a fixed U (repeating the first index;
+    the padded rows are computed and never read) so that every step has the same shapes."""
+    flat = torch.cat([t.flatten().cpu() for t in index_tensors])
+    needed = torch.unique(flat[flat >= 0])
+    row = torch.full((n_items,), -1, dtype=torch.long)
+    row[needed] = torch.arange(len(needed))
+    if size is not None:
+        if len(needed) > size:
+            raise ValueError(f"the batch touches {len(needed)} items, more than its fixed item slots ({size})")
+        fill = needed[:1] if len(needed) else torch.zeros(1, dtype=torch.long)
+        needed = torch.cat([needed, fill.expand(size - len(needed))])
+    return needed, row
 
 
 def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Generator,

@@ -209,7 +209,8 @@ def item_head(items: list[int], rec_end_id: int) -> tuple[list[int], list[int]]:
     """The injected items as (token ids, item slots): one slot per item (its id SLOT_ID, its
     embedding replaced by the item's vector) then [REC_END], the layout of Eq. 6 ([REC] v_p
     [REC_END], the [REC] closing the context). The one layout of training (`collate`), generation
-    (`PECRS.generation_inputs`) and an earlier recommender turn in a context (`turn_tokens`)."""
+    (`PECRS.generation_inputs`, its ids; the items, a row per sample, it builds as one tensor) and
+    an earlier recommender turn in a context (`turn_tokens`)."""
     return [SLOT_ID] * len(items) + [rec_end_id], list(items) + [NO_ITEM]
 
 

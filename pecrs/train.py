@@ -29,7 +29,7 @@ from .catalog import ItemStore
 from .config import RunConfig
 from .evaluate import recall_only
 from .catalog_source import dataset_record, matches_record
-from .setup import Setup, prepare, say
+from .prepare import Setup, prepare, say
 from .model import PECRS
 from .pretrained import (CONFIG_FILE, check_same_model, init_from_checkpoint, load_weights, read_meta,
                          recover_checkpoint, save_pretrained)
@@ -84,6 +84,13 @@ def total_loss(losses: dict, config: RunConfig) -> torch.Tensor:
 
 
 def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop_after_steps: int | None = None) -> dict:
+    """Train PECRS in one stage (§3.6) into `output_dir`, resuming from its last/ when there is one.
+    In order: processes and precision (accelerate); the data, model and item store (`prepare`);
+    the step's shapes and mode (static widths, eager/compiled/graph); optimiser and schedule,
+    restored on resume; the epoch loop (`_forward_backward` per batch, a deadline, last/ saved);
+    dev selection after each epoch (`_select_on_dev` keeps best/). Returns the trainer state
+    (epoch, batch, global_step, best dev score and its epoch; stopped_early when cut short).
+    `stop_after_steps`: stop (and save last/) after that many optimiser steps (tests, benchmarks)."""
     t = config.train
     out = Path(output_dir)
     precision = t.mixed_precision
@@ -324,9 +331,12 @@ def check_same_data(config: RunConfig, last: Path, what: str) -> None:
               for k in DATA_KEYS if getattr(theirs, k) != getattr(ours, k)]
     recorded, here = meta.get("data"), Path(ours.dataset).resolve()
     there = Path(recorded["dataset"]) if recorded else Path(theirs.dataset).resolve()
-    if recorded and here == there and not matches_record(recorded, here):
+    # With a record: the same files (a copy elsewhere counts). Without one: the same folder or spelling.
+    same_dataset = (matches_record(recorded, here) if recorded
+                    else here == there or theirs.dataset == ours.dataset)
+    if recorded and here == there and not same_dataset:
         differ.insert(0, f"the files of train.dataset {here} changed since it was saved")
-    elif not (matches_record(recorded, here) if recorded else here == there or theirs.dataset == ours.dataset):
+    elif not same_dataset:
         def shown(spelling, folder):  # the folder too where the spelling is relative
             return repr(spelling) if str(folder) == spelling else f"{spelling!r} ({folder})"
         differ.insert(0, f"train.dataset is {shown(theirs.dataset, there)} there, {shown(ours.dataset, here)} here")

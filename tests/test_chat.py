@@ -130,7 +130,7 @@ def test_ctrl_c_ends_a_command_without_a_traceback(monkeypatch, capsys):
 
 
 def test_typed_titles_become_item_mentions(rec):
-    """A catalog title typed in a line is read as an [ITEM] mention (pecrs.mentions), shown as
+    """A catalog title typed in a line is read as an [ITEM] mention (pecrs.title_linking), shown as
     "(read as: ...)", and ranks as that mention does; --no-link-titles reads it as words."""
     lines = _chat(rec, "I loved Movie 3 and Movie 10\n/top 3\n", decoding="greedy", exclude_mentioned=False)
     assert "  (read as: Movie 3 (2003); Movie 10 (2010))" in lines

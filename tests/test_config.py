@@ -204,7 +204,7 @@ def test_targets_only_keeps_the_recommending_train_samples_and_a_new_key(tmp_pat
     """train.targets_only drops the train samples without a target (dev and test keep them all);
     at its default it leaves every stored experiment key as it was."""
     from pecrs.experiments.keys import train_key
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
     from pecrs.testing import tiny_config, write_dataset
 
     write_dataset(tmp_path / "data")
@@ -229,7 +229,7 @@ def test_fresh_targets_only_drops_the_train_samples_whose_target_was_mentioned_b
     """train.fresh_targets_only keeps every train sample but those recommending an item the
     dialogue named before (dev and test keep them all); at its default no stored key changes."""
     from pecrs.experiments.keys import train_key
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
     from pecrs.testing import tiny_config, write_dataset
 
     write_dataset(tmp_path / "data")
@@ -258,19 +258,19 @@ def test_fresh_targets_only_drops_the_train_samples_whose_target_was_mentioned_b
 def test_prepare_reports_what_reading_the_dataset_skipped_or_repaired(tmp_path, monkeypatch, capsys):
     """Mentions written as text and repaired records (bundle.skipped / repaired, what `pecrs data
     stats` shows) are said when a run reads its dataset, not left for the user to discover."""
-    import pecrs.setup
-    from pecrs.setup import prepare
+    import pecrs.prepare
+    from pecrs.prepare import prepare
     from pecrs.testing import tiny_config, write_dataset
 
     write_dataset(tmp_path / "data")
-    read = pecrs.setup.load_dataset
+    read = pecrs.prepare.load_dataset
 
     def counted(path, **kwargs):
         bundle = read(path, **kwargs)
         bundle.skipped["redial: mention not in catalog"] = 7
         bundle.repaired["QUOTATION_MARK read as a quote"] = 1234
         return bundle
-    monkeypatch.setattr(pecrs.setup, "load_dataset", counted)
+    monkeypatch.setattr(pecrs.prepare, "load_dataset", counted)
     prepare(tiny_config(tmp_path / "data"), progress=True)
     err = capsys.readouterr().err
     assert "skipped redial: mention not in catalog: 7" in err and "repaired QUOTATION_MARK read as a quote: 1,234" in err

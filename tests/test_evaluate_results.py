@@ -15,7 +15,7 @@ import pytest
 
 import pecrs.evaluate
 import pecrs.pretrained
-import pecrs.setup
+import pecrs.prepare
 from pecrs.catalog_source import DatasetNotFound, dataset_sha1, find_dataset, resolve_catalog
 from pecrs.cli import main
 from pecrs.export import card_test_metrics, export, measured_before, measured_elsewhere
@@ -54,7 +54,7 @@ def stubbed(monkeypatch):
     """`pecrs evaluate` with the dataset loading and the evaluation planned: what each call was
     given is kept (its dataset, its samples)."""
     calls = []
-    monkeypatch.setattr(pecrs.setup, "prepare", lambda config, model=None, **kw: calls.append(kw) or types.SimpleNamespace(
+    monkeypatch.setattr(pecrs.prepare, "prepare", lambda config, model=None, **kw: calls.append(kw) or types.SimpleNamespace(
         model=model, store=None, encoder=None, samples={"test": [1, 2, 3]}))
     monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: calls[-1].update(samples=a[3]) or {"recall@1": 0.5})
     return calls

@@ -105,7 +105,7 @@ def test_recommender_reads_a_checkpoint_saved_before_the_section(tmp_path):
 
 def test_pecrs_evaluate_takes_the_run_settings_and_its_flags(tmp_path, monkeypatch):
     import pecrs.evaluate
-    import pecrs.setup
+    import pecrs.prepare
     from pecrs.cli import main
 
     run, _ = make_tiny_run(tmp_path)
@@ -114,7 +114,7 @@ def test_pecrs_evaluate_takes_the_run_settings_and_its_flags(tmp_path, monkeypat
     meta["config"]["inference"].update(m_inference=5, decoding="greedy", batch_size=3, no_repeat_ngram=3)
     meta_path.write_text(json.dumps(meta))
     seen = []
-    monkeypatch.setattr(pecrs.setup, "prepare", lambda config, model=None, **kw: types.SimpleNamespace(
+    monkeypatch.setattr(pecrs.prepare, "prepare", lambda config, model=None, **kw: types.SimpleNamespace(
         model=model, store=None, encoder=None, samples={"test": []}))
     monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: seen.append((a[4], kw)) or {})
     assert main(["evaluate", str(run), "--device", "cpu", "--json", "--output", str(tmp_path / "a.json")]) == 0

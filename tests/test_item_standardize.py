@@ -8,7 +8,7 @@ from pecrs.catalog import ItemStore
 from pecrs.experiments.keys import train_key
 from pecrs.heads import ItemEncoder
 from pecrs.pretrained import build_model, load_pretrained, load_weights
-from pecrs.setup import prepare
+from pecrs.prepare import prepare
 from pecrs.testing import tiny_config, write_dataset
 from pecrs.train import train
 

@@ -84,3 +84,27 @@ def test_one_rerank_pass_serves_every_m_inference(backbone):
     np.testing.assert_array_equal(together[8], top[:, :6].numpy())
     # the grid differs across M (else the comparison above proves nothing)
     assert not np.array_equal(together[3][:, :3], together[16][:, :3])
+
+
+def test_samples_sharing_a_context_are_ranked_once(monkeypatch):
+    """The k samples of a turn naming k items share their context: ranked once, the ranking copied
+    to each (equal to ranking each alone); samples that differ in their exclusions stay apart."""
+    cfg = RunConfig()
+    cfg.model.backbone, cfg.model.item_max_tokens = "tiny-llama", 16
+    model = build_model(cfg, seed=0).eval()
+    store = ItemStore(ITEMS, model.tokenizer, cfg.model.item_fields, 16).cache_base_states(model)
+    encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
+    test = encoder.encode_all(make_samples(dialogues(1, 6)))
+    vectors = store.all_vectors(model)
+    repeated = [test[0], test[1], test[0], test[2], test[1], test[0]]
+    rows_ranked = []
+    recommend = model.recommend
+    monkeypatch.setattr(model, "recommend", lambda ids, *a, **kw: rows_ranked.append(len(ids)) or recommend(ids, *a, **kw))
+    ranked = rank_samples(model, repeated, vectors, 8, 4, keep=6)
+    assert sum(rows_ranked) == 3
+    alone = rank_samples(model, test[:3], vectors, 8, 4, keep=6)
+    np.testing.assert_array_equal(ranked, alone[[0, 1, 0, 2, 1, 0]])
+    rows_ranked.clear()
+    exclude = [[], [], [int(alone[0, 0])], [], [], []]           # the third copy of test[0] excludes its top item
+    ranked = rank_samples(model, repeated, vectors, 8, 4, keep=6, exclude=exclude)
+    assert sum(rows_ranked) == 4 and ranked[2, 0] != ranked[0, 0] and (ranked[5] == ranked[0]).all()

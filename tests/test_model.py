@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from pecrs.catalog import ItemStore, sample_negatives, vector_slots
+from pecrs.catalog import ItemStore
+from pecrs.step import sample_negatives, vector_slots
 from pecrs.config import RunConfig
 from pecrs.data import Dialogue, Item, Turn
 from pecrs.heads import angular_distance
@@ -128,7 +129,7 @@ def test_training_pass_matches_inference_and_isolates_segments(setup):
     negs = torch.tensor([[1, 2, 5, 8]] * 3)
     vectors, row = batch_item_vectors(model, store, batch.target, negs, batch.context_items, batch.gen_items)
     g = torch.Generator().manual_seed(0)
-    losses = model.training_losses(batch, vectors, row, negs, negs, generator=g)
+    losses = model.training_losses(batch, vectors, row, negs, negs, place=torch.randint(0, 5, (3,), generator=g))
     # Same loss without candidates for generation: candidates are invisible to it.
     no_cands = model.training_losses(batch, vectors, row, negs[:, :0], negs[:, :0], score_items=False)
     assert torch.allclose(losses["gen"], no_cands["gen"], atol=1e-5)

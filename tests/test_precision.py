@@ -213,7 +213,7 @@ def test_chat_flag_reaches_the_model(run, tmp_path, monkeypatch):
 
 
 def test_evaluate_flag_reaches_the_model(run, monkeypatch):
-    import pecrs.setup
+    import pecrs.prepare
 
     seen = {}
 
@@ -225,7 +225,7 @@ def test_evaluate_flag_reaches_the_model(run, monkeypatch):
         seen["proj"] = {p.dtype for n, p in model.named_parameters() if n.endswith("proj.base_layer.weight")}
         raise Stop
 
-    monkeypatch.setattr(pecrs.setup, "prepare", prepare)
+    monkeypatch.setattr(pecrs.prepare, "prepare", prepare)
     for protocol in ("pecrs", "standardized"):
         if protocol == "standardized":
             import pecrs.standardized

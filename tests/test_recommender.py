@@ -403,7 +403,7 @@ def test_lenient_catalog_reader_reports_bad_bytes_and_deep_json(tmp_path):
 def test_serving_keeps_no_user_text_while_a_dataset_encoder_memoises(rec):
     """A server's texts come from users: its encoder tokenises them per call and keeps none (a
     memo would grow with every request); a training encoder memoises the dataset's recurring turns."""
-    from pecrs.setup import dialogue_encoder
+    from pecrs.prepare import dialogue_encoder
 
     rec.recommend(TURNS, k=2)
     rec.respond([{"role": "seeker", "text": "something else entirely"}])

@@ -207,7 +207,7 @@ def test_evaluating_a_shipped_model_scores_its_shipped_vectors(exported, monkeyp
     encoding the catalog; a catalog edited since, or other item fields, are encoded as usual."""
     from pecrs.catalog import ItemStore
     from pecrs.pretrained import load_pretrained
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
 
     run, shipped = exported
     data = _with_test_split(Path(shutil.copytree(run.parent / "data", tmp_path / "data")))

@@ -300,7 +300,7 @@ def test_model_ranking_is_the_recommenders(tiny_run, tmp_path):
     """Each instance is ranked by the model's one ranking path: the same top items as
     `Recommender.recommend` on that instance's context, and scored from those rankings."""
     from pecrs.recommender import Recommender
-    from pecrs.setup import prepare
+    from pecrs.prepare import prepare
 
     run_dir, data = tiny_run
     rec = Recommender.from_pretrained(run_dir, catalog=data / "items.jsonl", device="cpu", cache_dir=False)

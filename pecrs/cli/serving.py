@@ -69,7 +69,7 @@ def add_chat_parser(subparsers) -> None:
                         "--no-exclude-mentioned allows it, as the paper's protocol does)")
     p.add_argument("--no-link-titles", dest="link_titles", action="store_false",
                    help="read typed titles as plain words (default: a catalog title you type becomes an item "
-                        "mention, as in training; pecrs.mentions)")
+                        "mention, as in training; pecrs.title_linking)")
     p.set_defaults(func=_chat)
 
 

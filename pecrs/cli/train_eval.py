@@ -46,7 +46,7 @@ def _evaluate(args) -> int:
     from ..evaluate import evaluate
     from ..export import checkpoint_position
     from ..pretrained import checkpoint_dir, load_pretrained, read_meta
-    from ..setup import prepare
+    from ..prepare import prepare
 
     ckpt = checkpoint_dir(args.run_dir)
     # Checked before minutes of work: the dataset, then where the results go.
@@ -181,7 +181,7 @@ def _evaluate_standardized(args) -> int:
     from ..backbone import default_device
     from ..pretrained import checkpoint_dir, load_pretrained, read_meta
     from ..standardized import evaluate_model, load_collection, restrict
-    from ..setup import prepare
+    from ..prepare import prepare
     from ..experiments.provenance import git_revision, hardware, now
 
     ckpt = checkpoint_dir(args.run_dir)

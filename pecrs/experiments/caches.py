@@ -25,12 +25,12 @@ def free_memory() -> None:
 
 
 def eval_setup(ckpt: Path, config: RunConfig):
-    """`pecrs.setup.Setup` for evaluating `ckpt` with `config` (item fields, dataset, eval slice),
+    """`pecrs.prepare.Setup` for evaluating `ckpt` with `config` (item fields, dataset, eval slice),
     the model on the GPU when there is one. The model and the last two setups stay cached in the
     process, so consecutive parts on the same checkpoint load it once."""
     from ..backbone import default_device
     from ..pretrained import load_pretrained
-    from ..setup import prepare
+    from ..prepare import prepare
 
     stamp = (ckpt / "heads.safetensors").stat().st_mtime if (ckpt / "heads.safetensors").exists() else 0
     mkey = (str(ckpt.resolve()), stamp, config.model.backbone)

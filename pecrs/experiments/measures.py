@@ -1,4 +1,4 @@
-"""What the evaluation parts measure, on a `pecrs.setup.Setup` (model, catalog, samples).
+"""What the evaluation parts measure, on a `pecrs.prepare.Setup` (model, catalog, samples).
 
 `full_evaluation` is `pecrs.evaluate.evaluate` with the run's settings (all of §4.1: recall,
 dedup recall, naive baseline, ROUGE, F-1, PPL, Dist). `rankings` ranks the catalog for every

@@ -95,7 +95,7 @@ def items_by_last_mention(turns) -> tuple:
     `turns` is a sequence of objects with an `items` attribute (e.g. `Sample.context`, a tuple
     of `pecrs.data.Turn`); within a turn, items come in placeholder order, so a later
     placeholder is a more recent mention. An item mentioned in turns 1 and 5 ranks by turn 5.
-    Use this to feed `naive_baseline_ranking(..., last_mention_order=...)` exactly.
+    This is what `naive_baseline_ranking` ranks.
     """
     last: dict = {}
     pos = 0
@@ -106,8 +106,7 @@ def items_by_last_mention(turns) -> tuple:
     return tuple(sorted(last, key=last.__getitem__, reverse=True))
 
 
-def naive_baseline_ranking(earlier_items: Sequence[Sequence], k: int = max(DEFAULT_KS), *,
-                           last_mention_order: Sequence[Sequence] | None = None,
+def naive_baseline_ranking(last_mention_order: Sequence[Sequence], k: int = max(DEFAULT_KS), *,
                            item_index: Mapping | None = None) -> np.ndarray:
     """Ranking of the naive baseline that recommends the items already mentioned in the dialogue.
 
@@ -115,24 +114,16 @@ def naive_baseline_ranking(earlier_items: Sequence[Sequence], k: int = max(DEFAU
     padded with -1 (no recommendation) to shape (n, k). Score it with `recall_at_k`; with
     `dedup_recall_at_k` it scores 0 by construction (it can only hit seen-before targets).
 
-    earlier_items: per sample, items in FIRST-mention order (`Sample.earlier_items`). Without
-    `last_mention_order`, "most recent first" is approximated by reversing first-mention order,
-    i.e. items are ordered by their first mention, latest first; an item re-mentioned late
-    keeps its early position. This differs from true recency only for re-mentioned items.
-    last_mention_order: optional, per sample, items already ordered most recent first by their
-    LATEST mention (e.g. `items_by_last_mention(sample.context)`); used instead when given.
+    last_mention_order: per sample, the items mentioned before it, most recent first by their
+    LATEST mention (`items_by_last_mention(sample.context)`; an item named in turns 1 and 5 ranks
+    by turn 5, so first-mention order reversed is not the same).
     item_index: optional mapping item id -> catalog index, applied when the lists hold ids
     (e.g. strings) rather than catalog indices; an id missing from it raises KeyError.
     Duplicates within a row are kept once, at their first position.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if last_mention_order is not None:
-        if len(last_mention_order) != len(earlier_items):
-            raise ValueError("last_mention_order and earlier_items differ in length")
-        rows = [list(r) for r in last_mention_order]
-    else:
-        rows = [list(reversed(list(r))) for r in earlier_items]
+    rows = [list(r) for r in last_mention_order]
     out = np.full((len(rows), k), -1, dtype=np.int64)
     for i, row in enumerate(rows):
         seen: set = set()

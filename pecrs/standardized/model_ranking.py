@@ -22,7 +22,11 @@ def context_turns(conv: Conversation, upto: int, item_index: Mapping[str, int]):
     each mention `@m` of a catalog movie becomes [ITEM] with m in `items`, of a movie missing from
     the catalog its name from movieMentions (year dropped); other text is kept as it is. The
     protocol counts every mention, so every one is linked; training's default "pecrs" rule writes
-    some as titles instead (991 on ReDial-subset's splits, loaders/redial.py rule 3)."""
+    some as titles instead (991 on ReDial-subset's splits, loaders/redial.py rule 3).
+    It follows the protocol's collection, not the loaders, where the two could part: only `@m` in
+    movieMentions is linked (the loaders link any catalog id; on the official test file all 8,521
+    are in it), a literal "[ITEM]" is written "[item]" (the loaders refuse it), and no
+    QUOTATION_MARK is read back (INSPIRED's escape, absent from ReDial)."""
     merged: list[list] = []   # [role, text, items]
     for by_recommender, text in conv.messages[:upto]:
         items: list[str] = []

@@ -78,8 +78,7 @@ def score_all(collection: Collection, ranked: np.ndarray, codes: Mapping[str, in
 def naive_ranking(collection: Collection, codes: Mapping[str, int], k: int = max(KS)) -> np.ndarray:
     """The naive baseline's ranking [n_instances, k] in `codes`: each instance's earlier movies,
     most recently mentioned first (-1 pads)."""
-    earlier = [inst.earlier for inst in collection.instances]
-    return metrics.naive_baseline_ranking(earlier, k, last_mention_order=earlier, item_index=codes)
+    return metrics.naive_baseline_ranking([inst.earlier for inst in collection.instances], k, item_index=codes)
 
 
 def evaluate_naive(collection: Collection, catalog: Sequence[str] | None = None) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pecrs.data import ITEM, Item
-from pecrs.mentions import TitleLinker
+from pecrs.title_linking import TitleLinker
 
 DATA = Path(__file__).parents[2] / "shared" / "datasets"
 
@@ -136,7 +136,7 @@ def test_names_shouting_and_sequels_do_not_link(linker):
 
 def test_common_words_link_only_quoted_or_dated():
     """"Sir", "Cool", "It" capitalised mid-sentence are more often words than films (INSPIRED's dev
-    and test dialogues: pecrs/mentions.py); rarer one-word titles still link bare."""
+    and test dialogues: pecrs/title_linking.py); rarer one-word titles still link bare."""
     linker = TitleLinker(CATALOG + [Item("sir", "Sir", 2018), Item("cool", "Cool!", 2004),
                                     Item("looper", "Looper", 2012)])
     for text in ("Hmm just 4 hours Sir!", "I want to watch the trailer Cool thanks", "Got It.",
