@@ -17,9 +17,28 @@ from __future__ import annotations
 import torch
 
 from .data import SEP, Item
+from .dialogue_input import CHARS_PER_TOKEN
 from .tokens import marked_token_ids
 
 CACHED_STATES_DTYPE = torch.float16   # "cached" item token states: half the memory (ReDial: ~2 GB in float32)
+
+
+def cut_pieces(pieces: list[str], limit: int, keep_end: bool = False) -> list[str]:
+    """An item's text pieces cut to `limit` characters in all, kept from the start (from the end
+    with `keep_end`). Its tokens past model.item_max_tokens are dropped anyway, and tokenizing a
+    1 MB plot whole costs seconds and a GB for 128 tokens kept; a token spans far fewer than
+    CHARS_PER_TOKEN characters, so the cut never reaches a token that is kept."""
+    if sum(map(len, pieces)) <= limit:
+        return pieces
+    if keep_end:
+        return [p[::-1] for p in reversed(cut_pieces([p[::-1] for p in reversed(pieces)], limit))]
+    kept, room = [], limit
+    for piece in pieces:
+        if room <= 0:
+            break
+        kept.append(piece[:room])
+        room -= len(piece)
+    return kept
 
 
 class ItemStore:
@@ -33,8 +52,10 @@ class ItemStore:
         self.ids = [it.id for it in self.items]
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
         # Item.text, with [SEP] the only special token in it; cut on the tokenizer's truncation side.
-        rows = marked_token_ids(tokenizer, [it.text_pieces(tuple(fields)) for it in self.items], SEP)
         left = getattr(tokenizer, "truncation_side", "right") == "left"
+        limit = CHARS_PER_TOKEN * max_tokens
+        rows = marked_token_ids(tokenizer, [cut_pieces(it.text_pieces(tuple(fields)), limit, left)
+                                            for it in self.items], SEP)
         rows = [ids[-max_tokens:] if left else ids[:max_tokens] for ids in rows]
         # Padded on the right whatever the tokenizer's padding side: the pooling weight w_l of Eq. 1
         # belongs to the l-th token of the item, and "w/o item pooling" reads the last real one.

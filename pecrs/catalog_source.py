@@ -32,9 +32,11 @@ class CatalogReport:
     vectors_from_cache: bool = False
     cache_path: str | None = None
     encode_seconds: float = 0.0
+    vectors_with_model: bool = False   # read from the model's own folder (a shipped or saved model), no cache
 
     def summary(self) -> str:
-        vec = (f"vectors loaded from cache {self.cache_path}" if self.vectors_from_cache
+        vec = (f"vectors saved with the model ({Path(self.cache_path or '').name})" if self.vectors_with_model else
+               f"vectors loaded from cache {self.cache_path}" if self.vectors_from_cache
                else f"vectors encoded in {self.encode_seconds:.1f} s"
                + (f", cached at {self.cache_path}" if self.cache_path else ""))
         bad = f"; skipped {self.n_errors} bad line(s)" if self.n_errors else ""
@@ -44,7 +46,9 @@ class CatalogReport:
 def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], list[str], int]:
     """An items.jsonl read like `loaders.load_items`, except that a bad line (malformed JSON, a
     missing title, a wrong type, a duplicate id) is skipped and reported instead of raised.
-    Returns (items, the first `max_errors` messages, the number of bad lines)."""
+    Returns (items, the first `max_errors` messages, the number of bad lines). A file whose bad
+    lines outnumber its items (another format, a pretty-printed JSON file) is refused: serving
+    the few lines that happen to parse would hide that the catalog was not read."""
     path = require_file(Path(path))
     items: dict[str, Item] = {}
     errors: list[str] = []
@@ -64,10 +68,14 @@ def read_items_lenient(path, max_errors: int = 10) -> tuple[dict[str, Item], lis
             n_bad += 1
             if len(errors) < max_errors:
                 errors.append(str(e))
-    if not items:
-        if not n_bad:
-            raise DataError("the catalog holds no items", path=str(path))
-        raise DataError(f"no valid items ({n_bad} bad line(s); first: {errors[0] if errors else 'not kept'})", path=str(path))
+    if not items and not n_bad:
+        raise DataError("the catalog holds no items", path=str(path))
+    if n_bad > len(items):
+        first = errors[0] if errors else "not kept"
+        hint = ("; a catalog is JSON Lines, one JSON object per line (docs/data-format.md)"
+                if path.suffix.lower() != ".jsonl" or len(items) else "")
+        found = "no valid items" if not items else f"most lines are bad, {len(items)} item(s) read"
+        raise DataError(f"{found} ({n_bad} bad line(s); first: {first}){hint}", path=str(path))
     return items, errors, n_bad
 
 

@@ -17,7 +17,7 @@ import torch
 from .catalog import ItemStore
 from .catalog_source import CATALOG_FILE
 from .config import RunConfig
-from .data import DatasetBundle, Item, Sample
+from .data import DataError, DatasetBundle, Item, Sample
 from .loaders import load_dataset, load_items
 from .model import PECRS
 from .pretrained import build_model, other_backbone, read_meta
@@ -52,16 +52,20 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     (inference only): a checkpoint whose saved item vectors are used when they are this
     catalog's (a shipped model), so nothing is encoded and evaluation scores what serving serves."""
     m, t = config.model, config.train
-    if model is None:
-        say(f"loading backbone {m.backbone}", progress)
-        model = build_model(config, seed=t.seed)
-    if device is not None:
-        model.to(device)
+    # The data first: a wrong path fails before the backbone's load (or first conversion) runs.
+    if dataset is None and not Path(t.dataset).exists():
+        raise DataError(f"dataset folder not found (train.dataset, read from the working directory {Path.cwd()}); "
+                        "give it with train.dataset=DIR", path=t.dataset)
     say(f"loading dataset {dataset or t.dataset}", progress)
     bundle = load_dataset(dataset or t.dataset, mentions=t.redial_mentions)
     for kind, counts in (("skipped", bundle.skipped), ("repaired", bundle.repaired)):
         for what, n in sorted(counts.items()):   # documented departures (docs/data-format.md)
             say(f"{bundle.name}: {kind} {what}: {n:,} (pecrs data stats)", progress)
+    if model is None:
+        say(f"loading backbone {m.backbone}", progress)
+        model = build_model(config, seed=t.seed)
+    if device is not None:
+        model.to(device)
     store = ItemStore(list(bundle.items.values()), model.tokenizer, m.item_fields, m.item_max_tokens, m.item_encoding)
     saved = saved_catalog_vectors(Path(saved_vectors_from), store.items, model) if saved_vectors_from else None
     if saved is not None:
@@ -87,14 +91,18 @@ def prepare(config: RunConfig, model: PECRS | None = None, dataset: str | None =
     return Setup(config, model, bundle, store, encoder, samples)
 
 
-def saved_catalog_vectors(checkpoint: Path, items: list[Item], model: PECRS) -> torch.Tensor | None:
+def saved_catalog_vectors(checkpoint: Path, items: list[Item], model: PECRS, meta: dict | None = None,
+                          read_from_checkpoint: bool = False) -> torch.Tensor | None:
     """The item vectors saved with `checkpoint` when its saved catalog is exactly `items` (same
     ids, texts and order: a catalog edited since, or another one, is encoded instead) and `model`
-    has the base weights that encoded them."""
+    has the base weights that encoded them: the one rule of evaluation (`prepare`) and serving
+    (`Recommender.from_pretrained`). `read_from_checkpoint`: `items` are that saved catalog, read
+    just now (nothing to compare)."""
     saved_catalog = checkpoint / CATALOG_FILE
-    if not saved_catalog.is_file() or list(load_items(saved_catalog).values()) != list(items):
+    if not read_from_checkpoint and (not saved_catalog.is_file()
+                                     or list(load_items(saved_catalog).values()) != list(items)):
         return None
-    if other_backbone(model, read_meta(checkpoint)):
+    if other_backbone(model, meta or read_meta(checkpoint)):
         return None
     return load_saved_vectors(checkpoint, items, model.config, model.hidden_size)
 

@@ -50,10 +50,10 @@ from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_
 from .config import ConfigError, check_value
 from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
-from .prepare import dialogue_encoder, say
+from .prepare import dialogue_encoder, saved_catalog_vectors, say
 from .samples import mentioned_items
 from .twins import excluded_rows, same_film
-from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, load_saved_vectors, save_cached, save_vectors
+from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, save_cached, save_vectors
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Recommender:
         from .config import RunConfig
         from .decoding import resolve
         from .precision import resolve_dtype
-        from .pretrained import CONFIG_FILE, checkpoint_dir, load_pretrained, other_backbone, read_meta
+        from .pretrained import CONFIG_FILE, checkpoint_dir, load_pretrained, read_meta
 
         ckpt = checkpoint_dir(str(run_dir_or_checkpoint))
         meta = read_meta(ckpt)
@@ -181,11 +181,11 @@ class Recommender:
         model, config = load_pretrained(ckpt, backbone=backbone)
         model.to(device).eval()
         items, report = resolve_catalog(catalog, ckpt, config.train.dataset, strict=strict_catalog)
-        # Saved vectors were encoded by the checkpoint's own base weights: not another backbone's.
-        saved_usable = catalog is None and not other_backbone(model, meta)
-        vectors = load_saved_vectors(ckpt, items.values(), config.model, model.hidden_size) if saved_usable else None
+        # Saved vectors serve their own catalog (also given as catalog=), from the base weights that encoded them.
+        vectors = saved_catalog_vectors(ckpt, list(items.values()), model, meta,
+                                        read_from_checkpoint=catalog is None and (ckpt / CATALOG_FILE).is_file())
         if vectors is not None:
-            report.vectors_from_cache = True
+            report.vectors_from_cache = report.vectors_with_model = True
             report.cache_path = str(ckpt / VECTORS_FILE)
         elif cache_dir is not False:
             folder = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -251,7 +251,7 @@ class Recommender:
         if self._linker is None:
             from .title_linking import TitleLinker
 
-            with self._lock:   # built once, on first use (~10 us per item)
+            with self._lock:   # built once, on first use or at `pecrs serve` start-up (~25 us per item)
                 if self._linker is None:
                     self._linker = TitleLinker(self.item_list)
         return self._linker.link(text, items)

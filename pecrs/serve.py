@@ -263,4 +263,8 @@ def create_app(recommender) -> FastAPI:
 def serve(recommender, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     import uvicorn
 
+    # The title index (the chat page links typed titles) and the same-film groups are built now,
+    # not inside the first request that needs them, under the model lock (seconds for 10^5 items).
+    recommender.link_titles("")
+    recommender.twins
     uvicorn.run(create_app(recommender), host=host, port=port, log_level=log_level)

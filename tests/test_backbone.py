@@ -67,12 +67,17 @@ def test_unknown_name_and_missing_folder_raise_clear_errors(tmp_path):
         bb.load_backbone(str(tmp_path))
 
 
-def test_local_folder_round_trip(tmp_path):
-    """GPT-2 stays usable from a local copy: save the tiny one, load it back as a folder."""
+def test_local_folder_round_trip(tmp_path, capfd):
+    """GPT-2 stays usable from a local copy: save the tiny one, load it back as a folder (with no
+    "Loading weights" bar on every start, and transformers' bars left on after)."""
+    from transformers.utils import logging as hf_logging
+
     model, tokenizer = bb.load_backbone("tiny-gpt2")
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
     again, tok2 = bb.load_backbone(str(tmp_path))
+    assert "Loading weights" not in capfd.readouterr().err and hf_logging.is_progress_bar_enabled()
     ids = tokenizer("a good movie", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, again(ids).logits)

@@ -200,3 +200,35 @@ def test_sentencepiece_text_tokenizes_as_one_call():
     assert marked_token_ids(tokenizer, [[], ["ab"]], ITEM)[0] == []       # an empty text is empty
     forged = marked_token_ids(tokenizer, [" a [REC] b".split(ITEM)], ITEM)[0]
     assert tokenizer.convert_tokens_to_ids(REC) not in forged
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_huge_item_text_is_cut_before_tokenizing_to_the_same_ids(side, monkeypatch):
+    """An item's text is cut to CHARS_PER_TOKEN x item_max_tokens characters before it is
+    tokenized (a 1 MB plot cost seconds and a GB for 128 tokens kept): its ids are those of the
+    whole text truncated, on the tokenizer's truncation side, and only the huge item is cut."""
+    import pecrs.catalog
+    from pecrs.backbone import add_special_tokens, load_backbone
+    from pecrs.catalog import ItemStore
+    from pecrs.data import Item
+    from pecrs.tokens import marked_token_ids
+
+    lm, tokenizer = load_backbone("tiny-llama")
+    add_special_tokens(lm, tokenizer)
+    tokenizer.truncation_side = side
+    plot = " ".join(f"scene{k} of the long plot, then" for k in range(40_000))     # ~1.3 MB
+    items = [Item("1", "Heat", actors=("Al Pacino",), genres=("Crime",), plot=plot), Item("2", "Up", plot="A house flies.")]
+    fields = ("title", "actors", "genres", "plot")
+    pieces = [it.text_pieces(fields) for it in items]
+    assert sum(map(len, pecrs.catalog.cut_pieces(pieces[0], 16 * 32, side == "left"))) == 16 * 32
+    assert pecrs.catalog.cut_pieces(pieces[1], 16 * 32, side == "left") == pieces[1]   # a short text whole
+    tokenized = []                                   # what ItemStore hands the tokenizer
+    monkeypatch.setattr(pecrs.catalog, "marked_token_ids", lambda tok, texts, marker: tokenized.extend(
+        sum(map(len, t)) for t in texts) or marked_token_ids(tok, texts, marker))
+    store = ItemStore(items, tokenizer, fields, 32)
+    assert tokenized == [16 * 32, sum(map(len, pieces[1]))]
+    whole = marked_token_ids(tokenizer, pieces, SEP)
+    expected = whole[0][:32] if side == "right" else whole[0][-32:]
+    assert store.input_ids[0].tolist() == expected and store.attention_mask[0].sum() == 32
+    if side == "right":
+        assert SEP in tokenizer.convert_ids_to_tokens(expected)   # the fields' [SEP]s survive the cut

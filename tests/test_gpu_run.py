@@ -262,6 +262,27 @@ def test_the_revision_travels_without_git(monkeypatch):
     assert provenance.git_revision() is None
 
 
+def test_an_installed_pecrs_inside_another_repository_has_no_revision(tmp_path):
+    """Installed from a wheel into a .venv inside the user's own git project, pecrs must not record
+    that project's commit as its own revision."""
+    from pecrs.experiments import provenance
+
+    project = tmp_path / "project"
+    installed = project / ".venv" / "lib" / "site-packages" / "pecrs" / "experiments" / "provenance.py"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(Path(provenance.__file__).read_bytes())
+    git = ["git", "-C", str(project), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (project / "README").write_text("their project\n")
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "theirs"], check=True)
+    spec = importlib.util.spec_from_file_location("installed_provenance", installed)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._git_revision() is None
+    assert provenance._git_revision() is not None or not (REPO / ".git").exists()   # this checkout: its own
+
+
 def test_the_stored_h200_probe_plans_cuda_graphs_for_most_of_the_window(tmp_path, monkeypatch):
     """tools/gpu/probe_h200.json (PROBE_FROM) is a real probe: CUDA graphs at batch 32 after their
     ~101 s compile. Reused with a whole call's window (the probe's own time saved), it plans many

@@ -321,11 +321,20 @@ def test_lenient_catalog_reading(tmp_path):
     good = [{"id": "a", "title": "A", "year": 2001}, {"id": 7, "title": "Seven", "genres": ["Drama"]}]
     bad = ['{"id": "b"', '{"id": "c"}', '{"id": "d", "title": "D", "year": "1999"}', '[1, 2]',
            json.dumps({"id": "a", "title": "dup"}), json.dumps({"title": "no id"})]
-    path.write_text("\n".join([json.dumps(good[0]), *bad, "", json.dumps(good[1])]) + "\n")
+    more = [json.dumps({"id": f"m{k}", "title": f"More {k}"}) for k in range(5)]
+    path.write_text("\n".join([json.dumps(good[0]), *bad, "", json.dumps(good[1]), *more]) + "\n")
     items, errors, n_bad = read_items_lenient(path, max_errors=3)
-    assert list(items) == ["a", "7"] and items["7"].genres == ("Drama",)
+    assert list(items)[:2] == ["a", "7"] and len(items) == 7 and items["7"].genres == ("Drama",)
     assert n_bad == 6 and len(errors) == 3
     assert "malformed JSON" in errors[0] and ":2" in errors[0] and "field 'title'" in errors[1]
+    # More bad lines than items: refused, not served with most of the catalog missing.
+    path.write_text("\n".join([json.dumps(good[0]), *bad, "", json.dumps(good[1])]) + "\n")
+    with pytest.raises(DataError, match=r"most lines are bad, 2 item\(s\) read \(6 bad line\(s\); first: .*:2: malformed JSON"):
+        read_items_lenient(path)
+    csv = tmp_path / "items.csv"                     # another format: one line may even parse
+    csv.write_text("id,title\n1,Alien\n2,Heat\n")
+    with pytest.raises(DataError, match=r"no valid items .*a catalog is JSON Lines, one JSON object per line"):
+        read_items_lenient(csv)
     path.write_text('{"id": "x"}\n')
     with pytest.raises(DataError, match=r"no valid items \(1 bad line\(s\); first: .*items\.jsonl:1 field 'title'"):
         read_items_lenient(path)

@@ -223,3 +223,19 @@ def test_cli_serve_refuses_a_port_in_use_before_loading(monkeypatch, capsys):
         port = listener.getsockname()[1]
         assert main(["serve", "--port", str(port)]) == 2
     assert loaded == [] and f"--host 127.0.0.1 --port {port}: cannot listen there" in capsys.readouterr().err
+
+
+def test_serve_builds_the_title_index_before_the_first_request(tmp_path, monkeypatch):
+    """The chat page links typed titles: the index is built at start-up, not inside the first
+    request under the model lock (seconds on a large catalog, every other request waiting)."""
+    import uvicorn
+
+    from pecrs.serve import serve
+
+    run_dir, items = make_tiny_run(tmp_path)
+    fresh = Recommender.from_pretrained(run_dir, catalog=items, device="cpu", cache_dir=False)
+    assert fresh._linker is None and "twins" not in vars(fresh)
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append((fresh._linker, "twins" in vars(fresh))))
+    serve(fresh, port=0)
+    assert len(started) == 1 and started[0][0] is not None and started[0][1]

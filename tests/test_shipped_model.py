@@ -135,6 +135,7 @@ def test_shipped_model_loads_by_name_without_encoding(exported, monkeypatch):
     monkeypatch.setattr(ItemStore, "all_vectors", no_encoding)
     rec = Recommender.from_pretrained("inspired", device="cpu")
     assert rec.report.vectors_from_cache and rec.report.cache_path.endswith(VECTORS_FILE)
+    assert "vectors saved with the model" in rec.report.summary()       # the model's own file, not a cache
     monkeypatch.undo()
     original = Recommender.from_pretrained(run, device="cpu", cache_dir=False)
     # float16 weights and vectors rank as the float32 run does

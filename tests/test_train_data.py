@@ -85,6 +85,19 @@ def test_a_train_split_without_targets_is_refused_before_the_run_folder_exists(t
     assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_dataset_is_named_with_its_key_before_the_backbone_loads(tmp_path, monkeypatch):
+    """`pecrs train tiny` where ../shared is absent: the error names train.dataset and the folder
+    the relative path was read from, and no backbone was loaded (a first SmolLM2 conversion is a
+    minute)."""
+    from pecrs.data import DataError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pecrs.prepare.build_model", lambda *a, **k: pytest.fail("the backbone loaded first"))
+    with pytest.raises(DataError, match=rf"nowhere/data.*train\.dataset.*{tmp_path}.*train\.dataset=DIR"):
+        train(tiny_config("nowhere/data"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_replies_alone_train_on_a_split_without_targets(tmp_path):
     data = tmp_path / "data"
     write_dataset(data)

@@ -33,7 +33,7 @@ def test_train_prints_status_lines_and_bars(config, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(train_module, "LOSS_REFRESH_SECONDS", 1e9)
     train(config, tmp_path / "run", progress=True)
     err = capsys.readouterr().err
-    expected = [r"pecrs: loading backbone tiny-llama\n", r"pecrs: loading dataset ",
+    expected = [r"pecrs: loading dataset ", r"pecrs: loading backbone tiny-llama\n",
                 r"pecrs: encoding 16 items", r"encoding items: 100%[^\r\n]* 16/16 ",
                 r"pecrs: encoding 12 training samples\n", r"epoch 1/1: 100%[^\r\n]* 3/3 [^\r\n]*loss=\d",
                 r"pecrs: dev evaluation: ranking the catalog for 4 samples\n", r"rank: 100%[^\r\n]* 1/1 "]

@@ -145,3 +145,28 @@ def test_vectors_saved_with_the_ids_hash_only_still_load(saved, tmp_path, monkey
     monkeypatch.setattr(ItemStore, "all_vectors", no_encoding)
     loaded = Recommender.from_pretrained(copy, device="cpu", cache_dir=False)
     assert loaded.report.vectors_from_cache and torch.equal(loaded.vectors, rec.vectors.half().float())
+
+
+def test_a_saved_models_own_catalog_given_as_catalog_uses_its_vectors(saved, tmp_path, monkeypatch):
+    """`pecrs serve saved --catalog saved/items.jsonl` (or the same items in Python) serves the saved
+    vectors, as evaluation does (one rule: prepare.saved_catalog_vectors); a copy with one title
+    edited is encoded."""
+    from pecrs.catalog import ItemStore
+    from pecrs.loaders import load_items
+
+    rec, folder = saved
+    encoded = []
+    all_vectors = ItemStore.all_vectors
+    monkeypatch.setattr(ItemStore, "all_vectors", lambda self, *a, **k: encoded.append(1) or all_vectors(self, *a, **k))
+    for catalog in (folder / "items.jsonl", list(load_items(folder / "items.jsonl").values())):
+        again = Recommender.from_pretrained(folder, catalog=catalog, device="cpu", cache_dir=False)
+        assert again.report.vectors_with_model
+        assert [r.item.id for r in again.recommend(TURNS, k=3)] == [r.item.id for r in rec.recommend(TURNS, k=3)]
+    assert encoded == []
+    edited = tmp_path / "items.jsonl"
+    lines = (folder / "items.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    lines[0] = json.dumps({**row, "title": row["title"] + " II"})
+    edited.write_text("\n".join(lines) + "\n")
+    other = Recommender.from_pretrained(folder, catalog=edited, device="cpu", cache_dir=False)
+    assert encoded == [1] and not other.report.vectors_with_model

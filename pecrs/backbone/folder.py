@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import inspect
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
 
 
 class BackboneNotAvailable(FileNotFoundError):
@@ -27,9 +27,24 @@ def _load_folder(folder: Path, dtype: torch.dtype, attn_implementation: str | No
     kwargs = {_dtype_kwarg_name(): dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with _no_progress_bars():   # a second's load: its bar would be noise on every start
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
+
+
+@contextmanager
+def _no_progress_bars():
+    """transformers' progress bars off for the block, as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _dtype_kwarg_name() -> str:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -105,6 +106,8 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype, attn_implementation: str |
     """
     target = cache_dir() / "backbones" / _conversion_key(gguf)
     if not (target / "config.json").exists():
+        print(f"pecrs: first use of {gguf.name}: converting it once into {target} (about a minute on "
+              "a CPU; later starts load it in seconds)", file=sys.stderr, flush=True)
         _convert_gguf(gguf, target)
     remove_older_conversions(gguf)  # a few stat calls when there is none
     return _load_folder(target, dtype, attn_implementation)

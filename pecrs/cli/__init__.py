@@ -33,6 +33,9 @@ SUBCOMMANDS = [add_data_parser, add_train_parser, add_evaluate_parser, add_exper
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pecrs", description="PECRS: parameter-efficient conversational recommendation")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"pecrs {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)

@@ -31,6 +31,8 @@ def _measured_dataset(given: str | None, ckpt: Path, meta: dict, folder: bool = 
     if given is None:
         if own is None:
             raise ValueError(f"{ckpt}: its config records no train.dataset; give the dataset's folder with --dataset DIR")
+        # Found, not given: say which copy (a relative path is looked for in several places).
+        print(f"pecrs: the model's dataset {recorded}: {own.resolve()}", file=sys.stderr)
         return own, True
     why = not_a_dataset(Path(given)) if folder or not Path(given).is_file() else None
     if why is not None:

@@ -31,7 +31,8 @@ def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train PECRS from a config",
                               description="Train PECRS (one stage, §3.6). Rerun to resume from RUN/last.")
     p.__class__ = IntermixedParser
-    p.add_argument("config", help="YAML config, e.g. configs/inspired.yaml")
+    p.add_argument("config", help="YAML config file, e.g. configs/inspired.yaml, or the name of one that ships "
+                                  "with pecrs (inspired, redial, tiny, inspired-gpu, ...)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=2")
     p.add_argument("--output-dir", help="run folder (default runs/<config name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -50,8 +50,14 @@ def git_revision() -> str | None:
 
 
 def _git_revision() -> str | None:
+    """pecrs's own checkout only: installed from a wheel, `root` is site-packages, and git would
+    answer for any repository around it (a project holding its .venv), not for pecrs."""
     root = Path(__file__).resolve().parents[2]
     try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not top or Path(top).resolve() != root:
+            return None
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
