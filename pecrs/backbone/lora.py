@@ -15,11 +15,6 @@ from pecrs.data import SPECIAL_TOKENS
 SPECIAL_ROW_JITTER_SEED = 0   # the new rows' jitter is the same in every run, so a seed fixes the model
 
 
-# ----------------------------------------------------------------------------------------------
-# Special tokens, LoRA
-# ----------------------------------------------------------------------------------------------
-
-
 def add_special_tokens(model, tokenizer) -> dict[str, int]:
     """Add "[ITEM]", "[SEP]", "[REC]", "[REC_END]" (§3.2) and return `{token: id}`.
 
@@ -223,6 +218,3 @@ def count_trainable(model: nn.Module) -> TrainableCount:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return TrainableCount(trainable, total)
-
-
-# ----------------------------------------------------------------------------------------------

@@ -8,11 +8,6 @@ import torch
 from torch import nn
 
 
-
-# Positions, masks and caches for re-ranking (§3.3)
-# ----------------------------------------------------------------------------------------------
-
-
 def _unwrap(model) -> nn.Module:
     """The transformers model under a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
