@@ -25,9 +25,11 @@ CACHED_STATES_DTYPE = torch.float16   # "cached" item token states: half the mem
 
 def cut_pieces(pieces: list[str], limit: int, keep_end: bool = False) -> list[str]:
     """An item's text pieces cut to `limit` characters in all, kept from the start (from the end
-    with `keep_end`). Its tokens past model.item_max_tokens are dropped anyway, and tokenizing a
-    1 MB plot whole costs seconds and a GB for 128 tokens kept; a token spans far fewer than
-    CHARS_PER_TOKEN characters, so the cut never reaches a token that is kept."""
+    with `keep_end`); the pieces themselves when they fit. Its tokens past model.item_max_tokens
+    are dropped anyway, and tokenizing a 1 MB plot whole costs seconds and a GB for 128 tokens
+    kept. Prose averages ~4 characters a token, so the cut lies hundreds of tokens past the kept
+    ones; `ItemStore` tokenizes whole the rare text whose long tokens (runs of spaces or symbols:
+    SmolLM2 has tokens of 81 characters) leave too few before the cut."""
     if sum(map(len, pieces)) <= limit:
         return pieces
     if keep_end:
@@ -53,9 +55,13 @@ class ItemStore:
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
         # Item.text, with [SEP] the only special token in it; cut on the tokenizer's truncation side.
         left = getattr(tokenizer, "truncation_side", "right") == "left"
-        limit = CHARS_PER_TOKEN * max_tokens
-        rows = marked_token_ids(tokenizer, [cut_pieces(it.text_pieces(tuple(fields)), limit, left)
-                                            for it in self.items], SEP)
+        whole = [it.text_pieces(tuple(fields)) for it in self.items]
+        cut = [cut_pieces(pieces, CHARS_PER_TOKEN * max_tokens, left) for pieces in whole]
+        rows = marked_token_ids(tokenizer, cut, SEP)
+        # A cut text with fewer than 2 x max_tokens tokens may have lost kept ones: tokenized whole.
+        again = [k for k, ids in enumerate(rows) if cut[k] is not whole[k] and len(ids) < 2 * max_tokens]
+        for k, ids in zip(again, marked_token_ids(tokenizer, [whole[k] for k in again], SEP) if again else []):
+            rows[k] = ids
         rows = [ids[-max_tokens:] if left else ids[:max_tokens] for ids in rows]
         # Padded on the right whatever the tokenizer's padding side: the pooling weight w_l of Eq. 1
         # belongs to the l-th token of the item, and "w/o item pooling" reads the last real one.

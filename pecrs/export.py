@@ -87,8 +87,9 @@ def measured_elsewhere(test: dict | None, checkpoint: Path, dataset: str | None)
 
 def checkpoint_position(meta: dict) -> dict:
     """The training position a checkpoint was saved at, as an evaluation records it beside the
-    checkpoint's path: {"checkpoint_position": {"epoch": e[, "batch": b]}} (best/ and last/ hold
-    it), {} for one that holds none (an export; the GPU flow's adopted best/)."""
+    checkpoint's path: {"checkpoint_position": {"epoch": e[, "batch": b]}} (best/ holds it), {}
+    for one that holds none (an export; the GPU flow's adopted best/; last/, which keeps its
+    position with the trainer state)."""
     if "epoch" not in meta:
         return {}
     return {"checkpoint_position": {k: meta[k] for k in ("epoch", "batch") if k in meta}}

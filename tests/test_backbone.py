@@ -486,6 +486,29 @@ def test_a_new_conversion_format_removes_the_older_copies_of_the_same_file(tmp_p
     assert remove_older_conversions(gguf) == []
 
 
+def test_the_first_use_of_a_gguf_says_it_converts_it_once(tmp_path, monkeypatch, capsys):
+    """A minute of conversion on first use is announced (it printed nothing for 30 s); a later
+    start loads the converted folder and says nothing."""
+    import pecrs.backbone.gguf as gguf_module
+
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "Model.Q4.gguf"
+    gguf.write_bytes(b"0123456789")
+    converted = []
+
+    def convert(source, target):
+        converted.append(source)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+    monkeypatch.setattr(gguf_module, "_convert_gguf", convert)
+    monkeypatch.setattr(gguf_module, "_load_folder", lambda folder, *a: ("model", "tokenizer"))
+    assert gguf_module._load_gguf_cached(gguf, torch.float32, None) == ("model", "tokenizer")
+    err = capsys.readouterr().err
+    assert "first use of Model.Q4.gguf: converting it once into" in err and str(tmp_path / "cache") in err
+    gguf_module._load_gguf_cached(gguf, torch.float32, None)
+    assert converted == [gguf] and capsys.readouterr().err == ""
+
+
 def test_from_backbone_wraps_an_lm_built_in_memory():
     """Any causal LM a user already holds becomes a PECRS model: pad token, special tokens, LoRA."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -232,3 +232,4 @@ def test_a_huge_item_text_is_cut_before_tokenizing_to_the_same_ids(side, monkeyp
     assert store.input_ids[0].tolist() == expected and store.attention_mask[0].sum() == 32
     if side == "right":
         assert SEP in tokenizer.convert_ids_to_tokens(expected)   # the fields' [SEP]s survive the cut
+    # (Long tokens that a cut would lose: tests/test_smoke_smollm2.py, with SmolLM2's vocabulary.)

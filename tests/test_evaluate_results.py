@@ -81,6 +81,7 @@ def test_results_record_their_dataset_and_only_the_runs_own_is_eval_test(world, 
     cli = ["evaluate", str(run), "--device", "cpu", "--json"]         # (evaluate is stubbed: no replies run)
 
     assert main(cli) == 0
+    assert f"pecrs: the model's dataset books: {(root / 'books').resolve()}" in capsys.readouterr().err
     own = json.loads((run / "eval_test.json").read_text())
     assert own["dataset"] == str((root / "books").resolve()) and own["dataset_sha1"]
     assert "max_samples" not in own and "item_fields" not in own

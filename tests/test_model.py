@@ -132,6 +132,8 @@ def test_training_pass_matches_inference_and_isolates_segments(setup):
     losses = model.training_losses(batch, vectors, row, negs, negs, place=torch.randint(0, 5, (3,), generator=g))
     # Same loss without candidates for generation: candidates are invisible to it.
     no_cands = model.training_losses(batch, vectors, row, negs[:, :0], negs[:, :0], score_items=False)
+    with pytest.raises(ValueError, match="without `place`"):   # drawn on the host (plan_step), never here
+        model.training_losses(batch, vectors, row, negs, negs)
     assert torch.allclose(losses["gen"], no_cands["gen"], atol=1e-5)
     # Rerank loss from the training pass equals the one recomputed from inference scores.
     g = torch.Generator().manual_seed(0)

@@ -25,6 +25,15 @@ def test_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
         RunConfig.load("elsewhere/inspired.yaml")
 
 
+def test_version_is_printed(capsys):
+    from pecrs import __version__
+    from pecrs.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"pecrs {__version__}"
+
+
 def test_wheel_contains_configs_and_shipped_models(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO / "pecrs", src / "pecrs", ignore=shutil.ignore_patterns("__pycache__", "models"))

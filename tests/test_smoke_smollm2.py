@@ -51,3 +51,27 @@ def test_smollm2_trains_recommends_and_responds(shared_datasets, tmp_path):
         assert key in result
     assert 0 <= result["recall@50"] <= 1 and np.isfinite(result["ppl"])
     assert all(isinstance(e["generated"], str) for e in result["examples"])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_item_texts_of_long_tokens_keep_their_tokens_with_smollm2(side):
+    """SmolLM2 has tokens of up to 81 characters (runs of spaces, "=", "-"): a text of them cut to
+    16 characters a token keeps too few tokens, so ItemStore tokenizes it whole; prose is cut."""
+    import pecrs.catalog
+    from pecrs.backbone import add_special_tokens, load_backbone
+    from pecrs.data import SEP, Item
+    from pecrs.tokens import marked_token_ids
+
+    lm, tokenizer = load_backbone("smollm2-135m-instruct")
+    add_special_tokens(lm, tokenizer)
+    tokenizer.truncation_side = side
+    fields = ("title", "genres", "plot")
+    items = [Item("1", "Spaces", plot=" " * 3000 + "then a plot. " * 300 + "=" * 3000),
+             Item("2", "Prose", genres=("Drama",), plot="A long and winding plot, told slowly. " * 400)]
+    pieces = [it.text_pieces(fields) for it in items]
+    whole = marked_token_ids(tokenizer, pieces, SEP)
+    cut = marked_token_ids(tokenizer, [pecrs.catalog.cut_pieces(p, 16 * 128, side == "left") for p in pieces], SEP)
+    assert len(cut[0]) < 128 and len(cut[1]) > 2 * 128          # the spaces lose tokens when cut, the prose does not
+    store = ItemStore(items, tokenizer, fields, 128)
+    for row, ids in enumerate(whole):
+        assert store.input_ids[row].tolist() == (ids[:128] if side == "right" else ids[-128:])

@@ -38,7 +38,8 @@ def _add_recommender_args(p) -> None:
                    help="run folder (uses its best/ checkpoint), checkpoint folder, or the name of a model "
                         "shipped with pecrs (default: inspired)")
     p.add_argument("--catalog", help="items.jsonl to recommend from (default: the run's catalog); "
-                                     "bad lines are skipped and reported")
+                                     "bad lines are skipped and reported (a file with more bad lines "
+                                     "than items is refused)")
     p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the model's "
                                       "inference.decoding, top_k unless set)")
     p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N", help=NO_REPEAT_HELP)
