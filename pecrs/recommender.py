@@ -56,6 +56,7 @@ from .twins import excluded_rows, same_film
 from .vector_cache import VECTORS_FILE, default_cache_dir, find_cached, save_cached, save_vectors
 
 log = logging.getLogger(__name__)
+QUIET_ENCODING_WARNING = 5_000   # items: from here a catalog's encoding takes a CPU many minutes
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,11 @@ class Recommender:
         self.report = report or CatalogReport("<memory>", len(items))
         if vectors is None:
             started = time.perf_counter()
+            say(f"encoding {len(items):,} catalog items (once per catalog and checkpoint)", progress)
+            if not progress and len(items) >= QUIET_ENCODING_WARNING:   # a library call, silent for hours
+                log.warning("encoding %d catalog items: a few items a second on a CPU (docs/serving.md); "
+                            "progress=True shows a bar, and the vectors are cached for the next start", len(items))
             store = ItemStore(self.item_list, model.tokenizer, m.item_fields, m.item_max_tokens, m.item_encoding)
-            say(f"encoding {len(store):,} catalog items (once per catalog and checkpoint)", progress)
             vectors = store.all_vectors(model, progress=progress)
             self.report.encode_seconds = time.perf_counter() - started
         self.vectors = vectors.to(model.device, torch.float32)

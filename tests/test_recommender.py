@@ -537,3 +537,21 @@ def test_a_failed_save_keeps_the_earlier_save_whole(rec, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         rec.save_pretrained(first)
     assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+
+
+def test_a_large_catalog_encoded_quietly_is_warned_of(run, monkeypatch, caplog):
+    """A library call that encodes a large catalog without a progress bar warns once (it may
+    run for hours on a CPU); with progress=True the bar says it, and no warning."""
+    import logging
+
+    import pecrs.recommender
+
+    run_dir, items = run
+    monkeypatch.setattr(pecrs.recommender, "QUIET_ENCODING_WARNING", 5)   # the toy catalog counts as large
+    with caplog.at_level(logging.WARNING, logger="pecrs.recommender"):
+        Recommender.from_pretrained(run_dir, catalog=items, device="cpu", cache_dir=False)
+    assert "catalog items: a few items a second on a CPU" in caplog.text and "progress=True" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pecrs.recommender"):
+        Recommender.from_pretrained(run_dir, catalog=items, device="cpu", cache_dir=False, progress=True)
+    assert "a few items a second" not in caplog.text
