@@ -21,6 +21,7 @@ from .dialogue_input import CHARS_PER_TOKEN
 from .tokens import marked_token_ids
 
 CACHED_STATES_DTYPE = torch.float16   # "cached" item token states: half the memory (ReDial: ~2 GB in float32)
+TOKENIZE_CHUNK = 4096                 # items tokenized per call (see tokenize_items)
 
 
 def cut_pieces(pieces: list[str], limit: int, keep_end: bool = False) -> list[str]:
@@ -43,6 +44,36 @@ def cut_pieces(pieces: list[str], limit: int, keep_end: bool = False) -> list[st
     return kept
 
 
+def tokenize_items(items: list[Item], tokenizer, fields: tuple[str, ...], max_tokens: int,
+                   chunk: int = TOKENIZE_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask [N, L] of the items' texts (Item.text, [SEP] the only special token in
+    it), each cut to `max_tokens` on the tokenizer's truncation side, L the longest kept. Padded on
+    the right whatever the tokenizer's padding side: the pooling weight w_l of Eq. 1 belongs to the
+    l-th token of the item, and "w/o item pooling" reads the last real one. Items are tokenized
+    `chunk` at a time, each chunk's rows cut at once: the whole catalog's token lists held 3 GB
+    more at 10^5 items."""
+    left = getattr(tokenizer, "truncation_side", "right") == "left"
+    ids_parts, mask_parts = [], []
+    for start in range(0, len(items), chunk):
+        whole = [it.text_pieces(fields) for it in items[start:start + chunk]]
+        cut = [cut_pieces(pieces, CHARS_PER_TOKEN * max_tokens, left) for pieces in whole]
+        rows = marked_token_ids(tokenizer, cut, SEP)
+        # A cut text with fewer than 2 x max_tokens tokens may have lost kept ones: tokenized whole.
+        again = [k for k, ids in enumerate(rows) if cut[k] is not whole[k] and len(ids) < 2 * max_tokens]
+        for k, ids in zip(again, marked_token_ids(tokenizer, [whole[k] for k in again], SEP) if again else []):
+            rows[k] = ids
+        rows = [ids[-max_tokens:] if left else ids[:max_tokens] for ids in rows]
+        enc = tokenizer.pad({"input_ids": rows}, padding="max_length", max_length=max_tokens,
+                            padding_side="right", return_tensors="pt")
+        ids_parts.append(enc["input_ids"])
+        mask_parts.append(enc["attention_mask"])
+    if not ids_parts:
+        return torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long)
+    ids, mask = torch.cat(ids_parts), torch.cat(mask_parts)
+    width = int(mask.sum(1).max())
+    return ids[:, :width].contiguous(), mask[:, :width].contiguous()
+
+
 class ItemStore:
     """A catalog's tokenised item texts and the way their vectors are made: "cached" or "adapted"
     (`model.item_encoding`), or "saved" once `use_saved_vectors` gives a shipped model's vectors."""
@@ -53,20 +84,7 @@ class ItemStore:
         self.items = list(items)
         self.ids = [it.id for it in self.items]
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
-        # Item.text, with [SEP] the only special token in it; cut on the tokenizer's truncation side.
-        left = getattr(tokenizer, "truncation_side", "right") == "left"
-        whole = [it.text_pieces(tuple(fields)) for it in self.items]
-        cut = [cut_pieces(pieces, CHARS_PER_TOKEN * max_tokens, left) for pieces in whole]
-        rows = marked_token_ids(tokenizer, cut, SEP)
-        # A cut text with fewer than 2 x max_tokens tokens may have lost kept ones: tokenized whole.
-        again = [k for k, ids in enumerate(rows) if cut[k] is not whole[k] and len(ids) < 2 * max_tokens]
-        for k, ids in zip(again, marked_token_ids(tokenizer, [whole[k] for k in again], SEP) if again else []):
-            rows[k] = ids
-        rows = [ids[-max_tokens:] if left else ids[:max_tokens] for ids in rows]
-        # Padded on the right whatever the tokenizer's padding side: the pooling weight w_l of Eq. 1
-        # belongs to the l-th token of the item, and "w/o item pooling" reads the last real one.
-        enc = tokenizer.pad({"input_ids": rows}, padding="longest", padding_side="right", return_tensors="pt")
-        self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
+        self.input_ids, self.attention_mask = tokenize_items(self.items, tokenizer, tuple(fields), max_tokens)
         self.states: torch.Tensor | None = None   # [N, L, d] once cache_base_states has run
         self.saved: torch.Tensor | None = None    # [N, d] when the vectors came with a shipped model
         self.mode = encoding

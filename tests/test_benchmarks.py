@@ -211,3 +211,9 @@ def test_title_linking_reports_speed_and_real_links(shared_datasets, tmp_path, r
     assert result["synthetic"]["build_us_per_item"] > 0
     real = result["inspired_test"]
     assert real["turns"] == 2089 and 0 < real["seeker_links"] <= real["links"]
+
+
+def test_catalog_tokenize_compares_both_ways_on_the_same_ids(tmp_path, run_benchmark):
+    result = run_benchmark("catalog_tokenize", "--quick", tmp_path=tmp_path)
+    assert result["items"] == 2000 and result["same_ids"] and len(result["ways"]) == 2
+    assert all(w["shape"][0] == 2000 and 0 < w["shape"][1] <= 128 for w in result["ways"].values())
