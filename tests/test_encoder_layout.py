@@ -5,6 +5,7 @@ A word-level tokenizer (pecrs.testing.WordTokenizer: one token per word, per spe
 per newline) makes every expected sequence writable by hand; one test repeats the key checks with
 a real BPE tokenizer."""
 import pytest
+import torch
 
 from pecrs.data import ITEM, REC, REC_END, RECOMMENDER, SEEKER, SEP, Dialogue, Turn
 from pecrs.samples import make_samples
@@ -233,3 +234,22 @@ def test_a_huge_item_text_is_cut_before_tokenizing_to_the_same_ids(side, monkeyp
     if side == "right":
         assert SEP in tokenizer.convert_ids_to_tokens(expected)   # the fields' [SEP]s survive the cut
     # (Long tokens that a cut would lose: tests/test_smoke_smollm2.py, with SmolLM2's vocabulary.)
+
+
+def test_a_catalog_tokenized_in_chunks_equals_one_call():
+    """tokenize_items cuts the rows chunk by chunk (memory): the same ids and mask as one call,
+    the width the longest item kept, right-padded."""
+    from pecrs.backbone import add_special_tokens, load_backbone
+    from pecrs.catalog import tokenize_items
+    from pecrs.testing import ITEMS
+
+    lm, tokenizer = load_backbone("tiny-llama")
+    add_special_tokens(lm, tokenizer)
+    fields = ("title", "actors", "genres", "plot")
+    one_ids, one_mask = tokenize_items(ITEMS, tokenizer, fields, 24, chunk=len(ITEMS))
+    ids, mask = tokenize_items(ITEMS, tokenizer, fields, 24, chunk=3)
+    assert torch.equal(ids, one_ids) and torch.equal(mask, one_mask)
+    assert mask.shape[1] == int(mask.sum(1).max()) and (mask.sum(1) < mask.shape[1]).any()
+    assert bool((mask[:, :-1] >= mask[:, 1:]).all())          # ones then zeros: padded on the right
+    empty_ids, _ = tokenize_items([], tokenizer, fields, 24)
+    assert empty_ids.shape == (0, 0)
