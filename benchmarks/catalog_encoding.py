@@ -84,7 +84,7 @@ def child(dataset: str, mode: str, limit: int | None, threads: int | None, legac
             chunks = torch.arange(n).split(64)
             vectors = torch.cat([store.vectors(model, rows) for rows in chunks])
         else:
-            chunks = store.length_sorted_chunks(64)
+            chunks = store.chunks_by_length(64)
             vectors = store.all_vectors(model)
     t2 = time.perf_counter()
     lengths = store.attention_mask.sum(1)

@@ -3,7 +3,7 @@
     python benchmarks/evaluation_batches.py [--model inspired] [--samples 64] [--batch-size 32] [--quick]
 
 `pecrs evaluate` ranks (and scores perplexity) in batches of similar context length, shortest
-first (`pecrs.evaluate.length_sorted_batches`); before, batches followed the samples' order, so
+first (`pecrs.tokens.length_sorted_batches`); before, batches followed the samples' order, so
 each was padded to the longest of a few dialogues. This ranks the first --samples INSPIRED test
 samples with a target both ways with the same model in one process: "sample order" calls
 `rank_samples` once per consecutive slice of --batch-size (one batch per call, which is what the
@@ -31,7 +31,8 @@ def main(argv=None):
     threads = C.set_threads(args.threads)
     import numpy as np
     import torch
-    from pecrs.evaluate import length_sorted_batches, rank_samples
+    from pecrs.evaluate import rank_samples
+    from pecrs.tokens import length_sorted_batches
 
     n = args.samples or (8 if args.quick else 64)
     checkpoint, model, config, setup = C.trained_model(args.model, str(C.DATASETS / "inspired"))

@@ -23,18 +23,10 @@ from .data import ITEM, DataError, Item, Sample
 from .decoding import without_repeats
 from .retrieval import ExactIndex
 from .samples import mentioned_items
-from .tokens import NO_ITEM, DialogueEncoder, collate, pad_rows
+from .tokens import NO_ITEM, DialogueEncoder, collate, length_sorted_batches, pad_rows
 from .twins import excluded_rows, same_film
 
 TOP_K_KEPT = 50
-
-
-def length_sorted_batches(lengths, size: int) -> list[np.ndarray]:
-    """Row indices in batches of `size`, shortest first. A batch is padded to its longest row, so
-    batching rows of similar length wastes little work on padding: on INSPIRED's test split,
-    batches of 32 in sample order hold 1.45x the real context tokens, sorted ones 1.02x."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return [order[start:start + size] for start in range(0, len(order), size)]
 
 
 def rank_samples(model, encoded, catalog_vectors, m_inference: int, batch_size: int,

@@ -27,7 +27,7 @@ from .config import InferenceConfig, ModelConfig
 from .data import ITEM, REC_END
 from .heads import ItemEncoder, recall_logits, two_layer_mlp
 from .retrieval import ExactIndex, search_excluding
-from .tokens import IGNORE_INDEX, NO_ITEM, Batch, item_head, reply_stop_ids, reply_text
+from .tokens import IGNORE_INDEX, NO_ITEM, Batch, item_head, length_sorted_batches, reply_stop_ids, reply_text
 
 
 class PECRS(nn.Module):
@@ -94,14 +94,13 @@ class PECRS(nn.Module):
         float32 states of a whole catalog never exist at once.
         `progress`: a bar over the items (a real catalog on a CPU takes minutes)."""
         N, L = input_ids.shape
-        lengths = attention_mask.sum(1)
-        right_padded = bool(torch.equal(attention_mask.bool(), torch.arange(L, device=lengths.device) < lengths.unsqueeze(1)))
-        order = torch.argsort(lengths, stable=True) if right_padded else torch.arange(N, device=lengths.device)
+        lengths = attention_mask.sum(1).cpu()   # the one host read: batches and widths come from it
+        if not torch.equal(attention_mask.bool().cpu(), torch.arange(L) < lengths.unsqueeze(1)):
+            raise ValueError("item_token_states: item texts must be padded on the right (catalog.tokenize_items)")
         out = None
         bar = tqdm(total=N, desc="encoding items", unit="item", disable=not progress)
-        for start in range(0, N, batch_size):
-            rows = order[start:start + batch_size]
-            width = max(int(lengths[rows].max()), 1) if right_padded else L
+        for rows in map(torch.from_numpy, length_sorted_batches(lengths, batch_size)):
+            width = max(int(lengths[rows].max()), 1)
             ids = input_ids[rows, :width].to(self.device)
             mask = attention_mask[rows, :width].to(self.device)
             if adapted:

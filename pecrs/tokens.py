@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .data import ITEM, REC, REC_END, RECOMMENDER, SEP, SEEKER, Sample, Turn, unescape_quotes
@@ -194,6 +195,19 @@ class Batch:
     def select(self, rows) -> "Batch":
         """The rows `rows` (a slice or index tensor) of every field, widths unchanged."""
         return Batch(**{k: v[rows] for k, v in self.__dict__.items()})
+
+
+def length_sorted_batches(lengths, size: int) -> list[np.ndarray]:
+    """Row indices in batches of `size`, shortest first (ties in row order). A batch is padded to
+    its longest row, so batching rows of similar length wastes little work on padding: contexts of
+    INSPIRED's test split in batches of 32 hold 1.45x their real tokens in sample order, 1.02x
+    sorted; its item texts in chunks of 64, 1.90x and 1.04x. Evaluation (ranking, perplexity,
+    generation), catalog encoding and `PECRS.item_token_states` batch with it (training does not:
+    its batches are shuffled). `lengths`: a sequence, array or (any device's) tensor."""
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.cpu().numpy()
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[start:start + size] for start in range(0, len(order), size)]
 
 
 def pad_rows(rows: list[list[int]], width: int | None = None, value: int = NO_ITEM) -> torch.Tensor:

@@ -254,7 +254,7 @@ def test_genres_of_the_top1_by_hand(setup):
 
 
 def test_length_sorted_batches_cover_every_row_once_shortest_first():
-    from pecrs.evaluate import length_sorted_batches
+    from pecrs.tokens import length_sorted_batches
 
     lengths = [5, 1, 9, 1, 7, 3, 3]
     batches = length_sorted_batches(lengths, 3)

@@ -240,6 +240,25 @@ def test_item_vectors_do_not_depend_on_the_tokenizers_padding_side(setup):
     assert torch.allclose(vectors, store.all_vectors(model)) and torch.allclose(*last)
 
 
+@pytest.mark.parametrize("adapted", [False, True])
+def test_item_states_in_length_sorted_batches_equal_one_item_at_a_time(setup, adapted):
+    """`item_token_states` runs items shortest first and cuts each batch to its longest item:
+    every item's real tokens must have the states of the item run alone, in its own row."""
+    cfg, model, _, _, _ = setup
+    items = [Item(id=str(i), title="Movie " + "long " * (7 * i % 11), genres=("Drama",) * (i % 2))
+             for i in range(9)]
+    store = ItemStore(items, model.tokenizer, cfg.model.item_fields, max_tokens=96)
+    ids, mask = store.input_ids, store.attention_mask
+    assert len(set(mask.sum(1).tolist())) > 4            # items of several lengths, so batches differ
+    batched = model.item_token_states(ids, mask, adapted=adapted, batch_size=5)
+    for i in range(len(store)):
+        n = int(mask[i].sum())
+        alone = model.item_token_states(ids[i:i + 1, :n], mask[i:i + 1, :n], adapted=adapted, batch_size=1)
+        assert torch.allclose(batched[i, :n], alone[0], atol=1e-5)
+    with pytest.raises(ValueError, match="padded on the right"):
+        model.item_token_states(ids.flip(1), mask.flip(1), adapted=adapted)
+
+
 def test_load_rejects_other_backbone(setup, tmp_path):
     cfg, model, *_ = setup
     save_pretrained(model, cfg, tmp_path / "ckpt")
