@@ -11,6 +11,7 @@ CHARS_PER_TOKEN x context_max_tokens characters, which bounds the cost of pathol
 from __future__ import annotations
 
 from .data import ITEM, ROLES, TURN_KEYS, DataError, Dialogue, Turn
+from .loaders.dialogues import make_turn
 
 CHARS_PER_TOKEN = 16             # per-turn character cut: 16 x context_max_tokens
 
@@ -28,7 +29,9 @@ def clip_text(text: str, items: list[str], limit: int) -> tuple[str, list[str]]:
 
 
 def to_turns(dialogue, item_index: dict[str, int], max_chars: int | None = None) -> tuple[Turn, ...]:
-    """Validate a dialogue (list of Turns or {"role","text","items"?} dicts, or a Dialogue)."""
+    """Validate a dialogue (list of Turns or {"role","text","items"?} dicts, or a Dialogue). Its
+    turns are built as the loaders build theirs (`loaders.dialogues.make_turn`: one [ITEM] per item
+    id; INSPIRED's QUOTATION_MARK read back, so a pasted dataset turn reads as the model was trained)."""
     if isinstance(dialogue, Dialogue):
         raw = list(dialogue.turns)
     elif isinstance(dialogue, (list, tuple)):
@@ -65,13 +68,12 @@ def to_turns(dialogue, item_index: dict[str, int], max_chars: int | None = None)
         except UnicodeEncodeError as e:  # a lone surrogate: undecodable bytes read with surrogateescape
             raise DataError(f"text is not valid Unicode (character {e.start} cannot be encoded as UTF-8)",
                             field=f"{where}.text") from None
-        if text.count(ITEM) != len(items):
-            raise DataError(f"text has {text.count(ITEM)} {ITEM} placeholder(s) but {len(items)} item id(s)",
-                            field=where)
         for item_id in items:
             if item_id not in item_index:
                 raise DataError(f"item id '{item_id}' is not in the catalog", field=f"{where}.items")
+        turn = make_turn(role, text, list(items), {}, where)   # the loaders' [ITEM]/items rule
         if max_chars is not None:
-            text, items = clip_text(text, list(items), max_chars)
-        turns.append(Turn(role, text, tuple(items)))
+            text, items = clip_text(turn.text, list(turn.items), max_chars)
+            turn = Turn(role, text, tuple(items))
+        turns.append(turn)
     return tuple(turns)

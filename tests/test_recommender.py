@@ -210,6 +210,13 @@ def test_typed_layout_markers_are_read_as_plain_text(rec):
     assert ids[0].tolist().count(marker) == 1 and ids[0, -1].item() == marker
 
 
+def test_user_turns_are_built_as_the_loaders_build_theirs(rec):
+    """A pasted INSPIRED turn holds the dataset's QUOTATION_MARK escape: the model was trained on
+    the loaders' turns, which read it back, so user input reads it back too (one rule, make_turn)."""
+    pasted = [{"role": "seeker", "text": "IQUOTATION_MARKm after QUOTATION_MARKHeatQUOTATION_MARK"}]
+    assert rec.turns(pasted)[0].text == 'I\'m after "Heat"'
+
+
 def test_bad_arguments(rec):
     with pytest.raises(ValueError, match="k must be"):
         rec.recommend(TURNS, k=0)
