@@ -155,7 +155,7 @@ def generate_responses(model, encoded, recommended: np.ndarray, catalog_vectors,
 def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
     """The naive baseline's ranking [n, <=50] for `samples`: the items already mentioned in the
     dialogue, most recently mentioned first (it needs no model)."""
-    return metrics.naive_baseline_ranking([metrics.items_by_last_mention(s.context) for s in samples],
+    return metrics.naive_baseline_ranking([metrics.items_by_last_mention(t.items for t in s.context) for s in samples],
                                           item_index=item_index)
 
 

@@ -131,9 +131,11 @@ def test_naive_last_mention_order_and_item_index():
              Turn("recommender", "[ITEM]", ("c",)),
              Turn("seeker", "I loved [ITEM]", ("a",)))
     # first-mention order a, b, c; by latest mention: a (turn 3), c, b
-    assert items_by_last_mention(turns) == ("a", "c", "b")
+    mentions = [t.items for t in turns]
+    assert items_by_last_mention(mentions) == ("a", "c", "b")
+    assert items_by_last_mention([]) == () and items_by_last_mention([(), ("b", "b")]) == ("b",)
     index = {"a": 10, "b": 11, "c": 12}
-    ranked = naive_baseline_ranking([items_by_last_mention(turns)], k=4, item_index=index)
+    ranked = naive_baseline_ranking([items_by_last_mention(mentions)], k=4, item_index=index)
     np.testing.assert_array_equal(ranked, [[10, 12, 11, -1]])
     with pytest.raises(KeyError):
         naive_baseline_ranking([("zzz",)], item_index=index)

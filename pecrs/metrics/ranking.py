@@ -89,20 +89,17 @@ def dedup_recall_at_k(ranked, targets, seen_before, ks: Iterable[int] = DEFAULT_
     return out
 
 
-def items_by_last_mention(turns) -> tuple:
-    """The items mentioned in `turns`, each once, most recently mentioned first.
+def items_by_last_mention(mentions) -> tuple:
+    """The items mentioned, each once, most recently mentioned first.
 
-    `turns` is a sequence of objects with an `items` attribute (e.g. `Sample.context`, a tuple
-    of `pecrs.data.Turn`); within a turn, items come in placeholder order, so a later
-    placeholder is a more recent mention. An item mentioned in turns 1 and 5 ranks by turn 5.
+    `mentions`: per turn (or message), the items it mentions in placeholder order, so a later
+    placeholder is a more recent mention (`[t.items for t in sample.context]`; the standardized
+    protocol's `Conversation.mentions`). An item mentioned in turns 1 and 5 ranks by turn 5.
     This is what `naive_baseline_ranking` ranks.
     """
     last: dict = {}
-    pos = 0
-    for turn in turns:
-        for item in turn.items:
-            last[item] = pos
-            pos += 1
+    for pos, item in enumerate(item for turn in mentions for item in turn):
+        last[item] = pos
     return tuple(sorted(last, key=last.__getitem__, reverse=True))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..data import DataError
 from ..loaders import check_record, check_text, items_from_movies_csv, load_items, read_jsonl
+from ..metrics.ranking import items_by_last_mention
 
 VARIANTS = ("full", "dedup")
 TEST_FILE = "test_data.jsonl"
@@ -132,17 +133,12 @@ def conversation_instances(conv: Conversation, index: int) -> list[Instance]:
     """The instances of one conversation (rules in the package docstring)."""
     out = []
     seen: set[str] = set()
-    last: dict[str, int] = {}   # movie -> position of its latest mention so far
-    pos = 0
     for m, ((by_recommender, _), movies) in enumerate(zip(conv.messages, conv.mentions)):
         truth = tuple(dict.fromkeys(movies))
         if by_recommender and m > 0 and truth:
             out.append(Instance(conversation=index, message_index=m, ground_truth=truth,
                                 fresh=tuple(x for x in truth if x not in seen),
-                                earlier=tuple(sorted(last, key=last.__getitem__, reverse=True))))
-        for movie in movies:
-            last[movie] = pos
-            pos += 1
+                                earlier=items_by_last_mention(conv.mentions[:m])))
         seen.update(truth)
     return out
 
