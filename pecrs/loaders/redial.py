@@ -36,7 +36,7 @@ REDIAL_SPLIT_FILES = {
     "test": ("test_data.jsonl",),
 }
 REDIAL_MENTIONS = ("pecrs", "all")
-_AT_MENTION = re.compile(r"@(\d+)")
+AT_MENTION = re.compile(r"@(\d+)")   # a movie mention in a ReDial message (the standardized protocol reads it too)
 
 
 def redial_split_files(folder: Path) -> dict[str, Path]:
@@ -161,7 +161,7 @@ def _redial_dialogue(conv: dict, where: dict, items: dict[str, Item], mentions: 
             ids.append(movie_id)
             return ITEM
 
-        text = _AT_MENTION.sub(link, text)
+        text = AT_MENTION.sub(link, text)
         turns.append(make_turn(role, text, ids, where, f"turn {t} (merged messages)"))
     return Dialogue(id=conversation_id, turns=tuple(turns))
 

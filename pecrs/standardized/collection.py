@@ -7,20 +7,19 @@ naming file, line and field.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataError
 from ..loaders import check_record, check_text, items_from_movies_csv, load_items, read_jsonl
+from ..loaders.redial import AT_MENTION
 from ..metrics.ranking import items_by_last_mention
 
 VARIANTS = ("full", "dedup")
 TEST_FILE = "test_data.jsonl"
 LIKED_REWARD, SEEN_REWARD = 1.0, 0.5
 _CODES = (0, 1, 2)  # initiatorQuestions liked/seen: 0 = no, 1 = yes, 2 = did not say
-AT_MENTION = re.compile(r"@(\d+)")
 
 
 @dataclass(frozen=True)
