@@ -70,7 +70,7 @@ def measured_elsewhere(test: dict | None, checkpoint: Path, dataset: str | None)
     than the run's (`dataset`, found as `pecrs evaluate` finds it; a byte copy elsewhere, such as
     the GPU machine's, is the same dataset). None when it is the run's, or when it records no
     dataset (written before results did: quoted as before)."""
-    from .catalog_source import DatasetNotFound, find_dataset, matches_record
+    from .run_dataset import DatasetNotFound, find_dataset, matches_record
 
     if not test or "dataset" not in test or not dataset:
         return None

@@ -28,7 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 from .catalog import ItemStore
 from .config import RunConfig
 from .evaluate import recall_only
-from .catalog_source import dataset_record, matches_record
+from .run_dataset import dataset_record, matches_record
 from .prepare import Setup, prepare, say
 from .model import PECRS
 from .pretrained import (CONFIG_FILE, check_same_model, init_from_checkpoint, load_weights, read_meta,

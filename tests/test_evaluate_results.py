@@ -16,7 +16,8 @@ import pytest
 import pecrs.evaluate
 import pecrs.pretrained
 import pecrs.prepare
-from pecrs.catalog_source import DatasetNotFound, dataset_sha1, find_dataset, resolve_catalog
+from pecrs.catalog_source import resolve_catalog
+from pecrs.run_dataset import DatasetNotFound, dataset_sha1, find_dataset
 from pecrs.cli import main
 from pecrs.export import card_test_metrics, export, measured_before, measured_elsewhere
 from pecrs.pretrained import CONFIG_FILE

@@ -12,11 +12,11 @@ from pathlib import Path
 def _measured_dataset(given: str | None, ckpt: Path, meta: dict, folder: bool = True) -> tuple[Path, bool | None]:
     """The dataset an evaluation reads, found before the backbone loads, and whether it is the
     run's own (its config's train.dataset; None: that one was not found to compare with). That recorded path is relative to where training ran:
-    it is looked for as a chat's catalog is (`catalog_source.find_dataset`: the working
+    it is looked for as a chat's catalog is (`run_dataset.find_dataset`: the working
     directory, then each folder above the checkpoint). --dataset is a path from the working
     directory (`folder` False: any path, the standardized protocol takes a test file too); it is
     the run's own when it holds the same files (`matches_record`: a copy elsewhere counts)."""
-    from ..catalog_source import DatasetNotFound, dataset_record, find_dataset, matches_record, not_a_dataset
+    from ..run_dataset import DatasetNotFound, dataset_record, find_dataset, matches_record, not_a_dataset
 
     recorded = meta["config"].get("train", {}).get("dataset")
     try:
@@ -106,7 +106,7 @@ def _measured_on(dataset: Path, args, train=None) -> dict:
     """What a result records of what it measured: the dataset (its absolute path, and the hash
     of its files `pecrs export` compares with the run's), the samples kept when the split was cut
     (`samples_kept`, with the run's `train` section), and --item-fields when set."""
-    from ..catalog_source import dataset_record
+    from ..run_dataset import dataset_record
 
     kept = samples_kept(args, train) if train is not None else args.max_samples
     return {**dataset_record(dataset),

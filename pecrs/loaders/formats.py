@@ -25,7 +25,7 @@ def detect_format(folder) -> str:
     for a split (its items.jsonl is then required: loading without one names it; the shared
     INSPIRED folder holds both JSON Lines and TSV files: JSON Lines wins), else INSPIRED TSV if it
     (or official/) holds *.tsv files. A folder is not checked for being a dataset here: a run
-    folder's metrics.jsonl reads as a split (`catalog_source.not_a_dataset` asks for a catalog)."""
+    folder's metrics.jsonl reads as a split (`run_dataset.not_a_dataset` asks for a catalog)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise _missing_folder(folder)
