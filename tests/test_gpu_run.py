@@ -123,12 +123,56 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     assert f"- Data: `{mini_inspired}`" in card and "no 3-gram twice in a reply" in card
     assert f"| 1 | {curve[0]['train_loss']:.3f} |" in card and "| recall@1 |" in card   # dev curve and test metrics
     assert subprocess.run(tool, cwd=REPO, env=env, capture_output=True).returncode != 0   # never over a folder
+    # what came back holds the export only: the salvage copy of the checkpoint gave way to it
+    assert not list(out.glob("best*.tar")) and r["export"]["packed"] == ["shipped.tar"]
+    assert r["env"]["DATA"] == str(mini_inspired) and "CALL_BUDGET_S" not in r["env"]
+
+    # a call killed at the tool's limit: --salvage packs what RUNS holds (docs/gpu.md), the export
+    # when it was done, else the best checkpoint, which adopt_run takes as well
+    salvaged = tmp_path / "salvaged"
+    proc = subprocess.run(["bash", "tools/gpu/train_inspired.sh", "--salvage"], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "OUT": str(salvaged)}, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in salvaged.iterdir()) == ["eval_test.json", "result.json", "run.log", "shipped.tar"]
+    import shutil
+    shutil.rmtree(runs / "shipped")
+    (runs / "result.json").write_text(json.dumps({k: v for k, v in r.items() if k != "selected"}))  # killed mid-training
+    salvaged = tmp_path / "salvaged_best"        # each call's $OUT starts empty
+    proc = subprocess.run(["bash", "tools/gpu/train_inspired.sh", "--salvage"], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "OUT": str(salvaged)}, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    s = json.loads((salvaged / "result.json").read_text())
+    assert s["selected"]["variant"] == best and s["selected"]["checkpoint"].endswith(f"{best}/best")
+    assert s["salvaged"]["packed"] == ["best.tar"] and s["variants"][best]["dev_curve"] == curve
+    assert sorted(p.name for p in salvaged.iterdir()) == ["best.tar", "eval_test.json", "result.json", "run.log"]
+    proc = subprocess.run([*tool[:2], str(salvaged), str(tmp_path / "from_best"), *tool[4:]], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "from_best" / "best" / "heads.safetensors").is_file()
+    proc = subprocess.run([*tool[:2], str(salvaged), str(tmp_path / "other"), "--dataset", str(tmp_path / "inspired")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "differs from the data the GPU run evaluated" in proc.stderr
 
 
-def _run(tmp_path, monkeypatch, left: float):
+def test_without_a_gpu_land_fails_and_the_driver_refuses_to_train(tmp_path):
+    """Call 1 must not answer rc 0 when call 2 could not train (no GPU seen), and call 2 without CUDA
+    must stop at once instead of running the GPU configs on the CPU for the whole call."""
+    env = {k: v for k, v in os.environ.items() if k != "SMOKE"}
+    env.update(OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), CUDA_VISIBLE_DEVICES="",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    proc = subprocess.run(["bash", "tools/gpu/train_inspired.sh", "--land"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "LAND FAILED: torch sees no GPU" in proc.stdout
+    proc = subprocess.run([sys.executable, "tools/gpu/train_inspired.py"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert proc.returncode == 1 and result["error"].startswith("no GPU") and not (tmp_path / "runs").exists()
+
+
+def _run(tmp_path, monkeypatch, left: float, budget: float = 540):
     d = driver()
-    monkeypatch.setenv("CALL_BUDGET_S", "540")
-    monkeypatch.setenv("PECRS_CALL_T0", str(__import__("time").time() - (540 - left)))
+    monkeypatch.setenv("CALL_BUDGET_S", str(budget))
+    monkeypatch.setenv("PECRS_CALL_T0", str(__import__("time").time() - (budget - left)))
     run = d.Run(tmp_path)
     run.result["budget"].update(eval_reserve_s=120, export_reserve_s=30, end_reserve_s=15)
     return d, run
@@ -223,7 +267,7 @@ def test_dev_predictions_come_back_as_one_tar_unless_it_is_a_file_too_many(tmp_p
 
 
 def test_each_device_call_stays_under_the_64_mib_limit(shared_datasets, tmp_path):
-    """What call 1 and call 2 send (tools/gpu/call_sizes.py: the whole tree, 13.6 MiB with the shipped
+    """What call 1 and call 2 send (tools/gpu/call_sizes.py: the whole tree, 14.0 MiB with the shipped
     model, plus the carried paths) with the real GGUF split as --prepare splits it. A tree that grows,
     or a split that stops compressing, fails here instead of in a GPU session."""
     import importlib.util
@@ -244,9 +288,11 @@ def test_each_device_call_stays_under_the_64_mib_limit(shared_datasets, tmp_path
     split, sizes = tool("tools/split_gguf.py"), tool("tools/gpu/call_sizes.py")
     split.split_file(gguf, tmp_path, max_part_bytes=50_000_000)
     assert sorted(p.name for p in tmp_path.glob("*.part*")) == [f"{gguf.name}.part00", f"{gguf.name}.part01"]
-    devdata = sum((shared_datasets / "inspired" / f).stat().st_size for f in
-                  ("items.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"))
-    calls = sizes.call_sizes(REPO, gguf_dir=tmp_path, **{".whl": 2 * MiB, ".devdata/inspired": devdata})
+    packed = tmp_path / "inspired.tar.gz"      # as --prepare packs the data call 2 carries
+    with tarfile.open(packed, "w:gz") as tar:
+        for f in ("items.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"):
+            tar.add(shared_datasets / "inspired" / f, arcname=f"inspired/{f}")
+    calls = sizes.call_sizes(REPO, gguf_dir=tmp_path, **{".whl": 2 * MiB, ".devdata/inspired.tar.gz": packed.stat().st_size})
     assert max(calls.values()) < sizes.MARGIN, {k: round(v / MiB, 1) for k, v in calls.items()}
 
 
@@ -304,8 +350,29 @@ def test_the_next_session_plans_the_paper_balance_alone_and_stops_its_decay_at_m
     assert variants == [("paper", "configs/inspired-gpu-paper.yaml")] and (REPO / variants[0][1]).is_file()
     probe = json.loads((REPO / "tools/gpu/probe_h200.json").read_text())
     monkeypatch.setenv("MAX_EPOCHS", "5")
-    _, run = _run(tmp_path, monkeypatch, left=505)
+    _, run = _run(tmp_path, monkeypatch, left=535, budget=570)   # its CALL_BUDGET_S, less env and backbone
     s = d.plan_schedule(run, probe, variants, CONFIG, smoke=False)
     assert s["variants_planned"] == ["paper"] and s["variants_dropped"] == []
     assert s["epochs"] == 5 and s["updates"] == 5 * s["steps_per_epoch"]
     assert s["warmup_steps"] == round(0.05 * s["updates"]) and s["step_mode"] == "cudagraphs"
+
+
+def test_the_documented_next_call_2_is_whole_and_carries_what_call_sizes_counts():
+    """docs/gpu.md gives call 2 of the next session as one line to copy inside the ~30 s the warm
+    machine waits: every setting in it, the files it names present in the tree, and its carry the
+    paths tools/gpu/call_sizes.py sized."""
+    import ast
+    import importlib.util
+
+    doc = (REPO / "docs" / "gpu.md").read_text()
+    line = re.search(r"^run\(command='(.+?)', carry=(\[.+?\]), timeout_s=(\d+)\)$", doc, re.M)
+    assert line, "docs/gpu.md: no whole `run(command='...', carry=[...], timeout_s=N)` line"
+    command, carry, timeout = line.group(1), ast.literal_eval(line.group(2)), int(line.group(3))
+    settings = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', command.split("bash")[0]))
+    assert settings["MAX_EPOCHS"] == "5" and int(settings["CALL_BUDGET_S"]) + 30 <= timeout <= 600
+    assert (REPO / settings["PROBE_FROM"]).is_file()
+    assert all((REPO / v.split("=", 1)[1]).is_file() for v in settings["VARIANTS"].strip('"').split())
+    spec = importlib.util.spec_from_file_location("call_sizes", REPO / "tools" / "gpu" / "call_sizes.py")
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    assert carry == sizes.CARRIED[2] and command.endswith("bash tools/gpu/train_inspired.sh")

@@ -1,6 +1,6 @@
 """Split the SmolLM2 GGUF into parts small enough to carry to a GPU machine, and join them there.
 
-The device tool carries at most 64 MiB per call, the whole working tree included (13.6 MiB with
+The device tool carries at most 64 MiB per call, the whole working tree included (14.0 MiB with
 the shipped model), and the GGUF is ~94 MiB. So it travels gzip-compressed (88.6 MiB) as two parts
 of ~44 MiB under the git-ignored folder `.gguf/`, one part per call. Ignored files already on the
 device machine are kept between calls, so the second call finds the first part still there.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".gguf"
-# Largest part `split_file` writes: the device tool carries at most 64 MiB per call, the 13.6 MiB
+# Largest part `split_file` writes: the device tool carries at most 64 MiB per call, the 14.0 MiB
 # working tree included (tools/gpu/call_sizes.py).
 MAX_PART_BYTES = 50_000_000
 

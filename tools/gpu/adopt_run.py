@@ -4,7 +4,8 @@
     pecrs export RUN_DIR pecrs/models/inspired --device cpu --notes NOTES.md [--no-repeat-ngram 3]
 
 The device tool returns result.json, eval_test.json and shipped.tar (the GPU machine's own
-export), not the run folder. This rebuilds one: RUN_DIR/best is the exported checkpoint (adapter,
+export), not the run folder; or best.tar (the selected checkpoint itself) when the export failed or
+the call was salvaged (`train_inspired.sh --salvage`). This rebuilds one: RUN_DIR/best is the exported checkpoint (adapter,
 heads, tokenizer, config), RUN_DIR/metrics.jsonl the selected variant's dev curve from result.json,
 RUN_DIR/eval_test.json the GPU's test evaluation, RUN_DIR/dev_*.json its dev evaluations for the
 ship rule (when the call had time for them), and RUN_DIR/dev_predictions/ their per-sample predictions. So the card that `pecrs export` writes here has
@@ -34,17 +35,22 @@ def adopt(files_at: Path, run_dir: Path, dataset: str, batch_size: int | None) -
     selected = result.get("selected", {}).get("variant")
     if not selected:
         raise SystemExit(f"{files_at / 'result.json'}: no variant was selected; nothing to adopt")
-    tars = sorted(files_at.glob("shipped*.tar"))
+    kind = "shipped" if sorted(files_at.glob("shipped*.tar")) else "best"
+    tars = sorted(files_at.glob(f"{kind}*.tar"))
     if not tars:
-        raise SystemExit(f"{files_at}: no shipped.tar (the GPU export did not come back; see result.json 'export')")
+        raise SystemExit(f"{files_at}: neither shipped.tar nor best.tar (no model came back; see result.json "
+                         "'export' and 'selected')")
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists: choose a new folder")
     with tempfile.TemporaryDirectory() as tmp:
-        for path in tars:   # shipped.tar, or shipped-1.tar, shipped-2.tar, ... when it was split
+        for path in tars:   # NAME.tar, or NAME-1.tar, NAME-2.tar, ... when it was split
             with tarfile.open(path) as tar:
                 tar.extractall(tmp, filter="data")
-        shipped = Path(tmp) / "shipped"
-        _check_data(shipped, Path(dataset))
+        shipped = Path(tmp) / kind
+        if kind == "shipped":
+            _check_data(shipped, Path(dataset))
+        else:     # a checkpoint holds no catalog: the test evaluation's record of its data, when there is one
+            _check_recorded_data(files_at / "eval_test.json", Path(dataset))
         (run_dir / "best").mkdir(parents=True)
         for name in CHECKPOINT_PARTS:
             source = shipped / name
@@ -80,6 +86,21 @@ def _check_data(shipped: Path, dataset: Path) -> None:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if rows(shipped / "items.jsonl") != rows(dataset / "items.jsonl"):
         raise SystemExit(f"{dataset / 'items.jsonl'} differs from the catalog the GPU run shipped: "
+                         "not the dataset it trained on")
+
+
+def _check_recorded_data(eval_test: Path, dataset: Path) -> None:
+    """A checkpoint without its catalog (best.tar): the data the GPU's test evaluation recorded
+    (a hash of the dataset's files) must be `dataset`'s; without that record, a warning."""
+    recorded = json.loads(eval_test.read_text()) if eval_test.is_file() else {}
+    if not recorded.get("dataset_sha1"):
+        print(f"warning: {eval_test} records no dataset hash: cannot check that {dataset} is the data "
+              "the GPU run trained on", file=sys.stderr)
+        return
+    from pecrs.run_dataset import matches_record
+
+    if not matches_record(recorded, dataset):
+        raise SystemExit(f"{dataset} differs from the data the GPU run evaluated ({eval_test}): "
                          "not the dataset it trained on")
 
 

@@ -1,10 +1,10 @@
 """What each device call of the GPU session sends, against the device tool's 64 MiB per call.
 
-A call sends the whole working tree (tracked files and untracked ones git does not ignore: 13.6
-MiB with the shipped model) plus the ignored paths it carries (docs/gpu.md, section 2):
+A call sends the whole working tree (tracked files and untracked ones git does not ignore: 14.0
+MiB with the shipped model on 2026-11-30) plus the ignored paths it carries (docs/gpu.md, section 2):
 
     call 1 (--land)   .gguf/<name>.part00, .gguf/<name>.manifest.json, .whl/
-    call 2            .gguf/<name>.part01, .devdata/inspired/, .devdata/revision.txt
+    call 2            .gguf/<name>.part01, .devdata/inspired.tar.gz, .devdata/revision.txt
 
     python tools/gpu/call_sizes.py        # after --prepare: prints both, exits 1 over the margin
 
@@ -24,7 +24,7 @@ MARGIN = 62 * 2**20          # what a call may send here: 2 MiB for files that a
 
 
 CARRIED = {1: [f".gguf/{GGUF_NAME}.part00", f".gguf/{GGUF_NAME}.manifest.json", ".whl"],
-           2: [f".gguf/{GGUF_NAME}.part01", ".devdata/inspired", ".devdata/revision.txt"]}
+           2: [f".gguf/{GGUF_NAME}.part01", ".devdata/inspired.tar.gz", ".devdata/revision.txt"]}
 
 
 def path_bytes(path: Path) -> int:
@@ -41,7 +41,7 @@ def tree_bytes(root: Path = ROOT) -> int:
 
 def call_sizes(root: Path = ROOT, gguf_dir: Path | None = None, **allowances: int) -> dict[int, int]:
     """Bytes each call sends: the tree plus its carried paths (`gguf_dir`: where the parts are,
-    default root/.gguf). `allowances` ({".whl": bytes, ".devdata/inspired": bytes}) stand in for carried
+    default root/.gguf). `allowances` ({".whl": bytes, ".devdata/inspired.tar.gz": bytes}) stand in for carried
     folders not prepared yet."""
     tree, gguf_dir = tree_bytes(root), gguf_dir or root / ".gguf"
 

@@ -2,7 +2,8 @@
 # the GPU machine, where only the repo and the carried, git-ignored folders arrive:
 #   .gguf/   the SmolLM2 GGUF in two parts (python tools/split_gguf.py split), one part per call
 #   .whl/    wheels the GPU image lacks (gguf, rouge-score, nltk, defusedxml)
-#   .devdata/<dataset>/   the dataset files (../shared does not travel)
+#   .devdata/<dataset>.tar.gz   the dataset files (../shared does not travel), unpacked here into
+#                               .devdata/<dataset>/ (a folder carried as it is works too)
 OUT=${OUT:-/tmp/pecrs-out}
 mkdir -p "$OUT"
 export OUT PYTHONPATH=$PWD
@@ -10,6 +11,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
+for packed in .devdata/*.tar.gz; do   # carried gzipped: 3 MiB of INSPIRED text is 0.7 MiB of a call
+  [ -f "$packed" ] && tar -xzf "$packed" -C .devdata
+done
 export PECRS_SMOLLM2_GGUF=${PECRS_SMOLLM2_GGUF:-$PWD/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf}
 # The GGUF arrives in parts (tools/split_gguf.py): joined here once every part has landed. A later
 # part without call 1's files means the machine was recycled between the calls (docs/gpu.md).

@@ -16,8 +16,9 @@ Stages and their budget (seconds of the call; defaults for the GPU, SMOKE=1 shri
              its share (complete linear schedule), train.max_train_minutes as the guard
   test       `pecrs evaluate BEST --json` with generation; if it fails or overruns, recall and
              perplexity only (--no-generate)                                 EVAL_RESERVE_S=120
-  export     `pecrs export RUN $OUT/shipped` (skipped with a message when the command is absent:
-             the best checkpoint then comes back as best.tar)                 EXPORT_RESERVE_S=30
+  export     `pecrs export RUN RUNS/shipped`, packed into $OUT/shipped.tar at once (skipped with a
+             message when the command is absent: the best checkpoint comes back as best.tar)
+                                                                              EXPORT_RESERVE_S=30
   dev-evals  the ship rule's dev measurements (docs/gpu.md), on this GPU, in the time left over
              only (planned from nothing, so never taken from training): `pecrs evaluate --split dev`
              of the export and of the package's default model (DEV_BASELINE) with the same
@@ -32,18 +33,26 @@ variant with the best dev score (mean of R@1, R@10, R@50, what `pecrs train` sel
 evaluated on test and exported; test never chooses anything.
 
 $OUT gets at most 8 files (the device tool's limit), each under 16 MiB: result.json, run.log,
-eval_test.json, dev_*.json (the dev evaluations), and shipped/ (packed into shipped.tar, or
-shipped-1.tar, shipped-2.tar, ... of < 15 MiB each, when it would exceed the count or the size).
+eval_test.json, dev_*.json (the dev evaluations), dev_predictions.tar and shipped.tar (or
+shipped-1.tar, shipped-2.tar, ... of < 15 MiB each). $OUT holds a usable model from the selection on,
+so a call killed at the tool's limit loses no more than the stage it was in: the selected
+checkpoint is packed into $OUT (best.tar, best-1.tar, ...) right after the selection, replaced by
+shipped.tar once the export is done, and the dev evaluations read the export and write their
+predictions outside $OUT. A call killed before the selection leaves the checkpoints in RUNS, with a
+copy of result.json and run.log: `train_inspired.py --salvage` (train_inspired.sh --salvage, a call
+of its own at once on the warm machine) packs the best of them into $OUT (docs/gpu.md).
 
-Environment: OUT, DATA (.devdata/inspired), CALL_BUDGET_S (540), PROBE_BUDGET_S (60),
+Environment: OUT, DATA (.devdata/inspired), CALL_BUDGET_S (570), PROBE_BUDGET_S (60),
 PROBE_LIMIT_S (150), BACKBONE_LIMIT_S (120), EVAL_RESERVE_S (120), EXPORT_RESERVE_S (30),
 END_RESERVE_S (15), VARIANTS, MIN_EPOCHS_PER_VARIANT (3), MAX_EPOCHS (20), BATCH and STEP_MODE
 (force them instead of the probe's choice), EVAL_BATCH (256), EVAL_ARGS (more `pecrs evaluate`
 options), RUNS (runs/gpu-inspired), PROBE_FROM (a stored probe JSON to plan from instead of probing,
 e.g. tools/gpu/probe_h200.json: its time goes to training),
 DEV_BASELINE (the model the export is compared with on dev: `inspired`, the package's default;
-SMOKE: the export itself), DEV_EVAL_MIN_S (60), DEV_EVAL_LIMIT_S (150), DEV_NO_REPEAT_NGRAM (3, the
-shipped default's setting),
+SMOKE: the export itself), DEV_EVAL_MIN_S (60; DEV_RECALL_MIN_S, 35, for the recall-only one),
+DEV_EVAL_LIMIT_S (150), DEV_NO_REPEAT_NGRAM (3, the shipped default's setting). Those set for the call
+are recorded in result.json ("env"); a reused probe says where it came from ("probe.reused_from").
+Without CUDA the driver refuses to train (the GPU configs on a CPU would only use up the call),
 SMOKE=1 (configs/tiny.yaml with each variant's loss settings and SMOKE_OVERRIDES, tiny budgets: the
 CPU smoke test, tests/test_gpu_run.py).
 """
@@ -70,6 +79,10 @@ MAX_FILES = 8
 NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")
 LOSS_KEYS = ("alpha", "beta", "gamma", "loss_normalization", "rerank_temperature", "label_smoothing")
 DEFAULT_VARIANTS = "authors=configs/inspired-gpu.yaml paper=configs/inspired-gpu-paper.yaml"
+ENV_KEYS = ("CALL_BUDGET_S", "VARIANTS", "PROBE_FROM", "MAX_EPOCHS", "MIN_EPOCHS_PER_VARIANT", "BATCH",
+            "STEP_MODE", "EVAL_BATCH", "EVAL_ARGS", "DEV_BASELINE", "DEV_EVAL_MIN_S", "DEV_RECALL_MIN_S",
+            "DEV_EVAL_LIMIT_S", "DEV_NO_REPEAT_NGRAM", "PROBE_BUDGET_S", "EVAL_RESERVE_S", "EXPORT_RESERVE_S",
+            "END_RESERVE_S", "DATA", "RUNS")
 SMOKE = bool(os.environ.get("SMOKE"))
 # the smoke run's sizes on top of configs/tiny.yaml (a few seconds per process on 2 cores)
 SMOKE_OVERRIDES = ("train.max_train_samples=32 train.max_eval_samples=12 train.m_train=8 inference.m_inference=32 "
@@ -88,8 +101,9 @@ class Run:
 
     def __init__(self, out: Path):
         self.t0 = float(os.environ.get("PECRS_CALL_T0") or time.time())
-        self.budget = env_float("CALL_BUDGET_S", 540, 300)
+        self.budget = env_float("CALL_BUDGET_S", 570, 300)
         self.out = out
+        self.mirror: Path | None = None   # RUNS, once it exists: result.json and run.log again (--salvage)
         out.mkdir(parents=True, exist_ok=True)
         self.log_file = (out / "run.log").open("a", encoding="utf-8")
         self.result: dict = {"kind": "pecrs inspired gpu run (issue 11 B)", "smoke": SMOKE,
@@ -107,11 +121,16 @@ class Run:
         print(line, flush=True)
         self.log_file.write(line + "\n")
         self.log_file.flush()
+        if self.mirror is not None:
+            with (self.mirror / "run.log").open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
 
     def save(self) -> None:
         """result.json, written whole each time (a temporary file outside $OUT, then renamed in)."""
         tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pecrs-result-{os.getpid()}.json"
         tmp.write_text(json.dumps(self.result, indent=1, default=str))
+        if self.mirror is not None:
+            shutil.copy(tmp, self.mirror / "result.json")
         shutil.move(str(tmp), self.out / "result.json")
 
     def stage(self, name: str, status: str, started: float, **extra) -> None:
@@ -408,28 +427,29 @@ def dev_evaluations(run: Run, py: str, data: str, shipped: Path, end_reserve_s: 
     dev_candidate (the export: dev recall and its replies), dev_baseline (DEV_BASELINE, the package's
     default model, the same way), dev_candidate_excl (the export's recall with the items a
     conversation mentions excluded). Each writes $OUT/<name>.json, and its per-sample predictions
-    (for paired comparisons back here) $OUT/dev_predictions/<name>.jsonl, which the end packs into
-    one dev_predictions.tar (`check_files`); returns {name: status, seconds}."""
+    (for paired comparisons back here) RUNS/dev_predictions/<name>.jsonl, which the end packs into
+    one dev_predictions.tar in $OUT (`check_files`); returns {name: status, seconds}."""
     baseline = os.environ.get("DEV_BASELINE") or (str(shipped) if SMOKE else "inspired")
     common = ["--split", "dev", "--dataset", data, "--json", "--dtype", "float32", "--no-ppl",
               "--batch-size", os.environ.get("EVAL_BATCH", "16" if SMOKE else "256"),
               "--no-repeat-ngram", os.environ.get("DEV_NO_REPEAT_NGRAM", "3"),
               *os.environ.get("EVAL_ARGS", "--max-samples 8" if SMOKE else "").split()]
-    plan = (("dev_candidate", str(shipped), []), ("dev_baseline", baseline, []),
-            ("dev_candidate_excl", str(shipped), ["--no-generate", "--exclude-mentioned"]))
-    least, limit = env_float("DEV_EVAL_MIN_S", 60, 5), env_float("DEV_EVAL_LIMIT_S", 150, 120)
+    replies, recall_only = env_float("DEV_EVAL_MIN_S", 60, 5), env_float("DEV_RECALL_MIN_S", 35, 5)
+    plan = (("dev_candidate", str(shipped), [], replies), ("dev_baseline", baseline, [], replies),
+            ("dev_candidate_excl", str(shipped), ["--no-generate", "--exclude-mentioned"], recall_only))
+    limit = env_float("DEV_EVAL_LIMIT_S", 150, 120)
     done = {}
-    for name, model, extra in plan:
+    for name, model, extra, least in plan:
         left = run.left() - end_reserve_s
         if not (shipped / "pecrs_config.json").is_file():
             done[name] = {"status": "skipped: no export to evaluate"}
             continue
         if left < least:
-            done[name] = {"status": f"skipped: {left:.0f} s left, under DEV_EVAL_MIN_S"}
+            done[name] = {"status": f"skipped: {left:.0f} s left, under its minimum of {least:.0f} s"}
             run.log(f"{name}: {done[name]['status']}")
             continue
         started = time.time()
-        target, predictions = run.out / f"{name}.json", run.out / "dev_predictions" / f"{name}.jsonl"
+        target, predictions = run.out / f"{name}.json", shipped.parent / "dev_predictions" / f"{name}.jsonl"
         code, _ = run.call(name, [py, "-m", "pecrs.cli", "evaluate", model, *common, *extra, "--output", str(target),
                                   "--predictions", str(predictions)],
                            min(limit, left), quiet=lambda line: line.startswith("{"))
@@ -445,7 +465,55 @@ def dev_evaluations(run: Run, py: str, data: str, shipped: Path, end_reserve_s: 
     return done
 
 
+def salvage(out: Path, runs: Path) -> int:
+    """After a call 2 killed at the tool's limit (docs/gpu.md): what RUNS holds into $OUT, at most 8
+    files. The export when it was finished (shipped.tar), else the best checkpoint of the variants
+    (best/ with the highest dev mean, else a last/) as best.tar, with the mirrored result.json
+    (its selection and dev curve completed from the run folders, for adopt_run.py) and run.log."""
+    out.mkdir(parents=True, exist_ok=True)
+    mirrored = runs / "result.json"
+    result = json.loads(mirrored.read_text()) if mirrored.is_file() else {"kind": "pecrs inspired gpu run (issue 11 B)"}
+    if (runs / "run.log").is_file():
+        shutil.copy(runs / "run.log", out / "run.log")
+    found = []
+    order = list(result.get("variants", {}))
+    folders = sorted((p for p in runs.iterdir() if p.is_dir() and p.name not in ("shipped", "dev_predictions")),
+                     key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name)) \
+        if runs.is_dir() else []
+    for folder in folders:     # the variants in the call's order: a tie goes to the first, as in the call
+        summary = summarize_run(folder, [])
+        kind = next((k for k in ("best", "last") if (folder / k / "pecrs_config.json").is_file()), None)
+        if kind:
+            found.append((kind == "best", summary["best_dev_recall_mean"] or -1.0, folder.name, kind, summary))
+    note = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if found:
+        _, _, name, kind, summary = max(found, key=lambda x: x[:2])
+        variant = result.setdefault("variants", {}).setdefault(name, {})
+        variant.update({k: v for k, v in summary.items() if k not in ("setup", "final")})
+        result.setdefault("selected", {"variant": name, "checkpoint": str(runs / name / kind),
+                                       "partial": kind != "best", "best_epoch": summary["best_epoch"],
+                                       "dev": summary["best_dev"],
+                                       "why": "salvaged after the call was killed: the variants' best dev checkpoint"})
+        name = result["selected"]["variant"]
+        if (runs / name / "eval_test.json").is_file():
+            shutil.copy(runs / name / "eval_test.json", out / "eval_test.json")
+    if (runs / "shipped" / "pecrs_config.json").is_file():
+        note["packed"] = pack(runs / "shipped", out, "shipped")
+    elif found:
+        selected = Path(result["selected"]["checkpoint"])
+        note["packed"] = pack(selected if (selected / "pecrs_config.json").is_file() else runs / name / kind, out, "best")
+    else:
+        note["packed"] = []
+        note["error"] = f"no checkpoint under {runs}"
+    result["salvaged"] = note
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    print("SALVAGE " + json.dumps({"selected": (result.get("selected") or {}).get("variant"), **note}))
+    return 0 if note["packed"] else 1
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--salvage"]:
+        return salvage(Path(os.environ.get("OUT") or "/tmp/pecrs-out"), REPO / os.environ.get("RUNS", "runs/gpu-inspired"))
     run = Run(Path(os.environ.get("OUT") or "/tmp/pecrs-out"))
     try:
         return stages(run)
@@ -478,10 +546,19 @@ def stages(run: Run) -> int:
     # ---- env ----
     started = time.time()
     run.result.update(device=gpu_info(), versions=versions(), git=git_revision(),
-                      command=" ".join(sys.argv), data=data, variants={n: {"config": c} for n, c in variants})
+                      command=" ".join(sys.argv), env={k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)},
+                      data=data, variants={n: {"config": c} for n, c in variants})
+    if not SMOKE and run.result["device"].get("kind") == "cpu":
+        run.stage("env", "failed", started, device="cpu")
+        run.result["error"] = "no GPU: the GPU configs would only use up the call on a CPU (SMOKE=1 is the CPU run)"
+        run.result["out_files"] = check_files(run)
+        run.save()
+        return 1
     run.stage("env", "ok", started, device=run.result["device"].get("kind"))
     shutil.rmtree(runs, ignore_errors=True)   # a fresh run: epochs and warm-up are planned for this call
     runs.mkdir(parents=True)
+    run.mirror = runs
+    run.save()
 
     primary_config, primary_overrides = variant_command(variants[0][1], data, SMOKE)
     base = yaml.safe_load((REPO / primary_config).read_text())
@@ -522,6 +599,8 @@ def stages(run: Run) -> int:
     probe = json.loads(probe_json.read_text()) if code == 0 and probe_json.is_file() else None
     if probe:
         probe.pop("machine", None)
+        if reused:   # measured in an earlier session: not this call's figures
+            probe["reused_from"] = reused
     run.result["probe"] = probe or {"error": "the probe failed or timed out (see run.log); training uses the "
                                              "config's batch and train.step_mode auto"}
     run.stage("probe", "ok" if probe else "failed", started,
@@ -578,7 +657,9 @@ def stages(run: Run) -> int:
     run.result["selected"] = {"variant": name, "checkpoint": str(ckpt), "partial": partial,
                               "why": why, "best_epoch": entry.get("best_epoch"),
                               "dev": entry.get("best_dev")}
-    run.log(f"selected {name}: {why}; checkpoint {ckpt}")
+    # From here on $OUT holds a model: a kill at the tool's limit keeps it (the export replaces it).
+    run.result["selected"]["packed_checkpoint"] = pack(ckpt, out, "best")
+    run.log(f"selected {name}: {why}; checkpoint {ckpt}, packed into {run.result['selected']['packed_checkpoint']}")
     run.save()
 
     # ---- test ----
@@ -607,13 +688,14 @@ def stages(run: Run) -> int:
         run.result["test"] = {"error": "test evaluation failed or timed out (see run.log)"}
     run.stage("test", "ok" if test else "failed", started, generation=generated)
 
-    # ---- export ----
+    # ---- export: into RUNS (the dev evaluations read it there), packed into $OUT at once ----
     started = time.time()
+    shipped = runs / "shipped"
     export = os.environ.get("EXPORT_SUBCOMMAND", "export")    # another name: the tests' way to the fallback
     help_code, _ = run.call("export-help", [py, "-m", "pecrs.cli", export, "--help"], 30)
     if help_code == 0:
         notes = Path(__file__).with_name("model_notes.md")   # the card's "About this model"
-        code, _ = run.call("export", [py, "-m", "pecrs.cli", export, str(runs / name), str(out / "shipped"),
+        code, _ = run.call("export", [py, "-m", "pecrs.cli", export, str(runs / name), str(shipped),
                                       "--notes", str(notes)], run.left() - budget["end_reserve_s"])
         status = "ok" if code == 0 else "failed" if code is not None else "timed out"
         message = None if code == 0 else "pecrs export failed (see run.log)"
@@ -622,19 +704,26 @@ def stages(run: Run) -> int:
                                       "checkpoint (float32 adapter, heads, tokenizer) comes back as best.tar instead")
         run.log(message)
     if status != "ok":
-        shutil.rmtree(out / "shipped", ignore_errors=True)
-        run.result["export"] = {"status": status, "message": message, "packed_checkpoint": pack(ckpt, out, "best")}
+        shutil.rmtree(shipped, ignore_errors=True)
+        run.result["export"] = {"status": status, "message": message,
+                                "packed_checkpoint": run.result["selected"]["packed_checkpoint"]}
     else:
-        run.result["export"] = {"status": "ok", "files": sorted(str(p.relative_to(out)) for p in out_files(out / "shipped"))}
+        tars = pack(shipped, out, "shipped")
+        for tar in run.result["selected"].pop("packed_checkpoint"):   # the export holds the same weights
+            (out / tar).unlink()
+        run.result["export"] = {"status": "ok", "packed": tars,
+                                "files": sorted(str(Path("shipped") / p.relative_to(shipped)) for p in out_files(shipped))}
     run.stage("export", status, started)
 
     # ---- dev evaluations for the ship rule (time left over only) ----
     started = time.time()
-    run.result["dev_evals"] = dev_evaluations(run, py, data, out / "shipped", budget["end_reserve_s"])
+    run.result["dev_evals"] = dev_evaluations(run, py, data, shipped, budget["end_reserve_s"])
     run.stage("dev-evals", "ok" if all(e.get("status") == "ok" for e in run.result["dev_evals"].values())
               else "partial", started, done=[n for n, e in run.result["dev_evals"].items() if e.get("status") == "ok"])
 
     # ---- end ----
+    if (runs / "dev_predictions").is_dir():   # written outside $OUT: a kill mid-way leaves $OUT small
+        shutil.copytree(runs / "dev_predictions", out / "dev_predictions")
     run.result["out_files"] = check_files(run)
     run.result["seconds"] = round(run.elapsed(), 1)
     run.save()
