@@ -4,7 +4,7 @@ the recommender. Each line you type is one seeker turn; the reply names the reco
     /top [N]   the N best items for the conversation so far (default 5), with scores
     /reset     start a new conversation
     /help      these commands
-    /quit      leave (end of input does too)
+    /quit      leave (also /exit or /q; end of input does too)
 
 Input is read line by line, so a conversation can be piped in: `printf 'hi\\n/top 3\\n' | pecrs chat RUN`.
 """

@@ -25,13 +25,21 @@ at most 50 turns, 2,000 characters per text, 333 item ids per turn, 1,000 exclud
 1 <= k_items <= 10, a known decoding name. A body over 1 MiB gets 413, whether it declares its
 length or is sent chunked: reading stops at the first chunk past the limit. Input that is
 well-formed but unusable (an unknown item id, a [ITEM] count that does not match "items") gets 400.
+A body that is not UTF-8, or JSON nested too deeply to read, gets 400 saying so.
 Error replies never echo the request: a 422 lists at most 20 errors as {"loc", "msg", "type"}
-(no "input"), and every message is cut to 300 characters. Model calls are serialised by the
-Recommender's lock; the process survives bad input and internal errors (500 with a message).
+(no "input"), and every message is cut to 300 characters. The process survives bad input and
+internal errors (500 with a message).
+
+Model calls wait their turn on the event loop, one at a time, first come first served: a request
+whose client has gone by its turn is dropped unrun (a closed tab or a client's timeout costs no
+model time), and past MAX_WAITING requests waiting a new one gets 503 with Retry-After. /health,
+/items and / never wait for the model. On SIGTERM or Ctrl-C the server stops taking requests and
+exits once the running ones are answered, after GRACEFUL_SHUTDOWN_S at most.
 There is no /docs or /redoc page (FastAPI's load scripts from a CDN); /openapi.json describes the API.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -39,8 +47,9 @@ from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .data import DataError, Item
@@ -54,6 +63,10 @@ MAX_EXCLUDE = 1000
 MAX_ITEMS_PER_TURN = MAX_TEXT_CHARS // 6      # "[ITEM]" is 6 characters
 MAX_DECODING_CHARS = 64
 MAX_ERRORS, MAX_MESSAGE_CHARS = 20, 300       # what an error reply may hold
+MAX_WAITING = 32                              # requests waiting for the model before a 503
+RETRY_AFTER_S = 10
+CLIENT_GONE = 499                             # nginx's "client closed request": logged, never read
+GRACEFUL_SHUTDOWN_S = 15
 DECODINGS = sorted(ALIASES) + sorted(PRESETS)
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
@@ -73,8 +86,8 @@ class TurnIn(_Body):
     def _seeker_says_something(cls, text, info):
         # A recommender turn may be empty: /respond returns the model's reply as the next request's
         # turn, and a model can end a reply at once.
-        if not text and info.data.get("role") == "seeker":
-            raise ValueError("a seeker turn's text is empty")
+        if not text.strip() and info.data.get("role") == "seeker":
+            raise ValueError("a seeker turn's text is empty (or only spaces)")
         return text
 
 
@@ -163,7 +176,21 @@ async def _send_too_large(scope, send) -> None:
 def _short_error(error: dict) -> dict:
     """A pydantic error without its "input" (which may be the whole body), strings clipped."""
     loc = [x if isinstance(x, int) else clip(x, 100) for x in error.get("loc", ())]
-    return {"loc": loc, "msg": clip(error.get("msg", "")), "type": clip(error.get("type", ""), 100)}
+    msg = error.get("msg", "")
+    if (error.get("ctx") or {}).get("error"):     # malformed JSON: the parser's reason
+        msg = f"{msg}: {error['ctx']['error']}"
+    return {"loc": loc, "msg": clip(msg), "type": clip(error.get("type", ""), 100)}
+
+
+def _unreadable_body(exc: StarletteHTTPException) -> str | None:
+    """What made FastAPI's "There was an error parsing the body" (its 400 for a body that the
+    JSON reader raised on), in words, or None for any other error."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not UTF-8 (byte {cause.start}); send JSON encoded as UTF-8"
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deeply to read"
+    return None
 
 
 def item_json(item: Item, full: bool = False) -> dict:
@@ -197,7 +224,8 @@ def create_app(recommender) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": clip(exc.detail)}, status_code=exc.status_code,
+        detail = (_unreadable_body(exc) if exc.status_code == 400 else None) or exc.detail
+        return JSONResponse({"detail": clip(detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DataError)
@@ -209,20 +237,44 @@ def create_app(recommender) -> FastAPI:
         log.exception("error while serving %s", request.url.path)
         return JSONResponse({"detail": clip(f"internal error: {type(exc).__name__}: {exc}")}, status_code=500)
 
+    # Model calls take turns here, on the event loop, so waiting requests hold no worker thread
+    # (/health answers whatever the queue) and a request can be dropped when its client has left.
+    model_turn = asyncio.Lock()
+    waiting = 0
+
+    async def with_model(request: Request, call):
+        """`call()` run in a worker thread when it is this request's turn; 503 when MAX_WAITING
+        requests already wait, nothing run when the client is gone by then."""
+        nonlocal waiting
+        if waiting >= MAX_WAITING:
+            raise HTTPException(status_code=503, headers={"retry-after": str(RETRY_AFTER_S)},
+                                detail=f"{waiting} requests are waiting for the model; retry in {RETRY_AFTER_S} s")
+        waiting += 1
+        try:
+            async with model_turn:
+                if await request.is_disconnected():
+                    log.info("%s: the client left before its turn; not run", request.url.path)
+                    return Response(status_code=CLIENT_GONE)
+                return await run_in_threadpool(call)
+        finally:
+            waiting -= 1
+
+    # The handlers below do no blocking work: async, so they never wait behind a model call.
     @app.get("/", include_in_schema=False)
-    def index():
+    async def index():
         return FileResponse(WEB_PAGE, media_type="text/html")
 
     @app.get("/health")
-    def health():
+    async def health():
         return {"status": "ok", "items": len(recommender), "checkpoint": str(recommender.checkpoint),
                 "decoding": recommender.decoding if isinstance(recommender.decoding, str) else "custom",
                 "decodings": DECODINGS, "no_repeat_ngram": recommender.no_repeat_ngram,
                 "m_inference": recommender.m_inference, "exclude_mentioned": recommender.exclude_mentioned,
-                "index": type(recommender.index).__name__, "device": str(recommender.model.device)}
+                "index": type(recommender.index).__name__, "device": str(recommender.model.device),
+                "dtype": recommender.precision.name, "waiting": waiting}
 
     @app.get("/items/{item_id:path}")  # :path, so that ids holding "/" resolve too
-    def get_item(item_id: str):
+    async def get_item(item_id: str):
         item = recommender.items.get(item_id)
         if item is None:
             raise HTTPException(status_code=404, detail=f"unknown item id '{item_id}'")
@@ -240,22 +292,26 @@ def create_app(recommender) -> FastAPI:
         return [item_json(recommender.items[i]) for i in ids]
 
     @app.post("/recommend")
-    def recommend(body: RecommendRequest):
-        recs = recommender.recommend([t.model_dump() for t in body.turns], k=body.k, exclude=body.exclude,
-                                     link_titles=body.link_titles, exclude_mentioned=body.exclude_mentioned)
-        return {"items": [{**item_json(r.item), "score": r.score, "rank": r.rank} for r in recs],
-                "read_as": read_as(body)}
+    async def recommend(body: RecommendRequest, request: Request):
+        def call():
+            recs = recommender.recommend([t.model_dump() for t in body.turns], k=body.k, exclude=body.exclude,
+                                         link_titles=body.link_titles, exclude_mentioned=body.exclude_mentioned)
+            return {"items": [{**item_json(r.item), "score": r.score, "rank": r.rank} for r in recs],
+                    "read_as": read_as(body)}
+        return await with_model(request, call)
 
     @app.post("/respond")
-    def respond(body: RespondRequest):
-        r = recommender.respond([t.model_dump() for t in body.turns], decoding=body.decoding,
-                                k_items=body.k_items, seed=body.seed, exclude=body.exclude,
-                                link_titles=body.link_titles, exclude_mentioned=body.exclude_mentioned)
-        return {"response": r.text, "raw_response": r.raw_text,
-                "items": [item_json(it) for it in dict.fromkeys(r.items)],
-                "recommended": [item_json(it) for it in r.recommended],
-                "turn": {"role": "recommender", "text": r.raw_text, "items": [it.id for it in r.items]},
-                "read_as": read_as(body)}
+    async def respond(body: RespondRequest, request: Request):
+        def call():
+            r = recommender.respond([t.model_dump() for t in body.turns], decoding=body.decoding,
+                                    k_items=body.k_items, seed=body.seed, exclude=body.exclude,
+                                    link_titles=body.link_titles, exclude_mentioned=body.exclude_mentioned)
+            return {"response": r.text, "raw_response": r.raw_text,
+                    "items": [item_json(it) for it in dict.fromkeys(r.items)],   # each item once
+                    "recommended": [item_json(it) for it in r.recommended],
+                    "turn": {"role": "recommender", "text": r.raw_text, "items": [it.id for it in r.items]},
+                    "read_as": read_as(body)}
+        return await with_model(request, call)
 
     return app
 
@@ -267,4 +323,5 @@ def serve(recommender, host: str = "127.0.0.1", port: int = 8000, log_level: str
     # not inside the first request that needs them, under the model lock (seconds for 10^5 items).
     recommender.link_titles("")
     recommender.twins
-    uvicorn.run(create_app(recommender), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(recommender), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

@@ -225,6 +225,18 @@ def test_cli_serve_refuses_a_port_in_use_before_loading(monkeypatch, capsys):
     assert loaded == [] and f"--host 127.0.0.1 --port {port}: cannot listen there" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_cli_refuses_a_missing_catalog_before_loading(command, tmp_path, monkeypatch, capsys):
+    import pecrs.cli.serving
+    from pecrs.cli import main
+
+    loaded = []
+    monkeypatch.setattr(pecrs.cli.serving, "_load_recommender", lambda args: loaded.append(args))
+    assert main([command, "--catalog", str(tmp_path / "mine.jsonl")]) == 2
+    assert loaded == [] and "mine.jsonl: no such file" in capsys.readouterr().err
+    assert main([command, "--catalog", str(tmp_path)]) == 2 and "a folder without items.jsonl" in capsys.readouterr().err
+
+
 def test_serve_builds_the_title_index_before_the_first_request(tmp_path, monkeypatch):
     """The chat page links typed titles: the index is built at start-up, not inside the first
     request under the model lock (seconds on a large catalog, every other request waiting)."""

@@ -26,6 +26,7 @@ def _load_recommender(args):
                                       no_repeat_ngram=args.no_repeat_ngram, exclude_mentioned=args.exclude_mentioned,
                                       strict_catalog=False, dtype=args.dtype, progress=True)
     print(rec.report.summary(), file=sys.stderr)
+    print(f"precision: {rec.precision.name} ({rec.precision.reason})", file=sys.stderr)
     for message in rec.report.errors:
         print(f"  skipped: {message}", file=sys.stderr)
     if rec.report.n_errors > len(rec.report.errors):
@@ -54,6 +55,7 @@ def _chat(args) -> int:
     from ..chat import chat
 
     # A conversation with a person excludes what it mentions unless told not to (pecrs.chat).
+    _check_catalog_given(args.catalog)
     return chat(_load_recommender(args), k_items=args.k_items, seed=args.seed, link_titles=args.link_titles,
                 exclude_mentioned=args.exclude_mentioned is not False)
 
@@ -89,13 +91,25 @@ def _check_port_free(host: str, port: int) -> None:
                              "another --port, or stop what uses it") from None
 
 
+def _check_catalog_given(catalog: str | None) -> None:
+    """Refuse a --catalog path that is not there before the model loads (seconds); what the file
+    holds is read, leniently, once the model is loaded."""
+    if catalog is None:
+        return
+    path = Path(catalog)
+    if not (path.is_file() or (path / "items.jsonl").is_file()):
+        why = "a folder without items.jsonl" if path.is_dir() else "no such file"
+        raise ValueError(f"--catalog {catalog}: {why}")
+
+
 def _serve(args) -> int:
     from ..serve import serve
 
     _check_port_free(args.host, args.port)
+    _check_catalog_given(args.catalog)
     rec = _load_recommender(args)
-    print(f"serving on http://{args.host}:{args.port}/ (API: /recommend, /respond, /items/ID, /health)",
-          file=sys.stderr)
+    where = f"http://{args.host}:{args.port}/" if args.port else f"http://{args.host} on a port the system picks (uvicorn's line below)"
+    print(f"serving on {where} (API: /recommend, /respond, /items/ID, /health)", file=sys.stderr)
     serve(rec, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
