@@ -33,8 +33,8 @@ internal errors (500 with a message).
 Model calls wait their turn on the event loop, one at a time, first come first served: a request
 whose client has gone by its turn is dropped unrun (a closed tab or a client's timeout costs no
 model time), and past MAX_WAITING requests waiting a new one gets 503 with Retry-After. /health,
-/items and / never wait for the model. On SIGTERM or Ctrl-C the server stops taking requests and
-exits once the running ones are answered, after GRACEFUL_SHUTDOWN_S at most.
+/items and / never wait for the model. On SIGTERM or Ctrl-C the server stops taking requests,
+answers those it has while GRACEFUL_SHUTDOWN_S allow, then exits.
 There is no /docs or /redoc page (FastAPI's load scripts from a CDN); /openapi.json describes the API.
 """
 from __future__ import annotations
