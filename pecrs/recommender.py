@@ -48,7 +48,7 @@ from .backbone import default_device
 from .catalog import ItemStore
 from .catalog_source import CATALOG_FILE, CatalogReport, resolve_catalog, write_items
 from .config import ConfigError, check_value
-from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn
+from .data import ITEM, RECOMMENDER, SEEKER, DataError, Item, Turn, unescape_quotes
 from .dialogue_input import CHARS_PER_TOKEN, to_turns
 from .prepare import dialogue_encoder, saved_catalog_vectors, say
 from .samples import mentioned_items
@@ -251,7 +251,9 @@ class Recommender:
         """`text` with each catalog title it types ("I loved The Conjuring") replaced by an [ITEM]
         mention, as training dialogues mark them, and the ids of all its [ITEM]s in order (`items`:
         those of the placeholders already there). The rules against false matches ("I love it" is
-        not the movie "It") are in pecrs.title_linking."""
+        not the movie "It") are in pecrs.title_linking. INSPIRED's QUOTATION_MARK is read back first,
+        as `turns` reads it (a pasted dataset turn's quoted title links)."""
+        text = unescape_quotes(text)
         if self._linker is None:
             from .title_linking import TitleLinker
 

@@ -32,9 +32,10 @@ internal errors (500 with a message).
 
 Model calls wait their turn on the event loop, one at a time, first come first served: a request
 whose client has gone by its turn is dropped unrun (a closed tab or a client's timeout costs no
-model time), and past MAX_WAITING requests waiting a new one gets 503 with Retry-After. /health,
-/items and / never wait for the model. On SIGTERM or Ctrl-C the server stops taking requests,
-answers those it has while GRACEFUL_SHUTDOWN_S allow, then exits.
+model time; uvicorn's log says so at level info), and past MAX_WAITING requests waiting a new one
+gets 503 with Retry-After. /health, /items and / never wait for the model. On SIGTERM the server
+stops taking requests, answers those it has while GRACEFUL_SHUTDOWN_S allow (those still waiting
+then are cancelled: 500), then exits; a model call already running is not interrupted.
 There is no /docs or /redoc page (FastAPI's load scripts from a CDN); /openapi.json describes the API.
 """
 from __future__ import annotations
@@ -56,6 +57,10 @@ from .data import DataError, Item
 from .decoding import ALIASES, PRESETS
 
 log = logging.getLogger(__name__)
+# uvicorn configures its own loggers (--log-level) and none of ours; its access log skips a request
+# whose client has gone, so a dropped request is told on uvicorn's error log, where the server's
+# other messages go.
+server_log = logging.getLogger("uvicorn.error")
 
 MAX_TURNS, MAX_TEXT_CHARS, MAX_K, MAX_K_ITEMS = 50, 2000, 100, 10
 MAX_BODY_BYTES = 1 << 20
@@ -253,7 +258,7 @@ def create_app(recommender) -> FastAPI:
         try:
             async with model_turn:
                 if await request.is_disconnected():
-                    log.info("%s: the client left before its turn; not run", request.url.path)
+                    server_log.info("%s: the client left before its turn; not run (%d)", request.url.path, CLIENT_GONE)
                     return Response(status_code=CLIENT_GONE)
                 return await run_in_threadpool(call)
         finally:

@@ -137,6 +137,8 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
     import shutil
     shutil.rmtree(runs / "shipped")
     (runs / "result.json").write_text(json.dumps({k: v for k, v in r.items() if k != "selected"}))  # killed mid-training
+    with (runs / best / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "train_lo')                  # a line cut off by the kill
     salvaged = tmp_path / "salvaged_best"        # each call's $OUT starts empty
     proc = subprocess.run(["bash", "tools/gpu/train_inspired.sh", "--salvage"], cwd=REPO, capture_output=True, text=True,
                           env={**env, "OUT": str(salvaged)}, timeout=120)
@@ -149,6 +151,12 @@ def test_smoke_run_lands_probe_train_select_test_export(mini_inspired, tmp_path)
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "from_best" / "best" / "heads.safetensors").is_file()
+    (salvaged / "shipped.tar").write_bytes((out_tar := (tmp_path / "salvaged" / "shipped.tar")).read_bytes()[:4096])
+    proc = subprocess.run([*tool[:2], str(salvaged), str(tmp_path / "from_cut"), *tool[4:]], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)     # half a shipped.tar: best.tar instead
+    assert proc.returncode == 0 and "do not read whole" in proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / "from_cut" / "best" / "heads.safetensors").is_file() and out_tar.is_file()
+    (salvaged / "shipped.tar").unlink()
     proc = subprocess.run([*tool[:2], str(salvaged), str(tmp_path / "other"), "--dataset", str(tmp_path / "inspired")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "differs from the data the GPU run evaluated" in proc.stderr
@@ -227,22 +235,28 @@ def test_schedule_without_a_compiled_figure_trains_with_the_gpu_default(tmp_path
     assert (s["batch_size"], s["step_mode"]) == (64, "eager") and "forced" in s["source"]
 
 
-def test_files_are_packed_to_what_the_device_tool_returns(tmp_path, monkeypatch):
+def test_a_model_is_packed_to_what_the_device_tool_returns(tmp_path, monkeypatch):
+    """`pack`: tars of under 15 MiB (the tool returns files under 16 MiB), each written under a
+    hidden partial name and renamed when whole, so a kill never leaves half a shipped.tar that
+    adopt_run would take for the model."""
     d, run = _run(tmp_path / "out", monkeypatch, left=100)
-    shipped = tmp_path / "out" / "shipped"
+    shipped = tmp_path / "runs" / "shipped"
     (shipped / "adapter").mkdir(parents=True)
     for i in range(9):
         (shipped / f"f{i}.bin").write_bytes(b"x" * 100)
     (shipped / "adapter" / "big.safetensors").write_bytes(os.urandom(9 * MiB))
     (shipped / "vectors.safetensors").write_bytes(os.urandom(9 * MiB))
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(d.os, "replace", lambda a, b: (renamed.append((Path(a).name, Path(b).name)), real_replace(a, b)))
+    assert d.pack(shipped, run.out, "shipped") == ["shipped-1.tar", "shipped-2.tar"]
+    assert renamed == [(".shipped-1.tar.partial", "shipped-1.tar"), (".shipped-2.tar.partial", "shipped-2.tar")]
     report = d.check_files(run)
-    assert report["problems"] == [] and not shipped.exists()
-    tars = sorted(report["files"])
-    assert tars == ["run.log", "shipped-1.tar", "shipped-2.tar"]
+    assert report["problems"] == [] and sorted(report["files"]) == ["run.log", "shipped-1.tar", "shipped-2.tar"]
     names = set()
-    for t in tars[1:]:
+    for t in ("shipped-1.tar", "shipped-2.tar"):
         assert report["files"][t] < 16 * MiB
-        with tarfile.open(tmp_path / "out" / t) as tar:
+        with tarfile.open(run.out / t) as tar:
             names |= set(tar.getnames())
     assert "shipped/adapter/big.safetensors" in names and len(names) == 11
 

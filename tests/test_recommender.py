@@ -215,6 +215,10 @@ def test_user_turns_are_built_as_the_loaders_build_theirs(rec):
     the loaders' turns, which read it back, so user input reads it back too (one rule, make_turn)."""
     pasted = [{"role": "seeker", "text": "IQUOTATION_MARKm after QUOTATION_MARKHeatQUOTATION_MARK"}]
     assert rec.turns(pasted)[0].text == 'I\'m after "Heat"'
+    # title linking (chat's "read as", the server's read_as) reads it the same way: the quoted title links
+    title = rec.item_list[3].title
+    text, ids = rec.link_titles(f"I loved QUOTATION_MARK{title}QUOTATION_MARK")
+    assert text == 'I loved "[ITEM]"' and ids == [rec.item_list[3].id]
 
 
 def test_bad_arguments(rec):

@@ -2,6 +2,7 @@
 a request whose client has left is not run, a full queue answers 503, and bodies that cannot be
 read are named."""
 import json
+import logging
 import socket
 import threading
 import time
@@ -42,7 +43,17 @@ def slow_server(rec, monkeypatch):
         return inner(*args, **kwargs)
 
     monkeypatch.setattr(rec, "recommend", slow_recommend)
-    server = uvicorn.Server(uvicorn.Config(create_app(rec), host="127.0.0.1", port=0, log_level="error"))
+    app = create_app(rec)
+
+    async def two_worker_threads(scope, receive, send):
+        # AnyIO's pool has 40 threads: cut to 2, a handler that needs one waits behind model calls
+        # that hold them, which is what 40 queued requests do to a real server.
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 2
+        await app(scope, receive, send)
+
+    server = uvicorn.Server(uvicorn.Config(two_worker_threads, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -74,6 +85,13 @@ def test_health_answers_while_model_calls_queue(slow_server):
 
 def test_a_request_whose_client_left_is_not_run(slow_server):
     url, calls = slow_server
+    told = []
+    handler = logging.Handler()
+    handler.emit = lambda record: told.append(record.getMessage())
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addHandler(handler)
+    level = server_log.level
+    server_log.setLevel(logging.INFO)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(_recommend, url)          # holds the model for SLOW_S
         time.sleep(SLOW_S / 4)
@@ -85,7 +103,26 @@ def test_a_request_whose_client_left_is_not_run(slow_server):
             time.sleep(0.1)
         assert first.result().status_code == 200
     time.sleep(0.3)
+    server_log.removeHandler(handler)
+    server_log.setLevel(level)
     assert len(calls) == 1                             # the abandoned request cost no model time
+    assert any("client left before its turn" in m for m in told)
+    assert _recommend(url).status_code == 200 and len(calls) == 2
+
+
+def test_a_client_that_leaves_during_its_call_frees_the_queue(slow_server):
+    """The running call ends (a model call is not interrupted), the queue count goes back to 0 and
+    the next request is served."""
+    url, calls = slow_server
+    body = json.dumps({"turns": [SEEKER]}).encode()
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(SLOW_S / 3)                         # its call is running now
+    assert len(calls) == 1
+    time.sleep(SLOW_S)
+    assert httpx.get(f"{url}/health", timeout=10).json()["waiting"] == 0
     assert _recommend(url).status_code == 200 and len(calls) == 2
 
 

@@ -35,17 +35,10 @@ def adopt(files_at: Path, run_dir: Path, dataset: str, batch_size: int | None) -
     selected = result.get("selected", {}).get("variant")
     if not selected:
         raise SystemExit(f"{files_at / 'result.json'}: no variant was selected; nothing to adopt")
-    kind = "shipped" if sorted(files_at.glob("shipped*.tar")) else "best"
-    tars = sorted(files_at.glob(f"{kind}*.tar"))
-    if not tars:
-        raise SystemExit(f"{files_at}: neither shipped.tar nor best.tar (no model came back; see result.json "
-                         "'export' and 'selected')")
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists: choose a new folder")
     with tempfile.TemporaryDirectory() as tmp:
-        for path in tars:   # NAME.tar, or NAME-1.tar, NAME-2.tar, ... when it was split
-            with tarfile.open(path) as tar:
-                tar.extractall(tmp, filter="data")
+        kind = _unpack_model(files_at, Path(tmp))
         shipped = Path(tmp) / kind
         if kind == "shipped":
             _check_data(shipped, Path(dataset))
@@ -87,6 +80,28 @@ def _check_data(shipped: Path, dataset: Path) -> None:
     if rows(shipped / "items.jsonl") != rows(dataset / "items.jsonl"):
         raise SystemExit(f"{dataset / 'items.jsonl'} differs from the catalog the GPU run shipped: "
                          "not the dataset it trained on")
+
+
+def _unpack_model(files_at: Path, into: Path) -> str:
+    """Unpack the model that came back into `into`: the export (shipped.tar, or shipped-1.tar, ...
+    when split), else the selected checkpoint (best.tar, ...); returns which ("shipped" or "best").
+    An export whose tars do not read whole gives way to the checkpoint when it came back too."""
+    for kind in ("shipped", "best"):
+        tars = sorted(files_at.glob(f"{kind}*.tar"))
+        if not tars:
+            continue
+        try:
+            for path in tars:
+                with tarfile.open(path) as tar:
+                    tar.extractall(into, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            print(f"warning: {kind} tars do not read whole ({e}); trying the next", file=sys.stderr)
+            shutil.rmtree(into / kind, ignore_errors=True)
+            continue
+        if (into / kind / "pecrs_config.json").is_file():
+            return kind
+    raise SystemExit(f"{files_at}: no whole shipped.tar or best.tar (no model came back; see result.json "
+                     "'export' and 'selected')")
 
 
 def _check_recorded_data(eval_test: Path, dataset: Path) -> None:

@@ -129,8 +129,9 @@ class Run:
         """result.json, written whole each time (a temporary file outside $OUT, then renamed in)."""
         tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pecrs-result-{os.getpid()}.json"
         tmp.write_text(json.dumps(self.result, indent=1, default=str))
-        if self.mirror is not None:
-            shutil.copy(tmp, self.mirror / "result.json")
+        if self.mirror is not None:      # copied, then renamed: a kill mid-copy leaves the last whole one
+            shutil.copy(tmp, self.mirror / "result.json.part")
+            os.replace(self.mirror / "result.json.part", self.mirror / "result.json")
         shutil.move(str(tmp), self.out / "result.json")
 
     def stage(self, name: str, status: str, started: float, **extra) -> None:
@@ -218,9 +219,10 @@ def json_lines(lines: list[str]) -> list[dict]:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON Lines file; a line cut off by a kill mid-write is left out."""
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return json_lines(path.read_text().splitlines())
 
 
 def versions() -> dict:
@@ -246,6 +248,15 @@ def gpu_info() -> dict:
     name, memory, driver = [x.strip() for x in text.splitlines()[0].split(",")]
     return {"gpu": name, "memory": memory, "driver": driver, "cuda_driver": cuda.group(1) if cuda else None,
             "kind": "h200" if "H200" in name else "h100" if "H100" in name else name}
+
+
+def torch_sees_cuda() -> bool:
+    """Whether torch, in a process of its own (the driver holds no CUDA context), finds a GPU."""
+    try:
+        return subprocess.run([sys.executable, "-c", "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"],
+                              capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def git_revision() -> dict:
@@ -370,19 +381,13 @@ def out_files(out: Path) -> list[Path]:
 def check_files(run: Run) -> dict:
     """Fit $OUT to what the device tool brings back: <= 8 files, < 16 MiB each, <= 2 folders
     down, plain names. dev_predictions/ becomes one tar, dropped if it would be a file too many
-    (it is the least needed); shipped/ is packed into tars when the count or a size needs it."""
+    (it is the least needed); the model came as tars already (`pack`)."""
     out = run.out
     predictions = out / "dev_predictions"
     if predictions.is_dir():
         if out_files(predictions):
             pack(predictions, out, "dev_predictions")
         shutil.rmtree(predictions)
-    shipped = out / "shipped"
-    if shipped.is_dir() and (len(out_files(out)) > MAX_FILES or any(
-            f.stat().st_size >= MAX_FILE or len(f.relative_to(out).parts) > 3 for f in out_files(shipped))):
-        tars = pack(shipped, out, "shipped")
-        shutil.rmtree(shipped)
-        run.log(f"packed shipped/ into {', '.join(tars)} (the device tool returns at most 8 files, < 16 MiB each)")
     if len(out_files(out)) > MAX_FILES and (out / "dev_predictions.tar").is_file():
         (out / "dev_predictions.tar").unlink()
         run.log(f"dropped dev_predictions.tar: the device tool returns at most {MAX_FILES} files")
@@ -414,9 +419,11 @@ def pack(folder: Path, out: Path, name: str, limit: int = 15 * 2**20) -> list[st
         size += n
     names = [f"{name}.tar"] if len(groups) == 1 else [f"{name}-{i + 1}.tar" for i in range(len(groups))]
     for tar_name, files in zip(names, groups):
-        with tarfile.open(out / tar_name, "w") as tar:
+        partial = out / f".{tar_name}.partial"      # renamed when whole: a kill never leaves half a NAME.tar
+        with tarfile.open(partial, "w") as tar:
             for f in files:
                 tar.add(f, arcname=str(Path(name) / f.relative_to(folder)))
+        os.replace(partial, out / tar_name)
     return names
 
 
@@ -475,6 +482,8 @@ def salvage(out: Path, runs: Path) -> int:
     result = json.loads(mirrored.read_text()) if mirrored.is_file() else {"kind": "pecrs inspired gpu run (issue 11 B)"}
     if (runs / "run.log").is_file():
         shutil.copy(runs / "run.log", out / "run.log")
+    from pecrs.pretrained import recover_checkpoint   # imports torch: only here
+
     found = []
     order = list(result.get("variants", {}))
     folders = sorted((p for p in runs.iterdir() if p.is_dir() and p.name not in ("shipped", "dev_predictions")),
@@ -482,7 +491,8 @@ def salvage(out: Path, runs: Path) -> int:
         if runs.is_dir() else []
     for folder in folders:     # the variants in the call's order: a tie goes to the first, as in the call
         summary = summarize_run(folder, [])
-        kind = next((k for k in ("best", "last") if (folder / k / "pecrs_config.json").is_file()), None)
+        # a kill between a save's two renames leaves NAME.tmp / NAME.old: made whole first
+        kind = next((k for k in ("best", "last") if recover_checkpoint(folder / k)), None)
         if kind:
             found.append((kind == "best", summary["best_dev_recall_mean"] or -1.0, folder.name, kind, summary))
     note = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -548,9 +558,9 @@ def stages(run: Run) -> int:
     run.result.update(device=gpu_info(), versions=versions(), git=git_revision(),
                       command=" ".join(sys.argv), env={k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)},
                       data=data, variants={n: {"config": c} for n, c in variants})
-    if not SMOKE and run.result["device"].get("kind") == "cpu":
+    if not SMOKE and not torch_sees_cuda():
         run.stage("env", "failed", started, device="cpu")
-        run.result["error"] = "no GPU: the GPU configs would only use up the call on a CPU (SMOKE=1 is the CPU run)"
+        run.result["error"] = "no GPU (torch.cuda.is_available() is False): the GPU configs would only use up the call on a CPU (SMOKE=1 is the CPU run)"
         run.result["out_files"] = check_files(run)
         run.save()
         return 1

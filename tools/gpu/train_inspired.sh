@@ -17,7 +17,7 @@
 #                (issue it at once: the machine goes back ~30 s after call 1; if it was recycled
 #                in between, call 2 says so and exits 3: rerun call 1, then call 2, docs/gpu.md)
 #   salvage:     bash tools/gpu/train_inspired.sh --salvage   no carry; only after call 2 was killed
-#                (rc 124/137): the newest checkpoint and the logs into $OUT (docs/gpu.md)
+#                (rc 124/137): the best checkpoint so far (or the export) and the logs into $OUT (docs/gpu.md)
 #
 # Budget of the window (seconds; <= 810 s, the device budget is 15 min = 900 s):
 #   machine start + call 1 (transfer ~60 MiB, install wheels)   <= 150 + 30
@@ -54,7 +54,7 @@ if [ "${1:-}" = "--prepare" ]; then
   echo "revision=$(git rev-parse HEAD) dirty=$dirty prepared_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)" > .devdata/revision.txt
   missing=0
   for w in gguf nltk defusedxml rouge_score; do
-    n=$(compgen -G ".whl/${w}-*.whl" | wc -l)
+    n=$( (compgen -G ".whl/${w}-*.whl" || true) | wc -l)   # compgen fails on no match: set -e, pipefail
     [ "$n" = 1 ] || { echo "wheel $w: $n files in .whl (exactly one needed: pip refuses two versions)"; missing=1; }
   done
   if [ $missing != 0 ]; then  # sized without them, a call would look smaller than it is
