@@ -252,9 +252,9 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
 def recall_only(model, store, encoder, samples, inference: InferenceConfig | None = None,
                 progress: bool = False) -> dict:
     """R@1/10/50 and their mean (the dev-selection score of §4.1), no generation. The ranking is
-    `evaluate`'s, but with LoRA left unmerged: dev selection runs between training steps, and
-    folding then unfolding float32 weights does not give them back bit for bit. The two rank
-    alike up to that rounding (tests/test_model.py, test_merged_lora_ranks_as_unmerged...)."""
+    `evaluate`'s, but with LoRA kept apart: dev selection runs between training steps, every
+    epoch, where folding would copy the adapted weights each time for a single pass. The two rank
+    alike up to rounding (tests/test_model.py, test_merged_lora_ranks_as_unmerged...)."""
     inference = inference or InferenceConfig()
     model.eval()
     with_target = [s for s in samples if s.target is not None]

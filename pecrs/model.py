@@ -264,18 +264,25 @@ class PECRS(nn.Module):
     @contextmanager
     def merged_lora(self):
         """Inference with the LoRA updates folded into the frozen weights (W + BA), so each adapted
-        layer runs one matmul instead of three; unfolded on exit. Only for float32 weights in eval
-        mode: unfolding bfloat16 weights would not give them back exactly, and training must not
-        see folded weights."""
-        weights = [p for n, p in self.lm.named_parameters() if n.endswith("base_layer.weight")]
-        if self.training or not weights or any(p.dtype != torch.float32 for p in weights):
+        layer runs one matmul instead of three: evaluation (ranking, perplexity, generation) and
+        `Recommender.respond` run so (replies 1.45x faster per token in bfloat16 on a CPU,
+        docs/performance.md). On exit the weights are given back exactly, from copies taken before
+        (unfolding would not give bfloat16 weights back). Folding and restoring cost ~0.15 s on a
+        CPU, more than one ranking pass saves: `Recommender.recommend` keeps LoRA apart. Only in
+        eval mode: training must not see folded weights."""
+        if self.training:
             yield self
             return
+        weights = [p for n, p in self.lm.named_parameters() if n.endswith("base_layer.weight")]
+        kept = [p.detach().clone() for p in weights]
         self.lm.merge_adapter()
         try:
             yield self
         finally:
-            self.lm.unmerge_adapter()
+            self.lm.unmerge_adapter()          # peft's state: unmerged
+            with torch.no_grad():
+                for p, original in zip(weights, kept):
+                    p.copy_(original)
 
     def context_pass(self, context_ids, context_items, context_len, item_vectors, keep_cache: bool = True):
         """Run the contexts once: returns (f-projected recall queries [B, d], KV cache or None when

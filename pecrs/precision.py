@@ -16,12 +16,16 @@ What bfloat16 inference changes (`to_inference_dtype`, mixed precision):
   projection is a bfloat16 x bfloat16 matmul with float32 accumulation;
 - the residual stream, norms and attention softmax stay float32 (autocast leaves them), as do the
   token embeddings and the tied LM head (not used for ranking; for generation they are read once
-  per token, where a per-op cast would cost more than it saves), the LoRA matrices (kept, not
-  merged: a LoRA update is mostly smaller than half a bfloat16 step of the weight it is added to,
-  and GPU training stores the frozen weights in bfloat16 too, so base(bf16) + LoRA(fp32) is what
-  the adapter was trained against), the item encoder and the heads f, g (they run outside the
-  decoder, on its float32 output), the catalog vectors and the recall search (exact cosine in
-  float32). The measured agreement with float32 is in docs/performance.md.
+  per token, where a per-op cast would cost more than it saves), the LoRA matrices (kept apart
+  for a single ranking pass: GPU training stores the frozen weights in bfloat16 too, so
+  base(bf16) + LoRA(fp32) is what the adapter was trained against; folded into the bfloat16
+  weights while replies are generated and for a whole evaluation, `PECRS.merged_lora`, where it
+  makes decoding 1.45x faster per token, although many LoRA updates are smaller than half a
+  bfloat16 step of their weight: ranked that way the shipped model agreed with float32 as well,
+  top-1 24 of 24 test contexts, re-ranked top-50 overlap 0.988 against 0.983 kept apart), the item
+  encoder and the heads f, g (they run outside the decoder, on its float32 output), the catalog
+  vectors and the recall search (exact cosine in float32). The measured agreement with float32 is
+  in docs/performance.md.
 """
 from __future__ import annotations
 

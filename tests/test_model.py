@@ -343,7 +343,31 @@ def test_merged_lora_ranks_as_unmerged_and_restores_the_weights(setup):
     assert torch.allclose(queries, merged_queries, atol=1e-5)
     for n, p in model.lm.named_parameters():
         if n in before:
-            assert torch.allclose(p, before[n], atol=1e-6)
+            assert torch.equal(p, before[n])          # given back bit for bit, from the copies
+
+
+def test_merged_lora_folds_and_restores_bfloat16_weights_exactly(setup):
+    """Serving and evaluating in bfloat16 fold LoRA too: unfolding bfloat16 weights would not give
+    them back, so the copies do."""
+    from pecrs.precision import to_inference_dtype
+
+    cfg, _, store, encoder, samples = setup
+    model = build_model(cfg, seed=0).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    to_inference_dtype(model, torch.bfloat16)
+    before = {n: p.clone() for n, p in model.lm.named_parameters() if n.endswith("base_layer.weight")}
+    assert any(p.dtype == torch.bfloat16 for p in before.values())   # the attention projections
+    b = _batch(model, encoder, samples[:4])
+    vectors = store.all_vectors(model)
+    plain, _ = model.context_pass(b.context_ids, b.context_items, b.context_len, vectors, keep_cache=False)
+    with model.merged_lora():
+        assert any(not torch.equal(before[n], p) for n, p in model.lm.named_parameters() if n in before)
+        merged, _ = model.context_pass(b.context_ids, b.context_items, b.context_len, vectors, keep_cache=False)
+    assert torch.nn.functional.cosine_similarity(plain, merged).min() > 0.99
+    assert all(torch.equal(p, before[n]) for n, p in model.lm.named_parameters() if n in before)
 
 
 @torch.no_grad()

@@ -221,6 +221,25 @@ def test_user_turns_are_built_as_the_loaders_build_theirs(rec):
     assert text == 'I loved "[ITEM]"' and ids == [rec.item_list[3].id]
 
 
+def test_served_replies_fold_lora_as_evaluation_does(rec, monkeypatch):
+    """respond runs with LoRA folded into the weights (PECRS.merged_lora), as `evaluate`
+    generates, and the weights are given back after it; recommend (one pass) keeps LoRA apart."""
+    entered = []
+    inner = rec.model.merged_lora
+
+    def counted():
+        entered.append(1)
+        return inner()
+
+    monkeypatch.setattr(rec.model, "merged_lora", counted)
+    before = {n: p.clone() for n, p in rec.model.lm.named_parameters() if n.endswith("base_layer.weight")}
+    rec.recommend(TURNS, k=3)
+    assert entered == []
+    rec.respond(TURNS, seed=0)
+    assert len(entered) == 1
+    assert all(torch.equal(p, before[n]) for n, p in rec.model.lm.named_parameters() if n in before)
+
+
 def test_bad_arguments(rec):
     with pytest.raises(ValueError, match="k must be"):
         rec.recommend(TURNS, k=0)
