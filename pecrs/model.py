@@ -267,13 +267,16 @@ class PECRS(nn.Module):
         layer runs one matmul instead of three: evaluation (ranking, perplexity, generation) and
         `Recommender.respond` run so (replies 1.45x faster per token in bfloat16 on a CPU,
         docs/performance.md). On exit the weights are given back exactly, from copies taken before
-        (unfolding would not give bfloat16 weights back). Folding and restoring cost ~0.15 s on a
-        CPU, more than one ranking pass saves: `Recommender.recommend` keeps LoRA apart. Only in
-        eval mode: training must not see folded weights."""
+        (unfolding would not give bfloat16 weights back). Folding and restoring cost ~0.2 s on a
+        CPU (mostly peft computing BA), more than one ranking pass saves: `Recommender.recommend`
+        keeps LoRA apart. Only in eval mode: training must not see folded weights."""
         if self.training:
             yield self
             return
-        weights = [p for n, p in self.lm.named_parameters() if n.endswith("base_layer.weight")]
+        # LoRA's matrices only: the trainable token rows peft puts back itself, from their originals
+        # (copying the embedding too would move ~230 MB a call for nothing).
+        weights = [p for n, p in self.lm.named_parameters()
+                   if n.endswith("base_layer.weight") and "token_adapter" not in n]
         kept = [p.detach().clone() for p in weights]
         self.lm.merge_adapter()
         try:
