@@ -105,7 +105,7 @@ class Run:
         self.out = out
         self.mirror: Path | None = None   # RUNS, once it exists: result.json and run.log again (--salvage)
         out.mkdir(parents=True, exist_ok=True)
-        self.log_file = (out / "run.log").open("a", encoding="utf-8")
+        self.log_files = [(out / "run.log").open("a", encoding="utf-8")]
         self.result: dict = {"kind": "pecrs inspired gpu run (issue 11 B)", "smoke": SMOKE,
                              "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)),
                              "budget": {}, "timeline": []}
@@ -119,11 +119,14 @@ class Run:
     def log(self, text: str) -> None:
         line = f"[{self.elapsed():6.1f}s] {text}"
         print(line, flush=True)
-        self.log_file.write(line + "\n")
-        self.log_file.flush()
-        if self.mirror is not None:
-            with (self.mirror / "run.log").open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+        for f in self.log_files:
+            f.write(line + "\n")
+            f.flush()
+
+    def mirror_into(self, folder: Path) -> None:
+        """Keep result.json and run.log in `folder` (RUNS) too, for `--salvage` after a kill."""
+        self.mirror = folder
+        self.log_files.append((folder / "run.log").open("a", encoding="utf-8"))
 
     def save(self) -> None:
         """result.json, written whole each time (a temporary file outside $OUT, then renamed in)."""
@@ -567,7 +570,7 @@ def stages(run: Run) -> int:
     run.stage("env", "ok", started, device=run.result["device"].get("kind"))
     shutil.rmtree(runs, ignore_errors=True)   # a fresh run: epochs and warm-up are planned for this call
     runs.mkdir(parents=True)
-    run.mirror = runs
+    run.mirror_into(runs)
     run.save()
 
     primary_config, primary_overrides = variant_command(variants[0][1], data, SMOKE)
