@@ -37,17 +37,21 @@ gets 503 with Retry-After. /health, /items and / never wait for the model. On SI
 stops taking requests, answers those it has while GRACEFUL_SHUTDOWN_S allow (those still waiting
 then are cancelled: 500), then exits; a model call already running is not interrupted.
 There is no /docs or /redoc page (FastAPI's load scripts from a CDN); /openapi.json describes the API.
+No CORS header unless `create_app(..., cors_origins=[...])` (`pecrs serve --cors-origin`) names the
+origins whose pages may call the API from a browser ("*": any), without credentials.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
@@ -73,6 +77,9 @@ RETRY_AFTER_S = 10
 CLIENT_GONE = 499                             # nginx's "client closed request": logged, never read
 GRACEFUL_SHUTDOWN_S = 15
 DECODINGS = sorted(ALIASES) + sorted(PRESETS)
+CORS_METHODS = ("GET", "POST")                # what the API answers
+CORS_HEADERS = ("Content-Type",)              # a JSON body's; no credentials, so no Authorization
+CORS_EXPOSED = ("Retry-After",)               # a 503's, which a page can only read when exposed
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
 
@@ -198,19 +205,72 @@ def _unreadable_body(exc: StarletteHTTPException) -> str | None:
     return None
 
 
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9-]+(\.[a-z0-9-]+)*)(:(?P<port>[0-9]+))?")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def check_cors_origin(origin: str) -> str:
+    """`origin` when a browser can send it as its Origin header, or "*"; else ValueError saying what
+    to change. CORSMiddleware compares origins as strings, so "https://app.example.com/" would be
+    accepted, match no page and fail only in the browser."""
+    problem = _origin_problem(origin)
+    if problem:
+        raise ValueError(f"{origin!r}: {problem} (expected * or scheme://host[:port] with scheme http or https "
+                         "and no path, e.g. https://app.example.com)")
+    return origin
+
+
+def _origin_problem(origin: str) -> str | None:
+    if origin == "*":
+        return None
+    scheme, sep, rest = origin.partition("://")
+    if not sep:
+        return "not an origin"
+    if scheme.lower() not in DEFAULT_PORTS:
+        return f"the scheme is {scheme or 'missing'}, not http or https"
+    if rest.endswith("/") and not any(c in rest[:-1] for c in "/?#"):
+        return "drop the trailing slash"
+    if any(c in rest for c in "/?#"):
+        return "drop the path, query or fragment: an origin is where a page comes from, not the page"
+    if origin != origin.lower():
+        return "write it in lower case, as browsers send it"
+    match = _HOST_PORT.fullmatch(rest)
+    if match is None:
+        return "not a host[:port]"
+    port = match["port"]
+    if port is not None and not (0 < int(port) < 65536 and str(int(port)) == port):
+        return f"port {port} is not a port from 1 to 65535"
+    if port is not None and int(port) == DEFAULT_PORTS[scheme]:
+        return f"drop :{port}, {scheme}'s default port, which browsers leave out"
+    return None
+
+
 def item_json(item: Item, full: bool = False) -> dict:
     if full:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(item).items()}
     return {"id": item.id, "title": item.title, "year": item.year, "genres": list(item.genres)}
 
 
-def create_app(recommender) -> FastAPI:
-    """The API for one loaded `Recommender` (its lock serialises model calls)."""
+def create_app(recommender, cors_origins: list[str] | None = None) -> FastAPI:
+    """The API for one loaded `Recommender` (its lock serialises model calls). `cors_origins`
+    ("https://app.example.com", or "*" for any) lets pages from those origins call it from a
+    browser; by default a page can only call the origin it came from."""
+    if isinstance(cors_origins, str):
+        raise TypeError("cors_origins is a list of origins, not a string")
+    for origin in cors_origins or ():
+        try:
+            check_cors_origin(origin)
+        except ValueError as e:
+            raise ValueError(f"cors_origins: {e}") from None
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN.
     app = FastAPI(title="PECRS", description="Conversational recommendation with one LoRA-adapted LM",
                   version="0.1.0", docs_url=None, redoc_url=None)
     app.state.recommender = recommender
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    if cors_origins:
+        # Added last, so outside BodyLimit: a 413 carries the header too, and a page can read it.
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=CORS_METHODS,
+                           allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -321,12 +381,13 @@ def create_app(recommender) -> FastAPI:
     return app
 
 
-def serve(recommender, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(recommender, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          cors_origins: list[str] | None = None) -> None:
     import uvicorn
 
     # The title index (the chat page links typed titles) and the same-film groups are built now,
     # not inside the first request that needs them, under the model lock (seconds for 10^5 items).
     recommender.link_titles("")
     recommender.twins
-    uvicorn.run(create_app(recommender), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(recommender, cors_origins=cors_origins), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

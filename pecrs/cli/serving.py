@@ -102,6 +102,24 @@ def _check_catalog_given(catalog: str | None) -> None:
         raise ValueError(f"--catalog {catalog}: {why}")
 
 
+def cors_origin(text: str) -> str:
+    """An argparse type: an origin whose pages may call the API (pecrs.serve.check_cors_origin),
+    checked before the model loads: a typo such as a trailing slash would otherwise match no page,
+    and show only in the browser."""
+    from ..serve import check_cors_origin
+
+    try:
+        return check_cors_origin(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _cors_line(origins: list[str]) -> str:
+    if "*" in origins:
+        return "CORS: any origin (*): any page on the web can call this API"
+    return f"CORS: pages from {', '.join(dict.fromkeys(origins))} can call this API"
+
+
 def _serve(args) -> int:
     from ..serve import serve
 
@@ -110,7 +128,9 @@ def _serve(args) -> int:
     rec = _load_recommender(args)
     where = f"http://{args.host}:{args.port}/" if args.port else f"http://{args.host} on a port the system picks (uvicorn's line below)"
     print(f"serving on {where} (API: /recommend, /respond, /items/ID, /health)", file=sys.stderr)
-    serve(rec, host=args.host, port=args.port, log_level=args.log_level)
+    if args.cors_origin:
+        print(_cors_line(args.cors_origin), file=sys.stderr)
+    serve(rec, host=args.host, port=args.port, log_level=args.log_level, cors_origins=args.cors_origin)
     return 0
 
 
@@ -122,6 +142,11 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port_int, default=8000)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--cors-origin", action="append", type=cors_origin, metavar="ORIGIN",
+                   help="let pages from ORIGIN (scheme://host[:port], e.g. https://app.example.com) call the "
+                        "API from a browser (CORS); repeat for more. * allows any origin: any page on the web "
+                        "can then use the model. Credentials (cookies, HTTP auth) are never allowed. "
+                        "Default: none, no CORS headers")
     p.add_argument("--exclude-mentioned", action=argparse.BooleanOptionalAction,
                    help=EXCLUDE_HELP + "; a request's \"exclude_mentioned\" overrides it, and the chat page "
                                        "always excludes")
