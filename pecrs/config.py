@@ -94,6 +94,11 @@ class TrainConfig(Section):
     gamma: float = 1.0                      # generation loss weight
     m_train: int = 150                      # rerank negatives per row (and recall negatives per batch)
     recall_pool: int | None = None          # shared recall negatives per step (None: m_train, the paper)
+    # Beyond the paper: of each row's m_train negatives, this many are drawn from the items recall
+    # ranks first for its context (the top hard_negative_depth, refreshed every epoch) instead of
+    # uniformly: inference re-ranks recall's top m_inference, not random items (pecrs.hard_negatives).
+    hard_negatives: int = 0
+    hard_negative_depth: int = 100
     loss_normalization: str = "batch"       # recall/rerank / B ("batch", Eq. 4-5) or / rows with a target ("targets")
     rerank_temperature: float = 1.0         # rerank logits divided by this in the loss
     label_smoothing: float = 0.0            # generation loss only
@@ -179,6 +184,10 @@ class RunConfig:
         if t.recall_pool is not None and t.recall_pool < t.m_train:
             raise ConfigError(f"config train.recall_pool: expected at least train.m_train ({t.m_train}), "
                               f"got {t.recall_pool}")
+        for bound, name in ((t.m_train, "train.m_train"), (t.hard_negative_depth, "train.hard_negative_depth")):
+            if t.hard_negatives > bound:
+                raise ConfigError(f"config train.hard_negatives: expected at most {name} ({bound}), "
+                                  f"got {t.hard_negatives}")
         return self
 
     @classmethod

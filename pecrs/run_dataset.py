@@ -3,12 +3,14 @@
 A run records the dataset it trained on as a path relative to the directory training ran from,
 with a hash of its files (`dataset_record`). `pecrs evaluate`, `pecrs export`, a resumed training
 run and a recommender without a catalog of its own find it again here (`find_dataset`), and check
-that a copy found elsewhere, such as the GPU machine's, is the same data (`matches_record`).
+that a copy found elsewhere, such as the GPU machine's, is the same data (`matches_record`); a
+resumed run must train on the same data as it started with (`check_same_data`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from .config import RunConfig
 from .data import DataError
 from .loaders import detect_format
 
@@ -98,3 +100,40 @@ def matches_record(record: dict, folder: Path) -> bool:
     if record.get("dataset_sha1") is not None:
         return dataset_sha1(Path(folder)) == record["dataset_sha1"]
     return Path(record["dataset"]).resolve() == Path(folder).resolve()
+
+
+# The train.* settings that decide which samples a run trains and is selected on: resuming with
+# another value would continue a run on other data (or compare dev scores of two dev sets for
+# best/), so it is refused (`check_same_data`; train.dataset is compared as a folder, not a
+# spelling). Everything else may change on resume: the length of the run (epochs, the deadline,
+# checkpoint and eval cadence), how steps run (precision, step mode, batch size on a smaller GPU)
+# and the inference section. A batch size or seed changed mid-epoch re-cuts the rest of that
+# epoch (a few samples twice or not at all), a lesser harm than a run that can never continue.
+DATA_KEYS = ("train_split", "dev_split", "max_train_samples", "max_eval_samples", "targets_only",
+             "fresh_targets_only", "redial_mentions")
+
+
+def check_same_data(config: RunConfig, last: Path, what: str) -> None:
+    """A ValueError naming every DATA_KEYS setting, and train.dataset, that differs from the run
+    in `last`. The dataset is the same when it holds the files recorded (`matches_record`: the same
+    folder edited since is not); a run saved before the record existed compares its config's
+    spelling, then the folders."""
+    from .pretrained import CONFIG_FILE, read_meta   # (pretrained imports torch: only when a run resumes)
+
+    meta = read_meta(last)
+    theirs, ours = RunConfig.from_dict(meta["config"]).train, config.train
+    differ = [f"train.{k} is {getattr(theirs, k)!r} there, {getattr(ours, k)!r} here"
+              for k in DATA_KEYS if getattr(theirs, k) != getattr(ours, k)]
+    recorded, here = meta.get("data"), Path(ours.dataset).resolve()
+    there = Path(recorded["dataset"]) if recorded else Path(theirs.dataset).resolve()
+    # With a record: the same files (a copy elsewhere counts). Without one: the same folder or spelling.
+    same_dataset = (matches_record(recorded, here) if recorded
+                    else here == there or theirs.dataset == ours.dataset)
+    if recorded and here == there and not same_dataset:
+        differ.insert(0, f"the files of train.dataset {here} changed since it was saved")
+    elif not same_dataset:
+        def shown(spelling, folder):  # the folder too where the spelling is relative
+            return repr(spelling) if str(folder) == spelling else f"{spelling!r} ({folder})"
+        differ.insert(0, f"train.dataset is {shown(theirs.dataset, there)} there, {shown(ours.dataset, here)} here")
+    if differ:
+        raise ValueError(f"{what}: {last / CONFIG_FILE} was trained on other data: " + ", ".join(differ))

@@ -25,6 +25,7 @@ import torch
 
 from .catalog import ItemStore
 from .config import TrainConfig
+from .hard_negatives import draw_hard
 from .tokens import Batch, EncodedSample
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,11 @@ def recall_pool_size(t: TrainConfig) -> int:
 
 
 def negative_slots(t: TrainConfig, rows: int) -> int:
-    """Most distinct negatives a step of `rows` rows draws (for fixed item slots)."""
+    """Most distinct negatives a step of `rows` rows draws (for fixed item slots): the random
+    sets, and each row's own hard negatives (`pecrs.hard_negatives`)."""
     per_set = rows if not t.share_negatives_batch else 1
     rerank_extra = 0 if t.share_negatives_tasks else t.m_train
-    return per_set * (recall_pool_size(t) + rerank_extra)
+    return per_set * (recall_pool_size(t) + rerank_extra) + rows * t.hard_negatives
 
 
 def item_slots(encoded: list[EncodedSample], rows: int, t: TrainConfig) -> int:
@@ -100,13 +102,16 @@ def item_slots(encoded: list[EncodedSample], rows: int, t: TrainConfig) -> int:
                       for e in encoded), default=0)
     return negative_slots(t, rows) + rows * per_sample
 
-def sample_negatives(n_items: int, positives: torch.Tensor, m: int, rows: int | None = None,
+def sample_negatives(n_items: int, avoid: torch.Tensor, m: int, rows: int | None = None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """M catalog indices that are none of the batch's positives (§3.6), drawn without replacement.
+    """M catalog indices that are none of `avoid` (the batch's positives, §3.6, and its hard
+    negatives), drawn uniformly without replacement (fewer when fewer are left).
     rows=None: one shared set [M]; rows=B: an independent set per row [B, M] (ablation)."""
     weights = torch.ones(n_items)
-    weights[positives.cpu()] = 0
-    m = min(m, int(weights.sum()))
+    weights[avoid.cpu()] = 0
+    m = max(0, min(m, int(weights.sum())))
+    if not m:   # every negative is a hard one, or nothing is left to draw
+        return torch.zeros((0,) if rows is None else (rows, 0), dtype=torch.long)
     if rows is None:
         return torch.multinomial(weights, m, replacement=False, generator=generator)
     return torch.multinomial(weights.expand(rows, n_items), m, replacement=False, generator=generator)
@@ -129,7 +134,8 @@ def vector_slots(n_items: int, *index_tensors: torch.Tensor, size: int | None = 
 
 
 def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Generator,
-              candidates: bool | None = None, slots: int | None = None) -> StepInputs:
+              candidates: bool | None = None, slots: int | None = None,
+              neighbours: torch.Tensor | None = None) -> StepInputs:
     """The host half of a step (§3.6): negatives that are none of the batch's positives, shared
     across the batch and the two tasks as configured, and the positive's random place.
 
@@ -137,6 +143,12 @@ def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Gener
     `share_negatives_batch`. rerank: M_train candidates per row; with a larger pool each row takes
     its own window of it, so the rerank negatives stay a subset of the recall ones (shared across
     tasks) while the batch as a whole sees more distinct negatives (issue 11: they scale with B).
+    neighbours [B, K]: each row's recall neighbours (`pecrs.hard_negatives`, NO_ITEM rows for
+    rows without a target); with `train.hard_negatives` h > 0 each row's first h rerank negatives
+    are drawn from them, and (tasks shared) its recall negatives are those h and pool - h random
+    ones. The random ones avoid the batch's hard ones, so no row sees an item twice; rows without
+    a target (whose losses count 0) get catalog index 0 in those places. With h = 0 the draws are
+    those of a run without hard negatives.
     candidates=None lays candidates out only if some row has a target (less work on a CPU);
     True always (static shapes, several processes). `batch` is on the host.
     """
@@ -147,20 +159,26 @@ def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Gener
     pool, m = recall_pool_size(t), t.m_train
     if pool < m:
         raise ValueError(f"train.recall_pool ({pool}) must be at least train.m_train ({m})")
+    hard = draw_hard(neighbours, t.hard_negatives, generator) if neighbours is not None and t.hard_negatives \
+        else torch.zeros(B, 0, dtype=torch.long)
+    h, shared = hard.shape[1], t.share_negatives_tasks
+    avoid = torch.cat([positives, hard[hard >= 0]]) if h else positives
+    hard = hard.clamp_min(0)
     rows = None if t.share_negatives_batch else B
-    recall = sample_negatives(n_items, positives, pool, rows, generator)
+    drawn = sample_negatives(n_items, avoid, pool - (h if shared else 0), rows, generator)
     if rows is None:
-        recall = recall.expand(B, -1)
+        drawn = drawn.expand(B, -1)
+    recall = torch.cat([hard, drawn], 1) if shared and h else drawn
     pool = recall.shape[1]           # a catalog smaller than the pool gives fewer
     m = min(m, pool)
-    if not t.share_negatives_tasks:
-        rerank = sample_negatives(n_items, positives, m, rows, generator)
-        rerank = rerank.expand(B, -1) if rows is None else rerank
+    if not shared:
+        rerank = sample_negatives(n_items, avoid, max(m - h, 0), rows, generator)
+        rerank = torch.cat([hard, rerank.expand(B, -1) if rows is None else rerank], 1)
     elif pool == m:
         rerank = recall
-    else:                            # row i: its own window of the pool, wrapping around
-        window = (torch.arange(B).unsqueeze(1) * m + torch.arange(m)) % pool
-        rerank = recall.gather(1, window)
+    else:                            # row i: its own window of the random pool, wrapping around
+        window = (torch.arange(B).unsqueeze(1) * (m - h) + torch.arange(m - h)) % (pool - h)
+        rerank = torch.cat([hard, drawn.gather(1, window)], 1)
     place = torch.randint(0, m + 1, (B,), generator=generator)
     if not candidates:
         recall, rerank = recall[:, :0], rerank[:, :0]

@@ -28,26 +28,17 @@ from transformers import get_linear_schedule_with_warmup
 from .catalog import ItemStore
 from .config import RunConfig
 from .evaluate import recall_only
-from .run_dataset import dataset_record, matches_record
+from .hard_negatives import recall_neighbours
+from .run_dataset import check_same_data, dataset_record
 from .prepare import Setup, prepare, say
 from .model import PECRS
-from .pretrained import (CONFIG_FILE, check_same_model, init_from_checkpoint, load_weights, read_meta,
-                         recover_checkpoint, save_pretrained)
+from .pretrained import check_same_model, init_from_checkpoint, load_weights, recover_checkpoint, save_pretrained
 from .step import (StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, restore_grads, saved_grads,
                    scaled_lr, shard, step_losses)
 from .tokens import collate, static_widths
 
 STATE_FILE = "trainer_state.pt"
 LOSS_REFRESH_SECONDS = 2.0  # how often the train bar's loss is read back from the device
-# The train.* settings that decide which samples a run trains and is selected on: resuming with
-# another value would continue a run on other data (or compare dev scores of two dev sets for
-# best/), so it is refused (`check_same_data`; train.dataset is compared as a folder, not a
-# spelling). Everything else may change on resume: the length of the run (epochs, the deadline,
-# checkpoint and eval cadence), how steps run (precision, step mode, batch size on a smaller GPU)
-# and the inference section. A batch size or seed changed mid-epoch re-cuts the rest of that
-# epoch (a few samples twice or not at all), a lesser harm than a run that can never continue.
-DATA_KEYS = ("train_split", "dev_split", "max_train_samples", "max_eval_samples", "targets_only",
-             "fresh_targets_only", "redial_mentions")
 
 
 def step_seed(seed: int, epoch: int, batch: int) -> int:
@@ -201,8 +192,9 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         "mixed_precision": precision, "frozen_dtype": frozen, "step_mode": runner.mode}}))
 
     state = {"epoch": 0, "batch": 0, "global_step": 0, "best": -1.0, "best_epoch": None}
+    neighbours = None   # train.hard_negatives: each training sample's recall neighbours this epoch
     if resuming:
-        state = _resume(core, optimizer, scheduler, last)
+        state, neighbours = _resume(core, optimizer, scheduler, last)
         accelerator.print(f"resuming from {last}: epoch {state['epoch']}, batch {state['batch']}")
         if not math.isclose(scheduler.base_lrs[0], lr):   # the saved scheduler keeps its base rates
             say(f"train.lr: the resumed run keeps the learning rate it started with ({scheduler.base_lrs[0]:g}, "
@@ -222,6 +214,14 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         model.train()
         first_batch = state["batch"]
         started, sums = time.perf_counter(), {"loss": 0.0, "recall": 0.0, "rerank": 0.0, "gen": 0.0, "n": 0}
+        neighbours_s = None   # the epoch's seconds include this pass; metrics.jsonl says how many
+        if t.hard_negatives and (neighbours is None or first_batch == 0):
+            # From the model as the epoch starts (a run resumed mid-epoch has its epoch's from last/).
+            say(f"hard negatives: recall's top {t.hard_negative_depth} for each training sample", show)
+            with accelerator.autocast():
+                neighbours = recall_neighbours(core, store, train_samples, encoded, t.hard_negative_depth,
+                                               config.inference.batch_size, show)
+            neighbours_s = round(time.perf_counter() - started, 2)
         bar = tqdm(range(first_batch, len(batches)), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show)
         shown = None  # when the bar's loss was last refreshed
         for b in bar:
@@ -230,7 +230,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             seed = step_seed(t.seed, epoch, b)
             batch = collate([encoded[i] for i in batches[b]], pad_id, core.rec_end_id, *widths)
             inputs = plan_step(batch, len(store), t, torch.Generator().manual_seed(seed),
-                               candidates=True if (static or world > 1) else None, slots=slots)
+                               candidates=True if (static or world > 1) else None, slots=slots,
+                               neighbours=None if neighbours is None else neighbours[batches[b]])
             weights = None
             if world > 1:  # weights: DDP's mean of the processes' gradients = the whole batch's
                 inputs, weights = shard(inputs, accelerator.process_index, world, t.loss_normalization)
@@ -282,14 +283,16 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                                                  {"epoch": epoch, "batch": b + 1}))
                     with log_path.open("a") as f:
                         f.write(json_line(record) + "\n")
-                _save_last(core, config, optimizer, scheduler, state, last, accelerator, data)
+                _save_last(core, config, optimizer, scheduler, state, last, accelerator, data, neighbours)
                 return state
             if t.checkpoint_every and accelerator.sync_gradients and state["batch"] % t.checkpoint_every == 0:
-                _save_last(core, config, optimizer, scheduler, state, last, accelerator, data)
+                _save_last(core, config, optimizer, scheduler, state, last, accelerator, data, neighbours)
 
         record = {"epoch": epoch + 1, "global_step": state["global_step"],
                   "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
         record.update(mean_losses(sums))
+        if neighbours_s is not None:
+            record["hard_negatives_s"] = neighbours_s
         if first_batch:  # resumed mid-epoch: the train_* means cover only the batches run since
             record["train_from_batch"] = first_batch + 1
         if runner.fallback_reason:
@@ -302,7 +305,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             with log_path.open("a") as f:
                 f.write(json_line(record) + "\n")
             accelerator.print(json_line(record))
-        _save_last(core, config, optimizer, scheduler, state, last, accelerator, data)
+        _save_last(core, config, optimizer, scheduler, state, last, accelerator, data, neighbours)
     return state
 
 
@@ -318,30 +321,6 @@ def dev_targets(setup: Setup, config: RunConfig) -> list:
     train.max_eval_samples samples, as every evaluation slices it); the others have nothing to
     rank. [] without a dev split."""
     return [s for s in setup.samples.get(config.train.dev_split) or [] if s.target is not None]
-
-
-def check_same_data(config: RunConfig, last: Path, what: str) -> None:
-    """A ValueError naming every DATA_KEYS setting, and train.dataset, that differs from the run
-    in `last`. The dataset is the same when it holds the files recorded (`matches_record`: the same
-    folder edited since is not); a run saved before the record existed compares its config's
-    spelling, then the folders."""
-    meta = read_meta(last)
-    theirs, ours = RunConfig.from_dict(meta["config"]).train, config.train
-    differ = [f"train.{k} is {getattr(theirs, k)!r} there, {getattr(ours, k)!r} here"
-              for k in DATA_KEYS if getattr(theirs, k) != getattr(ours, k)]
-    recorded, here = meta.get("data"), Path(ours.dataset).resolve()
-    there = Path(recorded["dataset"]) if recorded else Path(theirs.dataset).resolve()
-    # With a record: the same files (a copy elsewhere counts). Without one: the same folder or spelling.
-    same_dataset = (matches_record(recorded, here) if recorded
-                    else here == there or theirs.dataset == ours.dataset)
-    if recorded and here == there and not same_dataset:
-        differ.insert(0, f"the files of train.dataset {here} changed since it was saved")
-    elif not same_dataset:
-        def shown(spelling, folder):  # the folder too where the spelling is relative
-            return repr(spelling) if str(folder) == spelling else f"{spelling!r} ({folder})"
-        differ.insert(0, f"train.dataset is {shown(theirs.dataset, there)} there, {shown(ours.dataset, here)} here")
-    if differ:
-        raise ValueError(f"{what}: {last / CONFIG_FILE} was trained on other data: " + ", ".join(differ))
 
 
 def _select_on_dev(core, setup: Setup, config: RunConfig, dev: list, state: dict, out: Path, accelerator,
@@ -378,17 +357,21 @@ def mean_losses(sums: dict) -> dict:
     return {f"train_{k}": float(sums[k]) / max(sums["n"], 1) for k in ("loss", "recall", "rerank", "gen")}
 
 
-def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerator, data: dict) -> None:
-    """`data`: `dataset_record` of the dataset, which a resume is checked against (`check_same_data`)."""
+def _save_last(core, config, optimizer, scheduler, state, last: Path, accelerator, data: dict,
+               neighbours: torch.Tensor | None = None) -> None:
+    """`data`: `dataset_record` of the dataset, which a resume is checked against (`check_same_data`);
+    `neighbours`: the epoch's hard-negative table, so that a resumed epoch draws what it would have."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     kept = {k: v for k, v in state.items() if k != "stopped_early"}  # how this call ended, not the run's state
     trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": kept}
+    if neighbours is not None:
+        trainer["neighbours"] = neighbours
     save_pretrained(core, config, last, {"trainer": dict(kept), "data": data}, extra_files={STATE_FILE: trainer})
 
 
-def _resume(core, optimizer, scheduler, last: Path) -> dict:
+def _resume(core, optimizer, scheduler, last: Path) -> tuple[dict, torch.Tensor | None]:
     load_weights(core, last)
     # weights_only: resuming a run folder from elsewhere must not execute pickled code.
     trainer = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
@@ -396,4 +379,4 @@ def _resume(core, optimizer, scheduler, last: Path) -> dict:
     scheduler.load_state_dict(trainer["scheduler"])
     state = trainer["state"]
     state.pop("stopped_early", None)  # saved by versions before this flag was kept out of last/
-    return state
+    return state, trainer.get("neighbours")

@@ -371,6 +371,23 @@ def test_the_next_session_plans_the_paper_balance_alone_and_stops_its_decay_at_m
     assert s["warmup_steps"] == round(0.05 * s["updates"]) and s["step_mode"] == "cudagraphs"
 
 
+def test_a_variant_brings_its_negatives_to_the_smoke_run_scaled_to_fit():
+    """The `hard` variant differs from `authors` by its negatives: the smoke run (configs/tiny.yaml,
+    m_train 8) must train with hard negatives too, at most SMOKE_HARD_NEGATIVES of them, and the
+    overrides must make a valid config; on a GPU the variant's own file is used as it is."""
+    from pecrs.config import RunConfig
+
+    d = driver()
+    config, overrides = d.variant_command("configs/inspired-gpu-hard.yaml", "DATA", smoke=True)
+    cfg = RunConfig.load(config, overrides)
+    assert cfg.train.hard_negatives == d.SMOKE_HARD_NEGATIVES <= cfg.train.m_train == 8
+    assert cfg.train.alpha == 0.8 and cfg.train.hard_negative_depth == 100
+    assert RunConfig.load(*d.variant_command("configs/inspired-gpu.yaml", "DATA", smoke=True)).train.hard_negatives == 0
+    assert d.variant_command("configs/inspired-gpu-hard.yaml", "DATA", smoke=False) == (
+        "configs/inspired-gpu-hard.yaml", ["train.dataset=DATA"])
+    assert RunConfig.load("configs/inspired-gpu-hard.yaml").train.hard_negatives == 30
+
+
 def test_the_documented_next_call_2_is_whole_and_carries_what_call_sizes_counts():
     """docs/gpu.md gives call 2 of the next session as one line to copy inside the ~30 s the warm
     machine waits: every setting in it, the files it names present in the tree, and its carry the

@@ -29,7 +29,8 @@ EVAL_ONLY_SETTINGS = ("test_split", "decoding", "no_repeat_ngram", "eval_generat
 SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": False,
                         "train.special_token_lr_scale": 1.0, "train.no_repeat_ngram": 0, "train.init_from": None,
                         "train.fresh_targets_only": False, "train.redial_mentions": "pecrs",
-                        "train.exclude_mentioned": False}
+                        "train.exclude_mentioned": False, "train.hard_negatives": 0,
+                        "train.hard_negative_depth": 100}
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 

@@ -77,7 +77,11 @@ REPO = Path(__file__).resolve().parents[2]
 MAX_FILE = 16 * 2**20
 MAX_FILES = 8
 NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")
-LOSS_KEYS = ("alpha", "beta", "gamma", "loss_normalization", "rerank_temperature", "label_smoothing")
+# What tells the GPU configs apart, carried into the smoke run's tiny config: the loss balance and
+# the negatives (hard ones capped to fit the smoke run's m_train of 8).
+VARIANT_KEYS = ("alpha", "beta", "gamma", "loss_normalization", "rerank_temperature", "label_smoothing",
+                "hard_negatives", "hard_negative_depth")
+SMOKE_HARD_NEGATIVES = 4
 DEFAULT_VARIANTS = "authors=configs/inspired-gpu.yaml paper=configs/inspired-gpu-paper.yaml"
 ENV_KEYS = ("CALL_BUDGET_S", "VARIANTS", "PROBE_FROM", "MAX_EPOCHS", "MIN_EPOCHS_PER_VARIANT", "BATCH",
             "STEP_MODE", "EVAL_BATCH", "EVAL_ARGS", "DEV_BASELINE", "DEV_EVAL_MIN_S", "DEV_RECALL_MIN_S",
@@ -289,12 +293,15 @@ def parse_variants(text: str) -> list[tuple[str, str]]:
 
 def variant_command(config: str, data: str, smoke: bool) -> tuple[str, list[str]]:
     """The config file and overrides that train a variant: the variant's own file on a GPU;
-    in the smoke run, configs/tiny.yaml with the variant's loss settings."""
+    in the smoke run, configs/tiny.yaml with the variant's VARIANT_KEYS settings."""
     if not smoke:
         return config, [f"train.dataset={data}"]
-    raw = yaml.safe_load((REPO / config).read_text()) or {}
-    loss = [f"train.{k}={raw['train'][k]}" for k in LOSS_KEYS if k in (raw.get("train") or {})]
-    return "configs/tiny.yaml", [f"train.dataset={data}", "train.compile_backend=eager", *loss,
+    train = (yaml.safe_load((REPO / config).read_text()) or {}).get("train") or {}
+    own = {k: train[k] for k in VARIANT_KEYS if k in train}
+    if "hard_negatives" in own:
+        own["hard_negatives"] = min(own["hard_negatives"], SMOKE_HARD_NEGATIVES)
+    return "configs/tiny.yaml", [f"train.dataset={data}", "train.compile_backend=eager",
+                                 *(f"train.{k}={v}" for k, v in own.items()),
                                  *os.environ.get("SMOKE_OVERRIDES", SMOKE_OVERRIDES).split()]
 
 
