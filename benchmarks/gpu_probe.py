@@ -198,7 +198,7 @@ def main(argv=None):
     def run_combo(mode: str, bs: int, limit: float) -> dict:
         row = {"mode": mode, "batch_size": bs, "status": "ok", "ran_as": mode, "fell_back": False,
                "fallback_reason": None}
-        slots = item_slots(encoded, bs, t)
+        slots = item_slots(encoded, bs, t, len(store))
         import torch._dynamo
 
         torch._dynamo.reset()                  # a fresh compile for every combination

@@ -99,6 +99,7 @@ class TrainConfig(Section):
     # uniformly: inference re-ranks recall's top m_inference, not random items (pecrs.hard_negatives).
     hard_negatives: int = 0
     hard_negative_depth: int = 100
+    hard_negatives_from_epoch: int = 2      # the first epoch's recall is untrained: its neighbours are arbitrary
     loss_normalization: str = "batch"       # recall/rerank / B ("batch", Eq. 4-5) or / rows with a target ("targets")
     rerank_temperature: float = 1.0         # rerank logits divided by this in the loss
     label_smoothing: float = 0.0            # generation loss only

@@ -32,7 +32,7 @@ _BOUNDS: dict[str, str] = {
     "train.warmup_steps": ">= 0", "train.weight_decay": ">= 0", "train.special_token_lr_scale": "> 0",
     "train.alpha": ">= 0", "train.beta": ">= 0", "train.gamma": ">= 0",
     "train.m_train": ">= 1", "train.recall_pool": ">= 1", "train.hard_negatives": ">= 0",
-    "train.hard_negative_depth": ">= 1", "train.rerank_temperature": "> 0",
+    "train.hard_negative_depth": ">= 1", "train.hard_negatives_from_epoch": ">= 1", "train.rerank_temperature": "> 0",
     "train.label_smoothing": ">= 0, < 1",
     "train.seed": f">= 0, <= {2**32 - 1}",      # numpy's seed range
     "train.eval_every_epochs": ">= 1",

@@ -138,6 +138,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"{' (pooled states standardized)' if m.get('item_standardize') else ''}"
              f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}"
              f"{'; without the samples whose target their dialogue mentioned before' if t.get('fresh_targets_only') else ''}"
+             f"{'; ' + str(t['hard_negatives']) + ' of the M_train negatives from recall top ' + str(t.get('hard_negative_depth')) + ' (from epoch ' + str(t.get('hard_negatives_from_epoch', 1)) + ')' if t.get('hard_negatives') else ''}"
              f"{subset}{start}",
              f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`"
              f"{f', no {inference.no_repeat_ngram}-gram twice in a reply' if inference.no_repeat_ngram else ''}",

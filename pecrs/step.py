@@ -95,12 +95,14 @@ def negative_slots(t: TrainConfig, rows: int) -> int:
     return per_set * (recall_pool_size(t) + rerank_extra) + rows * t.hard_negatives
 
 
-def item_slots(encoded: list[EncodedSample], rows: int, t: TrainConfig) -> int:
+def item_slots(encoded: list[EncodedSample], rows: int, t: TrainConfig, n_items: int | None = None) -> int:
     """A fixed number of item rows that covers any batch of `rows` samples of `encoded`:
-    the negatives plus `rows` times the most distinct items one sample touches."""
+    the negatives plus `rows` times the most distinct items one sample touches, at most the
+    catalog's `n_items` (a step never touches more)."""
     per_sample = max((len({i for i in e.context_items if i >= 0} | ({e.target} if e.target >= 0 else set()))
                       for e in encoded), default=0)
-    return negative_slots(t, rows) + rows * per_sample
+    slots = negative_slots(t, rows) + rows * per_sample
+    return slots if n_items is None else min(slots, n_items)
 
 def sample_negatives(n_items: int, avoid: torch.Tensor, m: int, rows: int | None = None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -163,6 +165,10 @@ def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Gener
         else torch.zeros(B, 0, dtype=torch.long)
     h, shared = hard.shape[1], t.share_negatives_tasks
     avoid = torch.cat([positives, hard[hard >= 0]]) if h else positives
+    if h and n_items - len(avoid.unique()) < pool - (h if shared else 0):
+        # Too few items left to avoid the hard ones too: a row may then see one twice, but every
+        # step keeps its shapes (a narrower pool would recompile a compiled step).
+        avoid = positives
     hard = hard.clamp_min(0)
     rows = None if t.share_negatives_batch else B
     drawn = sample_negatives(n_items, avoid, pool - (h if shared else 0), rows, generator)

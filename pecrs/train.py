@@ -157,7 +157,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     rows_per_step = t.batch_size * world
     static = cuda if t.static_shapes is None else t.static_shapes
     widths = static_widths(encoder) if static else (None, None)
-    slots = item_slots(encoded, rows_per_step, t) if static else None
+    slots = item_slots(encoded, rows_per_step, t, len(store)) if static else None
     if frozen == "bfloat16":
         cast_frozen(model, torch.bfloat16)
     store.to(device)
@@ -214,8 +214,9 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         model.train()
         first_batch = state["batch"]
         started, sums = time.perf_counter(), {"loss": 0.0, "recall": 0.0, "rerank": 0.0, "gen": 0.0, "n": 0}
+        hard = t.hard_negatives and epoch + 1 >= t.hard_negatives_from_epoch
         neighbours_s = None   # the epoch's seconds include this pass; metrics.jsonl says how many
-        if t.hard_negatives and (neighbours is None or first_batch == 0):
+        if hard and (neighbours is None or first_batch == 0):
             # From the model as the epoch starts (a run resumed mid-epoch has its epoch's from last/).
             say(f"hard negatives: recall's top {t.hard_negative_depth} for each training sample", show)
             with accelerator.autocast():
@@ -231,7 +232,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             batch = collate([encoded[i] for i in batches[b]], pad_id, core.rec_end_id, *widths)
             inputs = plan_step(batch, len(store), t, torch.Generator().manual_seed(seed),
                                candidates=True if (static or world > 1) else None, slots=slots,
-                               neighbours=None if neighbours is None else neighbours[batches[b]])
+                               neighbours=neighbours[batches[b]] if hard else None)
             weights = None
             if world > 1:  # weights: DDP's mean of the processes' gradients = the whole batch's
                 inputs, weights = shard(inputs, accelerator.process_index, world, t.loss_normalization)
@@ -277,7 +278,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                 if out_of_time and accelerator.is_main_process:
                     record = {"stopped": "max_train_minutes", "epoch": epoch + 1, "batch": b + 1,
                               "global_step": state["global_step"], "seconds": round(time.perf_counter() - started, 2),
-                              "lr": scheduler.get_last_lr()[0], **mean_losses(sums)}
+                              "lr": scheduler.get_last_lr()[0], **mean_losses(sums),
+                              **({} if neighbours_s is None else {"hard_negatives_s": neighbours_s})}
                     # The deadline's partial epoch is dev-evaluated too, so it can become best/.
                     record.update(_select_on_dev(core, setup, config, dev, state, out, accelerator, show,
                                                  {"epoch": epoch, "batch": b + 1}))

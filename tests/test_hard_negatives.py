@@ -81,6 +81,18 @@ def test_hard_negatives_under_the_sharing_ablations_and_when_all_negatives_are_h
     assert set(s.rerank_negatives[0].tolist()) <= set(NEIGHBOURS[0].tolist())
 
 
+def test_a_catalog_too_small_to_avoid_the_hard_ones_keeps_the_shapes():
+    """16 items, 3 positives and up to 8 hard ones: the random part cannot avoid them all, so it
+    avoids the positives only (a row may see an item twice), and the step keeps its widths."""
+    t = RunConfig().train
+    t.m_train, t.recall_pool, t.hard_negatives = 4, 10, 2
+    small = torch.tensor([[4, 5, 6, 8], [-1] * 4, [1, 2, 0, 9], [10, 12, 13, 14], [5, 6, 8, 9]], dtype=torch.int32)
+    for seed in range(10):
+        s = plan_step(_batch([3, -1, 7, 7, 11]), 16, t, torch.Generator().manual_seed(seed), neighbours=small)
+        assert s.recall_negatives.shape == (5, 10) and s.rerank_negatives.shape == (5, 4)
+        assert not set(s.recall_negatives[:, 2:].flatten().tolist()) & {3, 7, 11}
+
+
 def test_draw_hard_is_uniform_without_replacement_and_keeps_rows_without_target():
     g = torch.Generator().manual_seed(0)
     drawn = draw_hard(NEIGHBOURS, 3, g)
@@ -102,6 +114,8 @@ def test_a_turns_answers_and_their_twins_are_never_negatives():
     # both samples of the two-item turn leave out both items, and "Emma." (Emma's twin); the 1986
     # Heat is another film
     assert answers == [[0, 1, 2], [0, 1, 2], []]
+    # a sibling sample dropped by a filter (train.fresh_targets_only) is still an answer of the turn
+    assert answers_of_turn(samples[1:], items) == [[0, 1, 2], []]
 
 
 def test_recall_neighbours_are_recalls_top_without_the_answers():
@@ -133,6 +147,7 @@ def test_a_step_with_hard_negatives_fits_the_static_item_slots():
     cfg, model, store, encoder, encoded = step_setup("tiny-llama", hard_negatives=3, hard_negative_depth=6)
     neighbours = torch.stack([torch.randperm(len(ITEMS))[:6] for _ in encoded]).to(torch.int32)
     slots = item_slots(encoded, 4, cfg.train)
+    assert item_slots(encoded, 4, cfg.train, n_items=len(ITEMS)) == min(slots, len(ITEMS))
     s = plan_step(collate(encoded[:4], model.tokenizer.pad_token_id, model.rec_end_id), len(store), cfg.train,
                   torch.Generator().manual_seed(0), candidates=True, slots=slots, neighbours=neighbours[:4])
     assert len(s.vector_items) == slots
@@ -155,7 +170,7 @@ def test_hard_negative_settings_are_checked():
 def test_training_with_hard_negatives_resumes_exactly_with_its_epochs_table(tmp_path, monkeypatch):
     data = tmp_path / "data"
     write_dataset(data)
-    cfg = tiny_config(data)
+    cfg = tiny_config(data)   # 2 epochs of 3 batches
     cfg.train.hard_negatives, cfg.train.hard_negative_depth = 2, 5
     calls = []
 
@@ -164,20 +179,32 @@ def test_training_with_hard_negatives_resumes_exactly_with_its_epochs_table(tmp_
         return recall_neighbours(*args, **kwargs)
     monkeypatch.setattr(pecrs.train, "recall_neighbours", counted)
     pecrs.train.train(cfg, tmp_path / "straight", progress=False)
-    assert len(calls) == 2                             # once per epoch
+    assert len(calls) == 1                             # epoch 2 only (hard_negatives_from_epoch 2)
     state = pecrs.train.train(cfg, tmp_path / "resumed", progress=False, stop_after_steps=4)  # mid-epoch 2
-    assert state["epoch"] == 1 and state["batch"] == 1 and len(calls) == 4
+    assert state["epoch"] == 1 and state["batch"] == 1 and len(calls) == 2
     saved = torch.load(tmp_path / "resumed" / "last" / "trainer_state.pt", weights_only=True)["neighbours"]
     assert saved.shape[1] == 5
     pecrs.train.train(cfg, tmp_path / "resumed", progress=False)
-    assert len(calls) == 4                             # epoch 2's table came back from last/
+    assert len(calls) == 2                             # epoch 2's table came back from last/
+    cfg.train.hard_negatives_from_epoch = 1
+    pecrs.train.train(cfg, tmp_path / "from_the_start", progress=False)
+    assert len(calls) == 4                             # every epoch
     cfg.train.hard_negatives = 0
     pecrs.train.train(cfg, tmp_path / "uniform", progress=False)
+    assert len(calls) == 4
     from safetensors.torch import load_file
     name = "heads.safetensors"
     a, b, c = (load_file(tmp_path / run / "last" / name) for run in ("straight", "resumed", "uniform"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)   # the hard ones changed the training
     epochs = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert [e["hard_negatives_s"] >= 0 for e in epochs] == [True, True]   # the pass's time, each epoch
+    assert ["hard_negatives_s" in e for e in epochs] == [False, True]   # the pass's time, when it ran
+    assert epochs[1]["hard_negatives_s"] >= 0
     assert "hard_negatives_s" not in (tmp_path / "uniform" / "metrics.jsonl").read_text()
+    # the model card says how the negatives were drawn
+    from pecrs.export import model_card
+    from pecrs.pretrained import read_meta
+    card = model_card("hard", read_meta(tmp_path / "straight" / "last"), [], None, tmp_path / "straight" / "last")
+    assert "2 of the M_train negatives from recall top 5 (from epoch 2)" in card
+    assert "recall top" not in model_card("uniform", read_meta(tmp_path / "uniform" / "last"), [], None,
+                                          tmp_path / "uniform" / "last")

@@ -30,7 +30,7 @@ SETTINGS_ADDED_LATER = {"train.targets_only": False, "model.item_standardize": F
                         "train.special_token_lr_scale": 1.0, "train.no_repeat_ngram": 0, "train.init_from": None,
                         "train.fresh_targets_only": False, "train.redial_mentions": "pecrs",
                         "train.exclude_mentioned": False, "train.hard_negatives": 0,
-                        "train.hard_negative_depth": 100}
+                        "train.hard_negative_depth": 100, "train.hard_negatives_from_epoch": 2}
 
 DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
