@@ -228,3 +228,19 @@ def test_lora_fold_times_both_ways_and_compares_rankings(shared_datasets, tmp_pa
     assert set(result["reply_s_per_token"]) == {"folded", "kept"} and result["reply_speedup_folded"] > 0
     agreement = result["agreement_with_float32"]
     assert agreement["kept"]["top1"] == 1.0 and agreement["folded"]["top1"] == 1.0   # float32 both: rounding only
+
+
+def test_hard_negative_gap_reports_the_losses_for_each_number_of_hard_negatives(tmp_path, run_benchmark):
+    from pecrs.pretrained import build_model, save_pretrained
+    from pecrs.testing import tiny_config, write_dataset
+
+    write_dataset(tmp_path / "data")
+    cfg = tiny_config(tmp_path / "data")
+    save_pretrained(build_model(cfg, seed=0), cfg, tmp_path / "run" / "best")
+    result = run_benchmark("hard_negative_gap", "--model", str(tmp_path / "run"), "--dataset", str(tmp_path / "data"),
+                           "--hard", "0", "3", "--depth", "5", "--m-train", "6", tmp_path=tmp_path)
+    assert result["settings"]["samples"] == 4 and result["settings"]["depth"] == 5   # the 4 dev dialogues' targets
+    losses = result["losses"]
+    assert set(losses) == {"0", "3"} and all(math.isfinite(v[k]) for v in losses.values() for k in ("recall", "rerank"))
+    assert losses["3"]["rerank_minus_first"] == pytest.approx(losses["3"]["rerank"] - losses["0"]["rerank"], abs=1e-3)
+    assert result["chance_rerank"] == pytest.approx(math.log(7), abs=1e-3)
