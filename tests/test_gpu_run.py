@@ -356,17 +356,20 @@ def test_the_stored_h200_probe_plans_cuda_graphs_for_most_of_the_window(tmp_path
     assert s["estimated_setup_s"] + s["estimated_compile_s"] + s["epochs"] * s["estimated_epoch_s"] <= s["share_s"]
 
 
-def test_the_next_session_plans_the_paper_balance_alone_and_stops_its_decay_at_max_epochs(tmp_path, monkeypatch):
-    """docs/gpu.md, "The next session": VARIANTS names the paper's balance alone and MAX_EPOCHS=5
-    ends the linear decay at epoch 5 (the 2026-11-29 dev curve peaked at 4 of 8), warm-up 5%."""
+def test_the_next_session_plans_the_hard_variant_alone_and_stops_its_decay_at_max_epochs(tmp_path, monkeypatch):
+    """docs/gpu.md, "The next session": VARIANTS names the hard-negative variant alone and
+    MAX_EPOCHS=5 ends the linear decay at epoch 5 (the 2026-11-29 dev curve peaked at 4 of 8), warm-up 5%."""
     d = driver()
-    variants = d.parse_variants("paper=configs/inspired-gpu-paper.yaml")
-    assert variants == [("paper", "configs/inspired-gpu-paper.yaml")] and (REPO / variants[0][1]).is_file()
+    doc = (REPO / "docs" / "gpu.md").read_text()
+    line = re.search(r"^run\(command='VARIANTS=\"([^\"]+)\"", doc, re.M)
+    assert line and line.group(1) == "hard=configs/inspired-gpu-hard.yaml"
+    variants = d.parse_variants(line.group(1))
+    assert variants == [("hard", "configs/inspired-gpu-hard.yaml")] and (REPO / variants[0][1]).is_file()
     probe = json.loads((REPO / "tools/gpu/probe_h200.json").read_text())
     monkeypatch.setenv("MAX_EPOCHS", "5")
     _, run = _run(tmp_path, monkeypatch, left=535, budget=570)   # its CALL_BUDGET_S, less env and backbone
     s = d.plan_schedule(run, probe, variants, CONFIG, smoke=False)
-    assert s["variants_planned"] == ["paper"] and s["variants_dropped"] == []
+    assert s["variants_planned"] == ["hard"] and s["variants_dropped"] == []
     assert s["epochs"] == 5 and s["updates"] == 5 * s["steps_per_epoch"]
     assert s["warmup_steps"] == round(0.05 * s["updates"]) and s["step_mode"] == "cudagraphs"
 
