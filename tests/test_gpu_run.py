@@ -372,6 +372,10 @@ def test_the_next_session_plans_the_hard_variant_alone_and_stops_its_decay_at_ma
     assert s["variants_planned"] == ["hard"] and s["variants_dropped"] == []
     assert s["epochs"] == 5 and s["updates"] == 5 * s["steps_per_epoch"]
     assert s["warmup_steps"] == round(0.05 * s["updates"]) and s["step_mode"] == "cudagraphs"
+    # its per-epoch recall pass, which the stored probe did not time, is planned for
+    authors = d.plan_schedule(run, probe, [("authors", "configs/inspired-gpu.yaml")], CONFIG, smoke=False)
+    assert authors["estimated_hard_pass_s"] == 0 and s["estimated_hard_pass_s"] == 5
+    assert s["estimated_epoch_s"] == pytest.approx(authors["estimated_epoch_s"] + 5, abs=0.11)
 
 
 def test_a_variant_brings_its_negatives_to_the_smoke_run_scaled_to_fit():

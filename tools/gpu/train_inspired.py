@@ -44,7 +44,8 @@ of its own at once on the warm machine) packs the best of them into $OUT (docs/g
 
 Environment: OUT, DATA (.devdata/inspired), CALL_BUDGET_S (570), PROBE_BUDGET_S (60),
 PROBE_LIMIT_S (150), BACKBONE_LIMIT_S (120), EVAL_RESERVE_S (120), EXPORT_RESERVE_S (30),
-END_RESERVE_S (15), VARIANTS, MIN_EPOCHS_PER_VARIANT (3), MAX_EPOCHS (20), BATCH and STEP_MODE
+END_RESERVE_S (15), VARIANTS, MIN_EPOCHS_PER_VARIANT (3), MAX_EPOCHS (20), HARD_PASS_S (5: a hard-
+negative variant's recall pass per epoch), BATCH and STEP_MODE
 (force them instead of the probe's choice), EVAL_BATCH (256), EVAL_ARGS (more `pecrs evaluate`
 options), RUNS (runs/gpu-inspired), PROBE_FROM (a stored probe JSON to plan from instead of probing,
 e.g. tools/gpu/probe_h200.json: its time goes to training),
@@ -86,7 +87,7 @@ DEFAULT_VARIANTS = "authors=configs/inspired-gpu.yaml paper=configs/inspired-gpu
 ENV_KEYS = ("CALL_BUDGET_S", "VARIANTS", "PROBE_FROM", "MAX_EPOCHS", "MIN_EPOCHS_PER_VARIANT", "BATCH",
             "STEP_MODE", "EVAL_BATCH", "EVAL_ARGS", "DEV_BASELINE", "DEV_EVAL_MIN_S", "DEV_RECALL_MIN_S",
             "DEV_EVAL_LIMIT_S", "DEV_NO_REPEAT_NGRAM", "PROBE_BUDGET_S", "EVAL_RESERVE_S", "EXPORT_RESERVE_S",
-            "END_RESERVE_S", "DATA", "RUNS")
+            "END_RESERVE_S", "HARD_PASS_S", "DATA", "RUNS")
 SMOKE = bool(os.environ.get("SMOKE"))
 # the smoke run's sizes on top of configs/tiny.yaml (a few seconds per process on 2 cores)
 SMOKE_OVERRIDES = ("train.max_train_samples=32 train.max_eval_samples=12 train.m_train=8 inference.m_inference=32 "
@@ -338,6 +339,11 @@ def plan_schedule(run: Run, probe: dict | None, variants: list, config: dict, sm
     # per-epoch cost: the steps (10% margin), the dev evaluation, two checkpoint saves
     epoch_s = (steps_per_epoch * step_s * 1.1 if step_s else env_float("EPOCH_GUESS_S", 120, 20)) \
         + ((probe or {}).get("dev_eval_s") or env_float("DEV_EVAL_GUESS_S", 15, 2)) + env_float("SAVE_S", 3, 1)
+    # a variant with hard negatives starts each epoch with a recall pass over the training samples
+    # that have a target, which the probe does not time (~2 s on an H200, estimated: docs/gpu.md)
+    hard_pass_s = env_float("HARD_PASS_S", 5, 1) if any(
+        ((yaml.safe_load((REPO / c).read_text()) or {}).get("train") or {}).get("hard_negatives") for _, c in variants) else 0.0
+    epoch_s += hard_pass_s
     # per-process cost before the loop: interpreter and imports, the model and catalog (the probe's setup)
     setup_s = ((probe or {}).get("setup_s") or 20.0) + env_float("IMPORT_S", 10, 8)
     reserves = sum(run.result["budget"][k] for k in ("eval_reserve_s", "export_reserve_s", "end_reserve_s"))
@@ -359,6 +365,7 @@ def plan_schedule(run: Run, probe: dict | None, variants: list, config: dict, sm
     return {"source": source, "batch_size": batch, "step_mode": mode, "steps_per_epoch": steps_per_epoch,
             "estimated_s_per_step": round(step_s, 4) if step_s else None, "estimated_epoch_s": round(epoch_s, 1),
             "estimated_setup_s": round(setup_s, 1), "estimated_compile_s": round(compile_s, 1),
+            "estimated_hard_pass_s": hard_pass_s,
             "training_window_s": round(window, 1), "variants_planned": [v[0] for v in variants[:n]],
             "variants_dropped": [v[0] for v in variants[n:]], "share_s": round(share, 1), "epochs": epochs,
             "updates": updates, "warmup_steps": warmup, "max_train_minutes": round(minutes, 2),
