@@ -2,6 +2,7 @@
 
     python benchmarks/hard_negative_gap.py [--model inspired] [--dataset DIR] [--split dev]
                                            [--hard 0 30 100] [--depth 100] [--max-samples N] [--quick]
+                                           [--rankings 50 100 700]
 
 Training re-ranks a sample's target among M_train (150) negatives drawn uniformly from the catalog
 (§3.6); inference re-ranks recall's top M_inference (700). For every sample with a target of the
@@ -13,6 +14,10 @@ left out), for each h of --hard. h = 0 is the paper's uniform draw; the re-rank 
 level is ln(151) = 5.02. A loss that rises with h says the model tells its targets from random
 items better than from the items recall hands the re-ranker at inference: the gap hard negatives
 train on. A measurement of one model's losses, not of a training run.
+
+--rankings M...: the same in end metrics, R@1/10/50 of the samples (and of those whose target
+the dialogue had not mentioned: dedup) ranked in recall's order alone, and re-ranked among
+recall's top M for each M (`pecrs.evaluate.rank_samples_at`, one re-rank pass at the largest M).
 """
 from __future__ import annotations
 
@@ -24,7 +29,10 @@ def main(argv=None):
     p.add_argument("--model", default="inspired", help="a shipped model's name, a run or a checkpoint folder")
     p.add_argument("--dataset", default=str(C.DATASETS / "inspired"))
     p.add_argument("--split", default="dev")
-    p.add_argument("--hard", type=int, nargs="+", default=[0, 30, 100], help="hard negatives of the 150 (0: uniform)")
+    p.add_argument("--hard", type=int, nargs="*", default=[0, 30, 100],
+                   help="hard negatives of the 150 (0: uniform); none: no losses")
+    p.add_argument("--rankings", type=int, nargs="*", default=[], metavar="M",
+                   help="also R@k in recall's order and re-ranked among recall's top M, for each M")
     p.add_argument("--depth", type=int, default=100, help="recall's top this many are a sample's neighbours")
     p.add_argument("--m-train", type=int, default=150)
     p.add_argument("--max-samples", type=int, default=None, help="samples with a target, whole dialogues (quick: 8)")
@@ -83,17 +91,36 @@ def main(argv=None):
     losses_s = time.perf_counter() - started
     n = max(len(rows), 1)
     by_h = {str(h): {k: round(v / n, 4) for k, v in sums[h].items()} for h in args.hard}
-    base = by_h[str(args.hard[0])]
     for h in args.hard:
-        by_h[str(h)]["rerank_minus_first"] = round(by_h[str(h)]["rerank"] - base["rerank"], 4)
+        by_h[str(h)]["rerank_minus_first"] = round(by_h[str(h)]["rerank"] - by_h[str(args.hard[0])]["rerank"], 4)
+    rankings, started = {}, time.perf_counter()
+    if args.rankings:
+        import numpy as np
+
+        from pecrs import metrics
+        from pecrs.evaluate import rank_samples, rank_samples_at
+
+        with_target = [encoded[i] for i in rows]
+        targets = np.array([e.target for e in with_target])
+        new = np.array([not samples[i].target_seen_before for i in rows])
+        orders = {"recall_order": rank_samples(model, with_target, rec.vectors, 50, args.batch_size, rerank=False)}
+        reranked = rank_samples_at(model, with_target, rec.vectors, args.rankings, args.batch_size)
+        orders.update({f"reranked_top_{m}": reranked[m] for m in sorted(reranked)})
+        rankings = {name: {**metrics.recall_at_k(ranked, targets),
+                           **{f"dedup_{k}": v for k, v in metrics.recall_at_k(ranked[new], targets[new]).items()}}
+                    for name, ranked in orders.items()}
+    rankings_s = time.perf_counter() - started
     result = {"settings": {"model": args.model, "dataset": args.dataset, "split": args.split, "samples": len(rows),
                            "depth": neighbours.shape[1], "m_train": args.m_train, "hard": args.hard,
                            "recall_temperature": cfg.model.recall_temperature, "threads": threads,
                            "dtype": "float32"},
               "losses": by_h, "chance_rerank": round(float(torch.log(torch.tensor(args.m_train + 1.0))), 4),
-              "seconds": {"load": round(load_s, 1), "neighbours": round(neighbours_s, 1), "losses": round(losses_s, 1)}}
-    shown = ", ".join(f"h={h}: rerank {by_h[str(h)]['rerank']:.3f} recall {by_h[str(h)]['recall']:.3f}"
-                      for h in args.hard)
+              "rankings": rankings,
+              "seconds": {"load": round(load_s, 1), "neighbours": round(neighbours_s, 1), "losses": round(losses_s, 1),
+                          "rankings": round(rankings_s, 1)}}
+    shown = ", ".join([f"h={h}: rerank {by_h[str(h)]['rerank']:.3f} recall {by_h[str(h)]['recall']:.3f}"
+                       for h in args.hard] + [f"{name} R@1/10/50 {r['recall@1']:.3f}/{r['recall@10']:.3f}/"
+                                              f"{r['recall@50']:.3f}" for name, r in rankings.items()])
     C.emit(args, result, f"{C.cpu_model()}, {len(rows)} {args.split} samples, hard of {args.m_train} from "
                          f"recall's top {neighbours.shape[1]}: {shown} (chance {result['chance_rerank']:.2f})")
 

@@ -238,9 +238,12 @@ def test_hard_negative_gap_reports_the_losses_for_each_number_of_hard_negatives(
     cfg = tiny_config(tmp_path / "data")
     save_pretrained(build_model(cfg, seed=0), cfg, tmp_path / "run" / "best")
     result = run_benchmark("hard_negative_gap", "--model", str(tmp_path / "run"), "--dataset", str(tmp_path / "data"),
-                           "--hard", "0", "3", "--depth", "5", "--m-train", "6", tmp_path=tmp_path)
+                           "--hard", "0", "3", "--depth", "5", "--m-train", "6", "--rankings", "8", tmp_path=tmp_path)
     assert result["settings"]["samples"] == 4 and result["settings"]["depth"] == 5   # the 4 dev dialogues' targets
     losses = result["losses"]
     assert set(losses) == {"0", "3"} and all(math.isfinite(v[k]) for v in losses.values() for k in ("recall", "rerank"))
     assert losses["3"]["rerank_minus_first"] == pytest.approx(losses["3"]["rerank"] - losses["0"]["rerank"], abs=1e-3)
     assert result["chance_rerank"] == pytest.approx(math.log(7), abs=1e-3)
+    rankings = result["rankings"]   # the 16-item catalog: recall's top 50 holds it all; 8 re-ranked hold 8
+    assert rankings["recall_order"]["recall@50"] == 1.0
+    assert rankings["reranked_top_8"]["recall@10"] == rankings["reranked_top_8"]["recall@50"]
