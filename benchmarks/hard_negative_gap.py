@@ -7,7 +7,8 @@
 Training re-ranks a sample's target among M_train (150) negatives drawn uniformly from the catalog
 (§3.6); inference re-ranks recall's top M_inference (700). For every sample with a target of the
 split (a slice of whole dialogues with --max-samples), the model's recall and re-rank losses
-(Eq. 4-5, float32, dropout off) are computed with negatives planned as training plans them
+(Eq. 4-5, float32, dropout off, re-rank logits undivided unless --rerank-temperature)
+are computed with negatives planned as training plans them
 (`pecrs.step.plan_step`, the same seed per batch for every setting), h of the 150 drawn from the
 sample's recall neighbours (`pecrs.hard_negatives`: recall's top --depth, its turn's answers
 left out), for each h of --hard. h = 0 is the paper's uniform draw; the re-rank loss's chance
@@ -37,6 +38,8 @@ def main(argv=None):
     p.add_argument("--m-train", type=int, default=150)
     p.add_argument("--max-samples", type=int, default=None, help="samples with a target, whole dialogues (quick: 8)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--rerank-temperature", type=float, default=1.0,
+                   help="the re-rank logits divided by this in the loss (1: as the model scores; rankings do not depend on it)")
     args = p.parse_args(argv)
     threads = C.set_threads(args.threads)
     import copy
@@ -44,26 +47,21 @@ def main(argv=None):
 
     import torch
 
-    from pecrs.catalog import ItemStore
     from pecrs.hard_negatives import recall_neighbours
-    from pecrs.loaders import load_dataset
-    from pecrs.recommender import Recommender
-    from pecrs.samples import make_samples
     from pecrs.step import plan_step
     from pecrs.tokens import collate
 
     started = time.perf_counter()
-    rec = Recommender.from_pretrained(args.model, dtype="float32")
-    model, cfg = rec.model.eval(), rec.config
-    limit = args.max_samples or (8 if args.quick else None)
+    _, model, cfg, setup = C.trained_model(args.model, args.dataset)   # float32, the shipped item vectors
+    store, limit = setup.store, args.max_samples or (8 if args.quick else None)
     samples = []
-    for dialogue in load_dataset(args.dataset).splits[args.split]:   # whole dialogues: a turn's answers stay together
-        if limit is not None and sum(s.target is not None for s in samples) >= limit:
+    for s in setup.samples[args.split]:   # whole dialogues: a turn's answers stay together
+        if limit is not None and sum(x.target is not None for x in samples) >= limit \
+                and s.dialogue_id != samples[-1].dialogue_id:
             break
-        samples += [s for s in make_samples([dialogue]) if s.target is None or s.target in rec.item_index]
-    encoded = rec.encoder.encode_all(samples)
-    store = ItemStore(rec.item_list, model.tokenizer, cfg.model.item_fields,
-                      cfg.model.item_max_tokens).use_saved_vectors(rec.vectors)
+        samples.append(s)
+    encoded = setup.encoder.encode_all(samples)
+    vectors = store.all_vectors(model)
     load_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -83,9 +81,9 @@ def main(argv=None):
                 t.share_negatives_batch = t.share_negatives_tasks = True
                 plan = plan_step(batch, len(store), t, torch.Generator().manual_seed(start), candidates=True,
                                  neighbours=neighbours[chunk])
-                losses = model.training_losses(plan.batch, rec.vectors[plan.vector_items], plan.vector_row,
+                losses = model.training_losses(plan.batch, vectors[plan.vector_items], plan.vector_row,
                                                plan.recall_negatives, plan.rerank_negatives, place=plan.place,
-                                               normalize="targets")
+                                               normalize="targets", rerank_temperature=args.rerank_temperature)
                 for k in ("recall", "rerank"):   # batch means over rows that all have a target
                     sums[h][k] += float(losses[k]) * len(chunk)
     losses_s = time.perf_counter() - started
@@ -102,17 +100,18 @@ def main(argv=None):
 
         with_target = [encoded[i] for i in rows]
         targets = np.array([e.target for e in with_target])
-        new = np.array([not samples[i].target_seen_before for i in rows])
-        orders = {"recall_order": rank_samples(model, with_target, rec.vectors, 50, args.batch_size, rerank=False)}
-        reranked = rank_samples_at(model, with_target, rec.vectors, args.rankings, args.batch_size)
+        seen = np.array([samples[i].target_seen_before for i in rows])
+        orders = {"recall_order": rank_samples(model, with_target, vectors, 50, args.batch_size, rerank=False)}
+        reranked = rank_samples_at(model, with_target, vectors, args.rankings, args.batch_size)
         orders.update({f"reranked_top_{m}": reranked[m] for m in sorted(reranked)})
         rankings = {name: {**metrics.recall_at_k(ranked, targets),
-                           **{f"dedup_{k}": v for k, v in metrics.recall_at_k(ranked[new], targets[new]).items()}}
+                           **{f"dedup_{k}": v for k, v in metrics.dedup_recall_at_k(ranked, targets, seen).items()}}
                     for name, ranked in orders.items()}
     rankings_s = time.perf_counter() - started
     result = {"settings": {"model": args.model, "dataset": args.dataset, "split": args.split, "samples": len(rows),
                            "depth": neighbours.shape[1], "m_train": args.m_train, "hard": args.hard,
-                           "recall_temperature": cfg.model.recall_temperature, "threads": threads,
+                           "recall_temperature": cfg.model.recall_temperature,
+                           "rerank_temperature": args.rerank_temperature, "threads": threads,
                            "dtype": "float32"},
               "losses": by_h, "chance_rerank": round(float(torch.log(torch.tensor(args.m_train + 1.0))), 4),
               "rankings": rankings,

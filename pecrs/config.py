@@ -189,6 +189,10 @@ class RunConfig:
             if t.hard_negatives > bound:
                 raise ConfigError(f"config train.hard_negatives: expected at most {name} ({bound}), "
                                   f"got {t.hard_negatives}")
+        if t.hard_negatives and t.hard_negatives_from_epoch > t.epochs:
+            raise ConfigError(f"config train.hard_negatives_from_epoch: expected at most train.epochs ({t.epochs}), "
+                              f"got {t.hard_negatives_from_epoch}: no epoch would draw the {t.hard_negatives} "
+                              f"hard negatives (1 draws them from the first)")
         return self
 
     @classmethod

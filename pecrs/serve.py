@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -57,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .cors import check_cors_origin
 from .data import DataError, Item
 from .decoding import ALIASES, PRESETS
 
@@ -205,46 +205,6 @@ def _unreadable_body(exc: StarletteHTTPException) -> str | None:
     return None
 
 
-_HOST_PORT = re.compile(r"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9-]+(\.[a-z0-9-]+)*)(:(?P<port>[0-9]+))?")
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def check_cors_origin(origin: str) -> str:
-    """`origin` when a browser can send it as its Origin header, or "*"; else ValueError saying what
-    to change. CORSMiddleware compares origins as strings, so "https://app.example.com/" would be
-    accepted, match no page and fail only in the browser."""
-    problem = _origin_problem(origin)
-    if problem:
-        raise ValueError(f"{origin!r}: {problem} (expected * or scheme://host[:port] with scheme http or https "
-                         "and no path, e.g. https://app.example.com)")
-    return origin
-
-
-def _origin_problem(origin: str) -> str | None:
-    if origin == "*":
-        return None
-    scheme, sep, rest = origin.partition("://")
-    if not sep:
-        return "not an origin"
-    if scheme.lower() not in DEFAULT_PORTS:
-        return f"the scheme is {scheme or 'missing'}, not http or https"
-    if rest.endswith("/") and not any(c in rest[:-1] for c in "/?#"):
-        return "drop the trailing slash"
-    if any(c in rest for c in "/?#"):
-        return "drop the path, query or fragment: an origin is where a page comes from, not the page"
-    if origin != origin.lower():
-        return "write it in lower case, as browsers send it"
-    match = _HOST_PORT.fullmatch(rest)
-    if match is None:
-        return "not a host[:port]"
-    port = match["port"]
-    if port is not None and not (0 < int(port) < 65536 and str(int(port)) == port):
-        return f"port {port} is not a port from 1 to 65535"
-    if port is not None and int(port) == DEFAULT_PORTS[scheme]:
-        return f"drop :{port}, {scheme}'s default port, which browsers leave out"
-    return None
-
-
 def item_json(item: Item, full: bool = False) -> dict:
     if full:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(item).items()}
@@ -257,7 +217,8 @@ def create_app(recommender, cors_origins: list[str] | None = None) -> FastAPI:
     browser; by default a page can only call the origin it came from."""
     if isinstance(cors_origins, str):
         raise TypeError("cors_origins is a list of origins, not a string")
-    for origin in cors_origins or ():
+    cors_origins = list(cors_origins or ())   # (a generator would be spent by the checks below)
+    for origin in cors_origins:
         try:
             check_cors_origin(origin)
         except ValueError as e:
@@ -269,7 +230,7 @@ def create_app(recommender, cors_origins: list[str] | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if cors_origins:
         # Added last, so outside BodyLimit: a 413 carries the header too, and a page can read it.
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=CORS_METHODS,
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=CORS_METHODS,
                            allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False)
 
     @app.exception_handler(RequestValidationError)

@@ -388,11 +388,17 @@ def test_a_variant_brings_its_negatives_to_the_smoke_run_scaled_to_fit():
     config, overrides = d.variant_command("configs/inspired-gpu-hard.yaml", "DATA", smoke=True)
     cfg = RunConfig.load(config, overrides)
     assert cfg.train.hard_negatives == d.SMOKE_HARD_NEGATIVES <= cfg.train.m_train == 8
+    assert cfg.train.hard_negatives_from_epoch == 1    # the smoke run's one epoch draws them
     assert cfg.train.alpha == 0.8 and cfg.train.hard_negative_depth == 100
     assert RunConfig.load(*d.variant_command("configs/inspired-gpu.yaml", "DATA", smoke=True)).train.hard_negatives == 0
     assert d.variant_command("configs/inspired-gpu-hard.yaml", "DATA", smoke=False) == (
         "configs/inspired-gpu-hard.yaml", ["train.dataset=DATA"])
     assert RunConfig.load("configs/inspired-gpu-hard.yaml").train.hard_negatives == 30
+    # a window too short for its first hard epoch (2): the last epoch draws them, and the config is valid
+    assert d.first_hard_epoch("configs/inspired-gpu-hard.yaml", 5) == []
+    assert d.first_hard_epoch("configs/inspired-gpu-hard.yaml", 1) == ["train.hard_negatives_from_epoch=1"]
+    assert d.first_hard_epoch("configs/inspired-gpu.yaml", 1) == []
+    RunConfig.load("configs/inspired-gpu-hard.yaml", ["train.epochs=1", *d.first_hard_epoch("configs/inspired-gpu-hard.yaml", 1)])
 
 
 def test_the_documented_next_call_2_is_whole_and_carries_what_call_sizes_counts():

@@ -165,6 +165,9 @@ def test_hard_negative_settings_are_checked():
         cfg.validate()
     with pytest.raises(ConfigError, match="train.hard_negatives"):
         RunConfig.from_dict({"train": {"hard_negatives": -1}})
+    with pytest.raises(ConfigError, match=r"train.hard_negatives_from_epoch: expected at most train.epochs \(1\)"):
+        RunConfig.from_dict({"train": {"hard_negatives": 2, "epochs": 1}})
+    assert RunConfig.from_dict({"train": {"hard_negatives": 2, "epochs": 1, "hard_negatives_from_epoch": 1}})
 
 
 def test_training_with_hard_negatives_resumes_exactly_with_its_epochs_table(tmp_path, monkeypatch):

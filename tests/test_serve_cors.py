@@ -67,6 +67,17 @@ def test_error_replies_carry_the_header_and_retry_after_is_readable(rec):
         assert "retry-after" in bad.headers["access-control-expose-headers"].lower()
 
 
+def test_a_503_carries_the_header_and_its_retry_after(rec, monkeypatch):
+    import pecrs.serve as serve_module
+
+    monkeypatch.setattr(serve_module, "MAX_WAITING", 0)   # every model call finds the queue full
+    with _client(rec, cors_origins=[APP_ORIGIN]) as c:
+        r = c.post("/recommend", json={"turns": [SEEKER]}, headers={"Origin": APP_ORIGIN})
+        assert r.status_code == 503 and r.headers[ALLOW_ORIGIN] == APP_ORIGIN
+        assert r.headers["retry-after"] == str(serve_module.RETRY_AFTER_S)
+        assert "retry-after" in r.headers["access-control-expose-headers"].lower()
+
+
 def test_a_disallowed_origin_gets_no_header(rec):
     with _client(rec, cors_origins=[APP_ORIGIN]) as c:
         r = c.post("/recommend", json={"turns": [SEEKER]}, headers={"Origin": OTHER_ORIGIN})
@@ -90,7 +101,8 @@ def test_star_allows_any_origin(rec):
 
 
 @pytest.mark.parametrize("origin", ["*", "https://app.example.com", "http://localhost:5173", "http://127.0.0.1:8080",
-                                    "http://[::1]:3000", "https://a-b.example.co.uk"])
+                                    "http://[::1]:3000", "https://a-b.example.co.uk", "http://my_host.lan:8080",
+                                    "https://example.com.", "http://[2001:db8::1]"])
 def test_origins_a_browser_sends_are_accepted(origin):
     assert check_cors_origin(origin) == origin
 
@@ -100,7 +112,14 @@ def test_origins_a_browser_sends_are_accepted(origin):
     ("https://app.example.com/chat", "drop the path, query or fragment"),
     ("https://app.example.com?x=1", "drop the path, query or fragment"),
     ("app.example.com", "not an origin"),
-    ("null", "not an origin"),
+    ("null", "sandboxed pages and file://"),
+    ("http://127.1", "not an IPv4 address as browsers write it"),
+    ("http://0x7f.0.0.1", "not an IPv4 address as browsers write it"),
+    ("http://1.2.3.4.5", "not an IPv4 address as browsers write it"),
+    ("http://[::ffff:127.0.0.1]", "browsers write this address as 127.0.0.1"),
+    ("http://[0:0::1]", "browsers write this address as [::1]"),
+    ("http://[1]", "[1] is not an IPv6 address"),
+    ("https://bücher.de", "punycode form: xn--bcher-kva.de"),
     ("", "not an origin"),
     ("ftp://app.example.com", "the scheme is ftp, not http or https"),
     ("://app.example.com", "the scheme is missing"),
@@ -125,6 +144,8 @@ def test_create_app_refuses_a_bad_origin(rec):
         create_app(rec, cors_origins=[APP_ORIGIN, "https://app.example.com/"])
     with pytest.raises(TypeError, match="a list of origins"):
         create_app(rec, cors_origins=APP_ORIGIN)
+    with TestClient(create_app(rec, cors_origins=(o for o in [APP_ORIGIN]))) as c:   # any iterable
+        assert c.get("/health", headers={"Origin": APP_ORIGIN}).headers[ALLOW_ORIGIN] == APP_ORIGIN
 
 
 def test_cli_refuses_a_bad_origin_before_loading(monkeypatch, capsys):

@@ -103,10 +103,10 @@ def _check_catalog_given(catalog: str | None) -> None:
 
 
 def cors_origin(text: str) -> str:
-    """An argparse type: an origin whose pages may call the API (pecrs.serve.check_cors_origin),
+    """An argparse type: an origin whose pages may call the API (pecrs.cors.check_cors_origin),
     checked before the model loads: a typo such as a trailing slash would otherwise match no page,
     and show only in the browser."""
-    from ..serve import check_cors_origin
+    from ..cors import check_cors_origin
 
     try:
         return check_cors_origin(text)

@@ -79,7 +79,7 @@ MAX_FILE = 16 * 2**20
 MAX_FILES = 8
 NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")
 # What tells the GPU configs apart, carried into the smoke run's tiny config: the loss balance and
-# the negatives (hard ones capped to fit the smoke run's m_train of 8).
+# the negatives (hard ones capped to fit the smoke run's m_train of 8, and from its only epoch).
 VARIANT_KEYS = ("alpha", "beta", "gamma", "loss_normalization", "rerank_temperature", "label_smoothing",
                 "hard_negatives", "hard_negative_depth")
 SMOKE_HARD_NEGATIVES = 4
@@ -299,11 +299,22 @@ def variant_command(config: str, data: str, smoke: bool) -> tuple[str, list[str]
         return config, [f"train.dataset={data}"]
     train = (yaml.safe_load((REPO / config).read_text()) or {}).get("train") or {}
     own = {k: train[k] for k in VARIANT_KEYS if k in train}
-    if "hard_negatives" in own:
+    if own.get("hard_negatives"):
         own["hard_negatives"] = min(own["hard_negatives"], SMOKE_HARD_NEGATIVES)
+        own["hard_negatives_from_epoch"] = 1   # the smoke run trains one epoch
     return "configs/tiny.yaml", [f"train.dataset={data}", "train.compile_backend=eager",
                                  *(f"train.{k}={v}" for k, v in own.items()),
                                  *os.environ.get("SMOKE_OVERRIDES", SMOKE_OVERRIDES).split()]
+
+
+def first_hard_epoch(config: str, epochs: int) -> list[str]:
+    """An override for a hard-negative variant planned shorter than its first hard epoch
+    (`train.hard_negatives_from_epoch`, which the config check refuses past the last epoch): its
+    last epoch draws them, so that a short window still trains the variant it names."""
+    train = (yaml.safe_load((REPO / config).read_text()) or {}).get("train") or {}
+    if train.get("hard_negatives") and train.get("hard_negatives_from_epoch", 2) > epochs:
+        return [f"train.hard_negatives_from_epoch={epochs}"]
+    return []
 
 
 def plan_schedule(run: Run, probe: dict | None, variants: list, config: dict, smoke: bool) -> dict:
@@ -656,7 +667,8 @@ def stages(run: Run) -> int:
                                       (timeout - schedule["estimated_setup_s"] - 10) / 60)), 2)
         overrides += [f"train.batch_size={schedule['batch_size']}", f"train.step_mode={schedule['step_mode']}",
                       "train.static_shapes=true", f"train.epochs={schedule['epochs']}",
-                      f"train.warmup_steps={schedule['warmup_steps']}", f"train.max_train_minutes={minutes}"]
+                      f"train.warmup_steps={schedule['warmup_steps']}", f"train.max_train_minutes={minutes}",
+                      *([] if SMOKE else first_hard_epoch(config, schedule["epochs"]))]
         entry.update(config_file=file, overrides=overrides)
         code, lines = run.call(f"train-{name}", [py, "-m", "pecrs.cli", "train", file, *overrides,
                                                 "--output-dir", str(runs / name), "--quiet"], timeout)
