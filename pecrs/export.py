@@ -111,6 +111,15 @@ def _position(position: dict) -> str:
     return f"epoch {position['epoch']}" + (f", batch {position['batch']}" if "batch" in position else "")
 
 
+def _hard_negatives_note(t: dict) -> str:
+    """The card's words for `train.hard_negatives` ("" without them). A run saved before
+    `hard_negatives_from_epoch` existed (commit 4a4a28d only) drew them from epoch 1."""
+    if not t.get("hard_negatives"):
+        return ""
+    return (f"; {t['hard_negatives']} of the M_train negatives drawn from recall's top {t.get('hard_negative_depth')} "
+            f"(from epoch {t.get('hard_negatives_from_epoch', 1)})")
+
+
 def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, folder: Path,
                notes: str | None = None, left_out: str | None = None) -> str:
     """MODEL_CARD.md: what a user needs to judge the model before trusting its recommendations.
@@ -138,7 +147,7 @@ def model_card(name: str, meta: dict, curve: list[dict], test: dict | None, fold
              f"{' (pooled states standardized)' if m.get('item_standardize') else ''}"
              f"{'; trained on the samples with a target only' if t.get('targets_only') else ''}"
              f"{'; without the samples whose target their dialogue mentioned before' if t.get('fresh_targets_only') else ''}"
-             f"{'; ' + str(t['hard_negatives']) + ' of the M_train negatives from recall top ' + str(t.get('hard_negative_depth')) + ' (from epoch ' + str(t.get('hard_negatives_from_epoch', 1)) + ')' if t.get('hard_negatives') else ''}"
+             f"{_hard_negatives_note(t)}"
              f"{subset}{start}",
              f"- Inference: M_inference {inference.m_inference}, decoding `{inference.decoding}`"
              f"{f', no {inference.no_repeat_ngram}-gram twice in a reply' if inference.no_repeat_ngram else ''}",

@@ -14,8 +14,8 @@ across the tasks (the default, §3.6) the hard ones are recall negatives of that
 A neighbour is never a right answer: the items its turn recommends (a turn naming k items gives
 k samples, `pecrs.samples`) and their twins (`pecrs.twins.same_film`) are left out. (The uniform
 part avoids the batch's targets only, as in the paper.) An item the dialogue mentioned before
-that is not an answer may be one; they are rare among the neighbours (0.9% of the shipped model's
-on 236 INSPIRED training samples, measured 2026-11-30).
+that is not an answer may be one (rare among the shipped model's neighbours: a one-off count found
+under 1% of them on INSPIRED training samples).
 
 The first epoch (`train.hard_negatives_from_epoch`, 2 by default) trains on uniform negatives: an
 untrained model's neighbours are arbitrary items. A run that starts from a trained model
@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch
 
 from .data import Sample
-from .evaluate import rank_samples
 from .tokens import NO_ITEM, EncodedSample
 from .twins import excluded_rows, same_film
 
@@ -49,6 +48,8 @@ def recall_neighbours(model, store, samples: list[Sample], encoded: list[Encoded
     or fewer where the catalog minus a row's answers is smaller, so that no row runs short.
     `encoded[i]` is `samples[i]` encoded. Runs the model in eval mode and puts its mode back;
     a model with bfloat16 frozen weights must run it under autocast, as training does."""
+    from .evaluate import rank_samples   # here: pecrs.step imports this module for draw_hard only
+
     answers = answers_of_turn(samples, store.items)
     with_target = [i for i, s in enumerate(samples) if s.target is not None]
     depth = max(0, min(depth, len(store) - max((len(answers[i]) for i in with_target), default=0)))

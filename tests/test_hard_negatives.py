@@ -208,6 +208,6 @@ def test_training_with_hard_negatives_resumes_exactly_with_its_epochs_table(tmp_
     from pecrs.export import model_card
     from pecrs.pretrained import read_meta
     card = model_card("hard", read_meta(tmp_path / "straight" / "last"), [], None, tmp_path / "straight" / "last")
-    assert "2 of the M_train negatives from recall top 5 (from epoch 2)" in card
+    assert "2 of the M_train negatives drawn from recall's top 5 (from epoch 2)" in card
     assert "recall top" not in model_card("uniform", read_meta(tmp_path / "uniform" / "last"), [], None,
                                           tmp_path / "uniform" / "last")
