@@ -148,8 +148,9 @@ def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Gener
     neighbours [B, K]: each row's recall neighbours (`pecrs.hard_negatives`, NO_ITEM rows for
     rows without a target); with `train.hard_negatives` h > 0 each row's first h rerank negatives
     are drawn from them, and (tasks shared) its recall negatives are those h and pool - h random
-    ones. The random ones avoid the batch's hard ones, so no row sees an item twice; rows without
-    a target (whose losses count 0) get catalog index 0 in those places. With h = 0 the draws are
+    ones. The random ones avoid the batch's hard ones, so no row sees an item twice (unless the
+    catalog cannot spare them: then the widths are kept, not that); rows without a target (whose
+    losses count 0) get catalog index 0 in those places. With h = 0 the draws are
     those of a run without hard negatives.
     candidates=None lays candidates out only if some row has a target (less work on a CPU);
     True always (static shapes, several processes). `batch` is on the host.
