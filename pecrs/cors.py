@@ -62,13 +62,11 @@ def _host_problem(host: str) -> str | None:
     browser writes them (127.0.0.1, [::1]: not 127.1, 0x7f.0.0.1 or [::ffff:127.0.0.1])."""
     if host.startswith("["):
         try:
-            canonical = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+            address = ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             return f"{host} is not an IPv6 address"
-        if canonical != host or ipaddress.IPv6Address(host[1:-1]).ipv4_mapped:
-            mapped = ipaddress.IPv6Address(host[1:-1]).ipv4_mapped
-            return f"browsers write this address as {mapped or canonical}"
-        return None
+        written = address.ipv4_mapped or f"[{address.compressed}]"
+        return None if str(written) == host else f"browsers write this address as {written}"
     if re.fullmatch(r"[0-9]+|0x[0-9a-f]*", host.rstrip(".").rsplit(".", 1)[-1]):   # an IPv4 address, to a browser
         try:
             canonical = str(ipaddress.IPv4Address(host))

@@ -292,12 +292,17 @@ def parse_variants(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def variant_train(config: str) -> dict:
+    """The train section of a variant's config file (the repository's path), {} if it has none."""
+    return (yaml.safe_load((REPO / config).read_text()) or {}).get("train") or {}
+
+
 def variant_command(config: str, data: str, smoke: bool) -> tuple[str, list[str]]:
     """The config file and overrides that train a variant: the variant's own file on a GPU;
     in the smoke run, configs/tiny.yaml with the variant's VARIANT_KEYS settings."""
     if not smoke:
         return config, [f"train.dataset={data}"]
-    train = (yaml.safe_load((REPO / config).read_text()) or {}).get("train") or {}
+    train = variant_train(config)
     own = {k: train[k] for k in VARIANT_KEYS if k in train}
     if own.get("hard_negatives"):
         own["hard_negatives"] = min(own["hard_negatives"], SMOKE_HARD_NEGATIVES)
@@ -311,7 +316,7 @@ def first_hard_epoch(config: str, epochs: int) -> list[str]:
     """An override for a hard-negative variant planned shorter than its first hard epoch
     (`train.hard_negatives_from_epoch`, which the config check refuses past the last epoch): its
     last epoch draws them, so that a short window still trains the variant it names."""
-    train = (yaml.safe_load((REPO / config).read_text()) or {}).get("train") or {}
+    train = variant_train(config)
     if train.get("hard_negatives") and train.get("hard_negatives_from_epoch", 2) > epochs:
         return [f"train.hard_negatives_from_epoch={epochs}"]
     return []
@@ -352,8 +357,8 @@ def plan_schedule(run: Run, probe: dict | None, variants: list, config: dict, sm
         + ((probe or {}).get("dev_eval_s") or env_float("DEV_EVAL_GUESS_S", 15, 2)) + env_float("SAVE_S", 3, 1)
     # a variant with hard negatives starts each epoch with a recall pass over the training samples
     # that have a target, which the probe does not time (~2 s on an H200, estimated: docs/gpu.md)
-    hard_pass_s = env_float("HARD_PASS_S", 5, 1) if any(
-        ((yaml.safe_load((REPO / c).read_text()) or {}).get("train") or {}).get("hard_negatives") for _, c in variants) else 0.0
+    hard_pass_s = env_float("HARD_PASS_S", 5, 1) if any(variant_train(c).get("hard_negatives") for _, c in variants) \
+        else 0.0
     epoch_s += hard_pass_s
     # per-process cost before the loop: interpreter and imports, the model and catalog (the probe's setup)
     setup_s = ((probe or {}).get("setup_s") or 20.0) + env_float("IMPORT_S", 10, 8)
