@@ -190,7 +190,12 @@ def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Gener
     if not candidates:
         recall, rerank = recall[:, :0], rerank[:, :0]
     items, row = vector_slots(n_items, batch.context_items, batch.gen_items, batch.target, recall, rerank, size=slots)
-    return StepInputs(batch, recall.contiguous(), rerank.contiguous(), place, items, row)
+    # Two tensors, never one passed twice: a compiled step guards on which inputs alias, and
+    # `rerank = recall` aliased only when `recall` was already contiguous (hard negatives, the cat
+    # above), so a run recompiled at its first hard epoch.
+    recall = recall.contiguous()
+    rerank = rerank.clone() if rerank is recall else rerank.contiguous()
+    return StepInputs(batch, recall, rerank, place, items, row)
 
 
 def step_losses(model, store: ItemStore, inputs: StepInputs, t: TrainConfig) -> dict[str, torch.Tensor]:

@@ -211,3 +211,33 @@ def test_training_with_hard_negatives_resumes_exactly_with_its_epochs_table(tmp_
     assert "2 of the M_train negatives drawn from recall's top 5 (from epoch 2)" in card
     assert "recall top" not in model_card("uniform", read_meta(tmp_path / "uniform" / "last"), [], None,
                                           tmp_path / "uniform" / "last")
+
+
+def test_a_compiled_step_compiles_once_across_uniform_and_hard_epochs(tmp_path):
+    """Epoch 1 draws uniformly, epoch 2 from recall's neighbours: the step's inputs keep their
+    shapes, dtypes and aliasing, so a compiled step is not recompiled (on a GPU, ~100 s each)."""
+    from torch._dynamo.utils import counters
+
+    write_dataset(tmp_path / "data")
+    cfg = tiny_config(tmp_path / "data")   # 2 epochs
+    t = cfg.train
+    t.hard_negatives, t.hard_negative_depth, t.hard_negatives_from_epoch = 2, 5, 2
+    t.static_shapes, t.step_mode, t.compile_backend = True, "compile", "eager"   # dynamo's guards, no codegen
+    torch._dynamo.reset()
+    counters.clear()
+    pecrs.train.train(cfg, tmp_path / "run", progress=False)
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "hard_negatives_s" in epochs[1] and not any(e.get("step_mode_fallback") for e in epochs)
+    assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["total"] == 1
+
+
+def test_plan_step_never_passes_one_tensor_as_both_negatives():
+    cfg = RunConfig()
+    cfg.train.m_train = 4
+    batch = _batch(TARGET)
+    for hard in (0, 2):
+        cfg.train.hard_negatives = hard
+        s = plan_step(batch, 40, cfg.train, torch.Generator().manual_seed(0), candidates=True,
+                      neighbours=NEIGHBOURS if hard else None)
+        assert s.recall_negatives is not s.rerank_negatives and torch.equal(s.recall_negatives, s.rerank_negatives)
+        assert s.recall_negatives.is_contiguous() and s.rerank_negatives.is_contiguous()
