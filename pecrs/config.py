@@ -125,7 +125,7 @@ class InferenceConfig(Section):
     experiments and serving (`Recommender`, chat, HTTP) all read these, so what is evaluated is
     what is served; a command-line flag or keyword argument overrides one value for one call.
     One exception: `pecrs chat` and the chat page leave out the items a conversation mentioned
-    whatever exclude_mentioned says (`--no-exclude-mentioned` keeps them; README, "Chat").
+    whatever exclude_mentioned says (`--no-exclude-mentioned` keeps them; docs/serving.md).
     (dtype is read by `pecrs evaluate` and serving; training and the experiments keep their own.)"""
     m_inference: int = 700                  # candidates retrieved by recall, then re-ranked (§3.6, §4.1)
     decoding: str = "top_k"                 # response decoding: a preset of pecrs.decoding
