@@ -258,6 +258,13 @@ class StepRunner:
     def compiled(self) -> bool:
         return self.forward is not self.model
 
+    @staticmethod
+    def graphs() -> int:
+        """Graphs torch.compile has compiled in this process (dynamo's own count): 1 for a step
+        with static shapes; more means recompilations, each a full compile (~100 s on a GPU)."""
+        from torch._dynamo.utils import counters
+        return int(counters["stats"]["unique_graphs"])
+
     def __call__(self, store: ItemStore, inputs: StepInputs, t: TrainConfig) -> dict[str, torch.Tensor]:
         if self.mode == "cudagraphs" and self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # this step's outputs may overwrite the last's

@@ -202,6 +202,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
 
     log_path = out / "metrics.jsonl"
     steps_done = 0
+    # A process's first steps hold compilation, warm-up and CUDA-graph capture (host seconds each).
+    first_steps_s, first_steps_logged = [], False
     deadline = time.perf_counter() + 60 * t.max_train_minutes if t.max_train_minutes else None
     pad_id = core.tokenizer.pad_token_id
     for epoch in range(state["epoch"], t.epochs):
@@ -226,6 +228,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
         bar = tqdm(range(first_batch, len(batches)), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show)
         shown = None  # when the bar's loss was last refreshed
         for b in bar:
+            step_started = time.perf_counter()
             # Host: the whole step's batch, negatives and candidate places, from the step's seed,
             # identical in every process; each process then keeps its own rows.
             seed = step_seed(t.seed, epoch, b)
@@ -269,6 +272,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
                 shown = time.perf_counter()
             state["batch"] = b + 1
             steps_done += 1
+            if len(first_steps_s) < 3:
+                first_steps_s.append(round(time.perf_counter() - step_started, 2))
             out_of_time = deadline is not None and time.perf_counter() > deadline
             if deadline is not None and world > 1:  # every process stops at the same step (else DDP hangs)
                 flag = torch.tensor([float(out_of_time)], device=device)
@@ -299,6 +304,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             record["train_from_batch"] = first_batch + 1
         if runner.fallback_reason:
             record["step_mode_fallback"] = runner.fallback_reason
+        if runner.compiled:
+            record["compiled_graphs"] = runner.graphs()
+        if first_steps_s and not first_steps_logged:   # in the first epoch this process ends
+            record["first_steps_s"], first_steps_logged = first_steps_s, True
         state["epoch"], state["batch"] = epoch + 1, 0
         if accelerator.is_main_process:
             if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs:

@@ -13,7 +13,7 @@ from pecrs.hard_negatives import answers_of_turn, draw_hard, recall_neighbours
 from pecrs.samples import make_samples
 from pecrs.step import item_slots, plan_step, step_losses
 from pecrs.testing import ITEMS, step_setup, tiny_config, varied_dialogues, write_dataset
-from pecrs.tokens import Batch, DialogueEncoder, collate
+from pecrs.tokens import Batch, collate
 
 
 def _batch(target):
@@ -229,6 +229,8 @@ def test_a_compiled_step_compiles_once_across_uniform_and_hard_epochs(tmp_path):
     epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "hard_negatives_s" in epochs[1] and not any(e.get("step_mode_fallback") for e in epochs)
     assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["total"] == 1
+    assert [e["compiled_graphs"] for e in epochs] == [1, 1]          # what a GPU run's log shows
+    assert len(epochs[0]["first_steps_s"]) == 3 and "first_steps_s" not in epochs[1]
 
 
 def test_plan_step_never_passes_one_tensor_as_both_negatives():
