@@ -261,7 +261,8 @@ class StepRunner:
     @staticmethod
     def graphs() -> int:
         """Graphs torch.compile has compiled in this process (dynamo's own count): 1 for a step
-        with static shapes; more means recompilations, each a full compile (~100 s on a GPU)."""
+        with static shapes; more means graph breaks or recompilations (each a full compile, ~100 s on
+        a GPU)."""
         from torch._dynamo.utils import counters
         return int(counters["stats"]["unique_graphs"])
 
