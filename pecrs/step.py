@@ -182,7 +182,9 @@ def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Gener
         rerank = sample_negatives(n_items, avoid, max(m - h, 0), rows, generator)
         rerank = torch.cat([hard, rerank.expand(B, -1) if rows is None else rerank], 1)
     elif pool == m:
-        rerank = recall
+        # A copy, not `recall` itself: a compiled step guards on which inputs alias, so one tensor
+        # passed as both would recompile the step whenever the aliasing changed.
+        rerank = recall.clone()
     else:                            # row i: its own window of the random pool, wrapping around
         window = (torch.arange(B).unsqueeze(1) * (m - h) + torch.arange(m - h)) % (pool - h)
         rerank = torch.cat([hard, drawn.gather(1, window)], 1)
@@ -190,12 +192,7 @@ def plan_step(batch: Batch, n_items: int, t: TrainConfig, generator: torch.Gener
     if not candidates:
         recall, rerank = recall[:, :0], rerank[:, :0]
     items, row = vector_slots(n_items, batch.context_items, batch.gen_items, batch.target, recall, rerank, size=slots)
-    # Two tensors, never one passed twice: a compiled step guards on which inputs alias, and
-    # `rerank = recall` aliased only when `recall` was already contiguous (hard negatives, the cat
-    # above), so a run recompiled at its first hard epoch.
-    recall = recall.contiguous()
-    rerank = rerank.clone() if rerank is recall else rerank.contiguous()
-    return StepInputs(batch, recall, rerank, place, items, row)
+    return StepInputs(batch, recall.contiguous(), rerank.contiguous(), place, items, row)
 
 
 def step_losses(model, store: ItemStore, inputs: StepInputs, t: TrainConfig) -> dict[str, torch.Tensor]:

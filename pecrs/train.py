@@ -203,7 +203,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     log_path = out / "metrics.jsonl"
     steps_done = 0
     # A process's first steps hold compilation, warm-up and CUDA-graph capture (host seconds each).
-    first_steps_s, first_steps_logged = [], False
+    first_steps_s, first_epoch = [], state["epoch"]
     deadline = time.perf_counter() + 60 * t.max_train_minutes if t.max_train_minutes else None
     pad_id = core.tokenizer.pad_token_id
     for epoch in range(state["epoch"], t.epochs):
@@ -306,8 +306,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             record["step_mode_fallback"] = runner.fallback_reason
         if runner.compiled:
             record["compiled_graphs"] = runner.graphs()
-        if first_steps_s and not first_steps_logged:   # in the first epoch this process ends
-            record["first_steps_s"], first_steps_logged = first_steps_s, True
+        if epoch == first_epoch and first_steps_s:
+            record["first_steps_s"] = first_steps_s
         state["epoch"], state["batch"] = epoch + 1, 0
         if accelerator.is_main_process:
             if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs:
