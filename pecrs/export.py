@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_METRICS = ("recall@1", "recall@10", "recall@50", "dedup_recall@1", "dedup_recall@10", "dedup_recall@50",
-                "unique", "rouge1", "rouge2", "f1_item", "ppl", "dist2", "dist3", "dist4")
+                "unique", "rouge1", "rouge2", "rouge1_paper_protocol", "rouge2_paper_protocol", "f1_item", "ppl",
+                "dist2", "dist3", "dist4")
 
 
 def export(run: str | Path, destination: str | Path, catalog=None, device=None, notes: str | None = None,

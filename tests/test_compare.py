@@ -75,6 +75,11 @@ def test_cli_compares_two_prediction_files_by_hand(tmp_path, capsys):
     # [ITEM] in reply vs reference: A (yes, yes) (yes, yes) (no, no) = 100; B no TP: 0
     assert (m["f1_item"]["a"], m["f1_item"]["b"], m["f1_item"]["units"]) == (100.0, 0.0, 3)
     assert m["rouge1"]["a"] == pytest.approx(100.0)     # every reply of A is its reference's words
+    # B's replies, ROUGE-1 F as they stand: "hmm"/"item then" 0, "try it"/"try item" 1/2, "bye" 1;
+    # as the paper's code scores them ("A: " first, [ITEM] as "movie id"): 1/3, 4/7, 1.
+    assert m["rouge1"]["b"] == pytest.approx(50.0)
+    assert m["rouge1_paper_protocol"]["b"] == pytest.approx(100 * (1 / 3 + 4 / 7 + 1) / 3)
+    assert m["rouge1_paper_protocol"]["a"] == pytest.approx(100.0) and m["rouge2_paper_protocol"]["units"] == 3
     assert main(["compare", a, b, "--resamples", "100"]) == 0
     assert "recall@1" in capsys.readouterr().out
 

@@ -78,10 +78,19 @@ def test_main_tables_2_and_3_then_rerun_skips(run, root):
             assert ours[k] is None or in_unit(ours[k]), (key, k, ours[k])
         assert ours["recall@1"] <= ours["recall@10"] <= ours["recall@50"]
         assert ours["unique"] >= 1 and ours["ppl"] > 1 and 0 <= ours["rouge1"] <= 100
+        assert 0 <= ours["rouge1_paper_protocol"] <= 100 and ours["rouge2_paper_protocol"] is not None
         assert ours["dist2"] is not None and ours["n_gen_samples"] >= 1
     md = table(root, "main")
     assert "## Table 2" in md and "## Table 3" in md and "ReDial-subset" in md and "not run" not in md
     assert md.count("PECRS, ours (tiny-llama)") == 4 and md.count("| Naive baseline") == 2
+    assert md.count("| Constant reply (no model): \u201c") == 2 and "RG-1 (paper's code)" in md
+    for key in ("inspired", "redial"):
+        naive = result["summary"][key]["naive"]
+        # the constant reply is a training reply, scored on every test response turn
+        assert naive["constant_reply"] and naive["n_gen_samples"] == result["summary"][key]["ours"]["n_gen_samples"]
+        assert 0 < naive["rouge1"] <= 100 and naive["rouge1_paper_protocol"] > naive["rouge1"]
+        words = naive["constant_reply"].split()       # Dist@2: one text's bigrams over every turn
+        assert naive["dist2"] == pytest.approx(len(set(zip(words, words[1:]))) / naive["n_gen_samples"])
     # a test split cut by train.max_eval_samples is not called the complete one, nor ReDial's epoch a dev choice
     assert "complete official test set" not in md and "(train.max_eval_samples: inspired 12, redial 12)" in md
     assert "the last epoch kept (no dev split)" in md

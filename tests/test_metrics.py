@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pecrs.data import Turn
+from pecrs.metrics.generation import as_released_code_scores
 from pecrs.metrics import (
     dedup_recall_at_k,
     distinct_n,
@@ -17,6 +18,7 @@ from pecrs.metrics import (
     perplexity,
     recall_at_k,
     rouge_1_2,
+    rouge_1_2_paper_protocol,
     summarize,
     target_ranks,
     unique_items,
@@ -186,6 +188,25 @@ def test_rouge_stemming_and_item_token():
     assert rouge_1_2(["watch [ITEM]"], ["watch item"])["rouge2"] == pytest.approx(100.0)
 
 
+def test_rouge_paper_protocol_adds_the_speaker_tag_and_the_codes_placeholder():
+    # The paper's code scores "A: " + text on both sides: two unrelated replies share "a".
+    assert rouge_1_2(["hi"], ["bye"]) == {"rouge1": 0.0, "rouge2": 0.0}
+    r = rouge_1_2_paper_protocol(["hi"], ["bye"])
+    assert r == {"rouge1_paper_protocol": pytest.approx(50.0), "rouge2_paper_protocol": 0.0}
+    # [ITEM] becomes "[MOVIE_ID]", two words: [a see movie id] vs [a watch movie id now]
+    # share 3 unigrams (P 3/4, R 3/5, F 2/3) and "movie id" (P 1/3, R 1/4, F 2/7); as the
+    # texts stand, [see item] vs [watch item now] share 1 unigram (F 0.4) and no bigram.
+    assert rouge_1_2(["see [ITEM]"], ["watch [ITEM] now"]) == {"rouge1": pytest.approx(40.0), "rouge2": 0.0}
+    r = rouge_1_2_paper_protocol(["see [ITEM]"], ["watch [ITEM] now"])
+    assert r["rouge1_paper_protocol"] == pytest.approx(200 / 3)
+    assert r["rouge2_paper_protocol"] == pytest.approx(200 / 7)
+    # Another dataset's placeholder is rewritten the same way.
+    assert rouge_1_2_paper_protocol(["see <m>"], ["watch <m> now"], placeholder="<m>") == r
+    assert as_released_code_scores("so\n\ngood  [ITEM]") == "A: so good [MOVIE_ID]"
+    empty = rouge_1_2_paper_protocol([], [])
+    assert nan(empty["rouge1_paper_protocol"]) and nan(empty["rouge2_paper_protocol"])
+
+
 def test_rouge_precision_recall_asymmetry_is_f_measure():
     # pred "a b" vs ref "a b c d": P = 1, R = 1/2, F = 2/3
     assert rouge_1_2(["aa bb"], ["aa bb cc dd"])["rouge1"] == pytest.approx(200 / 3)
@@ -302,7 +323,8 @@ def test_genre_accuracy_edge_cases():
 
 # ----------------------------------------------------------------------------- summary
 
-KEYS = {"recall@1", "recall@10", "recall@50", "unique", "rouge1", "rouge2", "f1_item", "ppl",
+KEYS = {"recall@1", "recall@10", "recall@50", "unique", "rouge1", "rouge2", "rouge1_paper_protocol",
+        "rouge2_paper_protocol", "f1_item", "ppl",
         "dist2", "dist3", "dist4", "dedup_recall@1", "dedup_recall@10", "dedup_recall@50",
         "naive_recall@1", "naive_recall@10", "naive_recall@50", "naive_dedup_recall@1",
         "naive_dedup_recall@10", "naive_dedup_recall@50", "n_samples", "n_rec_samples",
@@ -322,6 +344,9 @@ def test_summarize_full():
     assert s["naive_recall@1"] == 0.5 and s["naive_recall@50"] == 0.75  # rows 0, 3 and 2
     assert s["naive_dedup_recall@50"] == 0.5                    # kept rows 1 (miss), 2 (hit)
     assert s["rouge1"] == pytest.approx(50.0) and s["rouge2"] == pytest.approx(50.0)
+    # "A: a b d" vs "A: x y": only the speaker tag's "a" is shared (P 1/4, R 1/3, F 2/7)
+    assert s["rouge1_paper_protocol"] == pytest.approx(100 * (1 + 2 / 7) / 2)
+    assert s["rouge2_paper_protocol"] == pytest.approx(50.0)
     assert s["f1_item"] == pytest.approx(100 * 2 / 3)
     assert s["ppl"] == pytest.approx(3.0)
     assert s["dist2"] == 1.5 and s["dist3"] == 1.0 and s["dist4"] == 0.0
@@ -336,7 +361,8 @@ def test_summarize_empty_gives_none_not_nan():
     s = summarize(ranked=np.zeros((0, 50), dtype=int), targets=np.zeros(0, dtype=int),
                   seen_before=np.zeros(0, dtype=bool), predictions=[], references=[])
     assert s["recall@1"] is None and s["unique"] == 0 and s["n_rec_samples"] == 0
-    assert s["rouge1"] is None and s["dist2"] is None and s["n_gen_samples"] == 0
+    assert s["rouge1"] is None and s["rouge1_paper_protocol"] is None and s["dist2"] is None
+    assert s["n_gen_samples"] == 0
     json.dumps(s, allow_nan=False)
 
 

@@ -77,8 +77,8 @@ def metric_units(records: list[dict]) -> dict[str, tuple[list[int], list[float],
 
 def reply_units(records: list[dict]) -> dict[str, tuple[list[int], np.ndarray, np.ndarray]]:
     """The reply metrics' units (one per record with a reply): F-1 of [ITEM] as 2TP / (2TP+FP+FN)
-    per reply, ROUGE-1/2 F-measures."""
-    from ..metrics.generation import item_f1_terms, rouge_pairs
+    per reply, ROUGE-1/2 F-measures, as the texts stand and as the paper's code scores them."""
+    from ..metrics.generation import item_f1_terms, rouge_pairs, rouge_pairs_paper_protocol
 
     rows = [i for i, r in enumerate(records) if "generated" in r]
     if not rows:
@@ -86,8 +86,10 @@ def reply_units(records: list[dict]) -> dict[str, tuple[list[int], np.ndarray, n
     generated, references = [records[i]["generated"] for i in rows], [records[i]["reference"] for i in rows]
     f1_num, f1_den = item_f1_terms([ITEM in g for g in generated], [ITEM in t for t in references])
     r1, r2 = rouge_pairs(generated, references)
+    p1, p2 = rouge_pairs_paper_protocol(generated, references)
     ones = np.ones(len(rows))
-    return {"f1_item": (rows, f1_num, f1_den), "rouge1": (rows, r1, ones), "rouge2": (rows, r2, ones)}
+    return {"f1_item": (rows, f1_num, f1_den), "rouge1": (rows, r1, ones), "rouge2": (rows, r2, ones),
+            "rouge1_paper_protocol": (rows, p1, ones), "rouge2_paper_protocol": (rows, p2, ones)}
 
 
 def compare(a_path: Path, b_path: Path, resamples: int = 10_000, seed: int = 0) -> dict:
@@ -111,7 +113,7 @@ def compare(a_path: Path, b_path: Path, resamples: int = 10_000, seed: int = 0) 
     units_b = {**metric_units(recs_b), **reply_units(recs_b)}
     out = {}
     for name in (*(f"recall@{k}" for k in RECALL_CUTOFFS), *(f"dedup_recall@{k}" for k in RECALL_CUTOFFS),
-                 "f1_item", "rouge1", "rouge2"):
+                 "f1_item", "rouge1", "rouge2", "rouge1_paper_protocol", "rouge2_paper_protocol"):
         if name not in units_a or name not in units_b:
             continue
         (rows_a, num_a, den_a), (rows_b, num_b, den_b) = units_a[name], units_b[name]

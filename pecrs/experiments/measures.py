@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import metrics
 from ..config import RunConfig
+from ..data import ITEM
 from ..evaluate import evaluate, mentioned_indices, naive_ranking, rank_samples_at
 from ..loaders import load_dataset
 from ..samples import make_samples
@@ -74,17 +75,23 @@ def recommendation(setup, samples, ranked, targets) -> dict:
 
 
 def naive_baseline(config: RunConfig) -> dict:
-    """Table 2's naive row on the test split, without any model: recommend the items already
-    mentioned in the dialogue, most recent first. Same samples and scoring as `evaluate`."""
+    """The rows of Tables 2 and 3 that need no model, on the test split, same samples and scoring
+    as `evaluate`. Table 2: recommend the items already mentioned in the dialogue, most recent
+    first. Table 3: answer every turn with one constant reply, the training split's
+    `metrics.medoid_reply` (its text under "constant_reply")."""
     started = time.perf_counter()
     bundle = load_dataset(config.train.dataset, mentions=config.train.redial_mentions)
     split = config.train.test_split
-    if split not in bundle.splits:
-        raise ValueError(f"split '{split}' not found in {config.train.dataset}; have {sorted(bundle.splits)}")
+    for needed in (split, config.train.train_split):
+        if needed not in bundle.splits:
+            raise ValueError(f"split '{needed}' not found in {config.train.dataset}; have {sorted(bundle.splits)}")
     samples = make_samples(bundle.splits[split])
     if config.train.max_eval_samples:  # the slice `prepare` evaluates
         samples = samples[: config.train.max_eval_samples]
     n_all = len(samples)
+    conversation = constant_reply_baseline([s.response.text for s in make_samples(bundle.splits[config.train.train_split])
+                                            if not s.repeated],
+                                           [s.response.text for s in samples if not s.repeated], seed=config.train.seed)
     samples = [s for s in samples if s.target is not None]
     index = {item.id: i for i, item in enumerate(bundle.items.values())}  # ItemStore's order
     ranked = naive_ranking(samples, index)
@@ -92,5 +99,19 @@ def naive_baseline(config: RunConfig) -> dict:
     seen = np.array([s.target_seen_before for s in samples], dtype=bool)
     out = metrics.summarize(ranked=ranked, targets=targets, seen_before=seen)
     out = {k: v for k, v in out.items() if k.startswith(_RECOMMENDATION_KEYS) and not k.startswith("naive_")}
-    return {**out, "n_samples": n_all, "split": split, "seconds": round(time.perf_counter() - started, 2)}
+    return {**out, **conversation, "n_samples": n_all, "split": split, "seconds": round(time.perf_counter() - started, 2)}
+
+
+_CONVERSATION_KEYS = ("rouge", "f1_item", "dist", "n_gen_samples")
+
+
+def constant_reply_baseline(train_replies: list[str], test_references: list[str], seed: int = 0) -> dict:
+    """ROUGE (both ways), F-1 of [ITEM] and Dist@n of answering every test turn with the same
+    reply, `metrics.medoid_reply` of the training replies: the floor a generation metric gives
+    for nothing. One entry per response turn (repeated=False), as `evaluate`."""
+    reply = metrics.medoid_reply(train_replies, seed=seed)
+    out = metrics.summarize(predictions=[reply] * len(test_references), references=test_references,
+                            pred_has_item=np.full(len(test_references), ITEM in reply),
+                            ref_has_item=np.array([ITEM in r for r in test_references], dtype=bool))
+    return {"constant_reply": reply, **{k: v for k, v in out.items() if k.startswith(_CONVERSATION_KEYS)}}
 

@@ -9,6 +9,9 @@ Scales (decided once, here):
 * recall@k, dedup recall, genre rates: fractions in [0, 1]. The paper prints them as
   percentages (Table 2: "R@1 4.7" means 0.047).
 * ROUGE-1/2 and the [ITEM] F-1: ×100, as the paper prints them (Table 3: RG-1 36.28, F-1 86.04).
+  ROUGE comes twice: on the texts as they are (`rouge1`, `rouge2`), and as the paper's code
+  scored them, speaker tag and placeholder included (`rouge1_paper_protocol`, ...), which
+  reads ~9 RG-1 points higher on the same replies: compare the paper's ROUGE with the latter.
 * Dist@K: the CRS-literature value (distinct n-grams per generated response, can exceed 1,
   Table 3: Dist@4 2.132). Perplexity: a plain positive number (Table 3: 9.89).
 * `unique_items`: an integer count (Table 2: 463).
@@ -25,11 +28,13 @@ A metric that is undefined on its input (no samples, 0/0) returns ``float("nan")
 One module a concern:
 
 * ranking.py: recall@k, dedup recall, the naive baseline's ranking, Unique (Table 2).
-* generation.py: ROUGE-1/2, the [ITEM] F-1, Dist@n, perplexity (Tables 3, 7, 8).
+* generation.py: ROUGE-1/2, the [ITEM] F-1, Dist@n, perplexity (Tables 3, 7, 8), and the
+  constant-reply baseline's reply (`medoid_reply`).
 * genres.py: genre accuracy of top-1 recommendations (Tables 9–10).
 * summary.py: `summarize`, the evaluation JSON dict built from all of the above.
 """
-from .generation import distinct_n, distinct_ratio_n, item_f1, perplexity, rouge_1_2
+from .generation import (distinct_n, distinct_ratio_n, item_f1, medoid_reply, perplexity, rouge_1_2,
+                         rouge_1_2_paper_protocol)
 from .genres import genre_accuracy, top1_genre_accuracy
 from .ranking import (DEFAULT_KS, dedup_recall_at_k, items_by_last_mention, naive_baseline_ranking, recall_at_k,
                       target_ranks, unique_items)
@@ -44,6 +49,8 @@ __all__ = [
     "naive_baseline_ranking",
     "unique_items",
     "rouge_1_2",
+    "rouge_1_2_paper_protocol",
+    "medoid_reply",
     "item_f1",
     "distinct_n",
     "distinct_ratio_n",

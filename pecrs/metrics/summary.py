@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .generation import distinct_n, item_f1, perplexity, rouge_1_2
+from .generation import distinct_n, item_f1, perplexity, rouge_1_2, rouge_1_2_paper_protocol
 from .ranking import DEFAULT_KS, check_ks, check_ranking, dedup_recall_at_k, recall_at_k, unique_items
 
 
@@ -30,12 +30,14 @@ def summarize(*, ranked=None, targets=None, seen_before=None, naive_ranked=None,
       (distinct non-negative values of ranked[:, 0]); naive_ranked (n, K') from
       `naive_baseline_ranking` -> naive_recall@k, naive_dedup_recall@k.
     Generation (one entry per response turn): predictions/references -> rouge1, rouge2
-      (×100); predictions -> dist2, dist3, dist4 (`distinct_n`, whitespace tokens);
+      (×100), and rouge1_paper_protocol, rouge2_paper_protocol (the same replies scored as the
+      paper's code scored them, `rouge_1_2_paper_protocol`: higher); predictions -> dist2, dist3, dist4 (`distinct_n`, whitespace tokens);
       pred_has_item/ref_has_item -> f1_item (×100).
     total_nll/total_tokens -> ppl. n_samples: the number of evaluated samples, with or without
       target, as the caller counts them (reported as given; None when omitted).
 
-    Keys, always all present: recall@k…, unique, rouge1, rouge2, f1_item, ppl, dist2, dist3,
+    Keys, always all present: recall@k…, unique, rouge1, rouge2, rouge1_paper_protocol,
+    rouge2_paper_protocol, f1_item, ppl, dist2, dist3,
     dist4, dedup_recall@k…, naive_recall@k…, naive_dedup_recall@k…, n_samples, n_rec_samples,
     n_dedup_samples, n_gen_samples. A metric that was not given its inputs, or is undefined
     (NaN), is None; values are plain Python numbers, ready for ``json.dumps``.
@@ -64,13 +66,13 @@ def summarize(*, ranked=None, targets=None, seen_before=None, naive_ranked=None,
                 d.pop("n")
                 naive_dedup = {f"naive_dedup_{k}": v for k, v in d.items()}
 
-    rouge = {"rouge1": None, "rouge2": None}
+    rouge = {"rouge1": None, "rouge2": None, "rouge1_paper_protocol": None, "rouge2_paper_protocol": None}
     dists = {"dist2": None, "dist3": None, "dist4": None}
     n_gen = None
     if predictions is not None:
         n_gen = len(predictions)
         if references is not None:
-            rouge = rouge_1_2(predictions, references)
+            rouge = {**rouge_1_2(predictions, references), **rouge_1_2_paper_protocol(predictions, references)}
         dists = {f"dist{n}": distinct_n(predictions, n) for n in (2, 3, 4)}
     f1 = item_f1(pred_has_item, ref_has_item) \
         if pred_has_item is not None and ref_has_item is not None else None
