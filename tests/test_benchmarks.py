@@ -247,3 +247,36 @@ def test_hard_negative_gap_reports_the_losses_for_each_number_of_hard_negatives(
     rankings = result["rankings"]   # the 16-item catalog: recall's top 50 holds it all; 8 re-ranked hold 8
     assert rankings["recall_order"]["recall@50"] == 1.0
     assert rankings["reranked_top_8"]["recall@10"] == rankings["reranked_top_8"]["recall@50"]
+
+
+def test_rouge_protocols_scores_a_predictions_file_both_ways_beside_the_constant_reply(tmp_path, run_benchmark):
+    from pecrs.metrics import rouge_1_2, rouge_1_2_paper_protocol
+    from pecrs.testing import write_dataset
+
+    write_dataset(tmp_path / "data")
+    # 3 dialogues; every record answers a turn but d1's second item of a turn (no reply of its own)
+    rows = [("d0", 1, "Try [ITEM]", "Try [ITEM] tonight"), ("d0", 3, "bye", "bye then"),
+            ("d1", 1, "hmm", "[ITEM] is good"), ("d1", 1, None, None), ("d2", 1, "[ITEM] maybe", "What genre?")]
+    records = []
+    for dialogue, turn, generated, reference in rows:
+        r = {"dialogue_id": dialogue, "turn_index": turn, "target": None, "target_seen_before": False,
+             "target_rank": None, "top10": []}
+        if generated is not None:
+            r.update(generated=generated, reference=reference)
+        records.append(r)
+    path = tmp_path / "pred.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_benchmark("rouge_protocols", "--predictions", str(path), "--dataset", str(tmp_path / "data"),
+                           "--draws", "5", tmp_path=tmp_path)
+    generated = [g for _, _, g, _ in rows if g is not None]
+    references = [t for _, _, _, t in rows if t is not None]
+    model = result["model"]
+    assert result["replies"] == 4
+    assert model["rouge1"] == pytest.approx(rouge_1_2(generated, references)["rouge1"])
+    assert model["rouge1_paper_protocol"] == pytest.approx(
+        rouge_1_2_paper_protocol(generated, references)["rouge1_paper_protocol"])
+    assert model["f1_item"] == pytest.approx(100 * 2 * 1 / (2 * 1 + 1 + 1))     # TP d0, FP d2, FN d1
+    # 5 samples make one batch of 8, whatever the dialogues' order: one reply scored per shuffle
+    assert model["last_of_8"]["replies"] == 1
+    constant = result["constant_reply"]
+    assert result["constant_reply_scores"]["rouge1"] == pytest.approx(rouge_1_2([constant] * 4, references)["rouge1"])
