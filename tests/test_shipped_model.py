@@ -87,11 +87,13 @@ def test_saving_never_deletes_its_source_through_the_tmp_and_old_siblings(tmp_pa
 def test_the_card_quotes_replies_and_genres_when_evaluated():
     from pecrs.export import card_test_metrics
 
-    full = {"split": "test", "recall@1": 0.097, "rouge1": 13.2, "n_rec_samples": 279, "n_gen_samples": 960,
+    full = {"split": "test", "recall@1": 0.097, "rouge1": 13.2, "rouge1_paper_protocol": 25.87,
+            "n_rec_samples": 279, "n_gen_samples": 960,
             "decoding": "top_k", "no_repeat_ngram": 3,
             "genres": {"accuracy": 0.328, "wrong_genre_rate": 0.32, "random_genre_rate": 0.185}}
     text = "\n".join(card_test_metrics(full))
     assert "| recall@1 | 9.7% |" in text and "| rouge1 | 13.2 |" in text
+    assert "| rouge1_paper_protocol | 25.87 |" in text          # the paper's way, beside ours
     assert "(279 samples with a target, 960 replies generated, M_inference ?, decoding `top_k`, no_repeat_ngram 3)" in text
     excluded = "\n".join(card_test_metrics({**full, "m_inference": 700, "exclude_mentioned": True}))
     assert "M_inference 700, the items a conversation mentions excluded, decoding" in excluded
