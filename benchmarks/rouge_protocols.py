@@ -8,10 +8,11 @@ constant reply (`pecrs.experiments.measures.constant_reply_baseline`: the traini
 ROUGE-1 medoid, --seed as `train.seed`, 42 by default, what `pecrs experiment main --parts '*-naive'`
 scores) given at every one of those turns, it prints ROUGE-1/2 as the texts stand (`rouge1`), as
 the released PECRS code scores them (`rouge1_paper_protocol`: "A: " before both, [ITEM] written
-"[MOVIE_ID]") and the F-1 of [ITEM]. Two of the released code's three versions of engine.py score
-only the last reply of each evaluation batch (8 samples, the test dialogues shuffled): `last_of_8`
-gives the mean and spread of that ROUGE-1 over --draws shuffles, how far one run of it could land
-from the whole split's value. No model runs: seconds.
+"[MOVIE_ID]") and the F-1 of [ITEM]. The released code's validation (engine_validation.py) scores
+every reply, as these do; the earlier engine.py versions of its history scored only the last reply
+of each evaluation batch (8 samples, the test dialogues shuffled): `last_of_8` gives the mean and
+spread of that ROUGE-1 over --draws shuffles, how far a number computed that way could land from
+the whole split's. No model runs: seconds.
 """
 from __future__ import annotations
 

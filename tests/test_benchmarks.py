@@ -280,3 +280,30 @@ def test_rouge_protocols_scores_a_predictions_file_both_ways_beside_the_constant
     assert model["last_of_8"]["replies"] == 1
     constant = result["constant_reply"]
     assert result["constant_reply_scores"]["rouge1"] == pytest.approx(rouge_1_2([constant] * 4, references)["rouge1"])
+
+
+def test_rouge_protocols_scores_the_last_reply_of_each_batch_of_8_as_the_released_code(tmp_path, run_benchmark):
+    from pecrs.metrics.generation import rouge_pairs_paper_protocol
+    from pecrs.testing import write_dataset
+
+    write_dataset(tmp_path / "data")
+    # One dialogue of 10 records, so no shuffle changes the order: batches are records 0-7 and 8-9;
+    # record 7 is a turn's second item (no reply of its own), so batch 1's last reply is record 6's.
+    records, generated, references = [], [], []
+    for turn in range(10):
+        r = {"dialogue_id": "d0", "turn_index": turn if turn != 7 else 6, "target": None,
+             "target_seen_before": False, "target_rank": None, "top10": []}
+        if turn != 7:
+            generated.append(f"reply {turn} " + "word " * turn)
+            references.append(f"reply {turn}")
+            r.update(generated=generated[-1], reference=references[-1])
+        records.append(r)
+    path = tmp_path / "pred.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_benchmark("rouge_protocols", "--predictions", str(path), "--dataset", str(tmp_path / "data"),
+                           "--draws", "3", tmp_path=tmp_path)
+    r1, _ = rouge_pairs_paper_protocol(generated, references)
+    last = result["model"]["last_of_8"]
+    assert last["replies"] == 2                                  # replies 6 and 9 (index 6 and 8 of 9)
+    assert last["rouge1_paper_protocol_mean"] == pytest.approx(100 * (r1[6] + r1[8]) / 2)
+    assert last["sd"] == pytest.approx(0.0, abs=1e-9)

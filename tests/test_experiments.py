@@ -146,6 +146,7 @@ def test_table8_decoding(run, root):
     for strategy in PRESETS:
         ours = result["summary"][strategy]["ours"]
         assert 0 <= ours["rouge1"] <= 100 and ours["dist2"] is not None, strategy
+        assert 0 < ours["rouge1_paper_protocol"] <= 100, strategy      # the speaker tag is always shared
         assert f"`{strategy}`" in md
 
 
@@ -202,7 +203,11 @@ def test_table7_zero_shot_tiny_and_missing_model(run, root):
     assert 0 <= ours["dedup_hits"] <= ours["hits"] and ours["n_dedup_samples"] <= ours["n_rec_samples"]
     assert ours["dedup_recall@1"] is None or in_unit(ours["dedup_recall@1"])
     assert len(ours["hit_samples"]) == ours["hits"]
+    # scored also as the paper's zero-shot script did ("Recommender: " on both sides): the shared
+    # tag alone gives every pair a word, so it cannot be 0 where there is a pair
+    assert 0 < ours["rouge1_paper_protocol"] <= 100 and ours["rouge2_paper_protocol"] is not None
     md = table(root, "table7")
+    assert "| RG-1 (paper's code) | RG-2 (paper's code) | RG-1 | RG-2 |" in md
     assert "no-such-lm, zero-shot (ours) — not run" in md and "Llama-2-7B-chat (paper)" in md
     if (root / "main" / "result.json").is_file():
         assert "from `main`" in md      # our trained PECRS, measured by the main experiment

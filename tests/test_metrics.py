@@ -207,6 +207,27 @@ def test_rouge_paper_protocol_adds_the_speaker_tag_and_the_codes_placeholder():
     assert nan(empty["rouge1_paper_protocol"]) and nan(empty["rouge2_paper_protocol"])
 
 
+def test_medoid_reply_is_the_reply_closest_in_rouge1_to_all_others():
+    from pecrs.metrics import medoid_reply
+
+    # Repeated words make clipping matter: "great great great" shares one "great" with "a great one".
+    replies = ["great great great", "have you seen [ITEM] it is great", "what genre do you like",
+               "have you seen it", "you should see [ITEM]", "a great one", "do you like horror",
+               "have you seen [ITEM]", "hi", "it is a great movie have you seen it"]
+    brute = [rouge_1_2([c] * len(replies), replies)["rouge1"] for c in replies]
+    assert medoid_reply(replies) == replies[int(np.argmax(brute))] != replies[0]
+    assert medoid_reply(replies[::-1]) == replies[int(np.argmax(brute))]      # not tied to the order
+    # Clipped counts decide here: "you you you like" shares three words with "you you you see"
+    # (ROUGE-1 mean 55.95, tied with "you you you see"); counting each shared word once would pick
+    # "you like it" or "you see it" (46.83).
+    echoes = ["you you you like", "you you you see", "you you you want", "you like it", "you see it", "hi there"]
+    assert medoid_reply(echoes) in ("you you you like", "you you you see")
+    # a draw of 3 chooses among those 3 only
+    assert medoid_reply(replies, max_replies=3, seed=1) in replies and medoid_reply(["only"]) == "only"
+    with pytest.raises(ValueError, match="no replies"):
+        medoid_reply([])
+
+
 def test_rouge_precision_recall_asymmetry_is_f_measure():
     # pred "a b" vs ref "a b c d": P = 1, R = 1/2, F = 2/3
     assert rouge_1_2(["aa bb"], ["aa bb cc dd"])["rouge1"] == pytest.approx(200 / 3)

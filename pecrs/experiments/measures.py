@@ -103,13 +103,14 @@ def naive_baseline(config: RunConfig) -> dict:
 
 
 _CONVERSATION_KEYS = ("rouge", "f1_item", "dist", "n_gen_samples")
+MEDOID_REPLIES = 2000   # training replies the constant reply is chosen among (a draw of them)
 
 
 def constant_reply_baseline(train_replies: list[str], test_references: list[str], seed: int = 0) -> dict:
     """ROUGE (both ways), F-1 of [ITEM] and Dist@n of answering every test turn with the same
     reply, `metrics.medoid_reply` of the training replies: the floor a generation metric gives
     for nothing. One entry per response turn (repeated=False), as `evaluate`."""
-    reply = metrics.medoid_reply(train_replies, seed=seed)
+    reply = metrics.medoid_reply(train_replies, max_replies=MEDOID_REPLIES, seed=seed)
     out = metrics.summarize(predictions=[reply] * len(test_references), references=test_references,
                             pred_has_item=np.full(len(test_references), ITEM in reply),
                             ref_has_item=np.array([ITEM in r for r in test_references], dtype=bool))

@@ -9,7 +9,7 @@ from .markdown import fmt, md_table, paper as pcell
 from .parts import Context, Part
 from .reports import Report
 from .runs import eval_part, training_in_progress, training_part, training_progress
-from .measures import full_evaluation, naive_baseline, rankings, recommendation
+from .measures import MEDOID_REPLIES, full_evaluation, naive_baseline, rankings, recommendation
 
 KS = (1, 10, 50)
 NAIVE_LABEL = "Naive baseline: earlier mentions, latest first (no model)"
@@ -64,7 +64,9 @@ def plan_main(ctx: Context):
         # `main` on the same data reuses it.
         spec = {"baseline": "naive", "data": dataset_fingerprint(cfg.train.dataset), "split": cfg.train.test_split,
                 "max_eval_samples": cfg.train.max_eval_samples,
-                "constant_reply": {"chosen_on": cfg.train.train_split, "seed": cfg.train.seed, "rule": "medoid-rouge1"}}
+                "redial_mentions": cfg.train.redial_mentions,   # decides the reply texts, so both baselines
+                "constant_reply": {"chosen_on": cfg.train.train_split, "seed": cfg.train.seed, "rule": "medoid-rouge1",
+                                   "max_replies": MEDOID_REPLIES}}
         parts.append(Part(name=f"{key}-naive", kind="baseline", run=lambda cfg=cfg: naive_baseline(cfg),
                           spec=spec, dataset=key,
                           describe=f"naive baseline and constant reply on {label} {cfg.train.test_split} (no model)"))
@@ -75,6 +77,14 @@ def plan_main(ctx: Context):
     return parts
 
 
+def paper_rouge_by_its_code(numbers: dict) -> dict:
+    """A paper row with its ROUGE under the keys of ours that match it: the paper's code scored
+    replies with the speaker tag and "[MOVIE_ID]" (`rouge_1_2_paper_protocol`), so its RG-1/RG-2
+    are `rouge1_paper_protocol`/`rouge2_paper_protocol`, not our `rouge1`/`rouge2`."""
+    renamed = {"rouge1": "rouge1_paper_protocol", "rouge2": "rouge2_paper_protocol"}
+    return {renamed.get(k, k): v for k, v in numbers.items()}
+
+
 def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
     rec_rows, conv_rows, summary = [], [], {}
     for key, cfg in ctx.configs.items():
@@ -82,9 +92,10 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
         rec = recs.get(f"{key}-test")
         r = rec["result"] if rec else {}
         ok = rec is not None
+        table3 = {model: paper_rouge_by_its_code(p) for model, p in paper.TABLE3.get(key, {}).items()}
         summary[key] = {"dataset": label, "measured": ok,
                         "ours": {k: v for k, v in r.items() if k not in ("examples",)} if ok else None,
-                        "paper": {"table2": paper.TABLE2.get(key), "table3": paper.TABLE3.get(key)}}
+                        "paper": {"table2": paper.TABLE2.get(key), "table3": table3 or None}}
         for model, p in paper.TABLE2.get(key, {}).items():
             rec_rows.append([label, f"{model} (paper)"] + [pcell(p[f"recall@{k}"], ".1f") for k in KS]
                             + [pcell(p["unique"], "int")] + ["—"] * 4)
@@ -99,14 +110,10 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
         conv_keys = ("rouge1", "rouge2", "rouge1_paper_protocol", "rouge2_paper_protocol", "f1_item", "ppl",
                      "dist2", "dist3", "dist4")
         kinds = ("num", "num", "num", "num", "num", "num", "num3", "num3", "num3")
-        for model, p in paper.TABLE3.get(key, {}).items():
+        for model, p in table3.items():
             src = "Table 3" if key == "redial" else "Table 7"
-            # The paper's ROUGE is the released code's, so it sits in the *_paper_protocol columns.
-            as_paper = {**p, "rouge1": None, "rouge2": None,
-                        "rouge1_paper_protocol": p.get("rouge1"), "rouge2_paper_protocol": p.get("rouge2")}
             conv_rows.append([label, f"{model} (paper, {src})"]
-                             + [pcell(as_paper.get(k), ".3f" if k.startswith("dist") else ".2f") for k in conv_keys]
-                             + ["—"])
+                             + [pcell(p.get(k), ".3f" if k.startswith("dist") else ".2f") for k in conv_keys] + ["—"])
         constant = (naive or {}).get("result", {})
         shown = constant.get("constant_reply")
         conv_rows.append([label, CONSTANT_LABEL + (f": \u201c{shown}\u201d" if shown else "")]
@@ -173,22 +180,25 @@ def report_table5(ctx: Context, recs: dict, status: dict | None = None) -> Repor
         summary[name] = {"label": label, "changes": changes, "trained": tr is not None, "measured": te is not None,
                          "seconds_per_batch": t.get("seconds_per_batch"), "train_hardware": t.get("hardware"),
                          "ours": {k: v for k, v in r.items() if k != "examples"} if te else None,
-                         "paper": dict(zip(("seconds_per_batch", "recall@50", "unique", "rouge1", "dist2"), p))}
+                         "paper": dict(zip(("seconds_per_batch", "recall@50", "unique", "rouge1_paper_protocol", "dist2"), p))}
         ok = te is not None
         rows.append([label + ("" if r.get("checkpoint", {}).get("finished", True) else " [partly trained]"),
                      fmt(t.get("seconds_per_batch"), "sec", tr is not None), pcell(p[0], ".1f"),
                      fmt(r.get("recall@50"), "pct", ok), pcell(p[1], ".1f"),
                      fmt(r.get("unique"), "int", ok), pcell(p[2], "int"),
-                     fmt(r.get("rouge1"), "num", ok), pcell(p[3], ".2f"),
+                     fmt(r.get("rouge1_paper_protocol"), "num", ok), pcell(p[3], ".2f"),
                      fmt(r.get("dist2"), "num3", ok), pcell(p[4], ".3f"),
-                     fmt(r.get("recall@1"), "pct", ok), fmt(r.get("recall@10"), "pct", ok)])
+                     fmt(r.get("recall@1"), "pct", ok), fmt(r.get("recall@10"), "pct", ok),
+                     fmt(r.get("rouge1"), "num", ok)])
     hw = sorted({s["train_hardware"] for s in summary.values() if s["train_hardware"]})
     md = [f"## Table 5: ablations ({dataset_label(cfg)}, backbone `{cfg.model.backbone}`)", "",
-          md_table(["Model", "Time/batch (s)", "paper", "R@50", "paper", "Unique", "paper", "RG-1", "paper",
-                    "Dist@2", "paper", "R@1", "R@10"], rows), "",
+          md_table(["Model", "Time/batch (s)", "paper", "R@50", "paper", "Unique", "paper", "RG-1 (paper's code)",
+                    "paper", "Dist@2", "paper", "R@1", "R@10", "RG-1"], rows), "",
           f"Paper: ReDial, PECRS-small (GPT-2 small), its own GPU. Ours: {dataset_label(cfg)}, batch size "
           f"{cfg.train.batch_size}, training time per batch measured on: {', '.join(hw) or 'not run'} "
-          "(training loop only, dev evaluation excluded). R@K in %, RG-1 x100.", "", "Training:", ""]
+          "(training loop only, dev evaluation excluded). R@K in %, RG-1 x100: beside the paper's, scored as its "
+          "code scored it (\"A: \" before reply and reference, [ITEM] as \"[MOVIE_ID]\"); last column, the "
+          "texts as they are.", "", "Training:", ""]
     md += [f"- {training_note(recs, f'train-{name}', ctx, copy_config(cfg, **changes))}"
            for name, _, changes in ABLATIONS]
     return Report(summary=summary, markdown="\n".join(md))
@@ -249,22 +259,26 @@ def plan_table8(ctx: Context):
 def report_table8(ctx: Context, recs: dict, status: dict | None = None) -> Report:
     cfg = ctx.configs[ctx.primary]
     rows, summary = [], {}
-    keys = ("rouge1", "rouge2", "dist2", "dist3", "dist4")
+    # Beside the paper's ROUGE, ours scored as its code scored it (`rouge_1_2_paper_protocol`).
+    keys = ("rouge1_paper_protocol", "rouge2_paper_protocol", "dist2", "dist3", "dist4")
     for strategy in PRESETS:
         rec = recs.get(f"test-{strategy}")
         r = rec["result"] if rec else {}
         ok = rec is not None
         p = paper.TABLE8.get(strategy, (strategy,) + (None,) * 5)
         summary[strategy] = {"measured": ok, "paper": dict(zip(keys, p[1:])),
-                             "ours": {k: r.get(k) for k in keys + ("ppl", "f1_item", "n_gen_samples")} if ok else None}
+                             "ours": {k: r.get(k) for k in keys + ("rouge1", "rouge2", "ppl", "f1_item", "n_gen_samples")}
+                             if ok else None}
         row = [p[0], f"`{strategy}`"]
         for k, kind, pv in zip(keys, ("num", "num", "num3", "num3", "num3"), p[1:]):
             row += [fmt(r.get(k), kind, ok), pcell(pv, ".3f" if kind == "num3" else ".2f")]
-        rows.append(row)
+        rows.append(row + [fmt(r.get("rouge1"), "num", ok), fmt(r.get("rouge2"), "num", ok)])
     md = [f"## Table 8: decoding strategies ({dataset_label(cfg)}, backbone `{cfg.model.backbone}`)", "",
-          md_table(["Strategy", "preset", "RG-1", "paper", "RG-2", "paper", "Dist@2", "paper", "Dist@3", "paper",
-                    "Dist@4", "paper"], rows), "",
-          "Presets as defined in `pecrs.decoding` (beam width 4 except greedy). Paper: ReDial, PECRS-small.", "",
+          md_table(["Strategy", "preset", "RG-1 (paper's code)", "paper", "RG-2 (paper's code)", "paper", "Dist@2",
+                    "paper", "Dist@3", "paper", "Dist@4", "paper", "RG-1", "RG-2"], rows), "",
+          "Presets as defined in `pecrs.decoding` (beam width 4 except greedy). Paper: ReDial, PECRS-small. "
+          "RG (paper's code): \"A: \" before reply and reference, [ITEM] as \"[MOVIE_ID]\", as the paper's code "
+          "scored them; RG-1/RG-2: the texts as they are.", "",
           "Training:", "", f"- {training_note(recs, 'train', ctx, cfg)}"]
     return Report(summary=summary, markdown="\n".join(md))
 

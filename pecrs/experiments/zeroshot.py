@@ -22,6 +22,7 @@ import time
 from .. import metrics
 from ..config import RunConfig
 from ..data import ITEM, RECOMMENDER
+from ..metrics.generation import RELEASED_ZERO_SHOT_SPEAKER_TAG
 from . import paper
 from .keys import dataset_label
 from .markdown import NOT_RUN, fmt, md_table, paper as pcell
@@ -31,6 +32,7 @@ from .reports import Report
 DEFAULT_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 PROMPT_VERSION = 1
 PROMPT_MAX_TOKENS = 1024
+ROUGE_COLUMNS = ("rouge1_paper_protocol", "rouge2_paper_protocol", "rouge1", "rouge2")
 SYSTEM = ("You are the Recommender in a conversation with a Seeker who is looking for a movie to watch. "
           "Reply with the Recommender's next message only. Recommend a specific movie by its title.")
 INSTRUCTION = "Here is the conversation so far:\n\n{dialogue}\n\nWrite the Recommender's next message."
@@ -178,6 +180,12 @@ def zero_shot(model_name: str, config: RunConfig, progress: bool = False) -> dic
                                      if s.target is not None and s.target in bundle.items]})
     rate = hits / rec_n if rec_n else None
     rouge = metrics.rouge_1_2(responses, refs) if responses else {"rouge1": None, "rouge2": None}
+    # As the paper's zero-shot script scored its LLMs: "Recommender: " before both sides, one pair
+    # per sample with a target (a k-item turn k times), titles in the reference as above.
+    paired = [(resp, ref) for group, resp, ref in zip(groups, responses, refs) for s in group if s.target is not None]
+    rouge.update(metrics.rouge_1_2_paper_protocol([p for p, _ in paired], [r for _, r in paired],
+                                                  speaker_tag=RELEASED_ZERO_SHOT_SPEAKER_TAG)
+                 if paired else {"rouge1_paper_protocol": None, "rouge2_paper_protocol": None})
     return {"model": model_name, "chat_template": templated, "dtype": "bfloat16" if cuda else "float32",
             "decoding": "greedy", "max_new_tokens": max_new, "prompt_max_tokens": budget, "system_prompt": SYSTEM,
             "n_turns": len(groups), "n_rec_samples": rec_n, "hits": hits,
@@ -216,15 +224,16 @@ def report_table7(ctx: Context, recs: dict, status: dict) -> Report:
     cfg = ctx.configs[ctx.primary]
     rows, summary = [], {}
     for model, p in paper.TABLE7.items():
+        # The paper's ROUGE is its code's (speaker tag on both sides): the *_paper_protocol columns.
         rows.append([f"{model} (paper)"] + [pcell(v, f) for v, f in zip(p, (".1f", ".1f", ".1f", "int", ".2f", ".2f"))]
-                    + ["—", "—"])
+                    + ["—"] * 4)
     main = pecrs_from_main(ctx)
     if main is not None:
         r = main["result"]
         rows.append([f"PECRS, ours ({cfg.model.backbone}; from `main`)"]
-                    + [fmt(r.get(f"recall@{k}"), "pct") for k in (1, 10, 50)] + [fmt(r.get("unique"), "int"),
-                       fmt(r.get("rouge1")), fmt(r.get("rouge2")), fmt(r.get("n_rec_samples"), "int"),
-                       fmt(r.get("dedup_recall@1"), "pct")])
+                    + [fmt(r.get(f"recall@{k}"), "pct") for k in (1, 10, 50)] + [fmt(r.get("unique"), "int")]
+                    + [fmt(r.get(k)) for k in ROUGE_COLUMNS] + [fmt(r.get("n_rec_samples"), "int"),
+                                                               fmt(r.get("dedup_recall@1"), "pct")])
     for name in models(ctx):
         rec = recs.get(f"zs-{name}")
         r = rec["result"] if rec else {}
@@ -232,19 +241,23 @@ def report_table7(ctx: Context, recs: dict, status: dict) -> Report:
         reason = (status.get(f"zs-{name}") or {}).get("reason")
         summary[name] = {"measured": ok, "ours": {k: v for k, v in r.items() if k != "examples"} if ok else None,
                          "reason": None if ok else reason}
-        cells = [fmt(r.get(f"recall@{k}"), "pct", ok) for k in (1, 10, 50)] + [
-            fmt(r.get("unique"), "int", ok), fmt(r.get("rouge1"), "num", ok), fmt(r.get("rouge2"), "num", ok),
-            fmt(r.get("n_rec_samples"), "int", ok),
-            fmt(r.get("dedup_recall@1"), "pct", ok)]
+        cells = ([fmt(r.get(f"recall@{k}"), "pct", ok) for k in (1, 10, 50)] + [fmt(r.get("unique"), "int", ok)]
+                 + [fmt(r.get(k), "num", ok) for k in ROUGE_COLUMNS]
+                 + [fmt(r.get("n_rec_samples"), "int", ok), fmt(r.get("dedup_recall@1"), "pct", ok)])
         label = f"{name}, zero-shot (ours)"
         if not ok and reason:
             label += f" — {NOT_RUN}: {reason.splitlines()[0][:120]}"
         rows.append([label] + cells)
     md = [f"## Table 7: zero-shot LMs ({dataset_label(cfg)} {cfg.train.test_split})", "",
-          md_table(["Model", "R@1", "R@10", "R@50", "Unique", "RG-1", "RG-2", "samples", "dedup R@1"], rows), "",
+          md_table(["Model", "R@1", "R@10", "R@50", "Unique", "RG-1 (paper's code)", "RG-2 (paper's code)", "RG-1",
+                    "RG-2", "samples", "dedup R@1"], rows), "",
           "Hit = the ground-truth title appears in the generated response (R@1 = R@10 = R@50 = hit rate, "
           "Unique = distinct ground-truth movies hit). dedup R@1: hit rate over the samples whose target was "
           "not mentioned earlier in the dialogue (not in the paper). Greedy decoding; bfloat16 on a GPU, "
           "float32 on a CPU. "
-          "Paper: INSPIRED, 7B chat LLMs vs PECRS-small; ours: the instruct LMs available offline.", ""]
+          "Paper: INSPIRED, 7B chat LLMs vs PECRS-small; ours: the instruct LMs available offline. "
+          "*RG (paper's code)*: scored as the paper's scripts scored its rows, so beside its numbers: for the "
+          "zero-shot LMs \"Recommender: \" before reply and reference, one pair per sample with a target (a "
+          "k-item turn k times); for PECRS \"A: \" before both and [ITEM] as \"[MOVIE_ID]\", every turn. "
+          "RG-1/RG-2: the texts as they are, one pair per turn.", ""]
     return Report(summary=summary, markdown="\n".join(md))

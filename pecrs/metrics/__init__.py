@@ -11,7 +11,8 @@ Scales (decided once, here):
 * ROUGE-1/2 and the [ITEM] F-1: ×100, as the paper prints them (Table 3: RG-1 36.28, F-1 86.04).
   ROUGE comes twice: on the texts as they are (`rouge1`, `rouge2`), and as the paper's code
   scored them, speaker tag and placeholder included (`rouge1_paper_protocol`, ...), which
-  reads ~9 RG-1 points higher on the same replies: compare the paper's ROUGE with the latter.
+  reads higher on the same replies (by 9 RG-1 points for the shipped INSPIRED model): compare
+  the paper's ROUGE with the latter.
 * Dist@K: the CRS-literature value (distinct n-grams per generated response, can exceed 1,
   Table 3: Dist@4 2.132). Perplexity: a plain positive number (Table 3: 9.89).
 * `unique_items`: an integer count (Table 2: 463).
