@@ -4,7 +4,7 @@
 
 FILE: `pecrs evaluate ... --predictions FILE` of a split with generation on (its records with a
 `reference` and a `generated` reply, one per recommender turn). For those replies, and for the
-constant reply (`pecrs.experiments.measures.constant_reply_baseline`: the training split's
+constant reply (`pecrs.evaluate.constant_reply_baseline`: the training split's
 ROUGE-1 medoid, --seed as `train.seed`, 42 by default, what `pecrs experiment main --parts '*-naive'`
 scores) given at every one of those turns, it prints ROUGE-1/2 as the texts stand (`rouge1`), as
 the released PECRS code scores them (`rouge1_paper_protocol`: "A: " before both, [ITEM] written
@@ -56,10 +56,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     C.set_threads(args.threads)
     from pecrs.data import ITEM
-    from pecrs.experiments.measures import constant_reply_baseline
+    from pecrs.evaluate import constant_reply_baseline, training_replies
     from pecrs.loaders import load_dataset
     from pecrs.metrics.generation import item_f1, rouge_pairs, rouge_pairs_paper_protocol
-    from pecrs.samples import make_samples
 
     path = Path(args.predictions)
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -68,8 +67,8 @@ def main(argv=None):
         raise SystemExit(f"{path}: no record has a 'generated' reply (evaluated with --no-generate?)")
     references = [r["reference"] for r in replies]
     bundle = load_dataset(args.dataset)
-    train = [s.response.text for s in make_samples(bundle.splits[args.train_split]) if not s.repeated]
-    constant = constant_reply_baseline(train, references, seed=args.seed)["constant_reply"]
+    constant = constant_reply_baseline(training_replies(bundle, args.train_split), references,
+                                       seed=args.seed)["constant_reply"]
 
     rng = np.random.default_rng(0)
     samples = [last_reply_of_each_batch(records, rng) for _ in range(args.draws)]

@@ -4,8 +4,9 @@
                top M_inference by recall score, re-rank, keep the top 50
     recall     R@1/10/50 and Unique over samples with a target; the same on the de-duplicated
                samples (target not mentioned earlier) and for the naive "earlier items" baseline
-    generate   one response per recommender turn, with the top-1 item injected (§3.6); ROUGE,
-               F1 of [ITEM] presence, Dist@2/3/4
+    generate   one response per recommender turn, with the top-1 item injected (§3.6); ROUGE (as
+               the texts stand and as the paper's code scored them), F1 of [ITEM] presence,
+               Dist@2/3/4; given the training replies, the same for one constant reply
     perplexity teacher-forced NLL of the reference responses, ground-truth item injected (Eq. 6)
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .config import InferenceConfig
 from .data import ITEM, DataError, Item, Sample
 from .decoding import without_repeats
 from .retrieval import ExactIndex
-from .samples import mentioned_items
+from .samples import make_samples, mentioned_items
 from .tokens import NO_ITEM, DialogueEncoder, collate, length_sorted_batches, pad_rows
 from .twins import excluded_rows, same_film
 
@@ -159,6 +160,29 @@ def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
                                           item_index=item_index)
 
 
+_CONVERSATION_KEYS = ("rouge", "f1_item", "dist", "n_gen_samples")
+MEDOID_REPLIES = 2000   # training replies the constant reply is chosen among (a draw of them)
+CONSTANT_REPLY_KEYS = ("rouge1", "rouge2", "rouge1_paper_protocol", "rouge2_paper_protocol", "f1_item")
+
+
+def training_replies(bundle, split: str) -> list[str]:
+    """The reference reply of every recommender turn of `bundle`'s `split` (one per turn), where
+    the constant reply is chosen."""
+    return [s.response.text for s in make_samples(bundle.splits[split]) if not s.repeated]
+
+
+def constant_reply_baseline(train_replies: list[str], test_references: list[str], seed: int = 0) -> dict:
+    """ROUGE (both ways), F-1 of [ITEM] and Dist@n of answering every test turn with the same
+    reply, `metrics.medoid_reply` of the training replies (its text under "constant_reply"): the
+    floor a generation metric gives for nothing, as the naive baseline is for recall. One entry
+    per response turn (repeated=False), as `evaluate`."""
+    reply = metrics.medoid_reply(train_replies, max_replies=MEDOID_REPLIES, seed=seed)
+    out = metrics.summarize(predictions=[reply] * len(test_references), references=test_references,
+                            pred_has_item=np.full(len(test_references), ITEM in reply),
+                            ref_has_item=np.array([ITEM in r for r in test_references], dtype=bool))
+    return {"constant_reply": reply, **{k: v for k, v in out.items() if k.startswith(_CONVERSATION_KEYS)}}
+
+
 def sample_predictions(samples: list[Sample], rows, ranked: np.ndarray, targets: np.ndarray, items: list[Item],
                        replies: dict[int, str]) -> list[dict]:
     """One JSON-ready record per ranked sample, what `pecrs evaluate --predictions` writes: its
@@ -183,13 +207,15 @@ def sample_predictions(samples: list[Sample], rows, ranked: np.ndarray, targets:
 def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample],
              inference: InferenceConfig | None = None, *, generate: bool = True, perplexity: bool = True,
              max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None,
-             predictions: bool = False) -> dict:
+             predictions: bool = False, train_replies: list[str] | None = None) -> dict:
     """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
     `inference`: M_inference, decoding and no_repeat_ngram, batch size, re-rank chunk,
     exclude_mentioned (None: defaults).
     generate=False: no responses (ROUGE, F-1, Dist are None); perplexity=False: no PPL (a forward
     pass over every sample: on a CPU, most of a recall-only evaluation's time). predictions=True:
-    also "predictions", one record per ranked sample (`sample_predictions`)."""
+    also "predictions", one record per ranked sample (`sample_predictions`). train_replies (with
+    generate): also the constant-reply baseline on the same turns, "constant_reply" and its
+    ROUGE and F-1 as "constant_reply_rouge1", ... (`constant_reply_baseline`, beyond the paper)."""
     inference = inference or InferenceConfig()
     m_inference, batch_size = inference.m_inference, inference.batch_size
     strategy = without_repeats(inference.decoding, inference.no_repeat_ngram)
@@ -231,6 +257,10 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
             gen_args = dict(predictions=generated, references=refs,
                             pred_has_item=np.array([ITEM in t for t in generated]),
                             ref_has_item=np.array([ITEM in r for r in refs]))
+            if train_replies:
+                constant = constant_reply_baseline(train_replies, refs, seed=seed)
+                result["constant_reply"] = constant["constant_reply"]
+                result.update({f"constant_reply_{k}": constant[k] for k in CONSTANT_REPLY_KEYS})
             result["examples"] = [
                 {"dialogue_id": samples[i].dialogue_id, "turn_index": samples[i].turn_index,
                  "reference": samples[i].response.text, "generated": t,

@@ -56,7 +56,7 @@ def stubbed(monkeypatch):
     given is kept (its dataset, its samples)."""
     calls = []
     monkeypatch.setattr(pecrs.prepare, "prepare", lambda config, model=None, **kw: calls.append(kw) or types.SimpleNamespace(
-        model=model, store=None, encoder=None, samples={"test": [1, 2, 3]}))
+        model=model, store=None, encoder=None, samples={"test": [1, 2, 3]}, bundle=types.SimpleNamespace(splits={})))
     monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: calls[-1].update(samples=a[3]) or {"recall@1": 0.5})
     return calls
 

@@ -175,6 +175,29 @@ def test_evaluate_numbers_by_hand(setup, batch_size):
     assert [e["generated"] for e in out["examples"]] == ["Try [ITEM] or [ITEM]", "Enjoy [ITEM]", "no idea"]
 
 
+def test_constant_reply_baseline_beside_the_replies(setup):
+    """With the training replies, evaluate() also scores one constant reply, their ROUGE-1 medoid,
+    at the same turns: "enjoy [ITEM]" (mean F 2/3 against the three) over "no" (1/3)."""
+    from pecrs.metrics import rouge_1_2, rouge_1_2_paper_protocol
+
+    model, store, encoder, samples = setup
+    out = evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS, batch_size=4),
+                   generate=True, train_replies=["enjoy [ITEM]", "no", "enjoy [ITEM]"])
+    refs = [s.response.text for s in samples if not s.repeated]
+    assert out["constant_reply"] == "enjoy [ITEM]"
+    assert out["constant_reply_rouge1"] == pytest.approx(rouge_1_2(["enjoy [ITEM]"] * 3, refs)["rouge1"])
+    assert out["constant_reply_rouge2_paper_protocol"] == pytest.approx(
+        rouge_1_2_paper_protocol(["enjoy [ITEM]"] * 3, refs)["rouge2_paper_protocol"])
+    # an item in every reply, against the references' (yes, no, yes): TP at s0 and s3, FP at s2
+    assert out["constant_reply_f1_item"] == pytest.approx(100 * 4 / 5)
+    # the model's own figures are untouched; no training replies or no generation: no baseline
+    assert out["rouge1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
+    assert "constant_reply" not in evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS),
+                                            generate=True)
+    assert "constant_reply" not in evaluate(model, store, encoder, samples, InferenceConfig(m_inference=N_ITEMS),
+                                            generate=False, train_replies=["no"])
+
+
 @pytest.mark.parametrize("generate", [True, False])
 def test_predictions_by_hand(setup, generate):
     """`pecrs evaluate --predictions`: per ranked sample its top 10, the target's rank and, for the

@@ -115,7 +115,7 @@ def test_pecrs_evaluate_takes_the_run_settings_and_its_flags(tmp_path, monkeypat
     meta_path.write_text(json.dumps(meta))
     seen = []
     monkeypatch.setattr(pecrs.prepare, "prepare", lambda config, model=None, **kw: types.SimpleNamespace(
-        model=model, store=None, encoder=None, samples={"test": []}))
+        model=model, store=None, encoder=None, samples={"test": []}, bundle=types.SimpleNamespace(splits={})))
     monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: seen.append((a[4], kw)) or {})
     assert main(["evaluate", str(run), "--device", "cpu", "--json", "--output", str(tmp_path / "a.json")]) == 0
     inference, kwargs = seen[-1]

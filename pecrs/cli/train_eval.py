@@ -44,7 +44,7 @@ def _evaluate(args) -> int:
         if args.predictions:
             raise ValueError("--predictions writes the pecrs protocol's samples; --protocol standardized has none")
         return _evaluate_standardized(args)
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, training_replies
     from ..export import checkpoint_position
     from ..pretrained import checkpoint_dir, load_pretrained, read_meta
     from ..prepare import prepare
@@ -73,10 +73,14 @@ def _evaluate(args) -> int:
     from ..experiments.provenance import git_revision, hardware, now
 
     revision = git_revision()   # the code that runs: read before an evaluation of hours, not after
+    # The constant-reply baseline is chosen among the dataset's training replies, when it has them.
+    train_split = config.train.train_split
+    train_replies = (training_replies(setup.bundle, train_split)
+                     if not args.no_generate and train_split in setup.bundle.splits else None)
     result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
                       perplexity=not args.no_ppl,
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
-                      progress=not args.json, predictions=predictions_out is not None)
+                      progress=not args.json, predictions=predictions_out is not None, train_replies=train_replies)
     if predictions_out is not None:
         predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
                                    encoding="utf-8")
@@ -94,8 +98,9 @@ def _evaluate(args) -> int:
         genres = result.get("genres") or {}
         shown = {**{k: v for k, v in result.items() if k not in ("examples", "genres", "measured")},
                  **{f"genre_{k}": genres.get(k) for k in ("accuracy", "wrong_genre_rate", "random_genre_rate")}}
+        width = max(map(len, shown))
         for key, value in shown.items():
-            print(f"{key:>24}: {value}")
+            print(f"{key:>{width}}: {value}")
     return 0
 
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from .. import metrics
 from ..config import RunConfig
-from ..data import ITEM
-from ..evaluate import evaluate, mentioned_indices, naive_ranking, rank_samples_at
+from ..evaluate import constant_reply_baseline, evaluate, mentioned_indices, naive_ranking, rank_samples_at, training_replies
 from ..loaders import load_dataset
 from ..samples import make_samples
 
@@ -89,8 +88,7 @@ def naive_baseline(config: RunConfig) -> dict:
     if config.train.max_eval_samples:  # the slice `prepare` evaluates
         samples = samples[: config.train.max_eval_samples]
     n_all = len(samples)
-    conversation = constant_reply_baseline([s.response.text for s in make_samples(bundle.splits[config.train.train_split])
-                                            if not s.repeated],
+    conversation = constant_reply_baseline(training_replies(bundle, config.train.train_split),
                                            [s.response.text for s in samples if not s.repeated], seed=config.train.seed)
     samples = [s for s in samples if s.target is not None]
     index = {item.id: i for i, item in enumerate(bundle.items.values())}  # ItemStore's order
@@ -100,19 +98,3 @@ def naive_baseline(config: RunConfig) -> dict:
     out = metrics.summarize(ranked=ranked, targets=targets, seen_before=seen)
     out = {k: v for k, v in out.items() if k.startswith(_RECOMMENDATION_KEYS) and not k.startswith("naive_")}
     return {**out, **conversation, "n_samples": n_all, "split": split, "seconds": round(time.perf_counter() - started, 2)}
-
-
-_CONVERSATION_KEYS = ("rouge", "f1_item", "dist", "n_gen_samples")
-MEDOID_REPLIES = 2000   # training replies the constant reply is chosen among (a draw of them)
-
-
-def constant_reply_baseline(train_replies: list[str], test_references: list[str], seed: int = 0) -> dict:
-    """ROUGE (both ways), F-1 of [ITEM] and Dist@n of answering every test turn with the same
-    reply, `metrics.medoid_reply` of the training replies: the floor a generation metric gives
-    for nothing. One entry per response turn (repeated=False), as `evaluate`."""
-    reply = metrics.medoid_reply(train_replies, max_replies=MEDOID_REPLIES, seed=seed)
-    out = metrics.summarize(predictions=[reply] * len(test_references), references=test_references,
-                            pred_has_item=np.full(len(test_references), ITEM in reply),
-                            ref_has_item=np.array([ITEM in r for r in test_references], dtype=bool))
-    return {"constant_reply": reply, **{k: v for k, v in out.items() if k.startswith(_CONVERSATION_KEYS)}}
-

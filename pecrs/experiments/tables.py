@@ -9,7 +9,8 @@ from .markdown import fmt, md_table, paper as pcell
 from .parts import Context, Part
 from .reports import Report
 from .runs import eval_part, training_in_progress, training_part, training_progress
-from .measures import MEDOID_REPLIES, full_evaluation, naive_baseline, rankings, recommendation
+from ..evaluate import MEDOID_REPLIES
+from .measures import full_evaluation, naive_baseline, rankings, recommendation
 
 KS = (1, 10, 50)
 NAIVE_LABEL = "Naive baseline: earlier mentions, latest first (no model)"
