@@ -110,6 +110,24 @@ def test_results_record_their_dataset_and_only_the_runs_own_is_eval_test(world, 
     assert (mine["dataset"], mine["max_samples"]) == (str(other.resolve()), 1)
 
 
+def test_evaluate_scores_the_constant_reply_from_the_datasets_training_replies(world, tmp_path, monkeypatch):
+    """`pecrs evaluate` hands evaluate() the training split's replies (the constant-reply baseline
+    is chosen among them) when it generates and the dataset has that split; otherwise none."""
+    root, run = world
+    monkeypatch.chdir(root)
+    given, bundle = [], types.SimpleNamespace(splits={"train": ["dialogues"]})
+    monkeypatch.setattr(pecrs.prepare, "prepare", lambda config, model=None, **kw: types.SimpleNamespace(
+        model=model, store=None, encoder=None, samples={"test": [1, 2]}, bundle=bundle))
+    monkeypatch.setattr(pecrs.evaluate, "training_replies", lambda b, split: [f"a reply of {split}"])
+    monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: given.append(kw["train_replies"]) or {})
+    out = ["--output", str(tmp_path / "r.json")]
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", *out]) == 0
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", "--no-generate", *out]) == 0
+    bundle.splits = {}                                          # a dataset without a training split
+    assert main(["evaluate", str(run), "--device", "cpu", "--json", *out]) == 0
+    assert given == [["a reply of train"], None, None]
+
+
 def test_default_names(tmp_path, monkeypatch):
     """The run's own: eval_<split>.json (a shipped model's: ./eval_<model>_<split>.json, as before);
     others say what differs, another dataset first as in README's eval_inspired_test.json."""

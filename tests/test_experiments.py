@@ -349,6 +349,19 @@ def test_keys_hold_what_decides_the_numbers(tmp_path):
     for change in ({"inference.m_inference": 100}, {"train.lr": 1e-4}):
         train, part = keys(**change)
         assert train != same[0] and part != same[1], change
+    # What an evaluation reports changed (keys.METRICS_VERSION): its stored numbers are measured
+    # again, the training run they came from is kept.
+    import pecrs.experiments.keys as keys_module
+
+    training = SimpleNamespace(kind="train", train_key=same[0], config=base, spec={})
+    baseline = SimpleNamespace(kind="baseline", train_key=None, config=None, spec={"baseline": "naive"})
+    before = [part_key(p) for p in (training, baseline)]
+    keys_module.METRICS_VERSION += 1
+    try:
+        assert keys()[1] != same[1] and part_key(baseline) != before[1]
+        assert part_key(training) == before[0] and keys()[0] == same[0]
+    finally:
+        keys_module.METRICS_VERSION -= 1
 
 
 def test_the_paper_redial_config_is_found_however_inspired_is_named(tmp_path, monkeypatch):
@@ -373,3 +386,33 @@ def test_excluding_mentioned_items_is_part_of_the_keys():
     base = RunConfig.load("configs/inspired.yaml")
     assert train_key(base) == "96b9c7cdfd3d"
     assert train_key(copy_config(base, **{"inference.exclude_mentioned": True})) != train_key(base)
+
+
+def test_zero_shot_rouge_pairs_each_item_of_a_turn_as_the_papers_script():
+    """The paper's zero-shot script scored one pair per item of a recommendation turn, with
+    "Recommender: " before both sides; turns without an item are not scored."""
+    from types import SimpleNamespace
+
+    from pecrs.experiments.zeroshot import rouge_as_the_paper_scored_llms
+    from pecrs.metrics import rouge_1_2
+
+    item = SimpleNamespace(target="7")
+    groups = [[item, item], [SimpleNamespace(target=None)], [item]]
+    got = rouge_as_the_paper_scored_llms(groups, ["hi", "what genre", "see Alien (1979)"],
+                                         ["bye", "what genre", "try Alien (1979)"])
+    # pairs: (hi, bye) twice, then (see alien 1979, try alien 1979): "recommender" is shared
+    want = rouge_1_2(["Recommender: hi"] * 2 + ["Recommender: see Alien (1979)"],
+                     ["Recommender: bye"] * 2 + ["Recommender: try Alien (1979)"])
+    assert got == {"rouge1_paper_protocol": pytest.approx(want["rouge1"]),
+                   "rouge2_paper_protocol": pytest.approx(want["rouge2"])}
+    assert want["rouge1"] == pytest.approx(100 * (0.5 * 2 + 0.75) / 3)
+    assert rouge_as_the_paper_scored_llms([[SimpleNamespace(target=None)]], ["a"], ["b"]) == {
+        "rouge1_paper_protocol": None, "rouge2_paper_protocol": None}
+
+
+def test_a_table_row_of_the_wrong_width_is_refused():
+    from pecrs.experiments.markdown import md_table
+
+    assert md_table(["a", "b"], [[1, 2]]).splitlines()[-1] == "| 1 | 2 |"
+    with pytest.raises(ValueError, match="1 cells under 2 headers"):
+        md_table(["a", "b"], [[1]])

@@ -222,8 +222,11 @@ def test_medoid_reply_is_the_reply_closest_in_rouge1_to_all_others():
     # "you like it" or "you see it" (46.83).
     echoes = ["you you you like", "you you you see", "you you you want", "you like it", "you see it", "hi there"]
     assert medoid_reply(echoes) in ("you you you like", "you you you see")
-    # a draw of 3 chooses among those 3 only
-    assert medoid_reply(replies, max_replies=3, seed=1) in replies and medoid_reply(["only"]) == "only"
+    # a draw of 3 (numpy's default_rng(seed).choice) chooses among those 3 only, by the same rule
+    drawn = [replies[i] for i in np.random.default_rng(1).choice(len(replies), size=3, replace=False)]
+    among = [rouge_1_2([c] * 3, drawn)["rouge1"] for c in drawn]
+    assert medoid_reply(replies, max_replies=3, seed=1) == drawn[int(np.argmax(among))]
+    assert medoid_reply(["only"]) == "only"
     with pytest.raises(ValueError, match="no replies"):
         medoid_reply([])
 

@@ -114,7 +114,18 @@ def train_key(config: RunConfig) -> str:
     return digest(_normalized(config, IGNORED_SETTINGS + EVAL_ONLY_SETTINGS))
 
 
+# What the stored numbers of a measuring part mean: raised when a change adds or redefines what an
+# evaluation reports, so that stored evaluations and baselines are measured again (training runs,
+# hours of work that the change does not touch, keep their keys). 2: ROUGE also as the paper's
+# code scored it, and the constant reply.
+METRICS_VERSION = 2
+
+
 def part_key(part) -> str:
-    """The key of a `parts.Part` (its kind, training run, config and own settings)."""
+    """The key of a `parts.Part` (its kind, training run, config and own settings; for a part
+    that measures, `METRICS_VERSION`)."""
     cfg = _normalized(part.config, IGNORED_SETTINGS) if part.config is not None else None
-    return digest({"kind": part.kind, "train": part.train_key, "config": cfg, "spec": part.spec})
+    fields = {"kind": part.kind, "train": part.train_key, "config": cfg, "spec": part.spec}
+    if part.kind != "train":
+        fields["metrics"] = METRICS_VERSION
+    return digest(fields)

@@ -10,6 +10,10 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     def cell(x):
         return str(x).replace("|", "\\|")
 
+    for row in rows:   # a cell too many or too few shifts every number after it under another header
+        if len(row) != len(headers):
+            raise ValueError(f"table row of {len(row)} cells under {len(headers)} headers: {row[:2]}")
+
     out = ["| " + " | ".join(cell(h) for h in headers) + " |",
            "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]

@@ -180,12 +180,7 @@ def zero_shot(model_name: str, config: RunConfig, progress: bool = False) -> dic
                                      if s.target is not None and s.target in bundle.items]})
     rate = hits / rec_n if rec_n else None
     rouge = metrics.rouge_1_2(responses, refs) if responses else {"rouge1": None, "rouge2": None}
-    # As the paper's zero-shot script scored its LLMs: "Recommender: " before both sides, one pair
-    # per sample with a target (a k-item turn k times), titles in the reference as above.
-    paired = [(resp, ref) for group, resp, ref in zip(groups, responses, refs) for s in group if s.target is not None]
-    rouge.update(metrics.rouge_1_2_paper_protocol([p for p, _ in paired], [r for _, r in paired],
-                                                  speaker_tag=RELEASED_ZERO_SHOT_SPEAKER_TAG)
-                 if paired else {"rouge1_paper_protocol": None, "rouge2_paper_protocol": None})
+    rouge.update(rouge_as_the_paper_scored_llms(groups, responses, refs))
     return {"model": model_name, "chat_template": templated, "dtype": "bfloat16" if cuda else "float32",
             "decoding": "greedy", "max_new_tokens": max_new, "prompt_max_tokens": budget, "system_prompt": SYSTEM,
             "n_turns": len(groups), "n_rec_samples": rec_n, "hits": hits,
@@ -194,6 +189,20 @@ def zero_shot(model_name: str, config: RunConfig, progress: bool = False) -> dic
             "n_dedup_samples": dedup_n, "dedup_hits": dedup_hits,
             "dedup_recall@1": dedup_hits / dedup_n if dedup_n else None, "hit_samples": hit_list,
             "seconds": round(time.perf_counter() - started, 2), "examples": examples}
+
+
+def rouge_as_the_paper_scored_llms(groups: list[list], responses: list[str], refs: list[str]) -> dict:
+    """ROUGE-1/2 of the zero-shot replies as the paper's zero-shot script (zero_shot_llms.py)
+    scored its LLMs: "Recommender: " before reply and reference, one pair per sample with a target
+    (a k-item turn k times), titles in the reference. groups: the samples of each turn, row for
+    row with `responses` and `refs`. Keys rouge1_paper_protocol, rouge2_paper_protocol (None
+    without a pair)."""
+    paired = [(reply, ref) for group, reply, ref in zip(groups, responses, refs, strict=True)
+              for s in group if s.target is not None]
+    if not paired:
+        return {"rouge1_paper_protocol": None, "rouge2_paper_protocol": None}
+    return metrics.rouge_1_2_paper_protocol([p for p, _ in paired], [r for _, r in paired],
+                                            speaker_tag=RELEASED_ZERO_SHOT_SPEAKER_TAG)
 
 
 def models(ctx: Context) -> list[str]:
