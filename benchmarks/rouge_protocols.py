@@ -4,9 +4,8 @@
 
 FILE: `pecrs evaluate ... --predictions FILE` of a split with generation on (its records with a
 `reference` and a `generated` reply, one per recommender turn). For those replies, and for the
-constant reply (`pecrs.evaluate.constant_reply_baseline`: the training split's
-ROUGE-1 medoid, --seed as `train.seed`, 42 by default, what `pecrs experiment main --parts '*-naive'`
-scores) given at every one of those turns, it prints ROUGE-1/2 as the texts stand (`rouge1`), as
+constant reply (the training split's ROUGE-1 medoid, as `pecrs.evaluate.constant_reply_baseline`
+chooses it, --seed as `train.seed`, 42 by default) given at every one of those turns, it prints ROUGE-1/2 as the texts stand (`rouge1`), as
 the released PECRS code scores them (`rouge1_paper_protocol`: "A: " before both, [ITEM] written
 "[MOVIE_ID]") and the F-1 of [ITEM]. The released code's validation (engine_validation.py) scores
 every reply, as these do; the earlier engine.py versions of its history scored only the last reply
@@ -26,24 +25,22 @@ import _common as C
 BATCH = 8  # the released code's eval_bs
 
 
-def last_reply_of_each_batch(records: list[dict], rng) -> list[int]:
-    """Indices into the replies of the released code's ROUGE sample: the test dialogues in a random
-    order, their samples (every item of a turn one sample) in batches of BATCH, the last reply of each."""
-    reply_index, n = {}, 0
-    for i, r in enumerate(records):
-        if "generated" in r:
-            reply_index[i], n = n, n + 1
+def last_reply_of_each_batch(records: list[dict], draws: int, rng) -> list[list[int]]:
+    """For each of `draws` shuffles, the indices into the replies of the released code's ROUGE
+    sample: the test dialogues in a random order, their samples (every item of a turn one sample)
+    in batches of BATCH, the last reply of each."""
+    reply_of = np.cumsum(["generated" in r for r in records]) - 1      # record -> its reply's index
     by_dialogue: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         by_dialogue.setdefault(r["dialogue_id"], []).append(i)
-    dialogues = list(by_dialogue)
-    order = [i for d in rng.permutation(len(dialogues)) for i in by_dialogue[dialogues[d]]]
-    picked = []
-    for start in range(0, len(order), BATCH):
-        replies = [reply_index[i] for i in order[start:start + BATCH] if i in reply_index]
-        if replies:
-            picked.append(replies[-1])
-    return picked
+    dialogues = list(by_dialogue.values())
+    samples = []
+    for _ in range(draws):
+        order = [i for d in rng.permutation(len(dialogues)) for i in dialogues[d]]
+        batches = [[reply_of[i] for i in order[start:start + BATCH] if "generated" in records[i]]
+                   for start in range(0, len(order), BATCH)]
+        samples.append([replies[-1] for replies in batches if replies])
+    return samples
 
 
 def main(argv=None):
@@ -56,9 +53,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     C.set_threads(args.threads)
     from pecrs.data import ITEM
-    from pecrs.evaluate import constant_reply_baseline, training_replies
+    from pecrs.evaluate import MEDOID_REPLIES, training_replies
     from pecrs.loaders import load_dataset
-    from pecrs.metrics.generation import item_f1, rouge_pairs, rouge_pairs_paper_protocol
+    from pecrs.metrics.generation import item_f1, medoid_reply, rouge_pairs, rouge_pairs_paper_protocol
 
     path = Path(args.predictions)
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -67,11 +64,10 @@ def main(argv=None):
         raise SystemExit(f"{path}: no record has a 'generated' reply (evaluated with --no-generate?)")
     references = [r["reference"] for r in replies]
     bundle = load_dataset(args.dataset)
-    constant = constant_reply_baseline(training_replies(bundle, args.train_split), references,
-                                       seed=args.seed)["constant_reply"]
+    # the constant reply of `pecrs evaluate` and `pecrs experiment main` (constant_reply_baseline)
+    constant = medoid_reply(training_replies(bundle, args.train_split), max_replies=MEDOID_REPLIES, seed=args.seed)
 
-    rng = np.random.default_rng(0)
-    samples = [last_reply_of_each_batch(records, rng) for _ in range(args.draws)]
+    samples = last_reply_of_each_batch(records, args.draws, np.random.default_rng(0))
     result = {"predictions": str(path), "replies": len(replies), "constant_reply": constant}
     for name, generated in (("model", [r["generated"] for r in replies]), ("constant_reply_scores", [constant] * len(replies))):
         r1, r2 = rouge_pairs(generated, references)

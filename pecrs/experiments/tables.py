@@ -3,13 +3,13 @@ fields at inference) and 8 (decoding strategies)."""
 from __future__ import annotations
 
 from ..decoding import PRESETS
+from ..evaluate import MEDOID_REPLIES
 from . import paper
 from .keys import copy_config, dataset_fingerprint, dataset_label
 from .markdown import fmt, md_table, paper as pcell
 from .parts import Context, Part
 from .reports import Report
 from .runs import eval_part, training_in_progress, training_part, training_progress
-from ..evaluate import MEDOID_REPLIES
 from .measures import full_evaluation, naive_baseline, rankings, recommendation
 
 KS = (1, 10, 50)
@@ -139,7 +139,7 @@ def report_main(ctx: Context, recs: dict, status: dict | None = None) -> Report:
           "RG-1/RG-2 in Table 7. *RG (paper's code)*: the same replies scored as the released PECRS code scores them, "
           "the speaker tag \"A: \" before reference and reply and [ITEM] written \"[MOVIE_ID]\" (two words), so "
           "every pair shares a word; the paper's ROUGE was computed that way, hence its columns. *Constant reply*: "
-          "no model, every turn answered with the training reply closest in ROUGE-1 to the others (of 2,000 drawn) "
+          f"no model, every turn answered with the training reply closest in ROUGE-1 to the others (of {MEDOID_REPLIES:,} drawn) "
           "(`pecrs.metrics.medoid_reply`): what the metrics give for nothing. The paper's Dist@n counted the "
           "speaker tag as a word too (0.1 to 0.4 more on the shipped model's INSPIRED replies).", "", "Training:", ""]
     md += [f"- {training_note(recs, f'{key}-train', ctx, cfg)}" for key, cfg in ctx.configs.items()]

@@ -31,14 +31,13 @@ def summarize(*, ranked=None, targets=None, seen_before=None, naive_ranked=None,
       `naive_baseline_ranking` -> naive_recall@k, naive_dedup_recall@k.
     Generation (one entry per response turn): predictions/references -> rouge1, rouge2
       (×100), and rouge1_paper_protocol, rouge2_paper_protocol (the same replies scored as the
-      paper's code scored them, `rouge_1_2_paper_protocol`: higher); predictions -> dist2, dist3, dist4 (`distinct_n`, whitespace tokens);
-      pred_has_item/ref_has_item -> f1_item (×100).
+      paper's code scored them, `rouge_1_2_paper_protocol`: higher); predictions -> dist2,
+      dist3, dist4 (`distinct_n`, whitespace tokens); pred_has_item/ref_has_item -> f1_item (×100).
     total_nll/total_tokens -> ppl. n_samples: the number of evaluated samples, with or without
       target, as the caller counts them (reported as given; None when omitted).
 
     Keys, always all present: recall@k…, unique, rouge1, rouge2, rouge1_paper_protocol,
-    rouge2_paper_protocol, f1_item, ppl, dist2, dist3,
-    dist4, dedup_recall@k…, naive_recall@k…, naive_dedup_recall@k…, n_samples, n_rec_samples,
+    rouge2_paper_protocol, f1_item, ppl, dist2, dist3, dist4, dedup_recall@k…, naive_recall@k…, naive_dedup_recall@k…, n_samples, n_rec_samples,
     n_dedup_samples, n_gen_samples. A metric that was not given its inputs, or is undefined
     (NaN), is None; values are plain Python numbers, ready for ``json.dumps``.
     """
