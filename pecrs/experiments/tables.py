@@ -47,6 +47,12 @@ def training_note(recs: dict, name: str, ctx: Context | None = None, config=None
         return (f"`{name}`: in progress, {training_progress(going)} ({going.get('train_batches')} batches, "
                 f"{fmt(spb, 'sec') if spb is not None else 'n/a'} s/batch), run folder `runs/{going['run_dir']}`")
     r = rec["result"]
+    if r.get("given"):
+        export = r.get("export") or {}
+        made = f", exported from {export['source']} at git {export.get('git_revision')}" if export.get("source") else ""
+        at = (r.get("checkpoint_position") or {}).get("epoch")
+        return (f"`{name}`: the given model `{r.get('model')}` (`{r.get('path')}`{made}; "
+                f"{f'saved at epoch {at} of ' if at is not None else ''}{r.get('epochs')} epochs), not trained here")
     spb = r.get("seconds_per_batch")
     kept = (f"best dev epoch {r.get('best_epoch')}" if config is None or config.train.dev_split
             else "the last epoch kept (no dev split)")
