@@ -267,7 +267,7 @@ def test_cli_list_and_merge(run, mini_data, root, tmp_path, capsys):
         assert f"{tmp_path / name}: not a result.json" in capsys.readouterr().err
 
 
-def test_a_given_model_is_evaluated_as_trained_not_trained_again(run, root, tmp_path):
+def test_a_given_model_is_evaluated_as_trained_not_trained_again(run, root, mini_data, tmp_path):
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -297,19 +297,65 @@ def test_a_given_model_is_evaluated_as_trained_not_trained_again(run, root, tmp_
     assert statuses(run_experiment("fig4", model=str(model), output_dir=out, log=lambda *_: None)) == {
         "train": "ran", "test": "ran"}
 
-    # evaluation settings may change; how the model was trained may not
+    # evaluation settings may change (still nothing trained); how the model was trained may not
     r = run_experiment("fig4", model=str(model), output_dir=tmp_path / "m16", overrides=["inference.m_inference=16"],
                        log=lambda *_: None)
     assert r["errors"] == [] and r["parts"]["test"]["record"]["provenance"]["config"]["inference"]["m_inference"] == 16
+    assert not (tmp_path / "m16" / "runs").exists()
+    # the model's record keeps the config it was trained with
+    assert r["parts"]["train"]["record"]["provenance"]["config"]["inference"]["m_inference"] == 32
     with pytest.raises(ValueError, match=r": train.lr=0.5, model.lora_r=4 would change how the model was trained"):
         run_experiment("fig4", model=str(model), output_dir=out,
                        overrides=["inference.batch_size=4", "train.lr=0.5", "train.seed=3", "model.lora_r=4"])
+    with pytest.raises(ValueError, match=r"inspired:train.epochs=2 would change"):
+        run_experiment("fig4", model=str(model), output_dir=out, overrides=["inspired:train.epochs=2"])
+    # an experiment that trains other models beside it refuses what would train them otherwise
+    with pytest.raises(ValueError, match=r"also trains other models, and train.seed=3 would train them otherwise"):
+        run_experiment("table5", model=str(model), output_dir=out, overrides=["train.seed=3", "inference.batch_size=4"])
+    # the data: another copy of the model's own, not other data
+    copy = tmp_path / "copy" / "inspired"
+    shutil.copytree(mini_data / "inspired", copy)
+    r = run_experiment("fig4", model=str(model), output_dir=tmp_path / "copy-out", overrides=[f"train.dataset={copy}"],
+                       log=lambda *_: None, parts=["train"])
+    assert r["datasets"]["inspired"]["dataset"] == str(copy.resolve())
+    with pytest.raises(ValueError, match="holds other data than the model was trained on"):
+        run_experiment("fig4", model=str(model), output_dir=out, overrides=[f"train.dataset={mini_data / 'redial'}"])
     with pytest.raises(ValueError, match="give overrides, not --config"):
         run_experiment("fig4", model=str(model), config=TINY, output_dir=out)
     with pytest.raises(ValueError, match="zero-shot"):
         run_experiment("table7", model=str(model), output_dir=out)
     with pytest.raises(ValueError, match="override prefix"):
         run_experiment("fig4", model=str(model), output_dir=out, overrides=["redial:inference.m_inference=8"])
+
+
+def test_a_given_model_stands_for_the_run_with_its_settings_in_every_experiment(run, root, tmp_path, monkeypatch):
+    from pecrs.experiments.keys import train_key
+    from pecrs.experiments.runner import EXPERIMENTS, experiment_context
+
+    trained = run("fig4")
+    model = root / "runs" / trained["parts"]["train"]["record"]["result"]["run_dir"]
+    monkeypatch.chdir(tmp_path)
+    for name in EXPERIMENTS:
+        if name == "table7":
+            continue
+        exp, ctx, _ = experiment_context(name, model=str(model))
+        assert ctx.root == Path("runs") / f"experiments-{model.name}"     # apart from trained experiments' records
+        (given_key,) = ctx.given
+        parts = exp.plan(ctx)
+        trains = [p for p in parts if p.kind == "train"]
+        stands_for = [p for p in trains if "given_model" in p.spec]
+        # exactly one training part is the given model; the others (table5, fig3) have other settings
+        assert len(stands_for) == 1 and stands_for[0].train_key == given_key, name
+        assert all(p.train_key != given_key for p in trains if p not in stands_for), name
+        for p in parts:
+            if p.kind == "eval":
+                assert ("given_model" in p.spec) == (p.train_key == given_key), (name, p.name)
+        if name not in ("table5", "fig3"):
+            assert trains == stands_for, name
+            assert all("given_model" in p.spec for p in parts if p.kind == "eval"), name
+    # --list names the model the table will be measured on before any part runs
+    r = run_experiment("table6", model=str(model), list_only=True, log=lambda *_: None)
+    assert f"the given model `{model}`" in Path(r["folder"], "table.md").read_text()
 
 
 @pytest.mark.smoke

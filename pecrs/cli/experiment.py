@@ -27,7 +27,7 @@ def _experiment(args) -> int:
                                       "models": args.models.split(",") if args.models else None},
         progress=not args.quiet, log=lambda msg: print(msg, file=sys.stderr, flush=True), model=args.model)
     # (the command recorded in result.json is rebuilt from these arguments)
-    folder = Path(args.output_dir) / result["experiment"]
+    folder = Path(result["folder"])
     if args.json:
         print(json.dumps({"folder": str(folder), "summary": result["summary"], "errors": result["errors"],
                           "parts": {k: v["status"] for k, v in result["parts"].items()}}))
@@ -60,7 +60,8 @@ def add_experiment_parser(subparsers) -> None:
                                    "fig3's other M_train still train); overrides may change only what evaluation reads")
     p.add_argument("--redial-config", help="ReDial-subset config of main/table9_10 (default configs/redial.yaml "
                                            "beside an inspired.yaml, else --config with the dataset swapped)")
-    p.add_argument("--output-dir", default="runs/experiments", help="where DIR/NAME/ and DIR/runs/ go")
+    p.add_argument("--output-dir", help="where DIR/NAME/ and DIR/runs/ go (default runs/experiments; with --model "
+                                        "runs/experiments-MODEL)")
     p.add_argument("--parts", action="append", help="comma-separated part names or glob patterns (default all)")
     p.add_argument("--list", action="store_true", help="run nothing; list parts and rewrite result.json/table.md")
     p.add_argument("--accept-partial", action="store_true",

@@ -1,6 +1,7 @@
 """Rerun the paper's tables and figures, one resumable command each.
 
     pecrs experiment NAME --config CONFIG [--output-dir DIR] [--parts P,...] [overrides...]
+    pecrs experiment NAME --model RUN [--output-dir DIR] [--parts P,...] [overrides...]   (given.py)
 
 NAME                 what it measures                                        datasets
 main (table2/table3) train, then test recall/Unique/dedup/naive + ROUGE/F-1/PPL/Dist   INSPIRED + ReDial-subset
@@ -13,7 +14,8 @@ fig3                 R@50 over an M_train x M_inference grid (fig3.png)         
 fig4                 R@50 by number of turns before the response (fig4.png)          --config
 
 How a run is cut into resumable parts, keyed, resumed and written out: parts.py (start there),
-keys.py (what decides a number), runs.py (training runs, checkpoints), caches.py (models kept
+keys.py (what decides a number), runs.py (training runs, checkpoints), given.py (a model trained
+already, `--model`), caches.py (models kept
 between parts), provenance.py, json_files.py, reports.py (result.json, table.md, figures),
 markdown.py (cells); the experiments themselves: tables.py, analysis.py, zeroshot.py, on
 measures.py; registry: runner.py; the paper's numbers: paper.py. See also docs/results.md.

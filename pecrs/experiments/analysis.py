@@ -21,8 +21,10 @@ DEFAULT_M_INFERENCE = (100, 200, 300, 500, 700, 1000)
 # ---- Figure 3 -----------------------------------------------------------------------------------
 
 def grid(ctx: Context) -> tuple[list[int], list[int]]:
-    return (list(ctx.options.get("m_train") or DEFAULT_M_TRAIN),
-            list(ctx.options.get("m_inference") or DEFAULT_M_INFERENCE))
+    m_train = ctx.options.get("m_train") or DEFAULT_M_TRAIN
+    if ctx.given and not ctx.options.get("m_train"):   # a given model's own M_train is a row of the figure
+        m_train = sorted({*m_train, ctx.configs[ctx.primary].train.m_train})
+    return list(m_train), list(ctx.options.get("m_inference") or DEFAULT_M_INFERENCE)
 
 
 def plan_fig3(ctx: Context):

@@ -84,7 +84,7 @@ class Context:
     accept_partial: bool = False
     progress: bool = False
     command: str = ""
-    given: dict = field(default_factory=dict)   # train key -> runs.GivenModel (`--model`)
+    given: dict = field(default_factory=dict)   # train key -> given.GivenModel (`--model`)
 
     @property
     def folder(self) -> Path:

@@ -10,10 +10,10 @@ from typing import Callable
 from ..config import RunConfig, resolve_config_path
 from . import ALIASES, EXPERIMENT_NAMES, NAMES, analysis, tables, zeroshot
 from .caches import clear_caches
+from .given import load_given, output_dir as given_output_dir
 from .keys import DATASET_LABELS, dataset_fingerprint, dataset_key, dataset_label, train_key
 from .parts import Context, merge, records, run_parts, select
 from .reports import write_outputs
-from .runs import GivenModel, given_model
 
 
 @dataclass(frozen=True)
@@ -23,19 +23,21 @@ class Experiment:
     plan: Callable
     report: Callable
     both_datasets: bool = False
+    trains_others: bool = False   # trains models with other settings than --config's (given.load_given)
 
 
 EXPERIMENTS = {e.name: e for e in [
     Experiment("main", "Tables 2 and 3: recommendation and conversation", tables.plan_main,
                tables.report_main, both_datasets=True),
-    Experiment("table5", "Table 5: ablations", tables.plan_table5, tables.report_table5),
+    Experiment("table5", "Table 5: ablations", tables.plan_table5, tables.report_table5, trains_others=True),
     Experiment("table6", "Table 6: item metadata fields at inference", tables.plan_table6,
                tables.report_table6),
     Experiment("table7", "Table 7: zero-shot instruct LMs", zeroshot.plan_table7, zeroshot.report_table7),
     Experiment("table8", "Table 8: decoding strategies", tables.plan_table8, tables.report_table8),
     Experiment("table9_10", "Tables 9 and 10: genre analysis", analysis.plan_table9_10, analysis.report_table9_10,
                both_datasets=True),
-    Experiment("fig3", "Figure 3: M_train x M_inference", analysis.plan_fig3, analysis.report_fig3),
+    Experiment("fig3", "Figure 3: M_train x M_inference", analysis.plan_fig3, analysis.report_fig3,
+               trains_others=True),
     Experiment("fig4", "Figure 4: R@50 by conversation turns", analysis.plan_fig4, analysis.report_fig4),
 ]}
 if tuple(EXPERIMENTS) != EXPERIMENT_NAMES:  # pragma: no cover - keep the light name list in step
@@ -105,54 +107,6 @@ def load_configs(config: str | Path, overrides=(), redial_config: str | Path | N
     return configs, how
 
 
-# What an experiment may override on a given model (`load_given`): what evaluation reads. The data
-# (train.dataset) may be another copy or other data; the seed is the decoding's.
-EVALUATION_SETTINGS = ("train.dataset", "train.test_split", "train.max_eval_samples", "train.seed", "model.backbone")
-
-
-def evaluation_setting(dotted: str) -> bool:
-    from ..config import LEGACY_TRAIN_KEYS
-
-    section, _, name = dotted.partition(".")
-    return section == "inference" or dotted in EVALUATION_SETTINGS or (section == "train" and name in LEGACY_TRAIN_KEYS)
-
-
-def load_given(model: str, overrides=()) -> tuple[dict[str, RunConfig], dict, GivenModel]:
-    """The config of a trained model given to an experiment (a run folder, a checkpoint folder or
-    a shipped model's name), its dataset found as `pecrs evaluate` finds it, with `overrides`
-    applied; and the model. Overrides may change what evaluation reads (`EVALUATION_SETTINGS`,
-    inference.*), not how the model was trained: such an override is named and refused."""
-    from ..pretrained import checkpoint_dir, read_meta
-    from ..run_dataset import DatasetNotFound, find_dataset
-
-    ckpt = checkpoint_dir(model)
-    meta = read_meta(ckpt)
-    trained = RunConfig.from_dict(meta["config"])
-    common, prefixed = split_overrides(overrides)
-    key = dataset_key(trained)
-    if set(prefixed) - {key}:
-        raise ValueError(f"--model {model} was trained on {dataset_label(trained)}: override prefix(es) "
-                         f"{sorted(set(prefixed) - {key})} name no dataset of this experiment")
-    overrides = common + prefixed.get(key, [])
-    if not any(o.startswith("train.dataset=") for o in overrides):
-        try:
-            trained.train.dataset = str(find_dataset(trained.train.dataset, ckpt).resolve())
-        except DatasetNotFound as e:
-            looked = "; ".join(f"{place} ({why})" for place, why in e.looked)
-            raise ValueError(f"--model {model}: its dataset (train.dataset) {trained.train.dataset} is not found "
-                             f"(looked in {looked}); give the folder with train.dataset=DIR") from None
-    refused = [o for o in overrides if not evaluation_setting(o.partition("=")[0])]
-    if refused:
-        raise ValueError(f"--model {model}: {', '.join(refused)} would change how the model was trained; a given "
-                         f"model is evaluated as it was trained: override only what evaluation reads "
-                         f"({', '.join(EVALUATION_SETTINGS)}, inference.*)")
-    config = trained.overridden(overrides)
-    how = {key: {"model": model, "checkpoint": str(ckpt), "overrides": overrides, "label": dataset_label(config),
-                 "dataset": config.train.dataset, "fingerprint": dataset_fingerprint(config.train.dataset),
-                 "resolved": config.to_dict()}}
-    return {key: config}, how, given_model(model, ckpt, meta)
-
-
 def resolve_name(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in EXPERIMENTS:
@@ -160,18 +114,12 @@ def resolve_name(name: str) -> str:
     return name
 
 
-def run_experiment(name: str, config: str | Path | None = None, output_dir: str | Path = "runs/experiments",
-                   overrides=(), parts: list[str] | None = None, redial_config: str | Path | None = None,
-                   accept_partial: bool = False, merge_files=(), list_only: bool = False, options: dict | None = None,
-                   progress: bool = False, command: str | None = None, log=print, model: str | None = None) -> dict:
-    """Run the chosen parts of one experiment (all when `parts` is None), then rewrite its
-    result.json / table.md / figures from every finished part. Returns the result.json object,
-    with "errors" listing parts that failed (their numbers are simply absent).
-
-    `config` defaults to configs/inspired.yaml. `model` (a run folder, checkpoint folder or shipped
-    model name) evaluates that trained model instead of training one: its own config replaces
-    `config`, on its own dataset only, and it stands for the run with its settings (Table 5's
-    ablations and Figure 3's other M_train still train)."""
+def experiment_context(name: str, config: str | Path | None = None, output_dir: str | Path | None = None,
+                       overrides=(), redial_config: str | Path | None = None, accept_partial: bool = False,
+                       options: dict | None = None, progress: bool = False, model: str | None = None,
+                       parts: list[str] | None = None, command: str | None = None) -> tuple[Experiment, Context, dict]:
+    """The experiment, its `Context` (configs per dataset, folders, a given model) and how each
+    config was made; see `run_experiment`."""
     exp = EXPERIMENTS[resolve_name(name)]
     options = {k: v for k, v in (options or {}).items() if v}
     given = {}
@@ -180,11 +128,13 @@ def run_experiment(name: str, config: str | Path | None = None, output_dir: str 
             raise ValueError("--model brings the config it was trained with: give overrides, not --config or --redial-config")
         if exp.name == "table7":
             raise ValueError("table7 prompts zero-shot LMs (--models); it evaluates no trained PECRS model (--model)")
-        configs, how, g = load_given(model, overrides)
-        given = {train_key(next(iter(configs.values()))): g}
+        configs, how, model_given = load_given(model, *split_overrides(overrides), trains_others=exp.trains_others)
+        given = {train_key(next(iter(configs.values()))): model_given}
+        output_dir = output_dir or given_output_dir(model_given.checkpoint)
     else:
         config = config or "configs/inspired.yaml"
         configs, how = load_configs(config, overrides, redial_config, exp.both_datasets)
+    output_dir = output_dir or "runs/experiments"
     if command is None:
         args = [exp.name] + (["--model", str(model)] if model is not None else ["--config", str(config)])
         args += ["--output-dir", str(output_dir)]
@@ -195,6 +145,23 @@ def run_experiment(name: str, config: str | Path | None = None, output_dir: str 
         command = "pecrs experiment " + shlex.join(args + list(overrides))
     ctx = Context(name=exp.name, root=Path(output_dir), configs=configs, options=options,
                   accept_partial=accept_partial, progress=progress, command=command, given=given)
+    return exp, ctx, how
+
+
+def run_experiment(name: str, config: str | Path | None = None, output_dir: str | Path | None = None,
+                   overrides=(), parts: list[str] | None = None, redial_config: str | Path | None = None,
+                   accept_partial: bool = False, merge_files=(), list_only: bool = False, options: dict | None = None,
+                   progress: bool = False, command: str | None = None, log=print, model: str | None = None) -> dict:
+    """Run the chosen parts of one experiment (all when `parts` is None), then rewrite its
+    result.json / table.md / figures from every finished part. Returns the result.json object,
+    with "errors" listing parts that failed (their numbers are simply absent) and "folder" its own.
+
+    `config` defaults to configs/inspired.yaml, `output_dir` to runs/experiments. `model` (a run
+    folder, checkpoint folder or shipped model name) is evaluated instead of a model trained here
+    (given.py): its own config replaces `config`, on its own dataset only, and `output_dir`
+    defaults to runs/experiments-NAME."""
+    exp, ctx, how = experiment_context(name, config, output_dir, overrides, redial_config, accept_partial, options,
+                                       progress, model, parts, command)
     ctx.folder.mkdir(parents=True, exist_ok=True)
     all_parts = exp.plan(ctx)
     if merge_files:
@@ -208,7 +175,8 @@ def run_experiment(name: str, config: str | Path | None = None, output_dir: str 
     report = exp.report(ctx, records(ctx, all_parts), status)
     result = write_outputs(ctx, all_parts, status, report, how)
     result["errors"] = errors
+    result["folder"] = str(ctx.folder)
     return result
 
 
-__all__ = ["EXPERIMENTS", "ALIASES", "NAMES", "run_experiment", "load_configs", "load_given", "resolve_name"]
+__all__ = ["EXPERIMENTS", "ALIASES", "NAMES", "run_experiment", "experiment_context", "load_configs", "resolve_name"]

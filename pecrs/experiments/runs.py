@@ -1,12 +1,10 @@
 """Training runs (DIR/runs/<dataset>-<hash>/, see parts.py): the parts that train them, how far
-they got, and the parts that evaluate their checkpoints; and a trained model given instead
-(`pecrs experiment --model`), which stands for the run with its own settings."""
+they got, and the parts that evaluate their checkpoints, or those of a model given instead
+(`ctx.given`, given.py)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,31 +16,6 @@ from .parts import DONE_FILE, Blocked, Context, InProgress, Part
 from .provenance import hardware, hardware_summary
 
 
-@dataclass(frozen=True)
-class GivenModel:
-    """A trained model given to an experiment (`pecrs experiment --model`). It stands for the
-    training run whose settings are its own: the part that would train that run reads it instead,
-    and the parts that evaluate it are keyed by its weights, so numbers stored for another model
-    with the same settings are never taken for its own."""
-    checkpoint: Path
-    weights: str     # hash of its weight files
-    info: dict       # what its checkpoint says of it, recorded as the training part's result
-
-
-def given_model(name: str, checkpoint: Path, meta: dict) -> GivenModel:
-    from ..export import checkpoint_position
-    from ..pretrained import ADAPTER_DIR, HEADS_FILE
-
-    h = hashlib.sha1()
-    for f in [checkpoint / HEADS_FILE, *sorted((checkpoint / ADAPTER_DIR).glob("*.safetensors"))]:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    info = {"given": True, "model": name, "path": str(checkpoint), "finished": True,
-            "epochs": meta["config"]["train"].get("epochs"), **checkpoint_position(meta)}
-    if meta.get("export"):
-        info["export"] = meta["export"]
-    return GivenModel(checkpoint=checkpoint, weights=h.hexdigest()[:16], info=info)
-
-
 def run_dir(ctx: Context, config: RunConfig) -> Path:
     """The run folder of a training config: named by dataset and config hash only, so every
     experiment that needs the same model finds the same folder."""
@@ -52,8 +25,9 @@ def run_dir(ctx: Context, config: RunConfig) -> Path:
 def training_part(ctx: Context, name: str, config: RunConfig, describe: str = "") -> Part:
     given = ctx.given.get(train_key(config))
     if given is not None:
+        # Recorded with the config it was trained with, not the evaluation's overrides.
         return Part(name=name, kind="train", run=lambda: dict(given.info), spec={"given_model": given.weights},
-                    dataset=dataset_key(config), config=config, train_key=train_key(config),
+                    dataset=dataset_key(config), config=given.config, train_key=train_key(config),
                     describe=f"the given model {given.info['model']} (not trained here)")
     folder = run_dir(ctx, config)
     return Part(name=name, kind="train", run=lambda: ensure_trained(ctx, config, folder), spec={},

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..decoding import PRESETS
 from ..evaluate import MEDOID_REPLIES
 from . import paper
-from .keys import copy_config, dataset_fingerprint, dataset_label
+from .given import given_note
+from .keys import copy_config, dataset_fingerprint, dataset_label, train_key
 from .markdown import fmt, md_table, paper as pcell
 from .parts import Context, Part
 from .reports import Report
@@ -39,6 +40,9 @@ def training_note(recs: dict, name: str, ctx: Context | None = None, config=None
     """One line on how a model was trained (epochs, best epoch, time per batch); for a run still in
     progress (given its ctx and config), how far it got; else "not run"."""
     rec = recs.get(name)
+    given = ctx.given.get(train_key(config)) if ctx is not None and config is not None else None
+    if rec is None and given is not None:      # its part has not run (--list, --parts), the model is known
+        return given_note(name, given.info)
     if rec is None:
         going = training_in_progress(ctx, config) if ctx is not None and config is not None else None
         if going is None:
@@ -48,11 +52,7 @@ def training_note(recs: dict, name: str, ctx: Context | None = None, config=None
                 f"{fmt(spb, 'sec') if spb is not None else 'n/a'} s/batch), run folder `runs/{going['run_dir']}`")
     r = rec["result"]
     if r.get("given"):
-        export = r.get("export") or {}
-        made = f", exported from {export['source']} at git {export.get('git_revision')}" if export.get("source") else ""
-        at = (r.get("checkpoint_position") or {}).get("epoch")
-        return (f"`{name}`: the given model `{r.get('model')}` (`{r.get('path')}`{made}; "
-                f"{f'saved at epoch {at} of ' if at is not None else ''}{r.get('epochs')} epochs), not trained here")
+        return given_note(name, r)
     spb = r.get("seconds_per_batch")
     kept = (f"best dev epoch {r.get('best_epoch')}" if config is None or config.train.dev_split
             else "the last epoch kept (no dev split)")
