@@ -37,6 +37,8 @@ def evaluation_setting(dotted: str) -> bool:
 
 
 def weights_hash(checkpoint: Path) -> str:
+    """A hash of the adapter's and heads' weight files. The tokenizer is left out: a checkpoint
+    saves the one it was trained with, which in practice changes only with the weights."""
     from ..pretrained import ADAPTER_DIR, HEADS_FILE
 
     h = hashlib.sha1()
