@@ -267,6 +267,18 @@ def test_cli_list_and_merge(run, mini_data, root, tmp_path, capsys):
         assert f"{tmp_path / name}: not a result.json" in capsys.readouterr().err
 
 
+def test_parts_record_the_revision_of_the_code_that_ran_them(run, tmp_path, monkeypatch):
+    import itertools
+
+    import pecrs.experiments.parts as parts
+
+    revisions = itertools.count()
+    monkeypatch.setattr(parts, "git_revision", lambda: f"rev-{next(revisions)}")   # a commit after each call
+    r = run("fig4", out=tmp_path)
+    assert statuses(r) == {"train": "ran", "test": "ran"}
+    assert {p["record"]["provenance"]["git"] for p in r["parts"].values()} == {"rev-0"}
+
+
 def test_a_given_model_is_evaluated_as_trained_not_trained_again(run, root, mini_data, tmp_path):
     import shutil
 

@@ -163,6 +163,9 @@ def run_parts(ctx: Context, parts: list[Part], chosen: list[Part], log=print) ->
     """Run the chosen parts in order; return ({part: status}, errors)."""
     status, errors = {}, []
     chosen_names = {p.name for p in chosen}
+    # The code that runs every part is the code this process imported: read before hours of parts,
+    # not after each (a commit made meanwhile is not what ran).
+    revision = git_revision()
     for part in parts:
         key = part_key(part)
         rec = finished_result(ctx, part, key)
@@ -206,7 +209,7 @@ def run_parts(ctx: Context, parts: list[Part], chosen: list[Part], log=print) ->
                   "describe": part.describe, "spec": part.spec, "result": result,
                   "provenance": {"command": ctx.command, "date": now(), "seconds": round(seconds, 2),
                                  "hardware": hardware(), "backbone": backbone_source(backbone) if backbone else None,
-                                 "git": git_revision(),
+                                 "git": revision,
                                  "config": part.config.to_dict() if part.config else None}}
         write_json(part_file(ctx, part), record)
         status[part.name] = {"status": "ran"}
