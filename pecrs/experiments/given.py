@@ -55,10 +55,8 @@ def model_dataset(model: str, trained: RunConfig, checkpoint: Path, given: str |
     try:
         own = find_dataset(trained.train.dataset, checkpoint)
     except DatasetNotFound as e:
-        if given is None:
-            looked = "; ".join(f"{place} ({why})" for place, why in e.looked)
-            raise ValueError(f"--model {model}: its dataset (train.dataset) {trained.train.dataset} is not found "
-                             f"(looked in {looked}); give the folder with train.dataset=DIR") from None
+        if given is None:   # the error names every place looked and why each was passed over
+            raise ValueError(f"--model {model}: {e}; give the folder with train.dataset=DIR") from None
         own = None
     if given is None:
         return str(own.resolve())
