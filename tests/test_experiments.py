@@ -340,6 +340,43 @@ def test_a_given_model_is_evaluated_as_trained_not_trained_again(run, root, mini
         run_experiment("fig4", model=str(model), output_dir=out, overrides=["redial:inference.m_inference=8"])
 
 
+def test_a_given_run_that_has_not_finished_training_is_refused_or_labelled_partly_trained(run, root, tmp_path):
+    import json
+    import shutil
+
+    from pecrs.experiments.parts import DONE_FILE
+
+    trained = run("fig4")
+    run_folder = root / "runs" / trained["parts"]["train"]["record"]["result"]["run_dir"]
+    folder = tmp_path / "run"
+    shutil.copytree(run_folder, folder)
+    meta_file = folder / "last" / "pecrs_config.json"
+    finished = json.loads(meta_file.read_text())
+    # as `pecrs train` leaves a run stopped by train.max_train_minutes: last/ one epoch and 3 batches in
+    stopped = {**finished, "trainer": {**finished["trainer"], "epoch": 1, "batch": 3}}
+    stopped["config"]["train"]["epochs"] = 4
+    (folder / DONE_FILE).unlink(missing_ok=True)
+    meta_file.write_text(json.dumps(stopped))
+    best_file = folder / "best" / "pecrs_config.json"
+    best = json.loads(best_file.read_text())
+    best["config"]["train"]["epochs"] = 4
+    best_file.write_text(json.dumps(best))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"has not finished training \(3 batches into epoch 2/4\).*--accept-partial"):
+        run_experiment("fig4", model=str(folder), output_dir=out)
+    r = run_experiment("fig4", model=str(folder), output_dir=out, accept_partial=True, log=lambda *_: None)
+    assert r["errors"] == [] and statuses(r) == {"train": "ran", "test": "ran"}
+    assert r["parts"]["test"]["record"]["result"]["checkpoint"]["finished"] is False
+    assert ("configured for 4 epochs; its run had not finished: 3 batches into epoch 2/4"
+            in (out / "fig4" / "table.md").read_text())
+    # once the run has finished (same best/), its numbers are measured again, no longer partly trained
+    meta_file.write_text(json.dumps({**stopped, "trainer": {**stopped["trainer"], "epoch": 4, "batch": 0}}))
+    r = run_experiment("fig4", model=str(folder), output_dir=out, log=lambda *_: None)
+    assert statuses(r) == {"train": "ran", "test": "ran"}
+    assert r["parts"]["test"]["record"]["result"]["checkpoint"]["finished"] is True
+    assert "not finished" not in (out / "fig4" / "table.md").read_text()
+
+
 def test_a_given_model_stands_for_the_run_with_its_settings_in_every_experiment(run, root, tmp_path, monkeypatch):
     from pecrs.experiments.keys import train_key
     from pecrs.experiments.runner import EXPERIMENTS, experiment_context

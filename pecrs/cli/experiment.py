@@ -65,7 +65,8 @@ def add_experiment_parser(subparsers) -> None:
     p.add_argument("--parts", action="append", help="comma-separated part names or glob patterns (default all)")
     p.add_argument("--list", action="store_true", help="run nothing; list parts and rewrite result.json/table.md")
     p.add_argument("--accept-partial", action="store_true",
-                   help="evaluate models whose training stopped at max_train_minutes (marked as such)")
+                   help="evaluate models whose training has not finished (stopped at max_train_minutes; "
+                        "with --model, a run folder still training), marked as such")
     p.add_argument("--merge", action="append", help="a result.json measured elsewhere: restore its parts here")
     p.add_argument("--m-train", type=_int_list, help="fig3: M_train values, e.g. 50,100,150,200")
     p.add_argument("--m-inference", type=_int_list, help="fig3: M_inference values, e.g. 100,300,700")

@@ -30,6 +30,12 @@ class GivenModel:
     weights: str        # hash of its weight files, in the keys of the parts that evaluate it
     info: dict          # what its checkpoint says of it: the result of the part it stands for
 
+    def spec(self) -> dict:
+        """What the keys of its parts hold of it: its weights, and how far its training had got
+        when it was given unfinished (so numbers labelled partly trained are redone once it is not)."""
+        partial = {} if self.info.get("finished") else {"partly_trained": [self.info.get("epoch"), self.info.get("batch")]}
+        return {"given_model": self.weights, **partial}
+
 
 def evaluation_setting(dotted: str) -> bool:
     section, _, name = dotted.partition(".")
@@ -45,6 +51,26 @@ def weights_hash(checkpoint: Path) -> str:
     for f in [checkpoint / HEADS_FILE, *sorted((checkpoint / ADAPTER_DIR).glob("*.safetensors"))]:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def unfinished_training(checkpoint: Path) -> dict | None:
+    """How far the training of a run folder's best/ had got, when its run has not finished (its
+    last/ has completed fewer epochs than it is configured for: stopped by train.max_train_minutes,
+    interrupted, or still running); None for a finished run or a checkpoint outside a run folder."""
+    import json
+
+    from .parts import DONE_FILE
+
+    folder = checkpoint.parent
+    meta_file = folder / "last" / "pecrs_config.json"
+    if checkpoint.name != "best" or not meta_file.is_file() or (folder / DONE_FILE).is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    trainer, epochs = meta.get("trainer") or {}, (meta.get("config") or {}).get("train", {}).get("epochs")
+    epoch, batch = int(trainer.get("epoch") or 0), int(trainer.get("batch") or 0)
+    if epochs is None or (epoch >= int(epochs) and not batch):
+        return None
+    return {"epoch": epoch, "batch": batch, "epochs": int(epochs)}
 
 
 def model_dataset(model: str, trained: RunConfig, checkpoint: Path, given: str | None) -> str:
@@ -70,11 +96,14 @@ def model_dataset(model: str, trained: RunConfig, checkpoint: Path, given: str |
 
 
 def load_given(model: str, common: list[str], prefixed: dict[str, list[str]],
-               trains_others: bool = False) -> tuple[dict[str, RunConfig], dict, GivenModel]:
+               trains_others: bool = False, accept_partial: bool = False) -> tuple[dict[str, RunConfig], dict, GivenModel]:
     """({dataset key: config}, how it was made, the model) for `--model`; `common` and `prefixed`
     are the overrides (`runner.split_overrides`). The config is the model's own with the overrides
     applied; one that would change the training is named and refused, and with `trains_others`
-    so is one that changes the training key (the other models would be trained otherwise)."""
+    so is one that changes the training key (the other models would be trained otherwise). A run
+    folder whose training has not finished is refused unless `accept_partial`: then its best/ is
+    evaluated and labelled partly trained, as a model trained here would be."""
+    from .runs import training_progress
     from ..pretrained import checkpoint_dir, read_meta
 
     checkpoint = checkpoint_dir(model)
@@ -99,8 +128,16 @@ def load_given(model: str, common: list[str], prefixed: dict[str, list[str]],
         changed = [shown[o] for o in overrides if train_key(trained.overridden([o])) != train_key(trained)]
         raise ValueError(f"--model {model}: this experiment also trains other models, and {', '.join(changed)} "
                          "would train them otherwise than the given model was; leave it out")
-    info = {"given": True, "model": model, "path": str(checkpoint), "finished": True,
-            "epochs": trained.train.epochs, **({"epoch": meta["epoch"]} if "epoch" in meta else {})}
+    unfinished = unfinished_training(checkpoint)
+    if unfinished is not None and not accept_partial:
+        raise ValueError(f"--model {model}: the run in {checkpoint.parent} has not finished training "
+                         f"({training_progress(unfinished)}); resume it with `pecrs train` into the same folder, "
+                         "or pass --accept-partial to evaluate its best/ as it is (labelled partly trained)")
+    info = {"given": True, "model": model, "path": str(checkpoint), "finished": unfinished is None,
+            "epochs": trained.train.epochs, **({"epoch": meta["epoch"]} if "epoch" in meta else {}),
+            **({"batch": meta["batch"]} if meta.get("batch") else {})}
+    if unfinished is not None:  # epoch/batch stay best/'s own: the label says what was evaluated
+        info["run_progress"] = training_progress(unfinished)
     if meta.get("export"):
         info["export"] = meta["export"]
     how = {key: {"model": model, "checkpoint": str(checkpoint), "overrides": [shown[o] for o in overrides],
@@ -121,5 +158,6 @@ def given_note(name: str, info: dict) -> str:
     export = info.get("export") or {}
     made = f", exported from {export['source']} at git {export.get('git_revision')}" if export.get("source") else ""
     at = f"saved at epoch {info['epoch']}, " if info.get("epoch") is not None else ""
+    unfinished = f"; its run had not finished: {info['run_progress']}" if info.get("run_progress") else ""
     return (f"`{name}`: the given model `{info.get('model')}` (`{info.get('path')}`{made}; {at}"
-            f"configured for {info.get('epochs')} epochs), not trained here")
+            f"configured for {info.get('epochs')} epochs{unfinished}), not trained here")

@@ -128,7 +128,8 @@ def experiment_context(name: str, config: str | Path | None = None, output_dir: 
             raise ValueError("--model brings the config it was trained with: give overrides, not --config or --redial-config")
         if exp.name == "table7":
             raise ValueError("table7 prompts zero-shot LMs (--models); it evaluates no trained PECRS model (--model)")
-        configs, how, model_given = load_given(model, *split_overrides(overrides), trains_others=exp.trains_others)
+        configs, how, model_given = load_given(model, *split_overrides(overrides), trains_others=exp.trains_others,
+                                                  accept_partial=accept_partial)
         given = {train_key(next(iter(configs.values()))): model_given}
         output_dir = output_dir or given_output_dir(model_given.checkpoint)
     else:

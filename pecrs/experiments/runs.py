@@ -26,7 +26,7 @@ def training_part(ctx: Context, name: str, config: RunConfig, describe: str = ""
     given = ctx.given.get(train_key(config))
     if given is not None:
         # Recorded with the config it was trained with, not the evaluation's overrides.
-        return Part(name=name, kind="train", run=lambda: dict(given.info), spec={"given_model": given.weights},
+        return Part(name=name, kind="train", run=lambda: dict(given.info), spec=given.spec(),
                     dataset=dataset_key(config), config=given.config, train_key=train_key(config),
                     describe=f"the given model {given.info['model']} (not trained here)")
     folder = run_dir(ctx, config)
@@ -138,7 +138,7 @@ def eval_part(ctx: Context, name: str, train_config: RunConfig, body: Callable, 
     config = config or train_config
     given = ctx.given.get(train_key(train_config))
     if given is not None:
-        spec = {**spec, "given_model": given.weights}
+        spec = {**spec, **given.spec()}
 
     def run():
         ckpt, info = checkpoint(ctx, train_config)
