@@ -254,6 +254,26 @@ def test_length_sorted_batches_give_each_row_its_own_exclusions(rec):
         assert banned and not set(banned) & set(row.tolist())
 
 
+def test_samples_with_one_context_and_other_exclusions_are_ranked_apart(rec):
+    """Evaluation ranks each distinct context once and copies its ranking to the samples that
+    share it (`rank_samples_at`): only when their exclusions agree too. The same context twice,
+    excluding the first or the second of its ranking, gives each the other one first."""
+    from pecrs.catalog import ItemStore
+    from pecrs.data import Dialogue, Turn
+    from pecrs.evaluate import rank_samples
+    from pecrs.samples import make_samples
+
+    dialogue = Dialogue("d", (Turn("seeker", "I loved [ITEM]", ("3",)), Turn("recommender", "Try [ITEM]", ("6",))))
+    sample = [s for s in make_samples([dialogue]) if s.target is not None][0]
+    store = ItemStore(rec.item_list, rec.model.tokenizer, rec.config.model.item_fields, rec.config.model.item_max_tokens)
+    encoded = rec.encoder.encode_all([sample, sample])
+    vectors = store.all_vectors(rec.model)
+    first, second = rank_samples(rec.model, encoded[:1], vectors, 12, 8)[0][:2].tolist()
+    ranked = rank_samples(rec.model, encoded, vectors, 12, 8, exclude=[[first], [second]])
+    assert first not in ranked[0].tolist() and ranked[0][0] == second
+    assert second not in ranked[1].tolist() and ranked[1][0] == first
+
+
 def test_the_same_film_under_two_ids_is_excluded_under_both(run, rec):
     """A catalog listing a film twice (INSPIRED has 11 such pairs): excluding or mentioning one id
     excludes its twin too (pecrs.twins.same_film)."""

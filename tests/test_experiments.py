@@ -340,6 +340,29 @@ def test_a_given_model_is_evaluated_as_trained_not_trained_again(run, root, mini
         run_experiment("fig4", model=str(model), output_dir=out, overrides=["redial:inference.m_inference=8"])
 
 
+def test_the_weights_hash_covers_the_adapter_and_the_heads(tmp_path):
+    """A given model's evaluations are keyed by this hash: other LoRA weights with the same heads,
+    or other heads with the same LoRA, are another model; the same bytes written again are not."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pecrs.experiments.given import weights_hash
+    from pecrs.pretrained import ADAPTER_DIR, HEADS_FILE
+
+    (tmp_path / ADAPTER_DIR).mkdir()
+    adapter, heads = tmp_path / ADAPTER_DIR / "adapter_model.safetensors", tmp_path / HEADS_FILE
+
+    def write(lora: float, head: float) -> str:
+        save_file({"lora_A": torch.full((2, 2), lora)}, adapter)
+        save_file({"f.weight": torch.full((2, 2), head)}, heads)
+        return weights_hash(tmp_path)
+
+    first = write(1.0, 1.0)
+    assert write(1.0, 1.0) == first
+    assert write(2.0, 1.0) != first
+    assert write(1.0, 2.0) != first
+
+
 def test_a_given_run_that_has_not_finished_training_is_refused_or_labelled_partly_trained(run, root, tmp_path):
     import json
     import shutil

@@ -272,6 +272,8 @@ def test_distinct_n_is_distinct_ngrams_per_text():
 
 def test_distinct_n_details():
     assert distinct_n(["a b c", "x"], 2) == 2 / 2          # short text still counts
+    assert distinct_n(["a b c", ""], 2) == 2 / 2           # so does an empty reply (EOS first)
+    assert distinct_n(["", ""], 1) == 0.0
     assert distinct_n(["A b", "a b"], 2) == 2 / 2          # case-sensitive, whitespace split
     assert distinct_n([["a", "b"], ["a", "b"]], 2) == 1 / 2  # pre-tokenised input
     assert distinct_n(["a-b"], 1, tokenize=lambda s: s.split("-")) == 2.0

@@ -46,7 +46,11 @@ def toy_dialogues(n_items=12, n=24):
 
 @pytest.fixture(scope="module", params=BACKBONES)
 def setup(request):
-    cfg = tiny_config(request.param)
+    return _setup(request.param)
+
+
+def _setup(backbone: str):
+    cfg = tiny_config(backbone)
     model = build_model(cfg, seed=0)
     # Random heads and a random LoRA so no score is trivially constant.
     torch.manual_seed(1)
@@ -147,6 +151,98 @@ def test_training_pass_matches_inference_and_isolates_segments(setup):
     ce = torch.nn.functional.cross_entropy(scores, place, reduction="none")
     expected = (ce * batch.has_target).sum() / 3
     assert torch.allclose(losses["rerank"], expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def sharp(request):
+    """The `setup` model with queries and keys sharpened (x8) so that attention is far from
+    uniform: a token that attends where it must not moves the scores visibly, where the untrained
+    heads' scores (spread ~1e-2) would hide it below a loss-level tolerance."""
+    cfg, model, store, encoder, samples = _setup(request.param)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(k in name for k in ("q_proj.base_layer.weight", "k_proj.base_layer.weight", "c_attn.base_layer.weight")):
+                p.mul_(8)
+    store.cache_base_states(model)
+    return cfg, model, store, encoder, samples
+
+
+def _captured_training_logits(model, batch, vectors, row, negs, place, **options):
+    """The recall and re-rank logits training_losses computes, and its losses."""
+    seen = {}
+    recall, rerank = model.recall_scores, model.rerank_scores
+    model.recall_scores = lambda *a: seen.setdefault("recall", recall(*a))
+    model.rerank_scores = lambda *a: seen.setdefault("rerank", rerank(*a))
+    try:
+        losses = model.training_losses(batch, vectors, row, negs, negs, place=place, **options)
+    finally:
+        del model.recall_scores, model.rerank_scores
+    return seen, losses
+
+
+@torch.no_grad()
+def test_training_scores_are_the_inference_scores(sharp):
+    """The one-pass training layout (§3.6) computes, for each row with a target, the recall logits
+    of Eq. 3 from the state at [REC] and the re-rank logits of Eq. 5 of each candidate seeing only
+    the context, at the position after [REC]: the very scores inference computes with a cached
+    context (compared raw, not through a loss). The positive sits at `place`, the negatives in
+    order around it; the losses are the cross-entropies of those scores (recall's positive in
+    column 0), rerank_temperature dividing the re-rank logits."""
+    cfg, model, store, encoder, samples = sharp
+    rows = [s for s in samples if s.target is not None][:2] + [s for s in samples if s.target is None][:1]
+    batch = _batch(model, encoder, rows)
+    negs = torch.tensor([[1, 2, 5, 8], [0, 4, 6, 9], [3, 7, 10, 11]])
+    negs = torch.where(negs == batch.target.unsqueeze(1), 11 - negs, negs)   # no negative is its row's positive
+    place = torch.tensor([0, 2, 1])                          # first, middle; row 2 has no target
+    vectors, row = batch_item_vectors(model, store, batch.target, negs, batch.context_items, batch.gen_items)
+    seen, losses = _captured_training_logits(model, batch, vectors, row, negs, place)
+    target = batch.target.clamp_min(0)
+    cands = [negs[i].tolist()[:int(place[i])] + [int(target[i])] + negs[i].tolist()[int(place[i]):] for i in range(3)]
+    has = batch.has_target
+    all_vectors = store.all_vectors(model)
+    expected_rerank = _rerank(model, store, batch, torch.tensor(cands))
+    assert torch.allclose(seen["rerank"][has], expected_rerank[has], atol=1e-6, rtol=0)
+    query, _ = model.context_pass(batch.context_ids, batch.context_items, batch.context_len, all_vectors,
+                                  keep_cache=False)
+    keys = all_vectors[torch.cat([target.unsqueeze(1), negs], 1)]
+    expected_recall = model.recall_scores(query, keys)
+    assert torch.allclose(seen["recall"][has], expected_recall[has], atol=1e-5, rtol=0)
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(losses["recall"], (ce(expected_recall, torch.zeros(3, dtype=torch.long), reduction="none")
+                                             * has).sum() / 3, atol=1e-5)
+    assert torch.allclose(losses["rerank"], (ce(expected_rerank, place, reduction="none") * has).sum() / 3, atol=1e-5)
+    _, cooler = _captured_training_logits(model, batch, vectors, row, negs, place, rerank_temperature=0.5)
+    assert torch.allclose(cooler["rerank"], (ce(expected_rerank / 0.5, place, reduction="none") * has).sum() / 3,
+                          atol=1e-5)
+    assert not torch.allclose(cooler["rerank"], losses["rerank"], atol=1e-4)
+
+
+@torch.no_grad()
+def test_recall_query_is_the_state_at_rec(sharp):
+    """Eq. 3's query is f of the LM's output at [REC], the last token of each context: for a
+    padded batch, context_pass gives what a plain causal forward of each context alone gives."""
+    cfg, model, store, encoder, samples = sharp
+    rows = [samples[0], max(samples, key=lambda s: len(s.context))]
+    batch = _batch(model, encoder, rows)
+    assert batch.context_len[0] < batch.context_len[1]       # row 0 is padded
+    vectors = store.all_vectors(model)
+    query, _ = model.context_pass(batch.context_ids, batch.context_items, batch.context_len, vectors, keep_cache=False)
+    for i in range(2):
+        n = int(batch.context_len[i])
+        assert int(batch.context_ids[i, n - 1]) == encoder.rec
+        emb = model.embed(batch.context_ids[i:i + 1, :n], batch.context_items[i:i + 1, :n], vectors)
+        state = model.decoder(inputs_embeds=emb).last_hidden_state[0, -1]
+        assert torch.allclose(query[i], model.f(state), atol=1e-5, rtol=0)
+        before = model.decoder(inputs_embeds=emb[:, :-1]).last_hidden_state[0, -1]
+        assert not torch.allclose(query[i], model.f(before), atol=1e-3)
+
+
+def test_rerank_scores_are_g_of_f(setup):
+    """Eq. 5: candidates' LM states go through the recall head f shared with Eq. 3, then g."""
+    cfg, model, store, encoder, samples = setup
+    h = torch.randn(2, 3, model.f[0].in_features)
+    with torch.no_grad():
+        assert torch.allclose(model.rerank_scores(h), model.g(model.f(h)).squeeze(-1))
 
 
 @torch.no_grad()
