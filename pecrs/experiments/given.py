@@ -56,16 +56,15 @@ def weights_hash(checkpoint: Path) -> str:
 def unfinished_training(checkpoint: Path) -> dict | None:
     """How far the training of a run folder's best/ had got, when its run has not finished (its
     last/ has completed fewer epochs than it is configured for: stopped by train.max_train_minutes,
-    interrupted, or still running); None for a finished run or a checkpoint outside a run folder."""
-    import json
-
+    interrupted, or still running); None for a finished run or a checkpoint outside a run folder
+    (or a run whose last/ cannot be read: nothing says it is unfinished)."""
+    from .json_files import read_json
     from .parts import DONE_FILE
 
     folder = checkpoint.parent
-    meta_file = folder / "last" / "pecrs_config.json"
-    if checkpoint.name != "best" or not meta_file.is_file() or (folder / DONE_FILE).is_file():
+    meta = read_json(folder / "last" / "pecrs_config.json") if checkpoint.name == "best" else None
+    if meta is None or (folder / DONE_FILE).is_file():
         return None
-    meta = json.loads(meta_file.read_text())
     trainer, epochs = meta.get("trainer") or {}, (meta.get("config") or {}).get("train", {}).get("epochs")
     epoch, batch = int(trainer.get("epoch") or 0), int(trainer.get("batch") or 0)
     if epochs is None or (epoch >= int(epochs) and not batch):
