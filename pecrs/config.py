@@ -78,7 +78,8 @@ class TrainConfig(Section):
     fresh_targets_only: bool = False
     epochs: int = 20
     batch_size: int = 2                     # per device
-    grad_accum: int = 1                     # effective batch = batch_size * grad_accum * devices
+    grad_accum: int = 1                     # effective batch = batch_size * grad_accum * devices; an
+    # epoch's last update may have fewer micro-batches (each still weighs 1/grad_accum, as accelerate scales)
     lr: float = 3e-5
     lr_reference_batch: int | None = None   # set: lr is tuned at this batch, scaled by sqrt(batch / it)
     warmup_epochs: float = 1.0

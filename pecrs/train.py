@@ -81,7 +81,7 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     restored on resume; the epoch loop (`_forward_backward` per batch, a deadline, last/ saved);
     dev selection after each epoch (`_select_on_dev` keeps best/). Returns the trainer state
     (epoch, batch, global_step, best dev score and its epoch; stopped_early when cut short).
-    `stop_after_steps`: stop (and save last/) after that many optimiser steps (tests, benchmarks)."""
+    `stop_after_steps`: stop (and save last/) after that many batches, at the end of an update (tests)."""
     t = config.train
     out = Path(output_dir)
     precision = t.mixed_precision
@@ -246,6 +246,10 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             # A compiled step that fails reruns eagerly; the gradients that earlier micro-batches of
             # this update accumulated are put back first (kept only while a compiled step can fail).
             kept = saved_grads(params) if runner.compiled and t.grad_accum > 1 else None
+            # An update is the micro-batches b // grad_accum of this epoch, its last batch closing
+            # one of its own (as the schedule counts them): accelerate, without a dataloader to mark
+            # an epoch's end, would carry the remainder into the next epoch's first update.
+            accelerator.step = t.grad_accum - 1 if b + 1 == len(batches) else b % t.grad_accum
             with accelerator.accumulate(model):
                 try:
                     losses, loss = _forward_backward(runner, store, inputs, config, accelerator, weights)
@@ -278,7 +282,9 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
             if deadline is not None and world > 1:  # every process stops at the same step (else DDP hangs)
                 flag = torch.tensor([float(out_of_time)], device=device)
                 out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-            if out_of_time or (stop_after_steps is not None and steps_done >= stop_after_steps):
+            # A stop waits for the end of an update: gradients half accumulated are not saved.
+            stop = out_of_time or (stop_after_steps is not None and steps_done >= stop_after_steps)
+            if stop and accelerator.sync_gradients:
                 state["stopped_early"] = True
                 if out_of_time and accelerator.is_main_process:
                     record = {"stopped": "max_train_minutes", "epoch": epoch + 1, "batch": b + 1,

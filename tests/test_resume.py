@@ -247,3 +247,31 @@ def test_a_start_that_fails_to_load_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"has no split 'nope'"):
         train(cfg, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml
+
+
+def test_grad_accum_counts_updates_within_each_epoch_and_resumes_exactly(tmp_path):
+    """With train.grad_accum = 2 and 3 batches an epoch, an epoch is 2 updates (the last batch
+    closes its update alone), as the schedule plans: warm-up (1 epoch) ends with epoch 1, the
+    learning rate reaches 0 with the last epoch, and no micro-batch is carried into the next
+    epoch. A stop between the micro-batches of an update waits for the update, so a resumed
+    run ends where an uninterrupted one does."""
+    from pecrs.step import scaled_lr
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.grad_accum, cfg.train.warmup_epochs, cfg.train.dev_split = 2, 1, ""
+    train(cfg, tmp_path / "straight", progress=False)
+    metrics = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["global_step"] for m in metrics] == [2, 4]
+    assert metrics[0]["lr"] == scaled_lr(cfg.train, cfg.train.batch_size * 2) and metrics[1]["lr"] == 0.0
+    trainer = torch.load(tmp_path / "straight" / "last" / "trainer_state.pt", weights_only=True)
+    assert trainer["scheduler"]["last_epoch"] == trainer["state"]["global_step"] == 4
+
+    state = train(cfg, tmp_path / "resumed", progress=False, stop_after_steps=4)   # 4th: epoch 2's first batch
+    assert state.get("stopped_early") and (state["epoch"], state["batch"], state["global_step"]) == (1, 2, 3)
+    train(cfg, tmp_path / "resumed", progress=False)
+    for name in ("heads.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = (load_file(tmp_path / run / "last" / name) for run in ("straight", "resumed"))
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
