@@ -64,6 +64,7 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("train.lr=fast", ["train.lr", "'fast'", "number"]),
     ("train.eval_every_epochs=0", ["train.eval_every_epochs", ">= 1"]),
     ("train.m_train=0", ["train.m_train", ">= 1"]),
+    ("train.label_smoothing=1", ["train.label_smoothing", "< 1"]),
     ("train.share_negatives_batch=1", ["train.share_negatives_batch", "true or false", "1 (int)"]),
     ("train.max_train_minutes=0", ["train.max_train_minutes", "> 0"]),
     ("train.mixed_precision=fp32", ["train.mixed_precision", "'fp32'", "auto, no, fp16, bf16"]),

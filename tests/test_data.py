@@ -194,7 +194,7 @@ def test_bad_dialogues(tmp_path, rows, line, field):
 
 @pytest.mark.parametrize("row, field", [
     ({"title": "No id"}, "id"), ({"id": "3"}, "title"), ({"id": "3", "title": "  "}, "title"),
-    ({"id": "3", "title": "X", "year": "1999"}, "year"),
+    ({"id": "3", "title": "X", "year": "1999"}, "year"), ({"id": "3", "title": "X", "year": True}, "year"),
     ({"id": "3", "title": "X", "actors": "Al Pacino"}, "actors"),
     ({"id": "1", "title": "Duplicate"}, "id"), ({"id": True, "title": "X"}, "id"),
     ({"id": " 3", "title": "Spaced id"}, "id"), ({"id": "3\t", "title": "Spaced id"}, "id"),

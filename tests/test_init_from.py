@@ -84,3 +84,17 @@ def test_init_from_a_checkpoint_of_another_backbone_names_the_backbone(first, tm
     assert "checkpoint was trained on a gpt2 backbone" in message and "'tiny-llama' is a llama" in message
     assert "weights" not in message
     assert not (tmp_path / "tuned").exists()          # a refused start leaves no run folder behind
+
+
+def test_a_checkpoint_with_another_vocabulary_is_refused_by_name(first):
+    """Same architecture and hidden size, another tokenizer (added tokens): the embedding rows of
+    the checkpoint cannot be the model's, and the message says which sizes differ."""
+    from pecrs.pretrained import build_model, check_architecture
+
+    run, cfg = first
+    model = build_model(cfg, seed=0)
+    meta = read_meta(run / "best")
+    check_architecture(model, meta, "ck")                        # its own checkpoint fits
+    with pytest.raises(ValueError, match=rf"^ck: .*vocabulary {len(model.tokenizer) + 1}\) but .*vocabulary "
+                                         rf"{len(model.tokenizer)}\)"):
+        check_architecture(model, {**meta, "vocab_size": len(model.tokenizer) + 1}, "ck")

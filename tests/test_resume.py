@@ -275,3 +275,35 @@ def test_grad_accum_counts_updates_within_each_epoch_and_resumes_exactly(tmp_pat
         a, b = (load_file(tmp_path / run / "last" / name) for run in ("straight", "resumed"))
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
+
+
+def test_each_epoch_reshuffles_the_training_order(tmp_path, monkeypatch):
+    import pecrs.train as train_module
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.dev_split = ""
+    seen, real_collate = [], train_module.collate
+    monkeypatch.setattr(train_module, "collate", lambda encoded, *a: seen.append(
+        tuple((tuple(e.context_ids), e.target) for e in encoded)) or real_collate(encoded, *a))
+    train(cfg, tmp_path / "run", progress=False)
+    assert len(seen) == 6                                   # 2 epochs of 3 batches
+    assert seen[:3] != seen[3:] and sorted(sum(map(list, seen[:3]), [])) == sorted(sum(map(list, seen[3:]), []))
+
+
+def test_max_train_minutes_is_minutes(tmp_path, monkeypatch):
+    """train.max_train_minutes = 1 on a clock that moves 10 s at every reading: the run stops
+    within its first epoch (a deadline counted in other units would let it finish)."""
+    from types import SimpleNamespace
+
+    import pecrs.train as train_module
+
+    clock = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    cfg.train.max_train_minutes, cfg.train.dev_split = 1, ""
+    state = train(cfg, tmp_path / "run", progress=False)
+    assert state.get("stopped_early") and state["epoch"] == 0

@@ -126,6 +126,44 @@ def test_plan_step_negatives():
                                                    "gen_items", "gen_len", "gen_labels")], torch.full((B,), -1))
     assert plan_step(no_target, n_items, t, torch.Generator()).rerank_negatives.shape == (B, 0)
     assert plan_step(no_target, n_items, t, torch.Generator(), candidates=True).rerank_negatives.shape == (B, 4)
+    # the ablation w/o negative sharing across the batch: each row its own pool, still no positive
+    t.recall_pool, t.share_negatives_batch = 10, False
+    s = plan_step(batch, n_items, t, torch.Generator().manual_seed(0))
+    assert s.recall_negatives.shape == (B, 10) and len({tuple(r) for r in s.recall_negatives.tolist()}) > 1
+    assert not set(s.recall_negatives.flatten().tolist()) & {3, 7, 11}
+
+
+def test_fixed_item_slots_hold_targets_outside_the_context():
+    """Static shapes fix the item rows of a step (`item_slots`): a batch whose targets are not
+    mentioned in its contexts touches context items, targets and negatives, and must fit."""
+    from pecrs.tokens import EncodedSample
+
+    t = RunConfig().train
+    t.m_train = 4
+    encoded = [EncodedSample([5, 6, 1], [-1, 2 * i, -1], [7], [8], 2 * i + 1) for i in range(4)]   # 8 items
+    slots = item_slots(encoded, 4, t, 100)
+    inputs = plan_step(collate(encoded, 0, 1), 100, t, torch.Generator().manual_seed(0), candidates=True, slots=slots)
+    assert len(inputs.vector_items) == slots
+
+
+def test_total_loss_weights_each_loss_by_its_own_coefficient():
+    """Eq. 8: α·recall + β·rerank + γ·generation."""
+    cfg = RunConfig()
+    t = cfg.train
+    t.alpha, t.beta, t.gamma = 0.15, 0.85, 1.0
+    losses = {"recall": torch.tensor(1.0), "rerank": torch.tensor(10.0), "gen": torch.tensor(100.0)}
+    assert math.isclose(float(total_loss(losses, cfg)), 0.15 + 8.5 + 100.0, rel_tol=1e-6)
+
+
+def test_auto_step_mode_captures_graphs_only_on_a_gpu_with_static_shapes():
+    from pecrs.step import resolve_step_mode
+
+    assert resolve_step_mode("auto", torch.device("cuda"), True) == "cudagraphs"
+    assert resolve_step_mode("auto", torch.device("cuda"), False) == "eager"   # every new shape a capture
+    assert resolve_step_mode("auto", torch.device("cpu"), True) == "eager"
+    assert resolve_step_mode("compile", torch.device("cpu"), False) == "compile"
+    with pytest.raises(ValueError, match="step_mode"):
+        resolve_step_mode("fast", torch.device("cpu"), True)
 
 
 def test_scaled_lr_square_root_rule():
@@ -189,15 +227,31 @@ def test_config_mistakes_of_the_step_settings_are_caught_before_loading(tmp_path
 
     with pytest.raises(ConfigError, match="recall_pool"):
         RunConfig.load("tiny", ["train.m_train=24", "train.recall_pool=10"])
+    with pytest.raises(ConfigError, match="recall_pool"):      # the bound: at least M_train
+        RunConfig.load("tiny", ["train.m_train=24", "train.recall_pool=23"])
+    assert RunConfig.load("tiny", ["train.m_train=24", "train.recall_pool=24"]).train.recall_pool == 24
     cfg = RunConfig.load("tiny", ["train.frozen_dtype=bfloat16", "train.mixed_precision='no'"])
     with pytest.raises(ValueError, match="needs bfloat16 autocast"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last").exists()
 
 
-def test_fallback_mid_update_keeps_the_earlier_micro_batches(tmp_path):
-    """grad_accum=2 and a compiled step that fails on the update's second micro-batch: the eager
-    rerun adds to the first micro-batch's gradients, so the run trains as an eager run does."""
+class _FailingBackward(torch.autograd.Function):
+    """Identity whose backward fails: a compiled step's backward that breaks midway."""
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("graph replay failed")
+
+
+@pytest.mark.parametrize("fails_in", ["forward", "backward"])
+def test_fallback_mid_update_keeps_the_earlier_micro_batches(tmp_path, fails_in):
+    """grad_accum=2 and a compiled step that fails on the update's second micro-batch, in its
+    forward or in its backward (after part of its gradients were added): the eager rerun adds to
+    the first micro-batch's gradients alone, so the run trains as an eager run does."""
     import json
 
     from torch._dynamo import register_backend
@@ -207,13 +261,17 @@ def test_fallback_mid_update_keeps_the_earlier_micro_batches(tmp_path):
     from pecrs.train import train
 
     calls = {"n": 0}
+    backend = f"pecrs_test_fails_in_{fails_in}_on_second_call"
 
-    @register_backend(name="pecrs_test_fails_on_second_call")
+    @register_backend(name=backend)
     def fails_on_second_call(gm, example_inputs):
         def run(*args):
             calls["n"] += 1
-            if calls["n"] == 2:
+            if calls["n"] == 2 and fails_in == "forward":
                 raise RuntimeError("graph replay failed")
+            if calls["n"] == 2:   # the first trainable leaf's gradient fails; others are added first
+                first = next(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad)
+                args = (*args[:first], _FailingBackward.apply(args[first]), *args[first + 1:])
             return gm.forward(*args)
         return run
 
@@ -224,7 +282,7 @@ def test_fallback_mid_update_keeps_the_earlier_micro_batches(tmp_path):
         t = cfg.train
         t.epochs, t.batch_size, t.grad_accum, t.checkpoint_every, t.dev_split = 1, 2, 2, 0, ""
         t.warmup_epochs = 0
-        t.max_train_samples, t.step_mode, t.compile_backend = 8, mode, "pecrs_test_fails_on_second_call"
+        t.max_train_samples, t.step_mode, t.compile_backend = 8, mode, backend
         cfg.model.lora_dropout = 0.0
         train(cfg, tmp_path / mode, progress=False)
         last = tmp_path / mode / "last"

@@ -170,3 +170,24 @@ def test_a_saved_models_own_catalog_given_as_catalog_uses_its_vectors(saved, tmp
     edited.write_text("\n".join(lines) + "\n")
     other = Recommender.from_pretrained(folder, catalog=edited, device="cpu", cache_dir=False)
     assert encoded == [1] and not other.report.vectors_with_model
+
+
+def test_the_cache_key_changes_with_the_checkpoint_weights_and_the_base(tmp_path):
+    """A disk cache of catalog vectors is reused only by the same model: other adapter weights,
+    other heads or another base under the same config are another key, the same bytes the same key."""
+    from pecrs.config import RunConfig
+    from pecrs.pretrained import ADAPTER_DIR, HEADS_FILE
+    from pecrs.vector_cache import catalog_cache_key
+
+    (tmp_path / ADAPTER_DIR).mkdir()
+    adapter, heads = tmp_path / ADAPTER_DIR / "adapter_model.safetensors", tmp_path / HEADS_FILE
+    items, model = toy_items(), RunConfig().model
+
+    def key(lora: bytes, head: bytes, base: str = "fp-a") -> str:
+        adapter.write_bytes(lora)
+        heads.write_bytes(head)
+        return catalog_cache_key(tmp_path, items, model, backbone=base)
+
+    first = key(b"lora", b"heads")
+    assert key(b"lora", b"heads") == first
+    assert len({first, key(b"LORA", b"heads"), key(b"lora", b"HEADS"), key(b"lora", b"heads", "fp-b")}) == 4
