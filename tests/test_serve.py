@@ -145,39 +145,34 @@ def test_concurrent_requests_are_safe(client, rec):
     assert all(r == (reply if i % 2 else expected) for i, r in enumerate(results))
 
 
+class Replaced:
+    """The recommender `rec` with some of its methods replaced (`methods`: name -> function)."""
+    def __init__(self, rec, **methods):
+        self._rec, self._methods = rec, methods
+
+    def __getattr__(self, name):
+        return self._methods.get(name) or getattr(self._rec, name)
+
+    def __len__(self):
+        return len(self._rec)
+
+
 def test_a_reply_naming_an_item_twice_lists_it_once(rec):
     """docs/serving.md: `items` lists each item the reply names once; the turn has one id per [ITEM]
     (what the next request sends back)."""
     film = rec.item_list[0]
-
-    class Repeating:
-        def __getattr__(self, name):
-            return getattr(rec, name)
-
-        def __len__(self):
-            return len(rec)
-
-        def respond(self, *a, **k):
-            return rec._fill("[ITEM] is great, and [ITEM] again", [film])
-
-    with TestClient(create_app(Repeating())) as c:
+    repeating = Replaced(rec, respond=lambda *a, **k: rec._fill("[ITEM] is great, and [ITEM] again", [film]))
+    with TestClient(create_app(repeating)) as c:
         data = c.post("/respond", json={"turns": [SEEKER]}).json()
     assert data["turn"]["items"] == [film.id, film.id]
     assert [i["id"] for i in data["items"]] == [film.id]
 
 
 def test_internal_errors_keep_the_server_up(rec):
-    class Broken:
-        def __getattr__(self, name):
-            return getattr(rec, name)
+    def broken(*a, **k):
+        raise RuntimeError("boom")
 
-        def __len__(self):
-            return len(rec)
-
-        def recommend(self, *a, **k):
-            raise RuntimeError("boom")
-
-    with TestClient(create_app(Broken()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Replaced(rec, recommend=broken)), raise_server_exceptions=False) as c:
         r = c.post("/recommend", json={"turns": [SEEKER]})
         assert r.status_code == 500 and "boom" in r.json()["detail"]
         assert c.get("/health").status_code == 200
