@@ -57,6 +57,26 @@ def test_end_of_input_and_bad_lines(rec):
     assert lines[-1] == "bye"
 
 
+def test_a_refused_line_leaves_the_conversation_as_it_was(rec):
+    """A line the model refuses (a lone surrogate, not UTF-8) is not kept: the next line is
+    answered as if it had not been typed, and /top with no number lists 5."""
+    lines = _chat(rec, "bad \udcff text\nI want a horror movie\n/top\n", seed=0)
+    assert sum(line.startswith("(not sent:") for line in lines) == 1
+    assert sum(line.startswith("recommender> ") for line in lines) == 1
+    assert [line[:4].strip() for line in lines if line[:4].strip().rstrip(".").isdigit()] == ["1.", "2.", "3.", "4.", "5."]
+
+
+def test_upper_bounds_of_ports_and_seeds_are_allowed():
+    import argparse
+
+    from pecrs.cli.common import port_int, seed_int
+
+    assert port_int("65535") == 65535 and seed_int(str(2**32 - 1)) == 2**32 - 1
+    for parse, value in ((port_int, "65536"), (seed_int, str(2**32))):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(value)
+
+
 def test_describe():
     from pecrs.data import Item
 

@@ -389,3 +389,14 @@ def test_jsonl_write_then_load(ds):
             {"id": d.id, "turns": [{"role": t.role, "text": t.text, "items": list(t.items)}
                                    for t in d.turns]} for d in ds])
         assert load_dataset(folder).splits["dev"] == ds
+
+
+def test_a_redial_folder_with_the_full_release_and_the_subset_trains_on_the_full(tmp_path):
+    from pecrs.loaders.redial import redial_split_files
+
+    for name in ("train_data.jsonl", "train_subset_data.jsonl", "test_data.jsonl"):
+        (tmp_path / name).write_text("")
+    files = redial_split_files(tmp_path)
+    assert files["train"].name == "train_data.jsonl" and files["test"].name == "test_data.jsonl"
+    (tmp_path / "train_data.jsonl").unlink()
+    assert redial_split_files(tmp_path)["train"].name == "train_subset_data.jsonl"

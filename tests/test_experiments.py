@@ -579,3 +579,58 @@ def test_a_table_row_of_the_wrong_width_is_refused():
     assert md_table(["a", "b"], [[1, 2]]).splitlines()[-1] == "| 1 | 2 |"
     with pytest.raises(ValueError, match="1 cells under 2 headers"):
         md_table(["a", "b"], [[1]])
+
+
+def test_experiment_rankings_exclude_what_the_conversation_mentions(monkeypatch):
+    """Figures 3-4 and Tables 9-10 rank through `measures.rankings_at`: with
+    inference.exclude_mentioned (in their parts' keys) the items a context mentions are excluded,
+    as `pecrs evaluate` excludes them; without it nothing is."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import pecrs.experiments.measures as measures
+    from pecrs.config import RunConfig
+    from pecrs.data import Dialogue, Item, Turn
+    from pecrs.samples import make_samples
+
+    items = [Item("a", "Heat", 1995), Item("b", "Up", 2009), Item("c", "Emma", 2020)]
+    dialogue = Dialogue("d", (Turn("seeker", "I loved [ITEM]", ("a",)), Turn("recommender", "Try [ITEM]", ("b",))))
+    monkeypatch.setattr(measures, "test_samples", lambda setup, config: make_samples([dialogue]))
+    seen = []
+    monkeypatch.setattr(measures, "rank_samples_at", lambda *a, exclude=None, **k: seen.append(exclude) or {
+        10: np.zeros((1, 1), dtype=np.int64)})
+    setup = SimpleNamespace(model=SimpleNamespace(eval=lambda: None), store=SimpleNamespace(
+        items=items, all_vectors=lambda model: None), encoder=SimpleNamespace(
+        encode_all=lambda samples: [SimpleNamespace(target=1) for _ in samples]))
+    config = RunConfig()
+    for exclude, expected in ((True, [[0]]), (False, None)):
+        config.inference.exclude_mentioned = exclude
+        measures.rankings_at(setup, config, [10])
+        assert seen[-1] == expected
+
+
+def test_fig4_bins_by_hand():
+    """R@k of each bin of turns before the response: the share of its samples ranked within the
+    first k (rank 0-based, -1 missing); an empty bin has no figure."""
+    import numpy as np
+
+    from pecrs.experiments.analysis import by_turns
+
+    bins = {b["turns"]: b for b in by_turns(np.array([1, 6, 7, 7, 25]), np.array([0, 1, 9, 10, -1]))}
+    assert bins["1"]["n"] == 1 and bins["1"]["recall@1"] == 1.0
+    assert bins["6-7"]["n"] == 3 and bins["6-7"]["recall@1"] == 0.0
+    assert bins["6-7"]["recall@10"] == pytest.approx(2 / 3) and bins["6-7"]["recall@50"] == 1.0
+    assert bins["20+"]["n"] == 1 and bins["20+"]["recall@50"] == 0.0
+    assert bins["2"]["n"] == 0 and bins["2"]["recall@1"] is None
+
+
+def test_table7_hit_is_the_whole_title_as_words():
+    """A zero-shot reply hits when it names the title as whole words: short titles inside other
+    words are no hit (they would inflate the LMs' recall beside the paper's)."""
+    from pecrs.experiments.zeroshot import mentions
+
+    assert mentions("You should watch Up, it's great", "Up")
+    assert not mentions("Sorry, I'd be upset", "Up")
+    assert not mentions("Try Heathers tonight", "Heat")
+    assert mentions("Try Heat tonight", "Heat")

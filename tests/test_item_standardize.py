@@ -87,3 +87,17 @@ def test_training_fits_the_statistics_keeps_them_on_resume_and_in_the_checkpoint
     assert not any("pooled_" in k for k in plain.state_dict())
     with pytest.raises(ValueError, match="heads.safetensors.*unexpected.*pooled_mean"):
         load_weights(plain, tmp_path / "run" / "best")
+
+
+def test_without_pooling_an_item_is_its_last_real_token_and_sigma_has_a_floor():
+    """Table 5's "w/o item pooling": the LM state of each item's last real token (padding after
+    it read by nobody). Standardization floors sigma at 1e-3 of the largest, so a dimension that
+    is constant over the catalog is not blown up."""
+    states = torch.arange(40, dtype=torch.float32).reshape(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    encoder = ItemEncoder(4, 5, pooling=False, head=False)
+    assert torch.equal(encoder(states, mask), torch.stack([states[0, 2], states[1, 4]]))
+
+    standardizing = ItemEncoder(3, 5, standardize=True)
+    standardizing.fit_standardization(torch.tensor([[1.0, 5.0, 0.0], [3.0, 5.0, 10.0], [5.0, 5.0, 20.0]]))
+    assert torch.allclose(standardizing.pooled_scale, torch.tensor([2.0, 1e-3 * 10.0, 10.0]))

@@ -83,6 +83,16 @@ def test_angular_distance_hand_values():
     assert torch.allclose(angular_distance(a, b), expected, atol=1e-5)
 
 
+def test_angular_distance_of_a_vector_to_itself_is_finite_with_its_gradient():
+    """cos(a, 3a) rounds to slightly above 1 in float32: the distance is clamped, so neither it
+    nor its gradient is NaN (a positive that is its own query must not poison a step)."""
+    a = torch.randn(64, 16, requires_grad=True)
+    d = angular_distance(a, 3 * a.detach())
+    assert torch.isfinite(d).all() and d.max() < 1e-3
+    d.sum().backward()
+    assert torch.isfinite(a.grad).all()
+
+
 def test_negatives_never_a_batch_positive():
     g = torch.Generator().manual_seed(0)
     positives = torch.tensor([3, 7, 7, 11])

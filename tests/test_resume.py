@@ -307,3 +307,25 @@ def test_max_train_minutes_is_minutes(tmp_path, monkeypatch):
     cfg.train.max_train_minutes, cfg.train.dev_split = 1, ""
     state = train(cfg, tmp_path / "run", progress=False)
     assert state.get("stopped_early") and state["epoch"] == 0
+
+
+def test_every_setting_that_picks_the_training_samples_is_checked_on_resume(tmp_path):
+    """Each of DATA_KEYS changes which samples a run trains or is selected on: resuming with any
+    one of them changed is refused by name (else the run would go on over other samples)."""
+    import pytest
+
+    from pecrs.run_dataset import DATA_KEYS, check_same_data
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    train(tiny_config(data), tmp_path / "run", progress=False, stop_after_steps=1)
+    other = {"train_split": "dev", "dev_split": "test", "max_train_samples": 8, "max_eval_samples": 4,
+             "targets_only": True, "fresh_targets_only": True, "redial_mentions": "all"}
+    assert set(other) == set(DATA_KEYS)
+    check_same_data(tiny_config(data), tmp_path / "run" / "last", "resuming")       # unchanged: resumes
+    for key, value in other.items():
+        changed = tiny_config(data)
+        setattr(changed.train, key, value)
+        before = getattr(tiny_config(data).train, key)
+        with pytest.raises(ValueError, match=rf"train\.{key} is {before!r} there, {value!r} here"):
+            check_same_data(changed, tmp_path / "run" / "last", "resuming")
