@@ -525,3 +525,42 @@ def test_from_backbone_wraps_an_lm_built_in_memory():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable)
     assert not any(n.endswith("wte.weight") or "c_attn.base_layer" in n for n in trainable)   # frozen base
+
+
+def test_the_conversion_cache_is_keyed_by_the_files_size(tmp_path):
+    """A re-quantized or updated GGUF under the same name is converted again, not read from the
+    float32 conversion of the old file."""
+    from pecrs.backbone.gguf import _conversion_key
+
+    small, large = tmp_path / "a" / "M.gguf", tmp_path / "b" / "M.gguf"
+    for path, size in ((small, 10), (large, 12)):
+        path.parent.mkdir()
+        path.write_bytes(b"x" * size)
+    assert _conversion_key(small) != _conversion_key(large)
+    assert _conversion_key(small) == _conversion_key(small)
+
+
+def test_row_trainable_tokens_equal_peft_on_a_scaled_embedding():
+    """Gemma scales its input embeddings (embed_scale = sqrt(d)); the tiny GPT-2 and Llama models
+    do not. The row-only layer gives peft's own output there too, special rows included."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    model = bb.apply_lora(Gemma3ForCausalLM(config), [60, 61])
+    layer = next(m for m in model.modules() if type(m).__name__ == "RowTrainableTokensLayer"
+                 and isinstance(m.base_layer, torch.nn.Embedding))
+    assert layer._get_embed_scale() is not None
+    with torch.no_grad():
+        layer.trainable_tokens_delta["default"].normal_()
+        ids = torch.tensor([[1, 60, 5, 61, 63]])
+        ours = layer(ids)
+        layer.__class__ = TrainableTokensLayer
+        try:
+            theirs = layer(ids)
+        finally:
+            layer.__class__ = bb.lora._row_trainable_tokens_class()
+    assert torch.allclose(ours, theirs, atol=1e-6)

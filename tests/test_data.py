@@ -400,3 +400,16 @@ def test_a_redial_folder_with_the_full_release_and_the_subset_trains_on_the_full
     assert files["train"].name == "train_data.jsonl" and files["test"].name == "test_data.jsonl"
     (tmp_path / "train_data.jsonl").unlink()
     assert redial_split_files(tmp_path)["train"].name == "train_subset_data.jsonl"
+
+
+def test_an_inspired_key_shared_by_two_ids_resolves_to_the_first_and_is_counted(tmp_path):
+    from collections import Counter
+
+    from pecrs.loaders.inspired_tsv import _tsv_key_index, _tsv_lookup
+
+    items = {"a": Item("a", "Emma", 2020), "b": Item("b", "Emma", 2020), "c": Item("c", "Heat", 1995)}
+    index, ambiguous = _tsv_key_index(tmp_path, items)
+    repaired = Counter()
+    assert _tsv_lookup("Emma (2020)", index, ambiguous, repaired) == "a"
+    assert _tsv_lookup("Heat (1995)", index, ambiguous, repaired) == "c"
+    assert repaired == {"inspired-tsv: key shared by several ids, first id used": 1}

@@ -634,3 +634,32 @@ def test_table7_hit_is_the_whole_title_as_words():
     assert not mentions("Sorry, I'd be upset", "Up")
     assert not mentions("Try Heathers tonight", "Heat")
     assert mentions("Try Heat tonight", "Heat")
+
+
+def test_the_dataset_fingerprint_sees_a_file_edited_in_the_same_process(tmp_path):
+    """Resume checks and experiment keys read the fingerprint through a cache: a long-lived process
+    (a notebook, a runner) must still see an edit made after its first look."""
+    from pecrs.experiments.keys import dataset_fingerprint
+    from pecrs.testing import write_dataset
+
+    write_dataset(tmp_path / "d")
+    first = dataset_fingerprint(str(tmp_path / "d"))["sha1"]
+    dev = tmp_path / "d" / "dev.jsonl"
+    dev.write_text(dev.read_text().splitlines()[0] + "\n")
+    assert dataset_fingerprint(str(tmp_path / "d"))["sha1"] != first
+
+
+def test_a_row_not_measured_reads_not_run_never_n_a(tmp_path):
+    """results.md's rule: a number that was not measured is never shown, its cell reads "not run"
+    ("n/a" is kept for a figure that is undefined, e.g. R@k over no sample)."""
+    from pecrs.config import RunConfig
+    from pecrs.experiments.markdown import NOT_RUN
+    from pecrs.experiments.parts import Context
+    from pecrs.experiments.tables import NAIVE_LABEL, report_main
+
+    config = RunConfig()
+    config.train.dataset = str(tmp_path / "inspired")
+    markdown = report_main(Context("main", tmp_path, {"inspired": config}), {}, {}).markdown
+    naive = next(line for line in markdown.splitlines() if NAIVE_LABEL in line)
+    cells = [c.strip() for c in naive.strip("|").split("|")]
+    assert cells.count(NOT_RUN) == 5 and "n/a" not in cells
