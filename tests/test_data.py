@@ -252,6 +252,17 @@ def redial_folder(tmp_path, convs, sources=None):
     return tmp_path
 
 
+def test_a_redial_mention_outside_the_catalog_is_written_as_its_title(tmp_path):
+    """MESE's rule: a movie the catalog lacks is written as its name from movieMentions, without
+    the year (as the catalog's titles are written), and counted."""
+    conv = redial_conv([(1, "I like @99"), (2, "see @20")],
+                       movieMentions={"20": "Up (2009)", "99": "Foo (1999)"})
+    bundle = load_dataset(redial_folder(tmp_path, [conv]))
+    (d,) = bundle.splits["test"]
+    assert d.turns[0] == Turn(SEEKER, "I like Foo")
+    assert bundle.skipped == {"redial: mention not in catalog": 1}
+
+
 def test_redial_rules(tmp_path):
     conv = redial_conv([(1, "hi, I like @10"), (1, "and @30"), (2, "see @20 or @20"),
                         (2, "or @30 or @99"), (1, "thanks")])

@@ -663,3 +663,25 @@ def test_a_row_not_measured_reads_not_run_never_n_a(tmp_path):
     naive = next(line for line in markdown.splitlines() if NAIVE_LABEL in line)
     cells = [c.strip() for c in naive.strip("|").split("|")]
     assert cells.count(NOT_RUN) == 5 and "n/a" not in cells
+
+
+def test_table7_scores_hits_unique_films_and_the_honest_variant():
+    """Three hits on two films out of four targets: R@k = 3/4, Unique 2; the target its dialogue
+    mentioned before leaves the honest (dedup) count."""
+    from pecrs.data import Dialogue, Item, Turn
+    from pecrs.experiments.zeroshot import score_hits
+    from pecrs.samples import make_samples
+
+    items = {"a": Item("a", "Heat", 1995), "b": Item("b", "Up", 2009), "c": Item("c", "Emma", 2020)}
+    dialogues = [
+        Dialogue("d1", (Turn("seeker", "I liked [ITEM]", ("a",)), Turn("recommender", "Try [ITEM]", ("b",)))),
+        Dialogue("d2", (Turn("seeker", "hi"), Turn("recommender", "Try [ITEM] or [ITEM]", ("a", "c")))),
+        Dialogue("d3", (Turn("seeker", "I loved [ITEM]", ("a",)), Turn("recommender", "[ITEM] again", ("a",))))]
+    groups = {}
+    for s in make_samples(dialogues):
+        groups.setdefault((s.dialogue_id, s.turn_index), []).append(s)
+    scored = score_hits(list(groups.values()), ["You should see Up", "Heat is great", "Heat, surely"], items)
+    assert (scored["n_rec_samples"], scored["hits"], scored["unique"]) == (4, 3, 2)
+    assert scored["recall@1"] == scored["recall@50"] == 0.75
+    assert (scored["n_dedup_samples"], scored["dedup_hits"]) == (3, 2)
+    assert [h["target"] for h in scored["hit_samples"]] == ["Up", "Heat", "Heat"]

@@ -156,39 +156,46 @@ def zero_shot(model_name: str, config: RunConfig, progress: bool = False) -> dic
             if progress:
                 print(f"  generated {min(start + bs, len(order))}/{len(order)}", flush=True)
 
-    hits, rec_n, hit_items, examples = 0, 0, set(), []
-    dedup_n, dedup_hits, hit_list = 0, 0, []
-    refs = []
-    for group, resp in zip(groups, responses):
-        refs.append(fill(group[0].response.text, group[0].response.items, bundle.items))
+    refs = [fill(group[0].response.text, group[0].response.items, bundle.items) for group in groups]
+    examples = []
+    for group, resp, ref, k in list(zip(groups, responses, refs, kept))[:5]:
+        examples.append({"dialogue_id": group[0].dialogue_id, "turn_index": group[0].turn_index,
+                         "context_turns_kept": k, "reference": ref, "generated": resp,
+                         "targets": [bundle.items[s.target].display() for s in group
+                                     if s.target is not None and s.target in bundle.items]})
+    rouge = metrics.rouge_1_2(responses, refs) if responses else {"rouge1": None, "rouge2": None}
+    rouge.update(rouge_as_the_paper_scored_llms(groups, responses, refs))
+    return {"model": model_name, "chat_template": templated, "dtype": "bfloat16" if cuda else "float32",
+            "decoding": "greedy", "max_new_tokens": max_new, "prompt_max_tokens": budget, "system_prompt": SYSTEM,
+            "n_turns": len(groups), **score_hits(groups, responses, bundle.items), **rouge,
+            "seconds": round(time.perf_counter() - started, 2), "examples": examples}
+
+
+def score_hits(groups: list[list], responses: list[str], items: dict) -> dict:
+    """Table 7's recommendation figures of the replies: a sample with a target is a hit when its
+    turn's reply names the target's title as whole words (`mentions`); R@1 = R@10 = R@50 is the
+    hit rate (a reply is one ranked list of the films it names); Unique counts the distinct films
+    hit. The honest variant (as dedup recall) counts only targets not mentioned earlier in the
+    dialogue. groups: the samples of each turn, row for row with `responses`."""
+    rec_n = hits = dedup_n = dedup_hits = 0
+    hit_items, hit_list = set(), []
+    for group, resp in zip(groups, responses, strict=True):
         for s in group:
             if s.target is None:
                 continue
             rec_n += 1
             dedup_n += not s.target_seen_before
-            title = bundle.items[s.target].title if s.target in bundle.items else s.target
+            title = items[s.target].title if s.target in items else s.target
             if mentions(resp, title):
                 hits += 1
                 dedup_hits += not s.target_seen_before
                 hit_items.add(s.target)
                 hit_list.append({"dialogue_id": s.dialogue_id, "turn_index": s.turn_index, "target": title,
                                  "mentioned_earlier": s.target_seen_before})
-    for group, resp, ref, k in list(zip(groups, responses, refs, kept))[:5]:
-        examples.append({"dialogue_id": group[0].dialogue_id, "turn_index": group[0].turn_index,
-                         "context_turns_kept": k, "reference": ref, "generated": resp,
-                         "targets": [bundle.items[s.target].display() for s in group
-                                     if s.target is not None and s.target in bundle.items]})
     rate = hits / rec_n if rec_n else None
-    rouge = metrics.rouge_1_2(responses, refs) if responses else {"rouge1": None, "rouge2": None}
-    rouge.update(rouge_as_the_paper_scored_llms(groups, responses, refs))
-    return {"model": model_name, "chat_template": templated, "dtype": "bfloat16" if cuda else "float32",
-            "decoding": "greedy", "max_new_tokens": max_new, "prompt_max_tokens": budget, "system_prompt": SYSTEM,
-            "n_turns": len(groups), "n_rec_samples": rec_n, "hits": hits,
-            "recall@1": rate, "recall@10": rate, "recall@50": rate, "unique": len(hit_items), **rouge,
-            # the honest variant: targets not already mentioned in the dialogue (as dedup recall)
-            "n_dedup_samples": dedup_n, "dedup_hits": dedup_hits,
-            "dedup_recall@1": dedup_hits / dedup_n if dedup_n else None, "hit_samples": hit_list,
-            "seconds": round(time.perf_counter() - started, 2), "examples": examples}
+    return {"n_rec_samples": rec_n, "hits": hits, "recall@1": rate, "recall@10": rate, "recall@50": rate,
+            "unique": len(hit_items), "n_dedup_samples": dedup_n, "dedup_hits": dedup_hits,
+            "dedup_recall@1": dedup_hits / dedup_n if dedup_n else None, "hit_samples": hit_list}
 
 
 def rouge_as_the_paper_scored_llms(groups: list[list], responses: list[str], refs: list[str]) -> dict:
