@@ -80,6 +80,19 @@ def tiny_config(dataset) -> RunConfig:
     return cfg
 
 
+def sharpen_attention(model, factor: float = 8.0):
+    """Scale the frozen query and key weights (Llama's q/k projections, GPT-2's fused c_attn) in
+    place: random tiny models attend almost uniformly at init, which hides a token attending where
+    it must not (padding, another candidate) below any tolerance. Returns the model."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.base_layer.weight", "k_proj.base_layer.weight", "c_attn.base_layer.weight")):
+                p.mul_(factor)
+    return model
+
+
 def step_setup(backbone: str, m_train: int = 6, **train):
     """(cfg, model, store, encoder, encoded) for one training step on ITEMS and varied_dialogues(12):
     no LoRA dropout, queries and keys sharpened (random tiny models attend almost uniformly at init,
@@ -96,11 +109,7 @@ def step_setup(backbone: str, m_train: int = 6, **train):
     cfg.model.lora_dropout = 0.0
     for k, v in train.items():
         setattr(cfg.train, k, v)
-    model = build_model(cfg, seed=0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(k in name for k in ("q_proj.base_layer.weight", "k_proj.base_layer.weight", "c_attn.base_layer.weight")):
-                p.mul_(8)
+    model = sharpen_attention(build_model(cfg, seed=0))
     store = ItemStore(ITEMS, model.tokenizer, cfg.model.item_fields, 16).cache_base_states(model)
     encoder = DialogueEncoder(model.tokenizer, store.index, 96, 12)
     # Dialogues of varied length, some rows with a target and some without.

@@ -11,6 +11,7 @@ from pecrs.data import Dialogue, Item, Turn
 from pecrs.heads import angular_distance
 from pecrs.pretrained import build_model, load_pretrained, save_pretrained
 from pecrs.samples import make_samples
+from pecrs.testing import sharpen_attention
 from pecrs.tokens import DialogueEncoder, collate
 
 BACKBONES = ["tiny-gpt2", "tiny-llama"]
@@ -169,11 +170,7 @@ def sharp(request):
     uniform: a token that attends where it must not moves the scores visibly, where the untrained
     heads' scores (spread ~1e-2) would hide it below a loss-level tolerance."""
     cfg, model, store, encoder, samples = _setup(request.param)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(k in name for k in ("q_proj.base_layer.weight", "k_proj.base_layer.weight", "c_attn.base_layer.weight")):
-                p.mul_(8)
-    store.cache_base_states(model)
+    store.cache_base_states(sharpen_attention(model))
     return cfg, model, store, encoder, samples
 
 
@@ -500,12 +497,7 @@ def test_rerank_candidates_never_see_context_padding(backbone):
     candidates exactly as alone. Queries and keys are sharpened so that attention is far from
     uniform: a candidate that attended to pad positions would change its score visibly."""
     cfg = tiny_config(backbone)
-    model = build_model(cfg, seed=0).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(k in name for k in ("q_proj.base_layer.weight", "k_proj.base_layer.weight",
-                                       "c_attn.base_layer.weight")):
-                p.mul_(8)
+    model = sharpen_attention(build_model(cfg, seed=0).eval())
     store = ItemStore(toy_catalog(), model.tokenizer, cfg.model.item_fields, cfg.model.item_max_tokens)
     store.cache_base_states(model)
     encoder = DialogueEncoder(model.tokenizer, store.index, 64, 16)
