@@ -461,7 +461,8 @@ def test_gguf_token_roles_come_from_the_file(tmp_path):
     roles = gguf_token_roles(path)
     assert roles == declared
     assert tokenizer.eos_token_id == tokenizer.pad_token_id != 7
-    set_token_roles(tokenizer, {**roles, "unk_token": len(tokenizer)})  # an id past the vocabulary: ignored
+    applied = set_token_roles(tokenizer, {**roles, "unk_token": len(tokenizer)})  # an id past the vocabulary: ignored
+    assert applied == {"bos_token": 5, "eos_token": 7, "pad_token": 9}  # what the conversion writes into the configs
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (5, 7, 9)
     assert tokenizer.unk_token != tokenizer.convert_ids_to_tokens(11)
 

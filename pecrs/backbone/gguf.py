@@ -156,13 +156,14 @@ def gguf_token_roles(gguf: Path) -> dict[str, int]:
     return roles
 
 
-def set_token_roles(tokenizer, roles: dict[str, int]) -> None:
+def set_token_roles(tokenizer, roles: dict[str, int]) -> dict[str, int]:
     """Point each role (bos_token, eos_token, ...) at the token of its id, ids outside the
     vocabulary ignored: from a GGUF's metadata here, from a checkpoint's saved tokenizer in
-    pecrs.pretrained.adopt_token_roles."""
-    for role, token_id in roles.items():
-        if 0 <= token_id < len(tokenizer):
-            setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
+    pecrs.pretrained.adopt_token_roles. Returns the roles it set."""
+    applied = {role: token_id for role, token_id in roles.items() if 0 <= token_id < len(tokenizer)}
+    for role, token_id in applied.items():
+        setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
+    return applied
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -183,8 +184,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         if gguf_config is not None:
             kwargs["quantization_config"] = gguf_config
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        roles = gguf_token_roles(gguf)
-        set_token_roles(tokenizer, roles)
+        # Only the roles the tokenizer could take reach the model's configs: an id past the
+        # vocabulary there would make generate() stop on, or pad with, a token that cannot exist.
+        roles = set_token_roles(tokenizer, gguf_token_roles(gguf))
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
         _drop_quantizer(model)
         for role, token_id in roles.items():
