@@ -565,3 +565,52 @@ def test_row_trainable_tokens_equal_peft_on_a_scaled_embedding():
         finally:
             layer.__class__ = bb.lora._row_trainable_tokens_class()
     assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_an_untied_lm_head_trains_the_special_tokens_output_rows(tmp_path):
+    """§3.5 trains the four special tokens' embeddings. Tied models (SmolLM2, GPT-2) share one
+    delta; an untied LM head (many larger Llama-likes) needs its own, else [ITEM]'s output row stays
+    frozen at the mean embedding and only LoRA could make a reply name an item. The row-only
+    forward equals peft's there too, and a checkpoint keeps both deltas."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pecrs.config import RunConfig
+    from pecrs.pretrained import from_backbone, load_weights, save_pretrained
+
+    def untied():
+        tok = bb.build_tiny_tokenizer()
+        torch.manual_seed(0)
+        lm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
+                                          tie_word_embeddings=False, pad_token_id=tok.eos_token_id))
+        return from_backbone(lm, tok, RunConfig())
+
+    model = untied()
+    item = model.tokenizer.convert_tokens_to_ids("[ITEM]")
+    head = model.lm.get_base_model().get_output_embeddings()
+    deltas = {n: p for n, p in model.lm.named_parameters() if "trainable_tokens_delta" in n}
+    assert len(deltas) == 2 and any("lm_head" in n for n in deltas)
+    logits = model.lm(input_ids=torch.tensor([[5, 6, 7]])).logits[0, -1]
+    (-logits.log_softmax(-1)[item]).backward()
+    head_delta = next(p for n, p in deltas.items() if "lm_head" in n)
+    assert head_delta.grad is not None and head_delta.grad.abs().sum() > 0
+
+    layer = next(m for m in head.modules() if isinstance(m, TrainableTokensLayer))
+    assert type(layer).__name__ == "RowTrainableTokensLayer"
+    with torch.no_grad():
+        head_delta.normal_()
+        hidden = torch.randn(2, 3, 32)
+        ours = layer(hidden)
+        layer.__class__ = TrainableTokensLayer
+        try:
+            theirs = layer(hidden)
+        finally:
+            layer.__class__ = bb.lora._row_trainable_tokens_class()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+    save_pretrained(model, RunConfig(), tmp_path / "ckpt")
+    again = untied()
+    load_weights(again, tmp_path / "ckpt")
+    loaded = dict(again.lm.named_parameters())
+    assert all(torch.equal(loaded[n], p) for n, p in deltas.items())

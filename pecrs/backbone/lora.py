@@ -94,7 +94,9 @@ def apply_lora(
     through peft's `trainable_token_indices` (peft >= 0.15): a small delta table replaces those
     rows in the forward pass while the embedding matrix itself stays frozen. With tied embeddings
     (SmolLM2, Gemma, GPT-2) peft ties the LM-head rows to the same delta, so the special tokens'
-    input and output vectors stay one parameter, as in the untouched model.
+    input and output vectors stay one parameter, as in the untouched model. An untied model
+    (many larger Llama-likes) gets a second delta on its LM head: §3.5 trains the special tokens'
+    embeddings, and [ITEM]'s output row is what lets a reply name an item at all.
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -111,7 +113,7 @@ def apply_lora(
         # GPT-2's Conv1D stores weights transposed; peft needs telling.
         fan_in_fan_out=_is_conv1d_model(model, targets),
         bias="none",
-        trainable_token_indices=ids,
+        trainable_token_indices=_trainable_token_targets(model, ids),
     )
     with warnings.catch_warnings():
         # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` (transformers 5):
@@ -119,6 +121,16 @@ def apply_lora(
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         peft_model = get_peft_model(model, config)
     return use_row_trainable_tokens(peft_model)
+
+
+def _trainable_token_targets(model, ids: list[int]):
+    """peft's `trainable_token_indices`: the rows alone (the input embedding, and a tied head with
+    it), or, when the LM head has its own matrix, {input embedding: rows, LM head: rows}."""
+    inputs, output = model.get_input_embeddings(), model.get_output_embeddings()
+    if output is None or output.weight.data_ptr() == inputs.weight.data_ptr():
+        return ids
+    names = {id(module): name for name, module in model.named_modules()}
+    return {names[id(inputs)]: ids, names[id(output)]: ids}
 
 
 # Performance (docs/performance.md): peft's TrainableTokensLayer rebuilds the *whole* matrix on
@@ -140,7 +152,7 @@ def _row_trainable_tokens_class():
         def forward_adapters(self, x, active_adapters, *args, **kwargs):
             base = self.base_layer
             if (self.disable_adapters or self.merged or len(active_adapters) != 1 or args or kwargs
-                    or not isinstance(base, (nn.Embedding, nn.Linear))):
+                    or not isinstance(base, (nn.Embedding, nn.Linear)) or getattr(base, "bias", None) is not None):
                 return super().forward_adapters(x, active_adapters, *args, **kwargs)
             name = active_adapters[0]
             delta = self.trainable_tokens_delta[name]
@@ -154,7 +166,7 @@ def _row_trainable_tokens_class():
                 out = torch.where(hit.any(-1, keepdim=True), rows, out)
                 scale = self._get_embed_scale()
                 return out if scale is None else out * scale.to(out.dtype)
-            # Tied LM head (peft uses no bias here either): frozen logits, then the special columns.
+            # LM head (bias-free; peft's own path otherwise): frozen logits, then the special columns.
             out = F.linear(x, base.weight)
             return out.index_copy_(-1, indices.to(out.device), F.linear(x, delta.to(x.dtype)).to(out.dtype))
 
