@@ -41,6 +41,8 @@ class Section:
 @dataclass
 class ModelConfig(Section):
     backbone: str = "smollm2-135m-instruct"  # a name known to pecrs.backbone or a local HF folder
+    # The paper gives no LoRA settings. The authors' code: r 16, alpha 16, dropout 0.1 on GPT-2's
+    # c_attn only (and AdamW weight decay 0.001); pecrs keeps r and adapts every attention projection.
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05

@@ -24,8 +24,8 @@ Choices made here:
   beams: the caption only fixes the beam width, so the group count stays at the code's default (2).
   ``{"num_beams": 4, "num_beam_groups": 4, "diversity_penalty": x}`` (4 groups of 1 beam) is the other
   reading; pass such a dict to :func:`resolve`/:func:`generate` to use it.
-* ``top_k_{25,50,75}``: beam-sample exactly as the authors' ``top_k_sampling`` branch (``do_sample=True``,
-  ``num_beams=4``, ``temperature=1.15``); ``top_p=1.0`` is set so that a checkpoint's
+* ``top_k_{25,50,75}``: beam-sample as the authors' ``top_k_sampling`` branch (``do_sample=True``,
+  ``temperature=1.15``) with the caption's ``num_beams=4`` (the code's default is 2); ``top_p=1.0`` is set so that a checkpoint's
   ``generation_config`` (e.g. SmolLM2/Llama ship ``top_p=0.9``) cannot add a nucleus cut.
 * ``nucleus_{0.90,0.95,0.99}``: not in the public code. Beam-sample with ``num_beams=4`` (caption),
   ``top_k=0`` (pure nucleus as in Holtzman et al.; Hugging Face would otherwise silently apply its default
