@@ -161,6 +161,7 @@ def naive_ranking(samples: list[Sample], item_index) -> np.ndarray:
 
 
 _CONVERSATION_KEYS = ("rouge", "f1_item", "dist", "n_gen_samples")
+INJECT_PROTOCOLS = ("every_turn", "target_turns")   # `evaluate(inject=...)`, `pecrs evaluate --inject`
 MEDOID_REPLIES = 2000   # training replies the constant reply is chosen among (a draw of them)
 CONSTANT_REPLY_KEYS = ("rouge1", "rouge2", "rouge1_paper_protocol", "rouge2_paper_protocol", "f1_item")
 
@@ -207,7 +208,8 @@ def sample_predictions(samples: list[Sample], rows, ranked: np.ndarray, targets:
 def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sample],
              inference: InferenceConfig | None = None, *, generate: bool = True, perplexity: bool = True,
              max_new_tokens: int = 64, seed: int = 0, progress: bool = False, index=None,
-             predictions: bool = False, train_replies: list[str] | None = None) -> dict:
+             predictions: bool = False, train_replies: list[str] | None = None,
+             inject: str = "every_turn") -> dict:
     """All metrics of §4.1 on `samples`, as the JSON-ready dict of `metrics.summarize`.
     `inference`: M_inference, decoding and no_repeat_ngram, batch size, re-rank chunk,
     exclude_mentioned (None: defaults).
@@ -215,7 +217,13 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     pass over every sample: on a CPU, most of a recall-only evaluation's time). predictions=True:
     also "predictions", one record per ranked sample (`sample_predictions`). train_replies (with
     generate): also the constant-reply baseline on the same turns, "constant_reply" and its
-    ROUGE and F-1 as "constant_reply_rouge1", ... (`constant_reply_baseline`, beyond the paper)."""
+    ROUGE and F-1 as "constant_reply_rouge1", ... (`constant_reply_baseline`, beyond the paper).
+    inject (INJECT_PROTOCOLS): "every_turn" gives each reply its top-1 item and lets the model
+    decide whether to name it (§3.6 as written, and as served); "target_turns" injects only where
+    the reference recommends, as the authors' released code did for the paper's F-1 and ROUGE: the
+    gold "recommend here" bit reaches the model, so F-1 of [ITEM] there is no honest measure."""
+    if inject not in INJECT_PROTOCOLS:
+        raise ValueError(f"inject: {inject!r} is not one of {', '.join(INJECT_PROTOCOLS)}")
     inference = inference or InferenceConfig()
     m_inference, batch_size = inference.m_inference, inference.batch_size
     strategy = without_repeats(inference.decoding, inference.no_repeat_ngram)
@@ -229,9 +237,9 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     # (`ranked[has_target]`, `targets`, `seen`, `naive`), which the recall metrics read.
     with model.merged_lora():
         has_target = np.array([s.target is not None for s in samples], dtype=bool)
-        # Generation needs a recommendation for every turn; the recall metrics only for the rows
-        # with a target (28% of INSPIRED's test samples).
-        ranked_idx = np.arange(len(samples)) if generate else np.flatnonzero(has_target)
+        # Generation injects a recommendation into every turn (or only where the reference has one,
+        # inject="target_turns"); the recall metrics need the rows with a target (28% of INSPIRED's).
+        ranked_idx = np.arange(len(samples)) if generate and inject == "every_turn" else np.flatnonzero(has_target)
         ranked_subset = rank_samples(model, [encoded[i] for i in ranked_idx], catalog_vectors, m_inference,
                                      batch_size, progress=progress, index=index, chunk_size=inference.rerank_chunk_size,
                                      exclude=mentioned_indices([samples[i] for i in ranked_idx], store.items)
@@ -248,7 +256,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
             # One response per recommender turn: the first sample of each turn (repeated=False).
             reply_idx = [i for i, s in enumerate(samples) if not s.repeated]
             turn_encoded = [encoded[i] for i in reply_idx]
-            top1 = ranked[reply_idx, 0]
+            top1 = ranked[reply_idx, 0]       # NO_ITEM on the turns not ranked: generated without an item
             # ROUGE and Dist compare text; [ITEM] stands in both for "some item", as in the references.
             generated = generate_responses(model, turn_encoded, top1, catalog_vectors, batch_size, strategy,
                                            max_new_tokens, seed, progress)
@@ -264,7 +272,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
             result["examples"] = [
                 {"dialogue_id": samples[i].dialogue_id, "turn_index": samples[i].turn_index,
                  "reference": samples[i].response.text, "generated": t,
-                 "recommended": store.items[int(top1[j])].display()}
+                 "recommended": store.items[int(top1[j])].display() if top1[j] != NO_ITEM else None}
                 for j, (i, t) in enumerate(zip(reply_idx[:20], generated[:20]))]
         summary = metrics.summarize(ranked=ranked[has_target], targets=targets, seen_before=seen, naive_ranked=naive,
                                     total_nll=nll, total_tokens=count, n_samples=len(samples), **gen_args)

@@ -351,29 +351,29 @@ class PECRS(nn.Module):
         """Left-padded inputs_embeds [B, L, d] and attention mask [B, L] for generation (Eq. 6):
         context, [REC] v_1..v_k [REC_END], "Recommender:". recommended: catalog indices [B] (the
         paper: one item) or [B, k] (several items per reply, `Recommender.respond(k_items=...)`).
-        Each row's context (right-padded in context_ids) is shifted right so that every row ends
-        where generation starts: one gather, no loop over rows or tokens."""
-        rec = recommended.view(len(context_ids), -1).to(context_ids.device)
-        B, k = rec.shape
+        A row whose first item is NO_ITEM: its context without [REC], then the prompt (a turn without
+        a target's D̃_t, §3.4). Every row ends where generation starts: one scatter, no loop."""
         dev = context_ids.device
-        slot_ids, _ = item_head(range(k), self.rec_end_id)    # the same ids in every row; the items differ
+        rec = recommended.view(len(context_ids), -1).to(dev)
+        (B, k), slot_ids = rec.shape, item_head(range(rec.shape[1]), self.rec_end_id)[0]   # items differ, not ids
+        S, P, Lc = len(slot_ids), len(prompt_ids), context_ids.shape[1]
         head_ids = torch.tensor(slot_ids + list(prompt_ids), device=dev).expand(B, -1)
-        head_items = torch.cat([rec, torch.full((B, 1 + len(prompt_ids)), NO_ITEM, device=dev)], 1)
-        ids = torch.cat([context_ids, head_ids], 1)            # [B, Lc + H], real tokens then pads then head
+        head_items = torch.cat([rec, torch.full((B, 1 + P), NO_ITEM, device=dev)], 1)
+        ids = torch.cat([context_ids, head_ids], 1)            # [B, Lc + S + P]: context, pads, slots, prompt
         items = torch.cat([context_items, head_items], 1)
-        Lc, H = context_ids.shape[1], head_ids.shape[1]
-        L = int(context_len.max()) + H
-        # Left-aligned row i has its context in [0, n_i) and the head in [Lc, Lc + H); read position
-        # j of the output from source j - (L - n_i - H) for the context and from the head after it.
-        j = torch.arange(L, device=dev).unsqueeze(0)
-        start = (L - H - context_len).unsqueeze(1)             # where row i's context begins
-        in_head = j >= L - H
-        source = torch.where(in_head, j - (L - H) + Lc, (j - start).clamp(0, Lc - 1))
-        valid = in_head | (j >= start)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.where(valid, ids.gather(1, source), pad)
-        items = torch.where(valid, items.gather(1, source), NO_ITEM)
-        return self.embed(ids, items, item_vectors), valid.long()
+        injected, n = (rec[:, 0] != NO_ITEM).unsqueeze(1), context_len.unsqueeze(1)   # [B, 1] each
+        j = torch.arange(ids.shape[1], device=dev).unsqueeze(0)
+        keep = ((j < n - 1) | ((j == n - 1) & injected)        # the context; its [REC] only with an item
+                | ((j >= Lc) & (j < Lc + S) & injected)         # the item slots and [REC_END]
+                | (j >= Lc + S))                                # the prompt
+        kept = keep.sum(1, keepdim=True)
+        L = int(kept.max())
+        # A kept token goes to its rank among the row's kept ones, right-aligned; the rest to a spare column L.
+        dest = torch.where(keep, L - kept + keep.cumsum(1) - 1, L)
+        out_ids = ids.new_full((B, L + 1), self.tokenizer.pad_token_id).scatter(1, dest, ids)[:, :L]
+        out_items = items.new_full((B, L + 1), NO_ITEM).scatter(1, dest, items)[:, :L]
+        valid = torch.arange(L, device=dev).unsqueeze(0) >= L - kept
+        return self.embed(out_ids, out_items, item_vectors), valid.long()
 
     @torch.no_grad()
     def generate(self, context_ids, context_items, context_len, item_vectors, recommended,

@@ -110,6 +110,29 @@ def test_results_record_their_dataset_and_only_the_runs_own_is_eval_test(world, 
     assert (mine["dataset"], mine["max_samples"]) == (str(other.resolve()), 1)
 
 
+def test_inject_target_turns_is_named_recorded_and_refused_without_replies(world, monkeypatch, capsys):
+    """`--inject target-turns` (the authors' protocol for Table 3) reaches evaluate(), is written in
+    the result and its file name, never as the run's own eval_test.json; without replies it is refused."""
+    root, run = world
+    monkeypatch.chdir(root)
+    given = []
+    monkeypatch.setattr(pecrs.prepare, "prepare", lambda config, model=None, **kw: types.SimpleNamespace(
+        model=model, store=None, encoder=None, samples={"test": [1, 2]}, bundle=types.SimpleNamespace(splits={})))
+    monkeypatch.setattr(pecrs.evaluate, "evaluate", lambda *a, **kw: given.append(kw["inject"]) or {})
+    cli = ["evaluate", str(run), "--device", "cpu", "--json"]
+    (run / "eval_test.json").unlink(missing_ok=True)
+    assert main([*cli, "--inject", "target-turns"]) == 0
+    assert "eval_test_inject-target-turns.json, not eval_test.json" in capsys.readouterr().err
+    assert json.loads((run / "eval_test_inject-target-turns.json").read_text())["inject"] == "target_turns"
+    assert not (run / "eval_test.json").exists()
+    assert main(cli) == 0 and json.loads((run / "eval_test.json").read_text())["inject"] == "every_turn"
+    assert given == ["target_turns", "every_turn"]
+    for extra in (["--no-generate"], ["--protocol", "standardized"]):
+        assert main([*cli, "--inject", "target-turns", *extra]) == 2
+        assert f"--inject chooses the replies an item is injected into; {extra[0]}" in capsys.readouterr().err
+    assert given == ["target_turns", "every_turn"]
+
+
 def test_evaluate_scores_the_constant_reply_from_the_datasets_training_replies(world, tmp_path, monkeypatch):
     """`pecrs evaluate` hands evaluate() the training split's replies (the constant-reply baseline
     is chosen among them) when it generates and the dataset has that split; otherwise none."""

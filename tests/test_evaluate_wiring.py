@@ -256,6 +256,30 @@ def test_without_generation_only_the_rows_with_a_target_are_ranked(setup):
     assert fast["ppl"] is None and full["ppl"] == pytest.approx(math.exp(9 / 15))
 
 
+def test_inject_target_turns_gives_an_item_only_to_the_turns_that_recommend(setup):
+    """inject="target_turns" (the authors' code, for Table 3's F-1 and ROUGE): the turn without a
+    target (s2) is generated without an item (NO_ITEM, PECRS.generation_inputs) and not even ranked;
+    the others get their top-1 as in "every_turn", and every recall figure is the same."""
+    model, store, encoder, samples = setup
+    turns = [(s.dialogue_id, s.turn_index) for s in samples]
+    ranked_contexts = []
+    recommend = model.recommend
+    model.recommend = lambda context_ids, *a, **k: ranked_contexts.append(len(context_ids)) or recommend(
+        context_ids, *a, **k)
+    settings = InferenceConfig(m_inference=N_ITEMS, batch_size=8)
+    every = evaluate(model, store, encoder, samples, settings, generate=True)
+    assert model.injected == {turns[0]: B, turns[2]: 9, turns[3]: 7}
+    model.injected.clear()
+    ranked_contexts.clear()
+    gold = evaluate(model, store, encoder, samples, settings, generate=True, inject="target_turns")
+    assert model.injected == {turns[0]: B, turns[2]: -1, turns[3]: 7} and ranked_contexts == [2]
+    assert [e["recommended"] for e in gold["examples"]] == ["Movie 1 (2001)", None, "Movie 7 (2007)"]
+    keys = [k for k in every if "recall" in k or k in ("unique", "n_rec_samples", "n_gen_samples")]
+    assert {k: gold[k] for k in keys} == {k: every[k] for k in keys}
+    with pytest.raises(ValueError, match="inject: 'gold' is not one of every_turn, target_turns"):
+        evaluate(model, store, encoder, samples, settings, generate=True, inject="gold")
+
+
 def test_genres_of_the_top1_by_hand(setup):
     """Tables 9-10 in evaluate(): s0 top-1 B = target (Comedy), s1 top-1 B for target E (Comedy vs
     Drama: wrong genre), s3 top-1 7 for target D (both Horror first: right genre, wrong item)."""

@@ -87,6 +87,32 @@ def test_generation_layout_holds_the_k_items_between_rec_and_rec_end(rec):
     assert torch.allclose(embeds[1, 4 + n - 4], rec.vectors[top[1]])
 
 
+def test_a_row_without_an_item_is_generated_from_its_context_without_rec(rec):
+    """NO_ITEM in `recommended` (`pecrs evaluate --inject target-turns` on a turn that recommends
+    nothing): that row's input is its context without the closing [REC], then the prompt, the
+    layout a turn without a target trains on (D̃_t, §3.4); the other rows keep their item."""
+    from pecrs.tokens import NO_ITEM
+
+    turns = rec.turns(TURNS)
+    ids, slots, length = rec._context(turns)
+    prompt = rec.encoder.role_ids["recommender"]
+    top, _ = rec._rank((ids, slots, length), 1)
+    n = int(length[0])
+    assert int(ids[0, n - 1]) == rec.model.tokenizer.convert_tokens_to_ids("[REC]")
+    two_ids, two_slots = ids.repeat(2, 1), slots.repeat(2, 1)
+    embeds, attn = rec.model.generation_inputs(two_ids, two_slots, length.repeat(2), rec.vectors,
+                                               torch.tensor([top[0], NO_ITEM]), prompt)
+    alone, _ = rec.model.generation_inputs(ids, slots, length, rec.vectors, torch.tensor([top[0]]), prompt)
+    assert torch.equal(embeds[0], alone[0]) and attn[0].all()
+    # row 1: three fewer tokens ([REC], v, [REC_END]), padded on the left
+    assert attn[1].tolist() == [0] * 3 + [1] * (n - 1 + len(prompt))
+    expected_ids = torch.cat([ids[0, :n - 1], torch.tensor(prompt)]).unsqueeze(0)
+    expected_items = torch.cat([slots[0, :n - 1], torch.full((len(prompt),), NO_ITEM)]).unsqueeze(0)
+    assert (expected_items >= 0).any()   # the context's own items stay
+    expected = rec.model.embed(expected_ids, expected_items, rec.vectors)
+    assert torch.equal(embeds[1, 3:], expected[0])
+
+
 def test_served_and_evaluated_replies_end_by_the_same_rule(rec, monkeypatch):
     """A reply ends at EOS or at a newline (the next speaker's turn) whether it is served
     (Recommender.respond) or evaluated (evaluate.generate_responses): both go through

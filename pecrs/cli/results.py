@@ -45,7 +45,8 @@ def _variant(args, dataset: Path, own: bool | None, meta: dict) -> tuple[str | N
     """What sets this evaluation apart from the run's own figures: (another dataset's folder
     name, the other parts of the default file name: "first<N>" for --max-samples N, the fields
     joined by "-" for --item-fields other than the run's, the decoding, "norepeat<N>", "m<M>",
-    "exclude-mentioned"/"with-mentioned" given other than the run's, "no-generate", "no-ppl", and
+    "exclude-mentioned"/"with-mentioned" given other than the run's, "inject-target-turns",
+    "no-generate", "no-ppl", and
     why each is there). None of them: eval_<split>.json, the file `pecrs export` quotes as the run's
     test metrics, measured on the run's dataset, whole split, with its own settings, in full."""
     from ..config import RunConfig
@@ -72,6 +73,9 @@ def _variant(args, dataset: Path, own: bool | None, meta: dict) -> tuple[str | N
         if given is not None and given != getattr(run.inference, name):
             extras.append(part(given))
             why.append(f"{flag} {given}")
+    if getattr(args, "inject", "every-turn") != "every-turn":
+        extras.append(f"inject-{args.inject}")
+        why.append(f"--inject {args.inject}")
     for flag in ("no_generate", "no_ppl"):
         if getattr(args, flag, False):
             extras.append(flag.replace("_", "-"))

@@ -40,6 +40,9 @@ def add_train_parser(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
+    if args.inject != "every-turn" and (args.no_generate or args.protocol == "standardized"):
+        raise ValueError("--inject chooses the replies an item is injected into; "
+                         + ("--no-generate" if args.no_generate else "--protocol standardized") + " generates none")
     if args.protocol == "standardized":
         if args.predictions:
             raise ValueError("--predictions writes the pecrs protocol's samples; --protocol standardized has none")
@@ -80,7 +83,8 @@ def _evaluate(args) -> int:
     result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
                       perplexity=not args.no_ppl,
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
-                      progress=not args.json, predictions=predictions_out is not None, train_replies=train_replies)
+                      progress=not args.json, predictions=predictions_out is not None, train_replies=train_replies,
+                      inject=args.inject.replace("-", "_"))
     if predictions_out is not None:
         predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
                                    encoding="utf-8")
@@ -88,7 +92,7 @@ def _evaluate(args) -> int:
               **_measured_on(dataset, args, config.train),
               "decoding": inference.decoding, "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
-              "dtype": dtype, **result,
+              "dtype": dtype, **({"inject": args.inject.replace("-", "_")} if not args.no_generate else {}), **result,
               "measured": {"date": now(), "git_revision": revision, "hardware": hardware()}}
     out.write_text(json.dumps(result, indent=2))
     if args.json:
@@ -159,6 +163,10 @@ def add_evaluate_parser(subparsers) -> None:
                                         "with --max-samples N, other --item-fields, inference settings or --no-generate/--no-ppl: "
                                         "eval_<dataset>_<split>_first<N>_<fields>_<...>.json, so that eval_<split>.json, which "
                                         "`pecrs export` quotes, stays the run's own full figures)")
+    p.add_argument("--inject", choices=("every-turn", "target-turns"), default="every-turn",
+                   help="which replies get the top-1 item injected: every-turn (default; §3.6, as served: the "
+                        "model decides whether to name it) or target-turns (only where the reference recommends, "
+                        "as the authors' code measured the paper's F-1 and ROUGE; the gold answer leaks)")
     p.add_argument("--predictions", metavar="FILE",
                    help="also write one JSON line per ranked sample here (every sample; with --no-generate, "
                         "those with a target): its top 10 item ids, the target's rank, and for each recommender "
