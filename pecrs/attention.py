@@ -47,16 +47,21 @@ def candidate_attention(module, query, key, value, attention_mask, scaling=None,
     Lc = L - K
     group = Hq // Hkv                       # grouped-query attention: `group` query heads share a key head
     scale = scaling if scaling is not None else D ** -0.5
-    q = query.reshape(B, Hkv, group * K, D)  # heads of one group stacked, so context keys are not repeated
-    s_ctx = torch.matmul(q, key[:, :, :Lc].transpose(-1, -2)).view(B, Hq, K, Lc) * scale
+    # Heads of one group stacked, so the context keys are not repeated; the scale folded into q.
+    # Every pass over the [B, Hq, K, Lc] scores costs about what a matmul does on a CPU, so both
+    # parts are written into one float32 buffer (no concatenation, no repeated self keys).
+    q = (query * scale).reshape(B, Hkv, group * K, D)
+    scores = torch.empty(B, Hq, K, Lc + 1, dtype=torch.float32, device=query.device)
+    scores[..., :Lc] = torch.matmul(q, key[:, :, :Lc].transpose(-1, -2)).view(B, Hq, K, Lc)
     if attention_mask is not None:
-        s_ctx = s_ctx + attention_mask[:, :, :, :Lc]
-    k_self = key[:, :, Lc:].repeat_interleave(group, dim=1)          # [B, Hq, K, D]
-    v_self = value[:, :, Lc:].repeat_interleave(group, dim=1)
-    s_self = (query * k_self).sum(-1, keepdim=True) * scale          # [B, Hq, K, 1]
-    p = torch.softmax(torch.cat([s_ctx, s_self], -1).float(), dim=-1).to(value.dtype)
-    p_ctx = p[..., :Lc].reshape(B, Hkv, group * K, Lc)
-    out = torch.matmul(p_ctx, value[:, :, :Lc]).view(B, Hq, K, D) + p[..., Lc:] * v_self
+        scores[..., :Lc] += attention_mask[:, :, :, :Lc]
+    k_self = key[:, :, Lc:].unsqueeze(2)                                            # [B, Hkv, 1, K, D]
+    scores[..., Lc:] = (q.view(B, Hkv, group, K, D) * k_self).sum(-1, keepdim=True).view(B, Hq, K, 1)
+    p = torch.softmax(scores, dim=-1).to(value.dtype)
+    p_ctx = p[..., :Lc].view(B, Hkv, group * K, Lc)
+    out = (torch.matmul(p_ctx, value[:, :, :Lc]).view(B, Hkv, group, K, D)
+           + p[..., Lc:].view(B, Hkv, group, K, 1) * value[:, :, Lc:].unsqueeze(2))
+    out = out.view(B, Hq, K, D)
     return out.transpose(1, 2).contiguous(), None
 
 
