@@ -32,7 +32,8 @@ from .hard_negatives import recall_neighbours
 from .run_dataset import check_same_data, dataset_record
 from .prepare import Setup, prepare, say
 from .model import PECRS
-from .pretrained import check_same_model, init_from_checkpoint, load_weights, recover_checkpoint, save_pretrained
+from .pretrained import (check_architecture, check_same_model, init_from_checkpoint, load_weights, read_meta,
+                         recover_checkpoint, save_pretrained)
 from .step import (StepRunner, cast_frozen, item_slots, plan_step, resolve_step_mode, restore_grads, saved_grads,
                    scaled_lr, shard, step_losses)
 from .tokens import collate, static_widths
@@ -47,10 +48,8 @@ def step_seed(seed: int, epoch: int, batch: int) -> int:
 
 def training_step_losses(model: PECRS, store: ItemStore, batch, config: RunConfig, generator: torch.Generator):
     """Sample the batch's negatives (§3.6) and compute the three losses: `plan_step` on the host,
-    then `step_losses` on the model's device, for one collated batch with the config's defaults.
-    `train` runs the same two functions with more of its own: fixed shapes for a compiled or
-    captured step (`StepRunner`), seeded dropout and the candidate slots of its step mode; this
-    is the short form tests and benchmarks call."""
+    then `step_losses` on the device. `train` runs the same two with fixed shapes, seeded dropout
+    and its step mode's candidate slots (`StepRunner`); this short form is for tests and benchmarks."""
     inputs = plan_step(batch.to("cpu"), len(store), config.train, generator)
     return step_losses(model, store, inputs.to(model.device), config.train)
 
@@ -144,6 +143,8 @@ def train(config: RunConfig, output_dir: str | Path, progress: bool = True, stop
     # model's wrapping; a resumed run reads them back from last/.
     if t.init_from and not resuming:  # the checkpoint's heads carry its item standardization
         say(f"starting from {init_from_checkpoint(model, config, t.init_from)}", show)
+    elif resuming:  # another backbone (same settings, other shapes) cannot load last/'s weights
+        check_architecture(model, read_meta(last), f"resuming {out} (another --output-dir starts a new run)")
     # Everything has loaded and been checked: only now is the run folder made or its config replaced.
     data = dataset_record(Path(t.dataset))
     if accelerator.is_main_process:

@@ -93,6 +93,20 @@ def test_bad_values_name_key_value_and_type(config_file, override, words):
         assert word in str(e.value), (word, str(e.value))
 
 
+def test_cli_train_refuses_an_output_dir_in_a_saved_model(monkeypatch, config_file, tmp_path, capsys):
+    """`--output-dir RUN/best` (or a folder inside an export) would put a run inside a saved model,
+    which would then load as that run's best/ (checkpoint_dir): refused, nothing started or written."""
+    monkeypatch.setattr(pecrs.train, "train", lambda *a, **k: pytest.fail("training started"))
+    best = tmp_path / "run" / "best"
+    best.mkdir(parents=True)
+    (best / "pecrs_config.json").write_text("{}")
+    for output in (best, best / "more"):
+        assert main(["train", str(config_file), "--output-dir", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert f"--output-dir {output}: {best} is a saved model (pecrs_config.json), not a run folder" in err
+    assert sorted(p.name for p in best.iterdir()) == ["pecrs_config.json"]
+
+
 def test_bad_value_in_cli_fails_before_anything_loads(monkeypatch, config_file, capsys):
     monkeypatch.setattr(pecrs.train, "train", lambda *a, **k: pytest.fail("training started"))
     assert main(["train", str(config_file), "--output-dir", "/tmp/never", "train.batch_size=0"]) == 2

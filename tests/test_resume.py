@@ -158,6 +158,24 @@ def test_resuming_with_other_model_settings_is_refused_before_anything_changes(t
     assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml
 
 
+def test_resuming_on_another_backbone_is_refused_by_its_shapes_and_leaves_config_yaml(tmp_path):
+    """`model.backbone` may change on resume (another copy of the same model), so check_same_model
+    lets it through; another architecture is then refused by its shapes, before config.yaml is
+    replaced (it once named the new backbone after a refusal that dumped weight names)."""
+    import pytest
+
+    data = tmp_path / "data"
+    write_dataset(data)
+    cfg = tiny_config(data)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after_steps=1).get("stopped_early")
+    config_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    cfg.model.backbone = "tiny-gpt2" if cfg.model.backbone != "tiny-gpt2" else "tiny-llama"
+    with pytest.raises(ValueError, match=r"^resuming .*run \(another --output-dir starts a new run\): checkpoint "
+                                         r"was trained on a \w+ backbone .* but 'tiny-"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml
+
+
 def test_a_missing_train_split_is_named(tmp_path):
     import pytest
 

@@ -22,6 +22,13 @@ def _train(args) -> int:
     from ..train import train
 
     output = args.output_dir or f"runs/{Path(args.config).stem}"
+    from ..pretrained import CONFIG_FILE
+
+    # A run inside a saved model (RUN/best, an export) would then load as that model (checkpoint_dir).
+    for folder in (Path(output), *Path(output).resolve().parents):
+        if (folder / CONFIG_FILE).is_file():
+            raise ValueError(f"--output-dir {output}: {folder} is a saved model ({CONFIG_FILE}), not a run "
+                             f"folder; choose another folder")
     state = train(config, output, progress=not args.quiet)
     print(json.dumps({"output_dir": output, **{k: state[k] for k in ("epoch", "global_step", "best", "best_epoch")}}))
     return 0
