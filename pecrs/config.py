@@ -185,6 +185,8 @@ class RunConfig:
                 key = f"{section}.{f.name}"
                 setattr(obj, f.name, check_value(key, getattr(obj, f.name), hints[f.name]))
         t = self.train
+        if not (t.alpha or t.beta or t.gamma):   # Eq. 8 would be 0: a run that learns nothing
+            raise ConfigError("config train.alpha, train.beta, train.gamma: expected at least one above 0, got all 0")
         if t.recall_pool is not None and t.recall_pool < t.m_train:
             raise ConfigError(f"config train.recall_pool: expected at least train.m_train ({t.m_train}), "
                               f"got {t.recall_pool}")

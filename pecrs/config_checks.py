@@ -26,7 +26,7 @@ _BOUNDS: dict[str, str] = {
     "model.lora_r": ">= 1", "model.lora_alpha": "> 0", "model.lora_dropout": ">= 0, < 1",
     "model.item_max_tokens": ">= 1", "model.recall_temperature": "> 0",
     "model.context_max_tokens": ">= 1", "model.response_max_tokens": ">= 1",
-    "train.max_train_samples": ">= 0", "train.max_eval_samples": ">= 0",
+    "train.max_train_samples": ">= 1", "train.max_eval_samples": ">= 1",   # null: every sample
     "train.epochs": ">= 1", "train.batch_size": ">= 1", "train.grad_accum": ">= 1",
     "train.lr": "> 0", "train.lr_reference_batch": ">= 1", "train.warmup_epochs": ">= 0",
     "train.warmup_steps": ">= 0", "train.weight_decay": ">= 0", "train.special_token_lr_scale": "> 0",

@@ -85,6 +85,8 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("train.seed=-1", ["train.seed", ">= 0"]),
     ("train.seed=4294967296", ["train.seed", "<= 4294967295"]),
     ("model.lora_target_modules=[]", ["model.lora_target_modules", "empty"]),
+    ("train.max_train_samples=0", ["train.max_train_samples", "0", ">= 1"]),   # 0 once read as "all"
+    ("train.max_eval_samples=0", ["train.max_eval_samples", "0", ">= 1"]),
 ])
 def test_bad_values_name_key_value_and_type(config_file, override, words):
     with pytest.raises(ConfigError) as e:
@@ -105,6 +107,28 @@ def test_cli_train_refuses_an_output_dir_in_a_saved_model(monkeypatch, config_fi
         err = capsys.readouterr().err
         assert f"--output-dir {output}: {best} is a saved model (pecrs_config.json), not a run folder" in err
     assert sorted(p.name for p in best.iterdir()) == ["pecrs_config.json"]
+
+
+def test_all_three_loss_weights_zero_is_refused(config_file):
+    """Eq. 8 with α = β = γ = 0 is 0: a run that finishes, saves checkpoints and learns nothing."""
+    with pytest.raises(ConfigError, match="train.alpha, train.beta, train.gamma: expected at least one above 0"):
+        RunConfig.load(config_file, ["train.alpha=0", "train.beta=0", "train.gamma=0"])
+    assert RunConfig.load(config_file, ["train.alpha=0", "train.beta=0"]).train.gamma > 0   # replies only: fine
+
+
+def test_experiment_configs_are_checked_and_their_grids_are_positive_and_distinct(capsys):
+    """`pecrs experiment fig3 --m-train 0` once trained with m_train 0, which `pecrs train` refuses:
+    copy_config checks what it sets, and the grids are distinct integers >= 1."""
+    from pecrs.experiments.keys import copy_config
+
+    with pytest.raises(ConfigError, match="train.m_train"):
+        copy_config(RunConfig(), **{"train.m_train": 0})
+    assert copy_config(RunConfig(), **{"train.m_train": 5}).train.m_train == 5
+    for grid in ("0,5", "5,5", ",", "-1", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["experiment", "fig3", "--m-train", grid])
+        assert f"expected distinct comma-separated integers >= 1, got '{grid}'" in capsys.readouterr().err
+    assert build_parser().parse_args(["experiment", "fig3", "--m-train", "50,150"]).m_train == [50, 150]
 
 
 def test_bad_value_in_cli_fails_before_anything_loads(monkeypatch, config_file, capsys):

@@ -10,10 +10,14 @@ from .common import IntermixedParser
 
 
 def _int_list(text: str) -> list[int]:
+    """--m-train / --m-inference: distinct integers >= 1, in the order given."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+        values = []
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers >= 1, got '{text}'")
+    return values
 
 
 def _experiment(args) -> int:

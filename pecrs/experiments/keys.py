@@ -36,7 +36,8 @@ DATASET_LABELS = {"inspired": "INSPIRED", "redial": "ReDial-subset"}
 
 
 def copy_config(config: RunConfig, **changes) -> RunConfig:
-    """A deep copy with `section.key` changes applied, e.g. {"train.alpha": 0.0}."""
+    """A deep copy with `section.key` changes applied, e.g. {"train.alpha": 0.0}, checked as any
+    config is (RunConfig.validate: a ConfigError names a bad value)."""
     new = RunConfig.from_dict(copy.deepcopy(config.to_dict()))
     for dotted, value in changes.items():
         section, _, name = dotted.partition(".")
@@ -44,7 +45,7 @@ def copy_config(config: RunConfig, **changes) -> RunConfig:
         if not hasattr(target, name):
             raise ValueError(f"unknown config key {dotted}")
         setattr(target, name, copy.deepcopy(value))
-    return new
+    return new.validate()
 
 
 def dataset_key(config: RunConfig) -> str:
