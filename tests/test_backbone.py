@@ -614,3 +614,20 @@ def test_an_untied_lm_head_trains_the_special_tokens_output_rows(tmp_path):
     load_weights(again, tmp_path / "ckpt")
     loaded = dict(again.lm.named_parameters())
     assert all(torch.equal(loaded[n], p) for n, p in deltas.items())
+
+
+def test_a_folder_without_weights_and_a_truncated_gguf_are_named(tmp_path):
+    """Not a traceback from transformers' OSError or the GGUF reader's struct.error: a
+    BackboneNotAvailable naming the folder or file (the CLI prints it as `pecrs: error: ...`)."""
+    from pecrs.backbone.gguf import _convert_gguf
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(bb.BackboneNotAvailable, match=f"^{folder}: not a loadable Hugging Face model folder: .*model.safetensors"):
+        bb.load_backbone(str(folder))
+    gguf = tmp_path / "cut.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 10)   # the magic and version, then cut
+    with pytest.raises(bb.BackboneNotAvailable, match=f"^{gguf}: not a readable GGUF file .*is it truncated"):
+        _convert_gguf(gguf, tmp_path / "converted")
+    assert not (tmp_path / "converted").exists()

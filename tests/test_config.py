@@ -95,18 +95,34 @@ def test_bad_values_name_key_value_and_type(config_file, override, words):
         assert word in str(e.value), (word, str(e.value))
 
 
-def test_cli_train_refuses_an_output_dir_in_a_saved_model(monkeypatch, config_file, tmp_path, capsys):
+def test_cli_train_refuses_an_output_dir_in_a_saved_model_or_under_a_file(monkeypatch, config_file, tmp_path, capsys):
     """`--output-dir RUN/best` (or a folder inside an export) would put a run inside a saved model,
     which would then load as that run's best/ (checkpoint_dir): refused, nothing started or written."""
     monkeypatch.setattr(pecrs.train, "train", lambda *a, **k: pytest.fail("training started"))
     best = tmp_path / "run" / "best"
     best.mkdir(parents=True)
     (best / "pecrs_config.json").write_text("{}")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["train", str(config_file), "--output-dir", str(afile / "sub")]) == 2   # before any loading
+    assert f"--output-dir {afile / 'sub'}: {afile} is a file, not a folder" in capsys.readouterr().err
     for output in (best, best / "more"):
         assert main(["train", str(config_file), "--output-dir", str(output)]) == 2
         err = capsys.readouterr().err
         assert f"--output-dir {output}: {best} is a saved model (pecrs_config.json), not a run folder" in err
     assert sorted(p.name for p in best.iterdir()) == ["pecrs_config.json"]
+
+
+def test_an_os_error_is_a_message_not_a_traceback(monkeypatch, config_file, tmp_path, capsys):
+    """Any OSError a command meets (a folder under a file, a full disk, a permission) ends as
+    `pecrs: error: ...` naming the path, exit status 2, as the other errors do."""
+    def fail(*a, **k):
+        raise NotADirectoryError(20, "Not a directory", "/data/afile/sub/main")
+
+    monkeypatch.setattr(pecrs.train, "train", fail)
+    assert main(["train", str(config_file), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == "pecrs: error: [Errno 20] Not a directory: '/data/afile/sub/main'\n"
 
 
 def test_all_three_loss_weights_zero_is_refused(config_file):

@@ -27,9 +27,12 @@ def _load_folder(folder: Path, dtype: torch.dtype, attn_implementation: str | No
     kwargs = {_dtype_kwarg_name(): dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    with _no_progress_bars():   # a second's load: its bar would be noise on every start
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        with _no_progress_bars():   # a second's load: its bar would be noise on every start
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as e:   # no weights, no tokenizer files: transformers says which
+        raise BackboneNotAvailable(f"{folder}: not a loadable Hugging Face model folder: {e}") from None
     return model, tokenizer
 
 

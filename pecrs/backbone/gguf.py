@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -197,6 +198,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         tokenizer.save_pretrained(staging)
         (staging / "pecrs_source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
         os.replace(staging, target)
+    except (struct.error, EOFError) as e:   # the GGUF reader ran past the end of the file
+        raise BackboneNotAvailable(f"{gguf}: not a readable GGUF file ({e}); is it truncated?") from None
     except OSError:
         if not (target / "config.json").exists():
             raise

@@ -57,3 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         # error. Point stdout at devnull so Python's exit-time flush does not complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:   # a folder under a file, a disk full, a permission: named, no traceback
+        print(f"pecrs: error: {e}", file=sys.stderr)
+        return 2

@@ -26,6 +26,8 @@ def _train(args) -> int:
 
     # A run inside a saved model (RUN/best, an export) would then load as that model (checkpoint_dir).
     for folder in (Path(output), *Path(output).resolve().parents):
+        if folder.is_file():   # said now, not after minutes of loading
+            raise ValueError(f"--output-dir {output}: {folder} is a file, not a folder")
         if (folder / CONFIG_FILE).is_file():
             raise ValueError(f"--output-dir {output}: {folder} is a saved model ({CONFIG_FILE}), not a run "
                              f"folder; choose another folder")
