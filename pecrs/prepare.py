@@ -99,12 +99,20 @@ def saved_catalog_vectors(checkpoint: Path, items: list[Item], model: PECRS, met
     (`Recommender.from_pretrained`). `read_from_checkpoint`: `items` are that saved catalog, read
     just now (nothing to compare)."""
     saved_catalog = checkpoint / CATALOG_FILE
-    if not read_from_checkpoint and (not saved_catalog.is_file()
-                                     or list(load_items(saved_catalog).values()) != list(items)):
+    if not read_from_checkpoint and (not saved_catalog.is_file() or _read_or_none(saved_catalog) != list(items)):
         return None
     if other_backbone(model, meta or read_meta(checkpoint)):
         return None
     return load_saved_vectors(checkpoint, items, model.config, model.hidden_size)
+
+
+def _read_or_none(catalog: Path) -> list[Item] | None:
+    """A saved catalog's items, or None when a bad line makes it unreadable (then its vectors are
+    not used: another catalog was given, which is encoded)."""
+    try:
+        return list(load_items(catalog).values())
+    except DataError:
+        return None
 
 
 def dialogue_encoder(model: PECRS, config: RunConfig, item_index: dict[str, int],

@@ -207,6 +207,28 @@ def test_cli_serve_other_catalog_reports_bad_lines(tmp_path, monkeypatch, capsys
     assert "no valid items" in capsys.readouterr().err
 
 
+def test_cli_serve_refuses_a_saved_models_own_damaged_catalog(tmp_path, monkeypatch, capsys):
+    """Only a catalog of the user's (--catalog) is read leniently: a saved model whose own
+    items.jsonl has a bad line is damaged, and serving part of its catalog would hide that."""
+    import pecrs.serve
+    from pecrs.cli import main
+    from pecrs.recommender import Recommender
+
+    monkeypatch.setenv("PECRS_CACHE", str(tmp_path / "cache"))
+    run_dir, _ = make_tiny_run(tmp_path / "run")
+    saved = Recommender.from_pretrained(run_dir, device="cpu").save_pretrained(tmp_path / "saved")
+    items = saved / "items.jsonl"
+    lines = items.read_text().splitlines()
+    items.write_text("\n".join([lines[0], '{"id": "cut', *lines[1:]]) + "\n")
+    monkeypatch.setattr(pecrs.serve, "serve", lambda rec, **kw: pytest.fail("served a damaged model"))
+    assert main(["serve", str(saved), "--threads", "1"]) == 2
+    assert f"{items}:2" in capsys.readouterr().err
+    served = {}
+    monkeypatch.setattr(pecrs.serve, "serve", lambda rec, **kw: served.update(rec=rec))
+    assert main(["serve", str(saved), "--catalog", str(items), "--threads", "1"]) == 0   # given: lenient
+    assert len(served["rec"].items) == len(lines) and "skipped 1 bad line(s)" in capsys.readouterr().err
+
+
 def test_an_item_id_with_a_slash_resolves(tmp_path):
     import dataclasses
 

@@ -24,7 +24,9 @@ def _load_recommender(args):
     rec = Recommender.from_pretrained(args.run_dir, catalog=args.catalog, device=args.device,
                                       m_inference=args.m_inference, decoding=args.decoding,
                                       no_repeat_ngram=args.no_repeat_ngram, exclude_mentioned=args.exclude_mentioned,
-                                      strict_catalog=False, dtype=args.dtype, progress=True)
+                                      # lenient only for a catalog of the user's (--catalog): a model's own
+                                      # items.jsonl with a bad line is a damaged model, refused by line
+                                      strict_catalog=args.catalog is None, dtype=args.dtype, progress=True)
     print(rec.report.summary(), file=sys.stderr)
     print(f"precision: {rec.precision.name} ({rec.precision.reason})", file=sys.stderr)
     for message in rec.report.errors:
