@@ -43,6 +43,7 @@ origins whose pages may call the API from a browser ("*": any), without credenti
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +53,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -189,7 +191,9 @@ def _short_error(error: dict) -> dict:
     """A pydantic error without its "input" (which may be the whole body), strings clipped."""
     loc = [x if isinstance(x, int) else clip(x, 100) for x in error.get("loc", ())]
     msg = error.get("msg", "")
-    if (error.get("ctx") or {}).get("error"):     # malformed JSON: the parser's reason
+    # Malformed JSON: the parser's reason. (A field's own ValueError is in ctx too, but its msg
+    # already says it: appended again, the valid names of `decoding` were clipped away.)
+    if error.get("type") == "json_invalid" and (error.get("ctx") or {}).get("error"):
         msg = f"{msg}: {error['ctx']['error']}"
     return {"loc": loc, "msg": clip(msg), "type": clip(error.get("type", ""), 100)}
 
@@ -203,6 +207,33 @@ def _unreadable_body(exc: StarletteHTTPException) -> str | None:
     if isinstance(cause, RecursionError):
         return "the body's JSON is nested too deeply to read"
     return None
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:   # as the data files and configs: plain JSON keeps the last, silently
+            raise json.JSONDecodeError(f"key '{clip(key, 100)}' is written twice in one object", "", 0)
+        seen.add(key)
+    return dict(pairs)
+
+
+class _StrictJSONRequest(Request):
+    """Request.json() that refuses a key written twice (FastAPI answers its JSONDecodeError 422)."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), object_pairs_hook=_refuse_duplicate_keys)
+        return self._json
+
+
+class _StrictJSONRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request):
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+        return strict_handler
 
 
 def item_json(item: Item, full: bool = False) -> dict:
@@ -226,6 +257,7 @@ def create_app(recommender, cors_origins: list[str] | None = None) -> FastAPI:
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN.
     app = FastAPI(title="PECRS", description="Conversational recommendation with one LoRA-adapted LM",
                   version="0.1.0", docs_url=None, redoc_url=None)
+    app.router.route_class = _StrictJSONRoute   # a body with a key written twice is refused (422)
     app.state.recommender = recommender
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if cors_origins:

@@ -106,6 +106,28 @@ def test_invalid_requests_are_422(client, path, body, loc):
     assert loc in _locs(r)
 
 
+def test_an_unknown_decoding_is_said_once_with_the_valid_names(client):
+    """A field's ValueError is pydantic's msg already; only malformed JSON gets the parser's reason
+    appended (doubled, the valid names were clipped away)."""
+    r = client.post("/respond", json={"turns": [SEEKER], "decoding": "telepathy"})
+    msg = r.json()["detail"][0]["msg"]
+    assert r.status_code == 422 and msg.count("telepathy") == 1 and "top_k" in msg and not msg.endswith("...")
+    r = client.post("/recommend", content=b'{"turns": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["msg"].startswith("JSON decode error: ")
+
+
+def test_a_key_written_twice_in_a_body_is_refused(client):
+    """As data files and configs: plain JSON would keep the last value ({"k": 1, "k": 5}: 5 items)."""
+    for body in (b'{"turns": [{"role": "seeker", "text": "hi"}], "k": 1, "k": 5}',
+                 b'{"turns": [{"role": "seeker", "text": "hi", "text": "bye"}]}'):
+        r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, body
+        assert "is written twice in one object" in r.json()["detail"][0]["msg"]
+    r = client.post("/recommend", content=b'{"turns": [{"role": "seeker", "text": "hi"}], "k": 2}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["items"]) == 2
+
+
 @pytest.mark.parametrize("turn, message", [
     ({"role": "seeker", "text": "like [ITEM]", "items": ["404"]}, "item id '404' is not in the catalog"),
     ({"role": "seeker", "text": "like [ITEM]"}, "1 [ITEM] placeholder(s) but 0 item id(s)"),
