@@ -253,6 +253,8 @@ class Recommender:
         those of the placeholders already there). The rules against false matches ("I love it" is
         not the movie "It") are in pecrs.title_linking. INSPIRED's QUOTATION_MARK is read back first,
         as `turns` reads it (a pasted dataset turn's quoted title links)."""
+        if not isinstance(text, str):
+            raise DataError(f"expected a string, got {type(text).__name__}", field="text")
         text = unescape_quotes(text)
         if self._linker is None:
             from .title_linking import TitleLinker

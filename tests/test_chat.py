@@ -1,5 +1,6 @@
 """The terminal chat (pecrs.chat, `pecrs chat`) driven by piped input."""
 import io
+import re
 
 import pytest
 
@@ -117,14 +118,34 @@ def test_cli_chat_no_repeat_ngram_flag(run, monkeypatch, tmp_path):
     assert [rec.no_repeat_ngram for rec in loaded] == [3, 0]     # flag, then the run's setting (0)
 
 
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "device: expected one such as cpu, cuda or cuda:1, got 'bogus'"),
+    ("cuda", "device 'cuda': this machine has no CUDA GPU torch can use"),
+])
+def test_a_bad_device_is_refused_by_the_library_before_loading(device, message, monkeypatch):
+    """Recommender.from_pretrained(device=...) checks as `--device` does (it once raised torch's
+    AssertionError "Torch not compiled with CUDA enabled", or listed ~20 device kinds)."""
+    import torch
+
+    import pecrs.pretrained
+    from pecrs.recommender import Recommender
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(pecrs.pretrained, "load_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Recommender.from_pretrained("inspired", device=device)
+
+
 @pytest.mark.parametrize("command, flag, value, message", [
-    ("chat", "--device", "gpu", "expected a device such as cpu, cuda"),
+    ("chat", "--device", "gpu", "argument --device: expected one such as cpu, cuda or cuda:1, got 'gpu'"),
     ("evaluate", "--device", "cuda:99", "cuda:99"),
     ("chat", "--threads", "-1", "expected a positive integer"),
     ("chat", "--k-items", "0", "expected a positive integer"),
     ("chat", "--seed", str(2**64), "expected a seed from 0 to 2**32 - 1"),
     ("chat", "--seed", "-1", "expected a seed from 0 to 2**32 - 1"),
     ("serve", "--port", "99999", "expected a port from 0 to 65535"),
+    ("compare", "--seed", "-1", "argument --seed: expected a seed from 0 to 2**32 - 1"),
 ])
 def test_bad_flags_fail_before_a_model_loads(command, flag, value, message, capsys, monkeypatch):
     """Checked by argparse, so the chat never starts (and loses nothing) on a flag that fails later."""
@@ -133,7 +154,7 @@ def test_bad_flags_fail_before_a_model_loads(command, flag, value, message, caps
 
     monkeypatch.setattr(pecrs.recommender.Recommender, "from_pretrained",
                         classmethod(lambda *a, **kw: pytest.fail("the model was loaded")))
-    run = ["inspired"] if command == "evaluate" else []
+    run = {"evaluate": ["inspired"], "compare": ["a.jsonl", "b.jsonl"]}.get(command, [])
     with pytest.raises(SystemExit) as e:
         main([command, *run, flag, value])
     assert e.value.code == 2 and message in capsys.readouterr().err

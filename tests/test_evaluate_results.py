@@ -127,6 +127,8 @@ def test_inject_target_turns_is_named_recorded_and_refused_without_replies(world
     assert not (run / "eval_test.json").exists()
     assert main(cli) == 0 and json.loads((run / "eval_test.json").read_text())["inject"] == "every_turn"
     assert given == ["target_turns", "every_turn"]
+    assert main([*cli, "--split", "nosuch"]) == 2    # a named error (status 2), as every other
+    assert "--split nosuch: " in capsys.readouterr().err and given == ["target_turns", "every_turn"]
     for extra in (["--no-generate"], ["--protocol", "standardized"]):
         assert main([*cli, "--inject", "target-turns", *extra]) == 2
         assert f"--inject chooses the replies an item is injected into; {extra[0]}" in capsys.readouterr().err

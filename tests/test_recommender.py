@@ -245,6 +245,8 @@ def test_user_turns_are_built_as_the_loaders_build_theirs(rec):
     title = rec.item_list[3].title
     text, ids = rec.link_titles(f"I loved QUOTATION_MARK{title}QUOTATION_MARK")
     assert text == 'I loved "[ITEM]"' and ids == [rec.item_list[3].id]
+    with pytest.raises(DataError, match="field 'text': expected a string, got NoneType"):
+        rec.link_titles(None)
 
 
 def test_served_replies_fold_lora_as_evaluation_does(rec, monkeypatch):

@@ -320,3 +320,10 @@ def test_another_base_of_the_same_shapes_is_named_and_its_saved_vectors_not_used
     key = [catalog_cache_key(shipped, same.items.values(), same.config.model, backbone=f)
            for f in (recorded, backbone_fingerprint(lm))]
     assert key[0] != key[1]
+
+
+def test_export_notes_that_cannot_be_read_are_a_named_error(exported, tmp_path, capsys):
+    run, _ = exported
+    missing = tmp_path / "missing.md"
+    assert main(["export", str(run), str(tmp_path / "out"), "--notes", str(missing)]) == 2
+    assert f"pecrs: error: --notes {missing}: " in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -33,8 +33,8 @@ Notes for callers:
 from .fingerprint import backbone_fingerprint
 from .folder import BackboneNotAvailable, cache_dir
 from .gguf import gemma3_gguf_path, package_dir, set_token_roles, smollm2_gguf_path
-from .load import DEFAULT_BACKBONE, GGUF_BACKBONES, KNOWN_BACKBONES, TINY_BACKBONES, default_device, ensure_pad_token, \
-    load_backbone
+from .load import (DEFAULT_BACKBONE, GGUF_BACKBONES, KNOWN_BACKBONES, TINY_BACKBONES, check_device, default_device,
+                   ensure_pad_token, load_backbone)
 from .lora import (TrainableCount, add_special_tokens, apply_lora, count_trainable, default_lora_targets,
                    use_row_trainable_tokens)
 from .masks import (additive_attention_mask, cache_kwarg_name, cancel_absolute_positions, check_4d_mask, crop_cache,
@@ -43,7 +43,7 @@ from .tiny import build_tiny_tokenizer
 
 __all__ = ["BackboneNotAvailable", "cache_dir", "gemma3_gguf_path", "package_dir",
            "set_token_roles", "smollm2_gguf_path", "DEFAULT_BACKBONE", "GGUF_BACKBONES", "KNOWN_BACKBONES",
-           "TINY_BACKBONES", "default_device", "ensure_pad_token", "load_backbone", "TrainableCount",
+           "TINY_BACKBONES", "check_device", "default_device", "ensure_pad_token", "load_backbone", "TrainableCount",
            "add_special_tokens", "apply_lora", "count_trainable", "default_lora_targets", "use_row_trainable_tokens",
            "additive_attention_mask", "cache_kwarg_name", "cancel_absolute_positions", "check_4d_mask", "crop_cache",
            "output_cache", "uses_absolute_positions", "build_tiny_tokenizer"]

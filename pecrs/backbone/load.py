@@ -17,8 +17,26 @@ KNOWN_BACKBONES = GGUF_BACKBONES + TINY_BACKBONES
 
 
 def default_device(requested: str | torch.device | None = None) -> torch.device:
-    """`requested`, else the GPU when there is one, else the CPU."""
-    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """`requested` (checked: `check_device`), else the GPU when there is one, else the CPU."""
+    return check_device(requested) if requested else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(requested: str | torch.device) -> torch.device:
+    """A torch device this machine has ("cpu", "cuda", "cuda:1", ...), or a ValueError saying what
+    it has, before a model loads rather than from inside torch after (`--device` too)."""
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device: expected one such as cpu, cuda or cuda:1, got '{requested}'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device '{requested}': this machine has no CUDA GPU torch can use")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device '{requested}': this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device '{requested}': this machine has no Apple GPU torch can use")
+    return device  # other kinds (xpu, plugin backends) are torch's to check
 
 
 def load_backbone(

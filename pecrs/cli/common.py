@@ -36,23 +36,14 @@ port_int = _int_at_least(0, "a port from 0 to 65535", 65535)
 
 
 def device_name(text: str) -> str:
-    """An argparse type: a torch device this machine has ("cpu", "cuda", "cuda:1", ...), checked
-    before a model loads rather than failing inside torch after."""
-    import torch
+    """An argparse type: a torch device this machine has (`pecrs.backbone.check_device`)."""
+    from ..backbone import check_device
 
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got '{text}'") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"'{text}': this machine has no CUDA GPU torch can use")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"'{text}': this machine has {count} CUDA GPU(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"'{text}': this machine has no Apple GPU torch can use")
-    return text  # other kinds (xpu, plugin backends) are torch's to check
+        check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("device: ")) from None
+    return text
 
 
 def item_fields(text: str) -> str:

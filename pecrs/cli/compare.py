@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ITEM, DataError
-from .common import positive_int
+from .common import positive_int, seed_int
 
 RECALL_CUTOFFS = (1, 10, 50)
 
@@ -151,6 +151,6 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("a", help="predictions of model A (`pecrs evaluate --predictions`)")
     p.add_argument("b", help="predictions of model B, the same split")
     p.add_argument("--resamples", type=positive_int, default=10_000, help="bootstrap draws (default 10000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="the bootstrap's seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_compare)

@@ -172,7 +172,7 @@ def read_notes(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"pecrs export: --notes {path}: {e}") from None
+        raise ValueError(f"--notes {path}: {e}") from None
 
 
 def add_export_parser(subparsers) -> None:

@@ -80,7 +80,7 @@ def _evaluate(args) -> int:
     setup = prepare(config, model=model, dataset=str(dataset), device=default_device(args.device),
                     saved_vectors_from=None if getattr(args, "item_fields", None) else ckpt)
     if args.split not in setup.samples:
-        raise SystemExit(f"pecrs: error: split '{args.split}' not found; have {sorted(setup.samples)}")
+        raise ValueError(f"--split {args.split}: {dataset} has no such split; it has {', '.join(sorted(setup.samples))}")
     samples = setup.samples[args.split][: args.max_samples] if args.max_samples else setup.samples[args.split]
     from ..experiments.provenance import git_revision, hardware, now
 
