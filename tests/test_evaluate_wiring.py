@@ -274,6 +274,11 @@ def test_inject_target_turns_gives_an_item_only_to_the_turns_that_recommend(setu
     gold = evaluate(model, store, encoder, samples, settings, generate=True, inject="target_turns")
     assert model.injected == {turns[0]: B, turns[2]: -1, turns[3]: 7} and ranked_contexts == [2]
     assert [e["recommended"] for e in gold["examples"]] == ["Movie 1 (2001)", None, "Movie 7 (2007)"]
+    records = evaluate(model, store, encoder, samples, settings, generate=True, inject="target_turns",
+                       predictions=True)["predictions"]    # every reply has its record, ranked or not
+    assert [(r["target"], r["top10"] == [], r.get("generated")) for r in records] == [
+        (str(B), False, "Try [ITEM] or [ITEM]"), (str(E), False, None), (None, True, "Enjoy [ITEM]"),
+        (str(D), False, "no idea")]
     keys = [k for k in every if "recall" in k or k in ("unique", "n_rec_samples", "n_gen_samples")]
     assert {k: gold[k] for k in keys} == {k: every[k] for k in keys}
     with pytest.raises(ValueError, match="inject: 'gold' is not one of every_turn, target_turns"):
