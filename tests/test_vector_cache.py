@@ -191,3 +191,22 @@ def test_the_cache_key_changes_with_the_checkpoint_weights_and_the_base(tmp_path
     first = key(b"lora", b"heads")
     assert key(b"lora", b"heads") == first
     assert len({first, key(b"LORA", b"heads"), key(b"lora", b"HEADS"), key(b"lora", b"heads", "fp-b")}) == 4
+
+
+def test_the_item_hash_is_the_one_saved_vectors_carry():
+    """`_hash_items` builds each item's dict shallowly (5x faster than `asdict` at 100k items); the
+    digest must stay the one written into saved item_vectors (the shipped model's among them), or
+    every saved catalog would be encoded again."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from pecrs.data import Item
+    from pecrs.testing import toy_items
+    from pecrs.vector_cache import _hash_items
+
+    items = [*toy_items(), Item(id="é/1", title="Amélie", year=None, actors=("Audrey Tautou",), genres=())]
+    before = hashlib.sha256()
+    for it in items:
+        before.update(json.dumps(dataclasses.asdict(it), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    assert _hash_items(items) == before.hexdigest()
