@@ -146,6 +146,8 @@ def test_a_bad_device_is_refused_by_the_library_before_loading(device, message, 
     ("chat", "--seed", "-1", "expected a seed from 0 to 2**32 - 1"),
     ("serve", "--port", "99999", "expected a port from 0 to 65535"),
     ("compare", "--seed", "-1", "argument --seed: expected a seed from 0 to 2**32 - 1"),
+    ("chat", "--decoding", "telepathy", "argument --decoding: unknown decoding strategy 'telepathy'; valid names:"),
+    ("evaluate", "--decoding", "telepathy", "argument --decoding: unknown decoding strategy 'telepathy'"),
 ])
 def test_bad_flags_fail_before_a_model_loads(command, flag, value, message, capsys, monkeypatch):
     """Checked by argparse, so the chat never starts (and loses nothing) on a flag that fails later."""

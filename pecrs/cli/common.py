@@ -46,6 +46,18 @@ def device_name(text: str) -> str:
     return text
 
 
+def decoding_name(text: str) -> str:
+    """An argparse type: a decoding preset (pecrs.decoding.PRESETS or an alias), checked before a
+    model loads (the presets import no torch)."""
+    from ..decoding.presets import resolve
+
+    try:
+        resolve(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def item_fields(text: str) -> str:
     """A comma-separated list of item fields, checked as the config checks model.item_fields."""
     from ..config import ConfigError, check_value

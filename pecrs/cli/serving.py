@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from .common import (DTYPE_HELP, EXCLUDE_HELP, NO_REPEAT_HELP, device_name, non_negative_int, port_int, positive_int,
-                     seed_int)
+from .common import (DTYPE_HELP, EXCLUDE_HELP, NO_REPEAT_HELP, decoding_name, device_name, non_negative_int,
+                     port_int, positive_int, seed_int)
 
 
 # ---- pecrs chat / serve ------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def _add_recommender_args(p) -> None:
     p.add_argument("--catalog", help="items.jsonl to recommend from (default: the run's catalog); "
                                      "bad lines are skipped and reported (a file with more bad lines "
                                      "than items is refused)")
-    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the model's "
+    p.add_argument("--decoding", type=decoding_name, help="decoding strategy (pecrs.decoding.PRESETS; default: the model's "
                                       "inference.decoding, top_k unless set)")
     p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N", help=NO_REPEAT_HELP)
     p.add_argument("--m-inference", type=positive_int,
@@ -190,6 +190,6 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",
                    help="the shipped model's inference.no_repeat_ngram: no n-gram of N tokens twice in one "
                         "reply (default: the run's, 0 unless set)")
-    p.add_argument("--decoding", help="the shipped model's inference.decoding, a pecrs.decoding preset "
+    p.add_argument("--decoding", type=decoding_name, help="the shipped model's inference.decoding, a pecrs.decoding preset "
                                       "(default: the run's, top_k unless set)")
     p.set_defaults(func=_export)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .results import (_measured_dataset, _measured_on, _output_path, _result_name, _result_path,
                       _say_where, _variant)
-from .common import (DTYPE_HELP, EXCLUDE_HELP, NO_REPEAT_HELP, IntermixedParser, device_name, item_fields,
-                     non_negative_int, positive_int)
+from .common import (DTYPE_HELP, EXCLUDE_HELP, NO_REPEAT_HELP, IntermixedParser, decoding_name, device_name,
+                     item_fields, non_negative_int, positive_int)
 
 
 # ---- pecrs train / evaluate ------------------------------------------------------------------
@@ -148,7 +148,7 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("run_dir", help="run folder (uses its best/ checkpoint) or a checkpoint folder")
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--decoding", help="decoding strategy (pecrs.decoding.PRESETS; default: the run's "
+    p.add_argument("--decoding", type=decoding_name, help="decoding strategy (pecrs.decoding.PRESETS; default: the run's "
                                       "inference.decoding, top_k unless set)")
     p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N", help=NO_REPEAT_HELP)
     p.add_argument("--m-inference", type=positive_int,
