@@ -546,8 +546,6 @@ def test_row_trainable_tokens_equal_peft_on_a_scaled_embedding():
     do not. The row-only layer gives peft's own output there too, special rows included."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-
     torch.manual_seed(0)
     config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=8)
@@ -557,14 +555,21 @@ def test_row_trainable_tokens_equal_peft_on_a_scaled_embedding():
     assert layer._get_embed_scale() is not None
     with torch.no_grad():
         layer.trainable_tokens_delta["default"].normal_()
-        ids = torch.tensor([[1, 60, 5, 61, 63]])
-        ours = layer(ids)
-        layer.__class__ = TrainableTokensLayer
-        try:
-            theirs = layer(ids)
-        finally:
-            layer.__class__ = bb.lora._row_trainable_tokens_class()
+    ours, theirs = _row_layer_and_peft(layer, torch.tensor([[1, 60, 5, 61, 63]]))
     assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+@torch.no_grad()
+def _row_layer_and_peft(layer, x):
+    """The row-only layer's output for x, and peft's own TrainableTokensLayer's."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    ours = layer(x)
+    layer.__class__ = TrainableTokensLayer
+    try:
+        return ours, layer(x)
+    finally:
+        layer.__class__ = bb.lora._row_trainable_tokens_class()
 
 
 def test_an_untied_lm_head_trains_the_special_tokens_output_rows(tmp_path):
@@ -600,13 +605,7 @@ def test_an_untied_lm_head_trains_the_special_tokens_output_rows(tmp_path):
     assert type(layer).__name__ == "RowTrainableTokensLayer"
     with torch.no_grad():
         head_delta.normal_()
-        hidden = torch.randn(2, 3, 32)
-        ours = layer(hidden)
-        layer.__class__ = TrainableTokensLayer
-        try:
-            theirs = layer(hidden)
-        finally:
-            layer.__class__ = bb.lora._row_trainable_tokens_class()
+    ours, theirs = _row_layer_and_peft(layer, torch.randn(2, 3, 32))
     assert torch.allclose(ours, theirs, atol=1e-6)
 
     save_pretrained(model, RunConfig(), tmp_path / "ckpt")
