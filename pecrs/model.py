@@ -355,7 +355,7 @@ class PECRS(nn.Module):
         a target's D̃_t, §3.4). Every row ends where generation starts: one scatter, no loop."""
         dev = context_ids.device
         rec = recommended.view(len(context_ids), -1).to(dev)
-        (B, k), slot_ids = rec.shape, item_head(range(rec.shape[1]), self.rec_end_id)[0]   # items differ, not ids
+        B, slot_ids = rec.shape[0], item_head(range(rec.shape[1]), self.rec_end_id)[0]   # items differ, not ids
         S, P, Lc = len(slot_ids), len(prompt_ids), context_ids.shape[1]
         head_ids = torch.tensor(slot_ids + list(prompt_ids), device=dev).expand(B, -1)
         head_items = torch.cat([rec, torch.full((B, 1 + P), NO_ITEM, device=dev)], 1)

@@ -97,8 +97,6 @@ def step_setup(backbone: str, m_train: int = 6, **train):
     """(cfg, model, store, encoder, encoded) for one training step on ITEMS and varied_dialogues(12):
     no LoRA dropout, queries and keys sharpened (random tiny models attend almost uniformly at init,
     which hides padding or masking differences below any tolerance). `train` sets cfg.train fields."""
-    import torch
-
     from pecrs.catalog import ItemStore
     from pecrs.pretrained import build_model
     from pecrs.samples import make_samples

@@ -401,7 +401,6 @@ def test_a_given_run_that_has_not_finished_training_is_refused_or_labelled_partl
 
 
 def test_a_given_model_stands_for_the_run_with_its_settings_in_every_experiment(run, root, tmp_path, monkeypatch):
-    from pecrs.experiments.keys import train_key
     from pecrs.experiments.runner import EXPERIMENTS, experiment_context
 
     trained = run("fig4")
