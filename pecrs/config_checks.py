@@ -135,5 +135,8 @@ def check_value(key: str, value, hint):
         if bad:
             raise ConfigError(f"config {key}: unknown item field(s) {bad}; "
                               f"expected names from {', '.join(ITEM_FIELD_NAMES)}")
+        twice = sorted({x for x in value_out if value_out.count(x) > 1})
+        if twice:   # the item text would repeat it (and Table 6's variants are named by their fields)
+            raise ConfigError(f"config {key}: field(s) {twice} given twice, got {show_value(value)}")
     return value_out
 

@@ -76,6 +76,7 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("model.item_fields=[title,budget]", ["model.item_fields", "budget", "genres"]),
     ("model.item_fields=title", ["model.item_fields", "'title'", "list of strings"]),
     ("model.item_fields=[]", ["model.item_fields", "empty"]),
+    ("model.item_fields=[title,genres,title]", ["model.item_fields", "['title']", "twice"]),
     ("model.lora_dropout=1.0", ["model.lora_dropout", "< 1"]),
     ("model.recall_temperature=0", ["model.recall_temperature", "> 0"]),
     ("model.lora_target_modules=q_proj", ["model.lora_target_modules", "list of strings or null"]),
