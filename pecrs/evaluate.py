@@ -215,7 +215,7 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
     exclude_mentioned (None: defaults).
     generate=False: no responses (ROUGE, F-1, Dist are None); perplexity=False: no PPL (a forward
     pass over every sample: on a CPU, most of a recall-only evaluation's time). predictions=True:
-    also "predictions", one record per ranked sample (`sample_predictions`). train_replies (with
+    also "predictions", one record per ranked sample or reply (`sample_predictions`). train_replies (with
     generate): also the constant-reply baseline on the same turns, "constant_reply" and its
     ROUGE and F-1 as "constant_reply_rouge1", ... (`constant_reply_baseline`, beyond the paper).
     inject (INJECT_PROTOCOLS): "every_turn" gives each reply its top-1 item and lets the model

@@ -127,10 +127,9 @@ def check_replaceable(directory: Path, sources: tuple[Path, ...] = ()) -> None:
 
 
 def check_save_destination(directory: Path, catalog_file: str, sources: tuple[Path, ...] = ()) -> None:
-    """Where a trained model may be saved with its catalog (`Recommender.save_pretrained`, which
-    `pecrs export` calls): `check_replaceable`, and never over a checkpoint that training wrote
-    (RUN/best; RUN/last and its trainer state), which, unlike an earlier save with a catalog or an
-    export, has no `catalog_file` (catalog_source.CATALOG_FILE): a ValueError names the folder."""
+    """Where a trained model may be saved with its catalog (`Recommender.save_pretrained`, `pecrs
+    export`): `check_replaceable`, and never over a checkpoint that training wrote (RUN/best, RUN/last),
+    which has no `catalog_file` (catalog_source.CATALOG_FILE): a ValueError names the folder."""
     check_replaceable(directory, sources)
     if (directory / CONFIG_FILE).is_file() and not (directory / catalog_file).is_file():
         raise ValueError(f"{directory} is a training checkpoint ({CONFIG_FILE} without the {catalog_file} of a saved "
@@ -165,12 +164,9 @@ def checkpoint_complete(directory: str | Path) -> bool:
 def recover_checkpoint(directory: str | Path) -> Path | None:
     """Make `directory` (a checkpoint folder written by `save_pretrained`, e.g. RUN/last) whole
     again after a crash, before anything decides whether to resume from it; returns it, or None
-    if there is no complete checkpoint under that name.
-
-    - `directory` exists: it is complete (only finished folders are renamed to it); kept as is.
-    - it does not, after a crash between the two renames of a save: NAME.tmp (the newer) if
-      complete, else NAME.old, is renamed to `directory`; the other leftover is removed.
-    - neither is complete: a half-written NAME.tmp is left for the next save to clear."""
+    if there is no complete checkpoint under that name. An existing `directory` is complete (only
+    finished folders are renamed to it); else NAME.tmp (the newer) if complete, else NAME.old,
+    becomes it and the other leftover goes; a half-written NAME.tmp is left for the next save."""
     directory = Path(directory)
     if directory.exists():
         return directory
@@ -246,6 +242,9 @@ def read_meta(directory: str | Path) -> dict:
         raise ValueError(f"{path}: not a readable pecrs config ({e}); the checkpoint is damaged") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path}: no 'config' object; the checkpoint is damaged")
+    train = meta["config"].get("train")
+    if isinstance(train, dict):   # 0 meant every sample until 2026-12-01 (null now; 0 is refused)
+        train.update({k: None for k in ("max_train_samples", "max_eval_samples") if train.get(k) == 0})
     for key, kind in (("model_type", str), ("hidden_size", int), ("vocab_size", int)):
         if not isinstance(meta.get(key), kind):   # what load_pretrained checks the backbone against
             raise ValueError(f"{path}: '{key}' is missing or not a {kind.__name__}; the checkpoint is damaged")
@@ -338,10 +337,13 @@ def load_weights(model: PECRS, directory: str | Path) -> None:
         adapter = load_file(adapter_file)
     # The keys `save_pretrained` writes (save_embedding_layers=False: the LoRA matrices and the
     # special-token rows, not the frozen embedding); "auto" would also warn on every load.
-    expected = get_peft_model_state_dict(model.lm, save_embedding_layers=False).keys()
-    _check_weights(adapter_file, "adapter", adapter, expected)
+    built = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
+    # Saved before an untied LM head trained its special rows (2026-12-01): they keep their built values.
+    output = model.causal_lm.get_output_embeddings()
+    head = next((f".{name}.token_adapter." for name, m in model.causal_lm.named_modules() if m is output), "\0")
+    _check_weights(adapter_file, "adapter", adapter, [k for k in built if k in adapter or head not in k])
     with _naming(adapter_file, "adapter"):
-        set_peft_model_state_dict(model.lm, adapter)
+        set_peft_model_state_dict(model.lm, {**built, **adapter})
     heads_file = directory / HEADS_FILE
     with _naming(heads_file, "head"):
         heads = load_file(heads_file)

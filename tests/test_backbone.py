@@ -614,6 +614,24 @@ def test_an_untied_lm_head_trains_the_special_tokens_output_rows(tmp_path):
     loaded = dict(again.lm.named_parameters())
     assert all(torch.equal(loaded[n], p) for n, p in deltas.items())
 
+    # A checkpoint saved before the head's rows trained has no head delta: it loads, those rows
+    # frozen as they were built (the rows it trained with); any other missing weight is refused.
+    from safetensors.torch import load_file, save_file
+
+    adapter_file = tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors"
+    saved = load_file(adapter_file)
+    head_key = next(k for k in saved if ".lm_head.token_adapter." in k)
+    save_file({k: v for k, v in saved.items() if k != head_key}, adapter_file)
+    old = untied()
+    built = dict(old.lm.named_parameters())[next(n for n in deltas if "lm_head" in n)].detach().clone()
+    load_weights(old, tmp_path / "ckpt")
+    params = dict(old.lm.named_parameters())
+    assert torch.equal(params[next(n for n in deltas if "lm_head" in n)], built)
+    assert torch.equal(params[next(n for n in deltas if "lm_head" not in n)], deltas[next(n for n in deltas if "lm_head" not in n)])
+    save_file({k: v for k, v in saved.items() if k != head_key and "lora_A" not in k}, adapter_file)
+    with pytest.raises(ValueError, match="adapter weights do not fit this model"):
+        load_weights(untied(), tmp_path / "ckpt")
+
 
 def test_a_folder_without_weights_and_a_truncated_gguf_are_named(tmp_path):
     """Not a traceback from transformers' OSError or the GGUF reader's struct.error: a
@@ -627,6 +645,32 @@ def test_a_folder_without_weights_and_a_truncated_gguf_are_named(tmp_path):
         bb.load_backbone(str(folder))
     gguf = tmp_path / "cut.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 10)   # the magic and version, then cut
-    with pytest.raises(bb.BackboneNotAvailable, match=f"^{gguf}: not a readable GGUF file .*is it truncated"):
+    with pytest.raises(bb.BackboneNotAvailable, match=f"^{gguf}: not a readable GGUF model .*is it truncated or damaged"):
         _convert_gguf(gguf, tmp_path / "converted")
     assert not (tmp_path / "converted").exists()
+
+
+def test_an_untied_lm_head_with_a_bias_keeps_it_in_training_and_merged():
+    """peft's trainable tokens drop a Linear head's bias; the row-only layer keeps it, so the model
+    trains with the logits the untouched LM gives and evaluation (LoRA merged) serves the same."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pecrs.config import RunConfig
+    from pecrs.pretrained import from_backbone
+
+    tok = bb.build_tiny_tokenizer()
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
+                                      tie_word_embeddings=False, pad_token_id=tok.eos_token_id))
+    lm.lm_head.bias = torch.nn.Parameter(torch.randn(len(tok)))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = lm(input_ids=ids).logits
+    model = from_backbone(lm, tok, RunConfig())
+    with torch.no_grad():
+        after = model.lm(input_ids=ids).logits
+        with model.merged_lora():
+            merged = model.lm(input_ids=ids).logits
+    assert torch.allclose(after[..., :before.shape[-1]], before, atol=1e-5)
+    assert torch.allclose(merged, after, atol=1e-5)

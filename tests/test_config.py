@@ -332,3 +332,20 @@ def test_prepare_reports_what_reading_the_dataset_skipped_or_repaired(tmp_path, 
     assert "skipped redial: mention not in catalog: 7" in err and "repaired QUOTATION_MARK read as a quote: 1,234" in err
     prepare(tiny_config(tmp_path / "data"), progress=False)
     assert "skipped" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_saved_when_0_samples_meant_all_still_loads(tmp_path):
+    """train.max_train_samples / max_eval_samples 0 meant "every sample" until 2026-12-01 and is
+    refused now; a checkpoint that recorded 0 reads it as null (all), not as an error."""
+    import json
+
+    from pecrs.pretrained import read_meta
+
+    raw = RunConfig().to_dict()
+    raw["train"].update(max_train_samples=0, max_eval_samples=0)
+    meta = {"config": raw, "model_type": "llama", "hidden_size": 8, "vocab_size": 10}
+    (tmp_path / "pecrs_config.json").write_text(json.dumps(meta))
+    config = RunConfig.from_dict(read_meta(tmp_path)["config"])
+    assert (config.train.max_train_samples, config.train.max_eval_samples) == (None, None)
+    with pytest.raises(ConfigError, match="train.max_train_samples"):
+        RunConfig.from_dict(raw)

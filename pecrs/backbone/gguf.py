@@ -198,8 +198,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         tokenizer.save_pretrained(staging)
         (staging / "pecrs_source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
         os.replace(staging, target)
-    except (struct.error, EOFError) as e:   # the GGUF reader ran past the end of the file
-        raise BackboneNotAvailable(f"{gguf}: not a readable GGUF file ({e}); is it truncated?") from None
+    except (struct.error, EOFError, ValueError) as e:   # the reader ran past the end, or met what it cannot read
+        raise BackboneNotAvailable(f"{gguf}: not a readable GGUF model ({e}); is it truncated or damaged?") from None
     except OSError:
         if not (target / "config.json").exists():
             raise

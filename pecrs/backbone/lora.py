@@ -152,7 +152,7 @@ def _row_trainable_tokens_class():
         def forward_adapters(self, x, active_adapters, *args, **kwargs):
             base = self.base_layer
             if (self.disable_adapters or self.merged or len(active_adapters) != 1 or args or kwargs
-                    or not isinstance(base, (nn.Embedding, nn.Linear)) or getattr(base, "bias", None) is not None):
+                    or not isinstance(base, (nn.Embedding, nn.Linear))):
                 return super().forward_adapters(x, active_adapters, *args, **kwargs)
             name = active_adapters[0]
             delta = self.trainable_tokens_delta[name]
@@ -166,9 +166,12 @@ def _row_trainable_tokens_class():
                 out = torch.where(hit.any(-1, keepdim=True), rows, out)
                 scale = self._get_embed_scale()
                 return out if scale is None else out * scale.to(out.dtype)
-            # LM head (bias-free; peft's own path otherwise): frozen logits, then the special columns.
-            out = F.linear(x, base.weight)
-            return out.index_copy_(-1, indices.to(out.device), F.linear(x, delta.to(x.dtype)).to(out.dtype))
+            # LM head: frozen logits, then the special columns. Its bias kept (peft 0.21 drops it, so a
+            # biased untied head would differ from its merged form, which evaluation serves).
+            bias = base.bias
+            out = F.linear(x, base.weight, bias)
+            special = F.linear(x, delta.to(x.dtype), None if bias is None else bias[indices].to(x.dtype))
+            return out.index_copy_(-1, indices.to(out.device), special.to(out.dtype))
 
         def _device_indices(self, name, device):
             """The trainable rows as a long tensor on `device`: the buffer `use_row_trainable_tokens`

@@ -177,8 +177,9 @@ def add_evaluate_parser(subparsers) -> None:
                         "model decides whether to name it) or target-turns (only where the reference recommends, "
                         "as the authors' code measured the paper's F-1 and ROUGE; the gold answer leaks)")
     p.add_argument("--predictions", metavar="FILE",
-                   help="also write one JSON line per ranked sample here (every sample; with --no-generate, "
-                        "those with a target): its top 10 item ids, the target's rank, and for each recommender "
+                   help="also write one JSON line per ranked sample or reply here (every sample; with "
+                        "--no-generate, those with a target): its top 10 (none for a reply --inject target-turns "
+                        "did not rank) item ids, the target's rank, and for each recommender "
                         "turn the reference and the generated reply")
     p.add_argument("--protocol", choices=("pecrs", "standardized"), default="pecrs",
                    help="pecrs: the paper's samples of --split (default); standardized: the standardized "
