@@ -200,8 +200,9 @@ class Recommender:
         rec = cls(model, config, items, vectors, m_inference=m_inference, decoding=decoding, index=index,
                   report=report, checkpoint=ckpt, dtype=precision, progress=progress,
                   no_repeat_ngram=no_repeat_ngram, exclude_mentioned=exclude_mentioned)
-        if report.cache_path and not report.vectors_from_cache:
-            save_cached(Path(report.cache_path), list(items), rec.vectors)
+        if report.cache_path and not report.vectors_from_cache and not save_cached(
+                Path(report.cache_path), list(items), rec.vectors):
+            report.cache_path = None   # not written (warned): the summary must not say "cached at"
         log.info(report.summary())
         return rec
 

@@ -146,19 +146,22 @@ def load_cached(path: Path, ids: list[str]) -> torch.Tensor | None:
     return payload["vectors"]
 
 
-def save_cached(path: Path, ids: list[str], vectors: torch.Tensor) -> None:
+def save_cached(path: Path, ids: list[str], vectors: torch.Tensor) -> bool:
     """Write the cache file; the cache only saves time, so a folder that cannot be written (read-only
-    home, PECRS_CACHE naming a file) is a warning, and the vectors just encoded are used anyway."""
+    home, PECRS_CACHE naming a file) is a warning, and the vectors just encoded are used anyway.
+    Returns whether the file was written."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"format": CACHE_FORMAT, "ids": ids, "vectors": vectors.detach().float().cpu()}, tmp)
         os.replace(tmp, tmp.with_name(path.name))
+        return True
     except (OSError, RuntimeError) as e:   # torch.save reports a full disk as a RuntimeError
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         log.warning("cannot write the catalog cache %s (%s): the catalog will be encoded again next time "
                     "(set PECRS_CACHE to a writable folder)", path, e)
+        return False
 
 
 def save_vectors(vectors: torch.Tensor, items, model_config, path: Path, half: bool = False) -> None:

@@ -36,6 +36,7 @@ def test_a_cache_that_cannot_be_written_is_a_warning(saved, tmp_path, caplog):
         (tmp_path / "kept").rename(folder / VECTORS_FILE)
     assert "cannot write the catalog cache" in caplog.text and str(not_a_folder) in caplog.text
     assert not loaded.report.vectors_from_cache and torch.allclose(loaded.vectors, rec.vectors, atol=1e-5)
+    assert loaded.report.cache_path is None and "cached at" not in loaded.report.summary()   # not written
     assert [r.item.id for r in loaded.recommend(TURNS, k=3)] == [r.item.id for r in rec.recommend(TURNS, k=3)]
 
 
