@@ -116,7 +116,9 @@ def check_value(key: str, value, hint):
     """`value` checked for config key `key` ("section.name") of type `hint`; the value to store."""
     ok, value_out = _coerce(value, hint)
     if not ok:
-        raise ConfigError(f"config {key}: expected {_describe(hint)}, got {show_value(value)}")
+        # `train.dev_split=` on a command line is YAML's null: say how to write an empty string.
+        empty = " (an empty value is null in YAML; write '' for an empty string)" if value is None and hint is str else ""
+        raise ConfigError(f"config {key}: expected {_describe(hint)}, got {show_value(value)}{empty}")
     if value_out is None:
         return None
     bound = _BOUNDS.get(key)

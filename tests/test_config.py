@@ -81,7 +81,7 @@ def test_cli_train_runs_with_overrides_after_options(monkeypatch, config_file, t
     ("model.recall_temperature=0", ["model.recall_temperature", "> 0"]),
     ("model.lora_target_modules=q_proj", ["model.lora_target_modules", "list of strings or null"]),
     ("model.backbone=null", ["model.backbone", "string", "None"]),
-    ("train.dataset=", ["train.dataset", "None"]),
+    ("train.dataset=", ["train.dataset", "None", "write '' for an empty string"]),
     ("train.epochs=[1", ["train.epochs", "'[1'"]),
     ("train.seed=-1", ["train.seed", ">= 0"]),
     ("train.seed=4294967296", ["train.seed", "<= 4294967295"]),
