@@ -674,3 +674,61 @@ def test_an_untied_lm_head_with_a_bias_keeps_it_in_training_and_merged():
             merged = model.lm(input_ids=ids).logits
     assert torch.allclose(after[..., :before.shape[-1]], before, atol=1e-5)
     assert torch.allclose(merged, after, atol=1e-5)
+
+
+@torch.no_grad()
+def test_the_special_columns_of_a_biased_untied_head_keep_their_own_bias():
+    """The row-only head equals the head with its special rows replaced, bias and all (the special
+    columns' bias is 0 after resizing: set here, so that dropping or mis-indexing it shows)."""
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pecrs.config import RunConfig
+    from pecrs.pretrained import from_backbone
+
+    tok = bb.build_tiny_tokenizer()
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
+                                      tie_word_embeddings=False, pad_token_id=tok.eos_token_id))
+    lm.lm_head.bias = torch.nn.Parameter(torch.randn(len(tok)))
+    model = from_backbone(lm, tok, RunConfig())
+    layer = next(m for m in model.lm.modules() if type(m).__name__ == "RowTrainableTokensLayer"
+                 and isinstance(m.base_layer, torch.nn.Linear))
+    base, delta = layer.base_layer, layer.trainable_tokens_delta["default"]
+    rows = torch.as_tensor(layer.token_indices["default"])
+    base.bias[rows] = torch.randn(len(rows)) * 3
+    delta.normal_()
+    x = torch.randn(2, 3, 32)
+    assert torch.allclose(layer(x), F.linear(x, base.weight.index_copy(0, rows, delta), base.bias), atol=1e-5)
+
+
+def test_a_cuda_index_past_the_last_gpu_is_refused(monkeypatch):
+    """On a machine with one GPU (faked, so that a CPU-only CI checks it), cuda:0 is fine, cuda:1 is not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert bb.check_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"^device 'cuda:1': this machine has 1 CUDA GPU\(s\)$"):
+        bb.check_device("cuda:1")
+
+
+def test_token_roles_reach_the_converted_configs_only_inside_the_vocabulary(tmp_path, monkeypatch):
+    """_convert_gguf writes into config.json only the roles set_token_roles applied (an id past the
+    vocabulary would make generate() stop on, or pad with, a token that cannot exist); id 0 is one."""
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import pecrs.backbone.gguf as gguf_module
+    from pecrs.backbone.gguf import set_token_roles
+
+    tok = bb.build_tiny_tokenizer()
+    assert set_token_roles(bb.build_tiny_tokenizer(), {"unk_token": 0}) == {"unk_token": 0}
+    lm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok), n_positions=32))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tok)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: lm)
+    monkeypatch.setattr(gguf_module, "gguf_token_roles", lambda path: {"eos_token": 7, "pad_token": len(tok) + 5})
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    gguf_module._convert_gguf(gguf, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["eos_token_id"] == 7 and config.get("pad_token_id") != len(tok) + 5

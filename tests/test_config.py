@@ -126,6 +126,12 @@ def test_an_os_error_is_a_message_not_a_traceback(monkeypatch, config_file, tmp_
     assert err == "pecrs: error: [Errno 20] Not a directory: '/data/afile/sub/main'\n"
 
 
+def test_the_empty_string_hint_is_for_string_keys_only(config_file):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.load(config_file, ["train.epochs="])
+    assert str(e.value) == "config train.epochs: expected an integer, got None (NoneType)"
+
+
 def test_all_three_loss_weights_zero_is_refused(config_file):
     """Eq. 8 with α = β = γ = 0 is 0: a run that finishes, saves checkpoints and learns nothing."""
     with pytest.raises(ConfigError, match="train.alpha, train.beta, train.gamma: expected at least one above 0"):

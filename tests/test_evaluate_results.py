@@ -126,6 +126,9 @@ def test_inject_target_turns_is_named_recorded_and_refused_without_replies(world
     assert json.loads((run / "eval_test_inject-target-turns.json").read_text())["inject"] == "target_turns"
     assert not (run / "eval_test.json").exists()
     assert main(cli) == 0 and json.loads((run / "eval_test.json").read_text())["inject"] == "every_turn"
+    assert main([*cli, "--no-generate"]) == 0    # no replies: no protocol recorded
+    assert "inject" not in json.loads((run / "eval_test_no-generate.json").read_text())
+    given.pop()
     assert given == ["target_turns", "every_turn"]
     assert main([*cli, "--split", "nosuch"]) == 2    # a named error (status 2), as every other
     assert "--split nosuch: " in capsys.readouterr().err and given == ["target_turns", "every_turn"]

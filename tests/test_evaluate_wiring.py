@@ -279,6 +279,7 @@ def test_inject_target_turns_gives_an_item_only_to_the_turns_that_recommend(setu
     assert [(r["target"], r["top10"] == [], r.get("generated")) for r in records] == [
         (str(B), False, "Try [ITEM] or [ITEM]"), (str(E), False, None), (None, True, "Enjoy [ITEM]"),
         (str(D), False, "no idea")]
+    assert [r["target_rank"] for r in records] == [1, 5, None, 30]   # the reply not ranked has none
     keys = [k for k in every if "recall" in k or k in ("unique", "n_rec_samples", "n_gen_samples")]
     assert {k: gold[k] for k in keys} == {k: every[k] for k in keys}
     with pytest.raises(ValueError, match="inject: 'gold' is not one of every_turn, target_turns"):

@@ -379,12 +379,13 @@ def test_only_adapters_heads_and_special_tokens_train(setup):
 
 
 @torch.no_grad()
-def test_candidate_attention_equals_stock_masked_attention(setup):
+def test_candidate_attention_equals_stock_masked_attention(sharp):
     """pecrs.attention's two-part softmax (context keys + own key) gives the stock attention's
-    result under the block mask, for GPT-2 and for grouped-query Llama."""
+    result under the block mask, for GPT-2 and for grouped-query Llama (attention sharpened: an
+    untrained model's near-uniform attention hid a candidate reading another's key under 1e-5)."""
     from pecrs.attention import use_candidate_attention, use_stock_attention
 
-    cfg, model, store, encoder, samples = setup
+    cfg, model, store, encoder, samples = sharp
     config = model.causal_lm.config
     assert config._attn_implementation == "pecrs_candidates_sdpa"
     batch = _batch(model, encoder, samples[:3])   # rows of different context lengths
