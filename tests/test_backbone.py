@@ -578,18 +578,12 @@ def test_an_untied_lm_head_trains_the_special_tokens_output_rows(tmp_path):
     frozen at the mean embedding and only LoRA could make a reply name an item. The row-only
     forward equals peft's there too, and a checkpoint keeps both deltas."""
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from pecrs.config import RunConfig
     from pecrs.pretrained import from_backbone, load_weights, save_pretrained
 
     def untied():
-        tok = bb.build_tiny_tokenizer()
-        torch.manual_seed(0)
-        lm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
-                                          tie_word_embeddings=False, pad_token_id=tok.eos_token_id))
-        return from_backbone(lm, tok, RunConfig())
+        return from_backbone(*_untied_llama(), RunConfig())
 
     model = untied()
     item = model.tokenizer.convert_tokens_to_ids("[ITEM]")
@@ -653,17 +647,10 @@ def test_a_folder_without_weights_and_a_truncated_gguf_are_named(tmp_path):
 def test_an_untied_lm_head_with_a_bias_keeps_it_in_training_and_merged():
     """peft's trainable tokens drop a Linear head's bias; the row-only layer keeps it, so the model
     trains with the logits the untouched LM gives and evaluation (LoRA merged) serves the same."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from pecrs.config import RunConfig
     from pecrs.pretrained import from_backbone
 
-    tok = bb.build_tiny_tokenizer()
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
-                                      tie_word_embeddings=False, pad_token_id=tok.eos_token_id))
-    lm.lm_head.bias = torch.nn.Parameter(torch.randn(len(tok)))
+    lm, tok = _untied_llama(head_bias=True)
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         before = lm(input_ids=ids).logits
@@ -681,17 +668,10 @@ def test_the_special_columns_of_a_biased_untied_head_keep_their_own_bias():
     """The row-only head equals the head with its special rows replaced, bias and all (the special
     columns' bias is 0 after resizing: set here, so that dropping or mis-indexing it shows)."""
     import torch.nn.functional as F
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from pecrs.config import RunConfig
     from pecrs.pretrained import from_backbone
 
-    tok = bb.build_tiny_tokenizer()
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
-                                      tie_word_embeddings=False, pad_token_id=tok.eos_token_id))
-    lm.lm_head.bias = torch.nn.Parameter(torch.randn(len(tok)))
+    lm, tok = _untied_llama(head_bias=True)
     model = from_backbone(lm, tok, RunConfig())
     layer = next(m for m in model.lm.modules() if type(m).__name__ == "RowTrainableTokensLayer"
                  and isinstance(m.base_layer, torch.nn.Linear))
@@ -732,3 +712,17 @@ def test_token_roles_reach_the_converted_configs_only_inside_the_vocabulary(tmp_
     gguf_module._convert_gguf(gguf, tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["eos_token_id"] == 7 and config.get("pad_token_id") != len(tok) + 5
+
+
+def _untied_llama(head_bias: bool = False):
+    """A tiny Llama whose LM head is its own matrix (with a random bias if asked), and its tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = bb.build_tiny_tokenizer()
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
+                                      tie_word_embeddings=False, pad_token_id=tok.eos_token_id))
+    if head_bias:
+        lm.lm_head.bias = torch.nn.Parameter(torch.randn(len(tok)))
+    return lm, tok
