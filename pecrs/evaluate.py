@@ -187,8 +187,9 @@ def constant_reply_baseline(train_replies: list[str], test_references: list[str]
 def sample_predictions(samples: list[Sample], rows, ranked: np.ndarray, targets: np.ndarray, items: list[Item],
                        replies: dict[int, str]) -> list[dict]:
     """One JSON-ready record per ranked sample or reply, what `pecrs evaluate --predictions` writes:
-    its top 10 item ids (none for a reply not ranked), the target and its 1-based rank among the `ranked` kept (None: not there, or
-    no target), and for the sample that answers a turn the reference and the generated reply.
+    its top 10 item ids (none for a reply not ranked), the target and its 1-based rank among the
+    `ranked` kept (None: not there, or no target), and for the sample that answers a turn the
+    reference and the generated reply.
     rows: indices into `samples` of `ranked` [len(rows), keep] and `targets` [len(rows)] (catalog
     index, NO_ITEM without a target); replies: sample index -> reply ([ITEM] kept as is)."""
     rank = metrics.target_ranks(ranked, targets) + 1      # 1-based; 0: not in the kept list
@@ -283,7 +284,8 @@ def evaluate(model, store: ItemStore, encoder: DialogueEncoder, samples: list[Sa
         if predictions:
             all_targets = np.array([e.target for e in encoded])      # NO_ITEM (-1) where none
             rows = np.union1d(ranked_idx, list(replies)).astype(int)   # a reply not ranked: inject="target_turns"
-            result["predictions"] = sample_predictions(samples, rows, ranked[rows], all_targets[rows], store.items, replies)
+            result["predictions"] = sample_predictions(samples, rows, ranked[rows], all_targets[rows], store.items,
+                                                       replies)
         return {**summary, **result}
 
 

@@ -87,13 +87,14 @@ def _evaluate(args) -> int:
     revision = git_revision()   # the code that runs: read before an evaluation of hours, not after
     # The constant-reply baseline is chosen among the dataset's training replies, when it has them.
     train_split = config.train.train_split
+    inject = args.inject.replace("-", "_")   # the flag's spelling, evaluate()'s INJECT_PROTOCOLS
     train_replies = (training_replies(setup.bundle, train_split)
                      if not args.no_generate and train_split in setup.bundle.splits else None)
     result = evaluate(setup.model, setup.store, setup.encoder, samples, inference, generate=not args.no_generate,
                       perplexity=not args.no_ppl,
                       max_new_tokens=config.model.response_max_tokens, seed=config.train.seed,
                       progress=not args.json, predictions=predictions_out is not None, train_replies=train_replies,
-                      inject=args.inject.replace("-", "_"))
+                      inject=inject)
     if predictions_out is not None:
         predictions_out.write_text("".join(json.dumps(r) + "\n" for r in result.pop("predictions")),
                                    encoding="utf-8")
@@ -101,7 +102,7 @@ def _evaluate(args) -> int:
               **_measured_on(dataset, args, config.train),
               "decoding": inference.decoding, "no_repeat_ngram": inference.no_repeat_ngram,
               "m_inference": inference.m_inference, "exclude_mentioned": inference.exclude_mentioned,
-              "dtype": dtype, **({"inject": args.inject.replace("-", "_")} if not args.no_generate else {}), **result,
+              "dtype": dtype, **({"inject": inject} if not args.no_generate else {}), **result,
               "measured": {"date": now(), "git_revision": revision, "hardware": hardware()}}
     out.write_text(json.dumps(result, indent=2))
     if args.json:
